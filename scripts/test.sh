@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The bootstrapping test script, as in the original: makes sure what the tests
+# need is here, then checks formatting, lints, and runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "==> checking the toolchain (cargo, rustfmt, clippy)"
+command -v cargo >/dev/null || { echo "cargo is missing: install Rust from https://rustup.rs" >&2; exit 1; }
+for component in rustfmt clippy; do
+    if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+        echo "    installing $component"
+        rustup component add "$component"
+    fi
+done
+
+echo "==> making the data folder ./data (what 'cargo run' serves from)"
+mkdir -p data
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+echo "==> cargo test"
+cargo test --all-targets

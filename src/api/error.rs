@@ -1,0 +1,232 @@
+//! Errors as the client sees them: one mapping from every failure (a store
+//! error, a refused request, a body poem-openapi could not parse) to a status
+//! and a JSON body. The original API answers `{"message": ...}`; v1 answers
+//! `application/problem+json` (RFC 9457).
+
+use poem::error::ResponseError;
+use poem::http::StatusCode;
+use poem::{Endpoint, IntoResponse, Request, Response};
+use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registry};
+use poem_openapi::types::Type;
+use poem_openapi::{ApiResponse, Object};
+use serde_json::json;
+
+use crate::store::StoreError;
+
+/// Which API's error format to answer in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Legacy,
+    V1,
+}
+
+impl Flavor {
+    pub fn of_path(path: &str) -> Self {
+        if path.starts_with("/v1/") {
+            Flavor::V1
+        } else {
+            Flavor::Legacy
+        }
+    }
+}
+
+/// A failed request: its status and a sentence saying what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{detail}")]
+pub struct ApiError {
+    pub flavor: Flavor,
+    pub status: StatusCode,
+    pub detail: String,
+}
+
+impl ApiError {
+    pub fn new(flavor: Flavor, status: StatusCode, detail: impl Into<String>) -> Self {
+        Self {
+            flavor,
+            status,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn from_store(flavor: Flavor, err: StoreError) -> Self {
+        let status = match &err {
+            StoreError::AlreadyExists { .. } => StatusCode::CONFLICT,
+            StoreError::Unavailable { .. } | StoreError::IdsExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::Database { .. }
+            | StoreError::DataFolder { .. }
+            | StoreError::CorruptFile { .. }
+            | StoreError::ShardCountMismatch { .. }
+            | StoreError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %err, "request failed in the store");
+        }
+        Self::new(flavor, status, err.to_string())
+    }
+
+    /// Renders any error that left an endpoint, in the flavor of its path.
+    pub fn render(err: poem::Error, path: &str) -> Response {
+        if let Some(api_error) = err.downcast_ref::<ApiError>() {
+            return api_error.as_response();
+        }
+        let status = err.status();
+        let detail = match status {
+            StatusCode::NOT_FOUND => format!("no route for {path}"),
+            StatusCode::METHOD_NOT_ALLOWED => format!("method not allowed on {path}"),
+            _ => err.to_string(),
+        };
+        ApiError::new(Flavor::of_path(path), status, detail).as_response()
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    fn as_response(&self) -> Response {
+        match self.flavor {
+            Flavor::Legacy => Response::builder()
+                .status(self.status)
+                .content_type("application/json; charset=utf-8")
+                .body(json!({ "message": self.detail }).to_string()),
+            Flavor::V1 => Response::builder()
+                .status(self.status)
+                .content_type("application/problem+json")
+                .body(
+                    json!({
+                        "type": "about:blank",
+                        "title": self.status.canonical_reason().unwrap_or("Error"),
+                        "status": self.status.as_u16(),
+                        "detail": self.detail,
+                    })
+                    .to_string(),
+                ),
+        }
+    }
+}
+
+/// Middleware body: every error leaving the API becomes a JSON answer.
+pub async fn render_errors<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
+    let path = req.uri().path().to_owned();
+    match next.call(req).await {
+        Ok(resp) => Ok(resp.into_response()),
+        Err(err) => Ok(ApiError::render(err, &path)),
+    }
+}
+
+/// The original API's error body.
+#[derive(Object)]
+pub struct LegacyErrorBody {
+    /// What is wrong, e.g. `NOPE not supported`.
+    pub message: String,
+}
+
+/// An RFC 9457 problem document.
+#[derive(Object)]
+pub struct Problem {
+    /// A URI naming the problem type (`about:blank`: the status says it).
+    #[oai(rename = "type")]
+    pub kind: String,
+    /// The status's reason phrase.
+    pub title: String,
+    pub status: u16,
+    /// What is wrong with this request.
+    pub detail: String,
+}
+
+/// Statuses an endpoint of the given API may answer besides success.
+fn error_meta<T: Type>(content_type: &'static str, statuses: &[(u16, &'static str)]) -> MetaResponses {
+    MetaResponses {
+        responses: statuses
+            .iter()
+            .map(|&(status, description)| MetaResponse {
+                description,
+                status: Some(status),
+                status_range: None,
+                content: vec![MetaMediaType {
+                    content_type,
+                    schema: T::schema_ref(),
+                }],
+                headers: vec![],
+            })
+            .collect(),
+    }
+}
+
+const ERROR_STATUSES: &[(u16, &str)] = &[
+    (
+        400,
+        "The request is malformed: a missing or invalid parameter, or a body that is not the JSON expected",
+    ),
+    (404, "No such document"),
+    (413, "The body is larger than the configured limit"),
+    (415, "The body's content type is not one this endpoint reads"),
+    (422, "The document does not have the shape the command needs"),
+    (500, "The store failed; the message says where"),
+    (503, "The shard is not accepting writes (shutting down or failed)"),
+];
+
+/// Error of an original-API endpoint: `{"message": ...}`.
+#[derive(Debug)]
+pub struct LegacyError(pub ApiError);
+
+impl LegacyError {
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        Self(ApiError::new(Flavor::Legacy, status, detail))
+    }
+}
+
+impl From<StoreError> for LegacyError {
+    fn from(err: StoreError) -> Self {
+        Self(ApiError::from_store(Flavor::Legacy, err))
+    }
+}
+
+impl From<LegacyError> for poem::Error {
+    fn from(err: LegacyError) -> Self {
+        poem::Error::from(err.0)
+    }
+}
+
+impl ApiResponse for LegacyError {
+    fn meta() -> MetaResponses {
+        error_meta::<LegacyErrorBody>("application/json; charset=utf-8", ERROR_STATUSES)
+    }
+
+    fn register(registry: &mut Registry) {
+        LegacyErrorBody::register(registry);
+    }
+}
+
+/// Error of a v1 endpoint: `application/problem+json`.
+#[derive(Debug)]
+pub struct ProblemError(pub ApiError);
+
+impl ProblemError {
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        Self(ApiError::new(Flavor::V1, status, detail))
+    }
+}
+
+impl From<StoreError> for ProblemError {
+    fn from(err: StoreError) -> Self {
+        Self(ApiError::from_store(Flavor::V1, err))
+    }
+}
+
+impl From<ProblemError> for poem::Error {
+    fn from(err: ProblemError) -> Self {
+        poem::Error::from(err.0)
+    }
+}
+
+impl ApiResponse for ProblemError {
+    fn meta() -> MetaResponses {
+        error_meta::<Problem>("application/problem+json", ERROR_STATUSES)
+    }
+
+    fn register(registry: &mut Registry) {
+        Problem::register(registry);
+    }
+}

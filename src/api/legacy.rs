@@ -1,0 +1,338 @@
+//! The original service's API, kept wire-compatible: `POST /api`,
+//! `GET /api?id=N` and `GET /api/cmd`. Documents are integer-keyed and live in
+//! the `default` collection. Client mistakes that crashed the original (a
+//! missing or non-numeric id, a missing document, a non-array under
+//! FILTER_BOOL) are answered with a 4xx and `{"message": ...}`.
+
+use poem::http::StatusCode;
+use poem_openapi::param::Query;
+use poem_openapi::payload::Json;
+use poem_openapi::types::Example;
+use poem_openapi::{ApiRequest, Object, OpenApi};
+use serde_json::{json, Value};
+
+use super::error::LegacyError;
+use super::payload::{FormBody, JsonBody, RawJson};
+use super::ApiTags;
+use crate::domain::{CollectionName, DocId, DocKey};
+use crate::store::Store;
+
+pub struct LegacyApi {
+    pub store: Store,
+}
+
+/// Body of `POST /api`. `id` is an integer (or a string holding one) to
+/// upsert that document, or `null` to store under a fresh id.
+#[derive(Object)]
+#[oai(example)]
+pub struct LegacyWrite {
+    id: Option<i64>,
+    data: Value,
+}
+
+impl Example for LegacyWrite {
+    fn example() -> Self {
+        Self {
+            id: Some(7),
+            data: json!({"color": "blue"}),
+        }
+    }
+}
+
+/// A document of the original API; `data` is `null` when there is none.
+#[derive(Object)]
+#[oai(example)]
+pub struct LegacyDoc {
+    id: i64,
+    data: Value,
+}
+
+impl Example for LegacyDoc {
+    fn example() -> Self {
+        Self {
+            id: 7,
+            data: json!({"color": "blue"}),
+        }
+    }
+}
+
+/// `POST /api` takes JSON or, as Phoenix did, a bracket-encoded form.
+#[derive(ApiRequest)]
+pub enum LegacyWriteBody {
+    Json(JsonBody<LegacyWrite>),
+    Form(FormBody<LegacyWrite>),
+}
+
+#[OpenApi(tag = "ApiTags::Original")]
+impl LegacyApi {
+    /// Store a document
+    ///
+    /// Upserts document `id` with `data`, or with `"id": null` stores it under
+    /// the next id from the counter. A write equal to the stored document
+    /// changes nothing and answers the same. `id` may also come in the query.
+    #[oai(path = "/api", method = "post")]
+    async fn write(&self, body: LegacyWriteBody, id: Query<Option<String>>) -> Result<RawJson<LegacyDoc>, LegacyError> {
+        let mut fields = match body {
+            LegacyWriteBody::Json(JsonBody(Value::Object(map), _)) => map,
+            LegacyWriteBody::Json(JsonBody(other, _)) => {
+                return Err(bad_request(format!(
+                    "the body must be a JSON object with \"id\" and \"data\", not {}",
+                    kind_of(&other)
+                )))
+            }
+            LegacyWriteBody::Form(FormBody(map, _)) => map,
+        };
+        let Query(query_id) = id;
+        let id = match (fields.remove("id"), query_id) {
+            (Some(id), _) => parse_id_value(&id)?,
+            (None, Some(id)) => Some(parse_id(&id)?),
+            (None, None) => {
+                return Err(bad_request(
+                    "missing \"id\": send an integer, or null to get a fresh one",
+                ))
+            }
+        };
+        let data = fields
+            .remove("data")
+            .ok_or_else(|| bad_request("missing \"data\": send the document to store"))?;
+        let (id, stored) = match id {
+            Some(id) => (id, self.store.put(legacy_key(id), &data).await?),
+            None => {
+                let (id, stored) = self.store.create(CollectionName::legacy(), &data).await?;
+                let id = id
+                    .as_str()
+                    .parse()
+                    .map_err(|_| LegacyError::new(StatusCode::INTERNAL_SERVER_ERROR, "allocated a non-integer id"))?;
+                (id, stored)
+            }
+        };
+        Ok(legacy_doc(id, Some(&stored.doc.data)))
+    }
+
+    /// Read a document
+    ///
+    /// Answers `{"id": N, "data": ...}`, with `"data": null` when document N
+    /// does not exist.
+    #[oai(path = "/api", method = "get")]
+    async fn read(&self, id: Query<Option<String>>) -> Result<RawJson<LegacyDoc>, LegacyError> {
+        let id = required_id(id.0)?;
+        let doc = self.store.get(&legacy_key(id)).await?;
+        Ok(legacy_doc(id, doc.as_ref().map(|d| &d.data)))
+    }
+
+    /// Run a command on a document
+    ///
+    /// `cmd[query]=ONLY&cmd[keys][]=a&cmd[keys][]=b` answers `{"values": [...]}`,
+    /// one value per key (`null` when missing). `cmd[query]=FILTER_BOOL&
+    /// cmd[keys][key]=colors&cmd[keys][by]=is_blue` answers the elements of the
+    /// array `colors` whose field `is_blue` is truthy. Brackets may be
+    /// percent-encoded.
+    #[oai(path = "/api/cmd", method = "get")]
+    async fn cmd(
+        &self,
+        id: Query<Option<String>>,
+        /// `ONLY` or `FILTER_BOOL`
+        #[oai(name = "cmd[query]")]
+        query: Query<Option<String>>,
+        /// ONLY: the fields to project, in order
+        #[oai(name = "cmd[keys][]")]
+        keys: Query<Vec<String>>,
+        /// FILTER_BOOL: the field holding the array
+        #[oai(name = "cmd[keys][key]")]
+        key: Query<Option<String>>,
+        /// FILTER_BOOL: the field of each element that must be truthy
+        #[oai(name = "cmd[keys][by]")]
+        by: Query<Option<String>>,
+    ) -> Result<Json<Value>, LegacyError> {
+        let id = required_id(id.0)?;
+        let command = Command::parse(query.0, keys.0, key.0, by.0)?;
+        let doc = self
+            .store
+            .get(&legacy_key(id))
+            .await?
+            .ok_or_else(|| LegacyError::new(StatusCode::NOT_FOUND, format!("document {id} not found")))?;
+        let data: Value = serde_json::from_str(&doc.data).map_err(|e| {
+            LegacyError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("document {id} is unreadable: {e}"),
+            )
+        })?;
+        command.run(id, &data).map(Json)
+    }
+}
+
+/// A parsed `cmd`.
+#[derive(Debug, PartialEq)]
+enum Command {
+    Only { keys: Vec<String> },
+    FilterBool { key: String, by: String },
+}
+
+impl Command {
+    fn parse(
+        query: Option<String>,
+        keys: Vec<String>,
+        key: Option<String>,
+        by: Option<String>,
+    ) -> Result<Self, LegacyError> {
+        match query.as_deref() {
+            None => Err(bad_request("missing cmd[query]: send ONLY or FILTER_BOOL")),
+            Some("ONLY") => Ok(Command::Only { keys }),
+            Some("FILTER_BOOL") => Ok(Command::FilterBool {
+                key: key.ok_or_else(|| bad_request("FILTER_BOOL needs cmd[keys][key], the field holding the array"))?,
+                by: by
+                    .ok_or_else(|| bad_request("FILTER_BOOL needs cmd[keys][by], the field to test in each element"))?,
+            }),
+            Some(other) => Err(bad_request(format!("{other} not supported"))),
+        }
+    }
+
+    fn run(&self, id: i64, data: &Value) -> Result<Value, LegacyError> {
+        let unprocessable = |detail: String| LegacyError::new(StatusCode::UNPROCESSABLE_ENTITY, detail);
+        let fields = data
+            .as_object()
+            .ok_or_else(|| unprocessable(format!("document {id} is {}, not an object", kind_of(data))))?;
+        match self {
+            Command::Only { keys } => {
+                let values = keys
+                    .iter()
+                    .map(|k| fields.get(k).cloned().unwrap_or(Value::Null))
+                    .collect();
+                Ok(json!({ "values": Value::Array(values) }))
+            }
+            Command::FilterBool { key, by } => {
+                let items = match fields.get(key) {
+                    None => return Err(unprocessable(format!("document {id} has no field {key:?}"))),
+                    Some(Value::Array(items)) => items,
+                    Some(other) => {
+                        return Err(unprocessable(format!(
+                            "field {key:?} of document {id} is {}, not an array",
+                            kind_of(other)
+                        )))
+                    }
+                };
+                // Elixir truthiness: everything but nil and false.
+                let truthy = |item: &&Value| {
+                    item.get(by)
+                        .is_some_and(|v| !matches!(v, Value::Null | Value::Bool(false)))
+                };
+                Ok(Value::Array(items.iter().filter(truthy).cloned().collect()))
+            }
+        }
+    }
+}
+
+fn legacy_key(id: i64) -> DocKey {
+    DocKey::new(CollectionName::legacy(), DocId::from_integer(id))
+}
+
+fn legacy_doc(id: i64, data: Option<&std::sync::Arc<str>>) -> RawJson<LegacyDoc> {
+    RawJson::new(format!("{{\"id\":{id},\"data\":{}}}", data.map_or("null", |d| d)))
+}
+
+fn bad_request(detail: impl Into<String>) -> LegacyError {
+    LegacyError::new(StatusCode::BAD_REQUEST, detail)
+}
+
+fn required_id(raw: Option<String>) -> Result<i64, LegacyError> {
+    parse_id(&raw.ok_or_else(|| bad_request("missing query parameter id: send ?id=<integer>"))?)
+}
+
+fn parse_id(raw: &str) -> Result<i64, LegacyError> {
+    raw.parse()
+        .map_err(|_| bad_request(format!("id must be an integer, not {raw:?}")))
+}
+
+/// `Some(id)` for an integer or numeric string, `None` for null.
+fn parse_id_value(value: &Value) -> Result<Option<i64>, LegacyError> {
+    match value {
+        Value::Null => Ok(None),
+        Value::Number(n) => n
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| bad_request(format!("id must be an integer, not {n}"))),
+        Value::String(s) => parse_id(s).map(Some),
+        other => Err(bad_request(format!(
+            "id must be an integer or null, not {}",
+            kind_of(other)
+        ))),
+    }
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(err: LegacyError) -> (u16, String) {
+        (err.0.status.as_u16(), err.0.detail)
+    }
+
+    #[test]
+    fn only_projects_fields_with_null_for_missing() {
+        let cmd = Command::Only {
+            keys: vec!["color".into(), "size".into()],
+        };
+        assert_eq!(
+            cmd.run(1, &json!({"color": "blue"})).ok(),
+            Some(json!({"values": ["blue", null]}))
+        );
+    }
+
+    #[test]
+    fn filter_bool_keeps_truthy_elements() {
+        let cmd = Command::FilterBool {
+            key: "colors".into(),
+            by: "is_blue".into(),
+        };
+        let data = json!({"colors": [
+            {"name": "sky", "is_blue": true}, {"name": "grass", "is_blue": false},
+            {"name": "sea", "is_blue": "very"}, {"name": "rose"}, {"name": "ink", "is_blue": null}, 3
+        ]});
+        assert_eq!(
+            cmd.run(1, &data).ok(),
+            Some(json!([{"name": "sky", "is_blue": true}, {"name": "sea", "is_blue": "very"}]))
+        );
+    }
+
+    #[test]
+    fn filter_bool_refuses_missing_or_non_array_fields() {
+        let cmd = Command::FilterBool {
+            key: "colors".into(),
+            by: "is_blue".into(),
+        };
+        assert_eq!(cmd.run(1, &json!({})).map_err(status).err().map(|e| e.0), Some(422));
+        assert_eq!(
+            cmd.run(1, &json!({"colors": 5})).map_err(status).err().map(|e| e.0),
+            Some(422)
+        );
+    }
+
+    #[test]
+    fn unknown_queries_are_not_supported() {
+        let err = Command::parse(Some("NOPE".into()), vec![], None, None)
+            .map_err(status)
+            .err();
+        assert_eq!(err, Some((400, "NOPE not supported".to_string())));
+    }
+
+    #[test]
+    fn ids_are_integers_numeric_strings_or_null() {
+        assert_eq!(parse_id_value(&json!(7)).ok(), Some(Some(7)));
+        assert_eq!(parse_id_value(&json!("8")).ok(), Some(Some(8)));
+        assert_eq!(parse_id_value(&json!(null)).ok(), Some(None));
+        assert!(parse_id_value(&json!(1.5)).is_err());
+        assert!(parse_id_value(&json!("abc")).is_err());
+        assert!(parse_id_value(&json!([1])).is_err());
+    }
+}

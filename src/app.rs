@@ -1,0 +1,122 @@
+//! Building and running the service: open the store, bind the listener, serve
+//! until told to stop, then drain. Tests and `main` go through the same path.
+
+use std::future::Future;
+
+use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use poem::Server;
+
+use crate::api;
+use crate::config::{Settings, SettingsError};
+use crate::store::{Store, StoreError, StoreOptions};
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+}
+
+impl BootError {
+    /// 2 for a setting or data folder the operator must fix, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            BootError::Settings(_)
+            | BootError::Store(StoreError::DataFolder { .. })
+            | BootError::Store(StoreError::ShardCountMismatch { .. })
+            | BootError::Store(StoreError::CorruptFile { .. }) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// A started service: the store is open and the port is bound.
+pub struct Application {
+    settings: Settings,
+    store: Store,
+    acceptor: TcpAcceptor,
+    port: u16,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, BootError> {
+        let store = Store::open(StoreOptions::from(&settings)).await?;
+        let addr = std::net::SocketAddr::new(settings.listen_addr, settings.port);
+        let acceptor = match TcpListener::bind(addr).into_acceptor().await {
+            Ok(acceptor) => acceptor,
+            Err(source) => {
+                store.shutdown().await;
+                return Err(BootError::Bind {
+                    addr: addr.to_string(),
+                    source,
+                });
+            }
+        };
+        let port = acceptor
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().map(|s| s.port()))
+            .unwrap_or(settings.port);
+        tracing::info!(%addr, port, shards = settings.shards.get(), data_dir = %settings.data_dir.display(), sync = settings.sync.as_str(), "exdaas listening");
+        Ok(Self {
+            settings,
+            store,
+            acceptor,
+            port,
+        })
+    }
+
+    /// The bound port (useful with `PORT=0`).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Serves until `stop` resolves; then stops accepting, finishes requests
+    /// in flight, drains every writer and checkpoints the WAL.
+    pub async fn run_until_stopped(self, stop: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let routes = api::routes(&self.store, self.settings.max_body_bytes);
+        let served = Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(routes, stop, Some(self.settings.shutdown_timeout))
+            .await;
+        tracing::info!("stopped accepting requests; draining writers");
+        self.store.shutdown().await;
+        tracing::info!("every writer drained; exiting");
+        served
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("received SIGINT"),
+        () = terminate => tracing::info!("received SIGTERM"),
+    }
+}

@@ -1,0 +1,376 @@
+//! Settings: built-in defaults, then an optional TOML file (`EXDAAS_CONFIG`),
+//! then the environment. The original's names (`PORT`, `DETS_ROOT`,
+//! `SHARD_LIMIT`) work as they did; everything newer is prefixed `EXDAAS_`.
+//! Raw strings become typed values here, once, so a bad value stops the
+//! program at boot with a message naming the setting.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+
+use crate::store::placement::ShardCount;
+
+/// How hard a commit pushes data to the disk before it is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// `synchronous=NORMAL`: survives a process crash; the last commits may be
+    /// lost on power loss or a kernel crash.
+    Normal,
+    /// `synchronous=FULL`: every acknowledged commit is on stable storage.
+    Full,
+}
+
+impl SyncMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncMode::Normal => "normal",
+            SyncMode::Full => "full",
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Everything the service can be told, valid by construction.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen_addr: IpAddr,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub shards: ShardCount,
+    pub cache_bytes: u64,
+    pub max_body_bytes: usize,
+    pub sync: SyncMode,
+    pub writer_batch: usize,
+    pub writer_queue: usize,
+    pub read_connections: u32,
+    pub shutdown_timeout: Duration,
+    pub log_format: LogFormat,
+}
+
+/// One row of the settings table: its key in the TOML file, its environment
+/// name, its default and what it means. `--help` and the README print this.
+pub struct SettingDoc {
+    pub key: &'static str,
+    pub env: &'static str,
+    pub default: &'static str,
+    pub meaning: &'static str,
+}
+
+pub const SETTINGS: &[SettingDoc] = &[
+    SettingDoc {
+        key: "port",
+        env: "PORT",
+        default: "4000",
+        meaning: "TCP port to listen on",
+    },
+    SettingDoc {
+        key: "dets_root",
+        env: "DETS_ROOT",
+        default: "./data",
+        meaning: "data folder (created if missing)",
+    },
+    SettingDoc {
+        key: "shard_limit",
+        env: "SHARD_LIMIT",
+        default: "4",
+        meaning: "number of shard files, 1 to 4096; fixed once the data folder is written",
+    },
+    SettingDoc {
+        key: "listen_addr",
+        env: "EXDAAS_LISTEN_ADDR",
+        default: "0.0.0.0",
+        meaning: "IP address to listen on",
+    },
+    SettingDoc {
+        key: "cache_mib",
+        env: "EXDAAS_CACHE_MIB",
+        default: "256",
+        meaning: "document cache size in MiB (0 disables it)",
+    },
+    SettingDoc {
+        key: "max_body_bytes",
+        env: "EXDAAS_MAX_BODY_BYTES",
+        default: "1048576",
+        meaning: "largest request body accepted; larger gets 413",
+    },
+    SettingDoc {
+        key: "sync",
+        env: "EXDAAS_SYNC",
+        default: "full",
+        meaning: "commit durability: full (fsync each group commit) or normal",
+    },
+    SettingDoc {
+        key: "writer_batch",
+        env: "EXDAAS_WRITER_BATCH",
+        default: "1024",
+        meaning: "most writes one shard commits together (group commit)",
+    },
+    SettingDoc {
+        key: "writer_queue",
+        env: "EXDAAS_WRITER_QUEUE",
+        default: "8192",
+        meaning: "writes that may wait for one shard's writer",
+    },
+    SettingDoc {
+        key: "read_connections",
+        env: "EXDAAS_READ_CONNECTIONS",
+        default: "4",
+        meaning: "read-only SQLite connections per shard",
+    },
+    SettingDoc {
+        key: "shutdown_timeout_secs",
+        env: "EXDAAS_SHUTDOWN_TIMEOUT_SECS",
+        default: "30",
+        meaning: "how long SIGTERM waits for requests in flight",
+    },
+    SettingDoc {
+        key: "log_format",
+        env: "EXDAAS_LOG_FORMAT",
+        default: "text",
+        meaning: "log lines as text or json (filter with RUST_LOG)",
+    },
+];
+
+/// A setting that could not be read or has a value outside what is allowed.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("invalid setting {name}={value:?}: expected {expected}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("cannot read config file EXDAAS_CONFIG={path:?}: {reason}")]
+    File { path: String, reason: String },
+}
+
+impl Settings {
+    /// Reads the settings from this process's environment.
+    pub fn load() -> Result<Self, SettingsError> {
+        Self::from_env(std::env::vars().collect())
+    }
+
+    /// Reads the settings from the given environment (tests pass their own).
+    pub fn from_env(env: HashMap<String, String>) -> Result<Self, SettingsError> {
+        let mut builder = Config::builder();
+        for doc in SETTINGS {
+            builder = builder
+                .set_default(doc.key, doc.default)
+                .map_err(|e| file_error("<defaults>", e))?;
+        }
+        let file = env.get("EXDAAS_CONFIG").cloned();
+        if let Some(path) = &file {
+            builder = builder.add_source(File::new(path, FileFormat::Toml).required(true));
+        }
+        // Prefixed names map to file keys: EXDAAS_CACHE_MIB -> cache_mib.
+        builder = builder.add_source(
+            Environment::with_prefix("EXDAAS")
+                .prefix_separator("_")
+                .source(Some(env.clone())),
+        );
+        for (key, name) in [
+            ("port", "PORT"),
+            ("dets_root", "DETS_ROOT"),
+            ("shard_limit", "SHARD_LIMIT"),
+        ] {
+            builder = builder
+                .set_override_option(key, env.get(name).cloned())
+                .map_err(|e| file_error("<environment>", e))?;
+        }
+        let config = builder
+            .build()
+            .map_err(|e| file_error(file.as_deref().unwrap_or("<environment>"), e))?;
+        let raw = |key: &str| -> Result<String, SettingsError> {
+            config
+                .get_string(key)
+                .map_err(|e| file_error(file.as_deref().unwrap_or("<environment>"), e))
+        };
+
+        let shard_limit = raw("shard_limit")?;
+        let shards = shard_limit
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .and_then(ShardCount::new)
+            .ok_or_else(|| invalid("SHARD_LIMIT", &shard_limit, "an integer from 1 to 4096"))?;
+
+        Ok(Settings {
+            listen_addr: parse(
+                "EXDAAS_LISTEN_ADDR",
+                &raw("listen_addr")?,
+                "an IP address such as 0.0.0.0 or ::1",
+            )?,
+            port: parse("PORT", &raw("port")?, "a TCP port from 0 to 65535")?,
+            data_dir: {
+                let dir = raw("dets_root")?;
+                if dir.trim().is_empty() {
+                    return Err(invalid("DETS_ROOT", &dir, "a folder path"));
+                }
+                PathBuf::from(dir)
+            },
+            shards,
+            cache_bytes: {
+                let mib: u64 = parse(
+                    "EXDAAS_CACHE_MIB",
+                    &raw("cache_mib")?,
+                    "a size in MiB from 0 to 1048576",
+                )?;
+                if mib > 1 << 20 {
+                    return Err(invalid(
+                        "EXDAAS_CACHE_MIB",
+                        &mib.to_string(),
+                        "a size in MiB from 0 to 1048576",
+                    ));
+                }
+                mib << 20
+            },
+            max_body_bytes: ranged(
+                "EXDAAS_MAX_BODY_BYTES",
+                &raw("max_body_bytes")?,
+                1024,
+                1 << 30,
+                "a byte count from 1024 to 1073741824",
+            )?,
+            sync: match raw("sync")?.trim().to_ascii_lowercase().as_str() {
+                "normal" => SyncMode::Normal,
+                "full" => SyncMode::Full,
+                _ => return Err(invalid("EXDAAS_SYNC", &raw("sync")?, "normal or full")),
+            },
+            writer_batch: ranged(
+                "EXDAAS_WRITER_BATCH",
+                &raw("writer_batch")?,
+                1,
+                100_000,
+                "an integer from 1 to 100000",
+            )?,
+            writer_queue: ranged(
+                "EXDAAS_WRITER_QUEUE",
+                &raw("writer_queue")?,
+                1,
+                10_000_000,
+                "an integer from 1 to 10000000",
+            )?,
+            read_connections: ranged(
+                "EXDAAS_READ_CONNECTIONS",
+                &raw("read_connections")?,
+                1,
+                64,
+                "an integer from 1 to 64",
+            )? as u32,
+            shutdown_timeout: Duration::from_secs(ranged(
+                "EXDAAS_SHUTDOWN_TIMEOUT_SECS",
+                &raw("shutdown_timeout_secs")?,
+                0,
+                3600,
+                "seconds from 0 to 3600",
+            )? as u64),
+            log_format: match raw("log_format")?.trim().to_ascii_lowercase().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => return Err(invalid("EXDAAS_LOG_FORMAT", &raw("log_format")?, "text or json")),
+            },
+        })
+    }
+}
+
+fn invalid(name: &'static str, value: &str, expected: &'static str) -> SettingsError {
+    SettingsError::Invalid {
+        name,
+        value: value.to_owned(),
+        expected,
+    }
+}
+
+fn file_error(path: &str, err: config::ConfigError) -> SettingsError {
+    SettingsError::File {
+        path: path.to_owned(),
+        reason: err.to_string(),
+    }
+}
+
+fn parse<T: std::str::FromStr>(name: &'static str, value: &str, expected: &'static str) -> Result<T, SettingsError> {
+    value.trim().parse().map_err(|_| invalid(name, value, expected))
+}
+
+fn ranged(
+    name: &'static str,
+    value: &str,
+    min: usize,
+    max: usize,
+    expected: &'static str,
+) -> Result<usize, SettingsError> {
+    let n: usize = parse(name, value, expected)?;
+    if (min..=max).contains(&n) {
+        Ok(n)
+    } else {
+        Err(invalid(name, value, expected))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_match_the_original() {
+        let s = Settings::from_env(env(&[])).expect("defaults are valid");
+        assert_eq!(s.port, 4000);
+        assert_eq!(s.shards.get(), 4);
+        assert_eq!(s.data_dir, PathBuf::from("./data"));
+        assert_eq!(s.sync, SyncMode::Full);
+    }
+
+    #[test]
+    fn original_names_are_honoured() {
+        let s = Settings::from_env(env(&[("PORT", "8080"), ("SHARD_LIMIT", "16"), ("DETS_ROOT", "/tmp/x")]))
+            .expect("valid");
+        assert_eq!((s.port, s.shards.get()), (8080, 16));
+        assert_eq!(s.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn prefixed_names_are_honoured() {
+        let s = Settings::from_env(env(&[("EXDAAS_SYNC", "normal"), ("EXDAAS_CACHE_MIB", "8")])).expect("valid");
+        assert_eq!(s.sync, SyncMode::Normal);
+        assert_eq!(s.cache_bytes, 8 << 20);
+    }
+
+    #[test]
+    fn bad_values_name_the_setting_and_the_value() {
+        for (name, value) in [
+            ("SHARD_LIMIT", "0"),
+            ("SHARD_LIMIT", "-3"),
+            ("SHARD_LIMIT", "abc"),
+            ("PORT", "70000"),
+            ("EXDAAS_SYNC", "sometimes"),
+        ] {
+            let err = Settings::from_env(env(&[(name, value)]))
+                .expect_err("must refuse")
+                .to_string();
+            assert!(err.contains(name) && err.contains(value), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_file_sits_between_defaults_and_environment() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("exdaas.toml");
+        std::fs::write(&path, "shard_limit = 8\nport = 5000\n").expect("write config");
+        let path = path.to_string_lossy().into_owned();
+        let s = Settings::from_env(env(&[("EXDAAS_CONFIG", &path), ("PORT", "6000")])).expect("valid");
+        assert_eq!((s.shards.get(), s.port), (8, 6000));
+    }
+}

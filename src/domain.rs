@@ -1,0 +1,204 @@
+//! Names that cross the HTTP/store boundary, parsed once at the edge.
+//!
+//! A `CollectionName` or `DocId` that exists is valid: the API builds them with
+//! `parse`, and everything below it can rely on the documented limits.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// The collection that holds the original API's documents.
+pub const LEGACY_COLLECTION: &str = "default";
+
+/// Longest collection name, in bytes.
+pub const MAX_COLLECTION_LEN: usize = 64;
+/// Longest document id, in bytes.
+pub const MAX_ID_LEN: usize = 256;
+
+/// Why a collection name or id was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("{what} must not be empty")]
+    Empty { what: &'static str },
+    #[error("{what} is {len} bytes long; the limit is {max}")]
+    TooLong { what: &'static str, len: usize, max: usize },
+    #[error("{what} {value:?} contains {ch:?}; allowed are {allowed}")]
+    BadChar {
+        what: &'static str,
+        value: String,
+        ch: char,
+        allowed: &'static str,
+    },
+    #[error("{what} {value:?} is reserved")]
+    Reserved { what: &'static str, value: String },
+}
+
+const COLLECTION_CHARS: &str = "ASCII letters, digits, '_' and '-'";
+const ID_CHARS: &str = "ASCII letters, digits and - _ . ~ : @";
+
+/// A collection name: 1 to 64 bytes of `[A-Za-z0-9_-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CollectionName(Arc<str>);
+
+impl CollectionName {
+    pub fn parse(raw: &str) -> Result<Self, NameError> {
+        let what = "collection name";
+        check_len(what, raw, MAX_COLLECTION_LEN)?;
+        if let Some(ch) = raw
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+        {
+            return Err(NameError::BadChar {
+                what,
+                value: raw.to_owned(),
+                ch,
+                allowed: COLLECTION_CHARS,
+            });
+        }
+        Ok(Self(raw.into()))
+    }
+
+    /// The collection of the original API's documents.
+    pub fn legacy() -> Self {
+        Self(LEGACY_COLLECTION.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CollectionName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A document id: 1 to 256 bytes of URL-safe characters, so it can sit in a
+/// path segment unescaped. The original API's integer ids are their decimal form.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DocId(Arc<str>);
+
+impl DocId {
+    pub fn parse(raw: &str) -> Result<Self, NameError> {
+        let what = "document id";
+        check_len(what, raw, MAX_ID_LEN)?;
+        if let Some(ch) = raw
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | ':' | '@')))
+        {
+            return Err(NameError::BadChar {
+                what,
+                value: raw.to_owned(),
+                ch,
+                allowed: ID_CHARS,
+            });
+        }
+        if raw == "." || raw == ".." {
+            return Err(NameError::Reserved {
+                what,
+                value: raw.to_owned(),
+            });
+        }
+        Ok(Self(raw.into()))
+    }
+
+    /// The id of an integer-keyed document (the original API, server-chosen ids).
+    pub fn from_integer(n: i64) -> Self {
+        Self(n.to_string().into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The value of this id if it is the canonical decimal form of a
+    /// non-negative integer, the only form the id counter can ever produce.
+    pub fn as_counter_value(&self) -> Option<u64> {
+        let s = self.as_str();
+        let canonical = s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+        if canonical {
+            s.parse().ok()
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for DocId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn check_len(what: &'static str, raw: &str, max: usize) -> Result<(), NameError> {
+    if raw.is_empty() {
+        return Err(NameError::Empty { what });
+    }
+    if raw.len() > max {
+        return Err(NameError::TooLong {
+            what,
+            len: raw.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// Where a document lives: its collection and its id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DocKey {
+    pub collection: CollectionName,
+    pub id: DocId,
+}
+
+impl DocKey {
+    pub fn new(collection: CollectionName, id: DocId) -> Self {
+        Self { collection, id }
+    }
+}
+
+impl fmt::Display for DocKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.collection, self.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collection_names_follow_the_documented_limits() {
+        assert!(CollectionName::parse("default").is_ok());
+        assert!(CollectionName::parse("user-profiles_2").is_ok());
+        assert!(CollectionName::parse("").is_err());
+        assert!(CollectionName::parse("a/b").is_err());
+        assert!(CollectionName::parse("ünï").is_err());
+        assert!(CollectionName::parse(&"c".repeat(64)).is_ok());
+        assert!(CollectionName::parse(&"c".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn ids_follow_the_documented_limits() {
+        assert!(DocId::parse("7").is_ok());
+        assert!(DocId::parse("-7").is_ok());
+        assert!(DocId::parse("user:42@eu.v1~x_y").is_ok());
+        assert!(DocId::parse(&"i".repeat(256)).is_ok());
+        assert!(DocId::parse(&"i".repeat(257)).is_err());
+        assert!(DocId::parse("a b").is_err());
+        assert!(DocId::parse("a/b").is_err());
+        assert!(DocId::parse("..").is_err());
+        assert!(DocId::parse("").is_err());
+    }
+
+    #[test]
+    fn only_canonical_decimals_are_counter_values() {
+        let value = |s: &str| DocId::parse(s).ok().and_then(|id| id.as_counter_value());
+        assert_eq!(value("0"), Some(0));
+        assert_eq!(value("42"), Some(42));
+        assert_eq!(value("042"), None);
+        assert_eq!(value("-4"), None);
+        assert_eq!(value("4a"), None);
+        assert_eq!(value("99999999999999999999999"), None);
+    }
+}

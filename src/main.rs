@@ -1,0 +1,40 @@
+//! The `exdaas` binary: read settings, set up logging, serve until signalled.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use exdaas::cli::{Cli, Command};
+use exdaas::{app, telemetry, Application, Settings};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve().await,
+    }
+}
+
+async fn serve() -> ExitCode {
+    let settings = match Settings::load() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("exdaas: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(settings.log_format);
+    let app = match Application::build(settings).await {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("exdaas: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    match app.run_until_stopped(app::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("exdaas: server failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The document cache: a moka cache of committed documents, bounded in bytes.
+//!
+//! It must never answer with a value older than an acknowledged write. The
+//! danger is the fill race: a reader misses, reads the old row, the writer
+//! commits and updates the cache, then the reader stores the old row. Both
+//! sides therefore change an entry only through moka's `and_compute_with`,
+//! which holds a per-key lock: a reader's miss does its database read *inside*
+//! that lock, and the writer's post-commit update takes the same lock before
+//! it acknowledges. Either the reader's read starts after the commit (and sees
+//! it), or the writer's update lands after the reader's fill (and replaces it).
+
+use std::future::Future;
+
+use moka::future::Cache;
+use moka::ops::compute::Op;
+
+use super::{Document, StoreError};
+use crate::domain::DocKey;
+
+/// Bytes counted for an entry beyond its key and JSON text.
+const ENTRY_OVERHEAD: usize = 96;
+
+#[derive(Clone)]
+pub struct DocCache {
+    /// `None` when the configured capacity is zero.
+    inner: Option<Cache<DocKey, Document>>,
+    capacity_bytes: u64,
+}
+
+impl DocCache {
+    pub fn new(capacity_bytes: u64) -> Self {
+        let inner = (capacity_bytes > 0).then(|| {
+            Cache::builder()
+                .max_capacity(capacity_bytes)
+                .weigher(|key: &DocKey, doc: &Document| u32::try_from(weight(key, doc)).unwrap_or(u32::MAX))
+                .build()
+        });
+        Self { inner, capacity_bytes }
+    }
+
+    pub fn capacity_bytes(&self) -> u64 {
+        self.capacity_bytes
+    }
+
+    /// The cached document, if any. A hit is never older than the last
+    /// acknowledged write of its key.
+    pub async fn get(&self, key: &DocKey) -> Option<Document> {
+        self.inner.as_ref()?.get(key).await
+    }
+
+    /// Read-through: on a miss, runs `load` under the key's lock and caches
+    /// what it found.
+    pub async fn get_or_load<F, Fut>(&self, key: &DocKey, load: F) -> Result<Option<Document>, StoreError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<Document>, StoreError>>,
+    {
+        let Some(cache) = &self.inner else {
+            return load().await;
+        };
+        if let Some(doc) = cache.get(key).await {
+            return Ok(Some(doc));
+        }
+        let mut found: Result<Option<Document>, StoreError> = Ok(None);
+        let slot = &mut found;
+        cache
+            .entry_by_ref(key)
+            .and_compute_with(|existing| async move {
+                if let Some(entry) = existing {
+                    *slot = Ok(Some(entry.into_value()));
+                    return Op::Nop;
+                }
+                match load().await {
+                    Ok(Some(doc)) => {
+                        *slot = Ok(Some(doc.clone()));
+                        Op::Put(doc)
+                    }
+                    other => {
+                        *slot = other;
+                        Op::Nop
+                    }
+                }
+            })
+            .await;
+        found
+    }
+
+    /// Records a committed change (`None`: deleted). The writer calls this
+    /// after COMMIT and before it acknowledges.
+    pub async fn committed(&self, key: &DocKey, doc: Option<Document>) {
+        let Some(cache) = &self.inner else { return };
+        cache
+            .entry_by_ref(key)
+            .and_compute_with(|_| async move {
+                match doc {
+                    Some(doc) => Op::Put(doc),
+                    None => Op::Remove,
+                }
+            })
+            .await;
+    }
+
+    /// Fills the cache at boot, before any request or write can race with it.
+    pub async fn warm(&self, key: DocKey, doc: Document) {
+        if let Some(cache) = &self.inner {
+            cache.insert(key, doc).await;
+        }
+    }
+
+    /// Number of entries and weighted bytes (approximate, for logs and metrics).
+    pub async fn usage(&self) -> (u64, u64) {
+        match &self.inner {
+            Some(cache) => {
+                cache.run_pending_tasks().await;
+                (cache.entry_count(), cache.weighted_size())
+            }
+            None => (0, 0),
+        }
+    }
+}
+
+/// Cache bytes one document is counted for.
+pub fn weight(key: &DocKey, doc: &Document) -> usize {
+    key.collection.as_str().len() + key.id.as_str().len() + doc.data.len() + ENTRY_OVERHEAD
+}

@@ -1,0 +1,51 @@
+//! The id counter for anonymous writes.
+//!
+//! It lives in memory and restarts from the highest counter-shaped id any
+//! shard has stored (each shard keeps that number in `shard_meta`, updated in
+//! the same transaction as the documents). So an id is never reused, after a
+//! crash or a restart, and persisting it costs no extra disk write per id.
+//! It moves past every numeric id a client chooses, and anonymous writes are
+//! create-only, so a race with a client's id is retried, never an overwrite.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug)]
+pub struct IdCounter {
+    next: AtomicU64,
+}
+
+impl IdCounter {
+    /// A counter whose first id is `highest_used + 1` (so `1` on a new store).
+    pub fn starting_after(highest_used: u64) -> Self {
+        Self {
+            next: AtomicU64::new(highest_used.saturating_add(1)),
+        }
+    }
+
+    /// A fresh id, never handed out before by this counter.
+    pub fn next(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Moves the counter past an id a client chose.
+    pub fn observe(&self, used: u64) {
+        self.next.fetch_max(used.saturating_add(1), Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_after_the_highest_id_and_skips_client_ids() {
+        let ids = IdCounter::starting_after(0);
+        assert_eq!(ids.next(), 1);
+        assert_eq!(ids.next(), 2);
+        ids.observe(10);
+        assert_eq!(ids.next(), 11);
+        ids.observe(5);
+        assert_eq!(ids.next(), 12);
+        assert_eq!(IdCounter::starting_after(41).next(), 42);
+    }
+}

@@ -1,0 +1,328 @@
+//! The store: documents placed on shards, each shard a SQLite file written by
+//! one serialized writer and read through a shared cache.
+//!
+//! [`Store`] is the whole interface the HTTP layer sees: plain Rust types in,
+//! plain Rust types out. SQL and SQLite stay below this module, so another
+//! backend is a second implementation of these few calls, not a rewrite.
+
+pub mod cache;
+pub mod ids;
+pub mod layout;
+pub mod placement;
+mod shard;
+mod writer;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::TryStreamExt;
+use tokio::sync::watch;
+
+use crate::config::{Settings, SyncMode};
+use crate::domain::{CollectionName, DocId, DocKey};
+use cache::DocCache;
+use ids::IdCounter;
+use placement::{Placement, ShardCount};
+use shard::Shard;
+use writer::WriteOp;
+pub use writer::WriteOutcome;
+
+/// A stored document's state. Cheap to clone: the JSON text is shared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    /// Starts at 1 and rises by one with every change.
+    pub version: u64,
+    /// Time of the last change, Unix milliseconds.
+    pub updated_at_ms: i64,
+    /// The document, as canonical (compact, keys sorted) JSON text.
+    pub data: Arc<str>,
+}
+
+/// What a store needs to know to open.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub data_dir: PathBuf,
+    pub shards: ShardCount,
+    pub sync: SyncMode,
+    pub cache_bytes: u64,
+    pub writer_batch: usize,
+    pub writer_queue: usize,
+    pub read_connections: u32,
+}
+
+impl From<&Settings> for StoreOptions {
+    fn from(s: &Settings) -> Self {
+        Self {
+            data_dir: s.data_dir.clone(),
+            shards: s.shards,
+            sync: s.sync,
+            cache_bytes: s.cache_bytes,
+            writer_batch: s.writer_batch,
+            writer_queue: s.writer_queue,
+            read_connections: s.read_connections,
+        }
+    }
+}
+
+/// Everything that can go wrong below the HTTP layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("document {key} already exists")]
+    AlreadyExists { key: DocKey },
+    #[error("shard {shard} is unavailable: {reason}")]
+    Unavailable { shard: usize, reason: &'static str },
+    #[error("shard {shard}: database error: {source}")]
+    Database {
+        shard: usize,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("DETS_ROOT={path:?} is unusable: {reason}")]
+    DataFolder { path: PathBuf, reason: String },
+    #[error("{path:?}: {reason}")]
+    CorruptFile { path: PathBuf, reason: String },
+    #[error(
+        "data folder {path:?} was written with SHARD_LIMIT={on_disk}, but SHARD_LIMIT={configured} is set; \
+         start with SHARD_LIMIT={on_disk} (resharding an existing folder is not supported yet)"
+    )]
+    ShardCountMismatch {
+        path: PathBuf,
+        on_disk: u32,
+        configured: u32,
+    },
+    #[error("could not allocate a fresh id after {attempts} attempts")]
+    IdsExhausted { attempts: u32 },
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+/// Result of storing a document.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub doc: Document,
+    /// The document did not exist before.
+    pub created: bool,
+    /// Something was written (false when the data equalled the stored one).
+    pub changed: bool,
+}
+
+/// Readiness of one shard.
+#[derive(Debug, Clone)]
+pub struct ShardHealth {
+    pub index: usize,
+    pub ready: bool,
+}
+
+/// A cheap-to-clone handle to the open store.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    placement: Placement,
+    shards: Vec<Shard>,
+    cache: DocCache,
+    ids: IdCounter,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Store {
+    /// Checks the data folder, opens every shard, starts the writers and warms
+    /// the cache from disk.
+    pub async fn open(options: StoreOptions) -> Result<Self, StoreError> {
+        layout::prepare(&options.data_dir, options.shards)?;
+        let cache = DocCache::new(options.cache_bytes);
+        let (shutdown, _) = watch::channel(false);
+        let mut shards = Vec::with_capacity(options.shards.get() as usize);
+        for index in 0..options.shards.get() as usize {
+            let path = layout::shard_path(&options.data_dir, index);
+            shards.push(Shard::open(index, &path, &options, cache.clone(), shutdown.subscribe()).await?);
+        }
+        let highest_id = shards.iter().map(|s| s.max_counter_id).max().unwrap_or(0);
+        let store = Store {
+            inner: Arc::new(Inner {
+                placement: Placement::new(options.shards),
+                shards,
+                cache,
+                ids: IdCounter::starting_after(highest_id),
+                shutdown,
+            }),
+        };
+        store.warm_cache().await?;
+        Ok(store)
+    }
+
+    /// The document at `key`, if it exists.
+    pub async fn get(&self, key: &DocKey) -> Result<Option<Document>, StoreError> {
+        let shard = self.shard_for(key);
+        self.inner.cache.get_or_load(key, || shard.read(key)).await
+    }
+
+    /// Stores `data` at `key`, creating or replacing the document.
+    pub async fn put(&self, key: DocKey, data: &serde_json::Value) -> Result<Stored, StoreError> {
+        let data = canonical_json(data);
+        if let Some(n) = key.id.as_counter_value() {
+            self.inner.ids.observe(n);
+        }
+        // A write equal to the committed document changes nothing; the cache
+        // holds only committed state, so answering from it is safe.
+        if let Some(doc) = self.inner.cache.get(&key).await {
+            if doc.data == data {
+                return Ok(Stored {
+                    doc,
+                    created: false,
+                    changed: false,
+                });
+            }
+        }
+        let bucket = Placement::bucket_of(&key);
+        let op = WriteOp::Put {
+            key: key.clone(),
+            bucket,
+            data,
+            create_only: false,
+        };
+        into_stored(self.shard_for(&key).write(op).await?)
+    }
+
+    /// Stores `data` under a fresh id from the counter.
+    pub async fn create(
+        &self,
+        collection: CollectionName,
+        data: &serde_json::Value,
+    ) -> Result<(DocId, Stored), StoreError> {
+        const ATTEMPTS: u32 = 64;
+        let data = canonical_json(data);
+        for _ in 0..ATTEMPTS {
+            let id = DocId::from_integer(
+                i64::try_from(self.inner.ids.next()).map_err(|_| StoreError::IdsExhausted { attempts: 1 })?,
+            );
+            let key = DocKey::new(collection.clone(), id.clone());
+            let bucket = Placement::bucket_of(&key);
+            let op = WriteOp::Put {
+                key: key.clone(),
+                bucket,
+                data: data.clone(),
+                create_only: true,
+            };
+            match self.shard_for(&key).write(op).await {
+                // A client wrote this id first: take the next one.
+                Err(StoreError::AlreadyExists { .. }) => continue,
+                other => return Ok((id, into_stored(other?)?)),
+            }
+        }
+        Err(StoreError::IdsExhausted { attempts: ATTEMPTS })
+    }
+
+    /// Deletes the document at `key`; `false` if there was none.
+    pub async fn delete(&self, key: DocKey) -> Result<bool, StoreError> {
+        let op = WriteOp::Delete { key: key.clone() };
+        match self.shard_for(&key).write(op).await? {
+            WriteOutcome::Deleted => Ok(true),
+            _ => Ok(false),
+        }
+    }
+
+    pub fn health(&self) -> Vec<ShardHealth> {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| ShardHealth {
+                index: s.index,
+                ready: s.is_ready(),
+            })
+            .collect()
+    }
+
+    /// Cached documents and their weighted bytes.
+    pub async fn cache_usage(&self) -> (u64, u64) {
+        self.inner.cache.usage().await
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.inner.shards.len()
+    }
+
+    /// Stops taking writes, lets every writer drain its queue and checkpoint
+    /// its WAL, and closes the files. Reads after this fail.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.shutdown.send(true);
+        for shard in &self.inner.shards {
+            shard.close().await;
+        }
+    }
+
+    fn shard_for(&self, key: &DocKey) -> &Shard {
+        &self.inner.shards[self.inner.placement.shard_of(key)]
+    }
+
+    /// Loads the most recently changed documents of each shard into the
+    /// cache, up to its capacity, so a restart does not start cold.
+    async fn warm_cache(&self) -> Result<(), StoreError> {
+        let cache = &self.inner.cache;
+        if cache.capacity_bytes() == 0 {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let budget = (cache.capacity_bytes() / self.inner.shards.len() as u64) as usize;
+        let mut loaded = 0u64;
+        for shard in &self.inner.shards {
+            let db_error = |source| StoreError::Database {
+                shard: shard.index,
+                source,
+            };
+            let mut rows =
+                sqlx::query("SELECT collection, id, version, updated_at, data FROM documents ORDER BY updated_at DESC")
+                    .fetch(shard.reads());
+            let mut used = 0usize;
+            while let Some(row) = rows.try_next().await.map_err(db_error)? {
+                use sqlx::Row;
+                let (Ok(collection), Ok(id)) = (
+                    CollectionName::parse(row.try_get("collection").map_err(db_error)?),
+                    DocId::parse(row.try_get("id").map_err(db_error)?),
+                ) else {
+                    continue;
+                };
+                let key = DocKey::new(collection, id);
+                let doc = writer::document_from_row(&row).map_err(db_error)?;
+                used += cache::weight(&key, &doc);
+                if used > budget {
+                    break;
+                }
+                cache.warm(key, doc).await;
+                loaded += 1;
+            }
+        }
+        let (_, bytes) = cache.usage().await;
+        tracing::info!(
+            documents = loaded,
+            bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "cache warmed from disk"
+        );
+        Ok(())
+    }
+}
+
+fn into_stored(outcome: WriteOutcome) -> Result<Stored, StoreError> {
+    match outcome {
+        WriteOutcome::Written { doc, created } => Ok(Stored {
+            doc,
+            created,
+            changed: true,
+        }),
+        WriteOutcome::Unchanged(doc) => Ok(Stored {
+            doc,
+            created: false,
+            changed: false,
+        }),
+        WriteOutcome::Deleted | WriteOutcome::NotFound => Err(StoreError::Internal("a put was answered as a delete")),
+    }
+}
+
+/// Compact JSON with object keys sorted, so equal documents have equal text.
+pub fn canonical_json(value: &serde_json::Value) -> Arc<str> {
+    Arc::from(value.to_string())
+}

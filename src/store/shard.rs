@@ -1,0 +1,152 @@
+//! A shard: one SQLite file in WAL mode, its writer task and its read pool.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions, Row};
+use tokio::sync::{mpsc, oneshot, watch, Mutex};
+use tokio::task::JoinHandle;
+
+use super::cache::DocCache;
+use super::writer::{self, WriteOp, WriteRequest, WriteResult, Writer};
+use super::{Document, StoreError, StoreOptions};
+use crate::config::SyncMode;
+use crate::domain::DocKey;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+pub struct Shard {
+    pub index: usize,
+    writes: mpsc::Sender<WriteRequest>,
+    reads: SqlitePool,
+    writer_running: Arc<AtomicBool>,
+    writer_task: Mutex<Option<JoinHandle<()>>>,
+    /// Highest counter-shaped id stored here when the shard was opened.
+    pub max_counter_id: u64,
+}
+
+impl Shard {
+    /// Opens (creating if needed) the shard file, applies migrations, and
+    /// starts the writer.
+    pub async fn open(
+        index: usize,
+        path: &Path,
+        options: &StoreOptions,
+        cache: DocCache,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self, StoreError> {
+        let db_error = |source| StoreError::Database { shard: index, source };
+        let base = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(db_error)?
+            .filename(path)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(10))
+            .log_statements(tracing::log::LevelFilter::Trace);
+        let mut conn = base
+            .clone()
+            .create_if_missing(true)
+            .synchronous(match options.sync {
+                SyncMode::Normal => SqliteSynchronous::Normal,
+                SyncMode::Full => SqliteSynchronous::Full,
+            })
+            .connect()
+            .await
+            .map_err(|e| StoreError::CorruptFile {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        MIGRATOR.run(&mut conn).await.map_err(|e| StoreError::CorruptFile {
+            path: path.to_path_buf(),
+            reason: format!("cannot apply schema: {e}"),
+        })?;
+        let max_counter_id = sqlx::query("SELECT value FROM shard_meta WHERE key = 'max_counter_id'")
+            .fetch_one(&mut conn)
+            .await
+            .and_then(|row| row.try_get::<i64, _>(0))
+            .map_err(db_error)? as u64;
+
+        let reads = SqlitePoolOptions::new()
+            .max_connections(options.read_connections)
+            .min_connections(0)
+            .connect_with(base.read_only(true))
+            .await
+            .map_err(db_error)?;
+
+        let (writes, requests) = mpsc::channel(options.writer_queue);
+        let writer_running = Arc::new(AtomicBool::new(true));
+        let writer = Writer {
+            shard: index,
+            conn,
+            requests,
+            cache,
+            batch_limit: options.writer_batch,
+            max_counter_id,
+            shutdown,
+            running: writer_running.clone(),
+        };
+        let writer_task = tokio::spawn(writer.run());
+        Ok(Self {
+            index,
+            writes,
+            reads,
+            writer_running,
+            writer_task: Mutex::new(Some(writer_task)),
+            max_counter_id,
+        })
+    }
+
+    /// Hands `op` to the writer and waits for its answer, which comes only
+    /// after the change is committed.
+    pub async fn write(&self, op: WriteOp) -> WriteResult {
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send(WriteRequest { op, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable {
+                shard: self.index,
+                reason: "its writer has stopped",
+            })?;
+        answer.await.map_err(|_| StoreError::Unavailable {
+            shard: self.index,
+            reason: "its writer stopped before answering",
+        })?
+    }
+
+    /// Reads the committed document at `key` from disk.
+    pub async fn read(&self, key: &DocKey) -> Result<Option<Document>, StoreError> {
+        let mut conn = self.reads.acquire().await.map_err(|source| StoreError::Database {
+            shard: self.index,
+            source,
+        })?;
+        writer::select(&mut conn, key)
+            .await
+            .map_err(|source| StoreError::Database {
+                shard: self.index,
+                source,
+            })
+    }
+
+    /// The read pool, for scans (cache warming).
+    pub fn reads(&self) -> &SqlitePool {
+        &self.reads
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.writer_running.load(Ordering::SeqCst) && !self.reads.is_closed()
+    }
+
+    /// Closes the read pool, then waits for the writer to drain its queue,
+    /// checkpoint and close: as the last connection, it removes the WAL.
+    pub async fn close(&self) {
+        self.reads.close().await;
+        if let Some(task) = self.writer_task.lock().await.take() {
+            if let Err(e) = task.await {
+                tracing::error!(shard = self.index, error = %e, "writer task failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! The first slice of the v1 API, its limits and its documentation.
+
+use serde_json::json;
+
+use crate::helpers::{json, spawn_app};
+
+#[tokio::test]
+async fn put_creates_then_replaces_with_rising_versions() {
+    let app = spawn_app().await;
+    let resp = app.put_doc("users", "alice", &json!({"name": "Alice"})).await;
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.headers()["location"], "/v1/collections/users/docs/alice");
+    assert_eq!(resp.headers()["etag"], "\"1\"");
+    let created = json(resp).await;
+    assert_eq!(created["collection"], "users");
+    assert_eq!(created["id"], "alice");
+    assert_eq!(created["version"], 1);
+    assert_eq!(created["data"], json!({"name": "Alice"}));
+    assert!(
+        created["updated_at"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{created}"
+    );
+
+    let resp = app
+        .put_doc("users", "alice", &json!({"name": "Alice", "admin": true}))
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(json(resp).await["version"], 2);
+
+    let resp = app.get_doc("users", "alice").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["etag"], "\"2\"");
+    assert_eq!(json(resp).await["data"], json!({"name": "Alice", "admin": true}));
+}
+
+#[tokio::test]
+async fn any_json_value_is_a_document() {
+    let app = spawn_app().await;
+    for (id, value) in [
+        ("a", json!([1, 2])),
+        ("b", json!("text")),
+        ("c", json!(3.5)),
+        ("d", json!(null)),
+    ] {
+        assert_eq!(app.put_doc("values", id, &value).await.status(), 201, "{value}");
+        assert_eq!(json(app.get_doc("values", id).await).await["data"], value);
+    }
+}
+
+#[tokio::test]
+async fn post_allocates_an_id_and_says_where() {
+    let app = spawn_app().await;
+    let resp = app
+        .client
+        .post(app.url("/v1/collections/notes/docs"))
+        .json(&json!({"text": "hi"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 201);
+    let location = resp.headers()["location"].to_str().expect("ascii").to_owned();
+    let body = json(resp).await;
+    assert_eq!(
+        location,
+        format!("/v1/collections/notes/docs/{}", body["id"].as_str().expect("id"))
+    );
+    assert_eq!(json(app.get(&location).await).await["data"], json!({"text": "hi"}));
+}
+
+#[tokio::test]
+async fn delete_removes_and_missing_documents_are_404() {
+    let app = spawn_app().await;
+    app.put_doc("c", "x", &json!(1)).await;
+    let url = app.url("/v1/collections/c/docs/x");
+    assert_eq!(app.client.delete(&url).send().await.expect("sent").status(), 204);
+    let resp = app.get_doc("c", "x").await;
+    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let problem = json(resp).await;
+    assert_eq!(problem["status"], 404);
+    assert!(
+        problem["detail"].as_str().is_some_and(|d| d.contains("\"x\"")),
+        "{problem}"
+    );
+    assert_eq!(app.client.delete(&url).send().await.expect("sent").status(), 404);
+}
+
+#[tokio::test]
+async fn legacy_and_v1_share_the_default_collection() {
+    let app = spawn_app().await;
+    app.post_api(json!({"id": 42, "data": {"from": "legacy"}})).await;
+    let doc = json(app.get_doc("default", "42").await).await;
+    assert_eq!(doc["data"], json!({"from": "legacy"}));
+    app.put_doc("default", "43", &json!({"from": "v1"})).await;
+    assert_eq!(json(app.get_api("43").await).await["data"], json!({"from": "v1"}));
+}
+
+#[tokio::test]
+async fn names_outside_the_limits_are_refused() {
+    let app = spawn_app().await;
+    let long_id = "i".repeat(257);
+    let long_collection = "c".repeat(65);
+    for path in [
+        format!("/v1/collections/c/docs/{long_id}"),
+        format!("/v1/collections/{long_collection}/docs/x"),
+        "/v1/collections/c/docs/a%20b".to_string(),
+        "/v1/collections/b%C3%A4d/docs/x".to_string(),
+    ] {
+        let resp = app
+            .client
+            .put(app.url(&path))
+            .json(&json!(1))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(resp.status(), 400, "{path}");
+        assert!(json(resp).await["detail"].is_string(), "{path}");
+    }
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413_and_wrong_types_415() {
+    let app = spawn_app().await;
+    let big = json!({"blob": "x".repeat(1_100_000)});
+    let resp = app.put_doc("c", "big", &big).await;
+    assert_eq!(resp.status(), 413);
+    assert_eq!(json(resp).await["status"], 413);
+
+    let resp = app
+        .client
+        .put(app.url("/v1/collections/c/docs/t"))
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 415);
+    let resp = app
+        .client
+        .put(app.url("/v1/collections/c/docs/t"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 400);
+    assert_eq!(app.get_doc("c", "big").await.status(), 404);
+    assert_eq!(app.get_doc("c", "t").await.status(), 404);
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let app = spawn_app().await;
+    let resp = app.get("/healthz").await;
+    assert_eq!(resp.status(), 200);
+    let resp = app.get("/readyz").await;
+    assert_eq!(resp.status(), 200);
+    let body = json(resp).await;
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["shards"].as_array().map(Vec::len), Some(4));
+}
+
+#[tokio::test]
+async fn every_route_is_in_the_openapi_document_and_swagger_ui_serves() {
+    let app = spawn_app().await;
+    let spec = json(app.get("/openapi.json").await).await;
+    let paths = spec["paths"].as_object().expect("paths");
+    for (path, method) in [
+        ("/api", "post"),
+        ("/api", "get"),
+        ("/api/cmd", "get"),
+        ("/v1/collections/{collection}/docs/{id}", "put"),
+        ("/v1/collections/{collection}/docs/{id}", "get"),
+        ("/v1/collections/{collection}/docs/{id}", "delete"),
+        ("/v1/collections/{collection}/docs", "post"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} missing from the spec"
+        );
+    }
+    let resp = app.get("/docs/").await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.expect("html").contains("swagger"), "Swagger UI page");
+}
+
+#[tokio::test]
+async fn unknown_routes_answer_json() {
+    let app = spawn_app().await;
+    let resp = app.get("/nope").await;
+    assert_eq!(resp.status(), 404);
+    assert!(json(resp).await["message"].is_string());
+    let resp = app.get("/v1/nope").await;
+    assert_eq!(resp.status(), 404);
+    assert_eq!(json(resp).await["status"], 404);
+}

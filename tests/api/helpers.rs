@@ -1,0 +1,132 @@
+//! Starts the real server, in process, on an ephemeral port over a data
+//! folder, and speaks HTTP to it.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use exdaas::{Application, Settings, Store};
+use reqwest::{Client, Response};
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub struct TestApp {
+    pub address: String,
+    pub client: Client,
+    /// The server's store handle, for what HTTP cannot show (cache contents).
+    pub store: Store,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+    /// Keeps a fresh folder alive for the app's lifetime.
+    _folder: Option<TempDir>,
+}
+
+/// Settings for a test server over `dir`, plus `extra` environment.
+pub fn test_settings(dir: &Path, extra: &[(&str, &str)]) -> Settings {
+    let mut env: HashMap<String, String> = [
+        ("PORT", "0"),
+        ("EXDAAS_LISTEN_ADDR", "127.0.0.1"),
+        ("EXDAAS_SYNC", "normal"),
+        ("EXDAAS_SHUTDOWN_TIMEOUT_SECS", "5"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    env.insert("DETS_ROOT".into(), dir.to_string_lossy().into_owned());
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.to_string());
+    }
+    Settings::from_env(env).expect("test settings are valid")
+}
+
+/// A server over a fresh, empty data folder.
+pub async fn spawn_app() -> TestApp {
+    let folder = tempfile::tempdir().expect("temp dir");
+    let mut app = spawn_app_on(folder.path(), &[]).await;
+    app._folder = Some(folder);
+    app
+}
+
+/// A server over `dir` (which may hold data from an earlier server).
+pub async fn spawn_app_on(dir: &Path, extra: &[(&str, &str)]) -> TestApp {
+    let app = Application::build(test_settings(dir, extra))
+        .await
+        .expect("server starts");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let store = app.store().clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        address,
+        client: Client::new(),
+        store,
+        stop: Some(stop),
+        server: Some(server),
+        _folder: None,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    /// `POST /api` with a JSON body.
+    pub async fn post_api(&self, body: Value) -> Response {
+        self.client
+            .post(self.url("/api"))
+            .json(&body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// `GET /api?id=...` (raw query value, so tests can send bad ids).
+    pub async fn get_api(&self, id: &str) -> Response {
+        self.client
+            .get(self.url(&format!("/api?id={id}")))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client.get(self.url(path)).send().await.expect("request sent")
+    }
+
+    pub async fn put_doc(&self, collection: &str, id: &str, body: &Value) -> Response {
+        self.client
+            .put(self.url(&format!("/v1/collections/{collection}/docs/{id}")))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get_doc(&self, collection: &str, id: &str) -> Response {
+        self.get(&format!("/v1/collections/{collection}/docs/{id}")).await
+    }
+
+    /// Ties a temporary folder's lifetime to this app.
+    pub fn keep_folder(&mut self, folder: TempDir) {
+        self._folder = Some(folder);
+    }
+
+    /// Graceful stop: stop accepting, drain writers, close the files.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task").expect("server stopped cleanly");
+        }
+    }
+}
+
+/// The JSON body of a response.
+pub async fn json(resp: Response) -> Value {
+    resp.json().await.expect("JSON body")
+}

@@ -1,0 +1,80 @@
+//! A restart on the same folder finds every document and the id counter, and
+//! a different SHARD_LIMIT is refused instead of hiding documents.
+
+use exdaas::app::BootError;
+use exdaas::Application;
+use serde_json::json;
+
+use crate::helpers::{json, spawn_app_on, test_settings};
+
+#[tokio::test]
+async fn documents_and_the_counter_survive_a_restart() {
+    let folder = tempfile::tempdir().expect("temp dir");
+    let app = spawn_app_on(folder.path(), &[]).await;
+    let mut legacy = Vec::new();
+    for i in 0..50 {
+        let body = json(app.post_api(json!({"id": null, "data": {"i": i}})).await).await;
+        legacy.push(body);
+    }
+    app.put_doc("users", "alice", &json!({"name": "Alice"})).await;
+    app.put_doc("users", "alice", &json!({"name": "Alice", "v": 2})).await;
+    // The highest id anyone used is a client's: the counter must pass it.
+    app.put_doc("things", "500", &json!("client chose 500")).await;
+    app.stop().await;
+
+    let app = spawn_app_on(folder.path(), &[]).await;
+    for body in &legacy {
+        let id = body["id"].to_string();
+        assert_eq!(&json(app.get_api(&id).await).await, body);
+    }
+    let alice = json(app.get_doc("users", "alice").await).await;
+    assert_eq!(
+        (alice["version"].clone(), alice["data"].clone()),
+        (json!(2), json!({"name": "Alice", "v": 2}))
+    );
+
+    let next = json(app.post_api(json!({"id": null, "data": {}})).await).await;
+    assert_eq!(next["id"], 501, "the counter restarts past every id used");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_different_shard_limit_is_refused() {
+    let folder = tempfile::tempdir().expect("temp dir");
+    let app = spawn_app_on(folder.path(), &[("SHARD_LIMIT", "4")]).await;
+    app.post_api(json!({"id": 1, "data": {}})).await;
+    app.stop().await;
+
+    let refused = Application::build(test_settings(folder.path(), &[("SHARD_LIMIT", "8")])).await;
+    match refused {
+        Err(err @ BootError::Store(_)) => {
+            let message = err.to_string();
+            assert!(
+                message.contains("SHARD_LIMIT=4") && message.contains("SHARD_LIMIT=8"),
+                "{message}"
+            );
+            assert_eq!(err.exit_code(), 2);
+        }
+        Err(other) => panic!("refused for the wrong reason: {other}"),
+        Ok(_) => panic!("a different SHARD_LIMIT must be refused"),
+    }
+
+    // The original count still opens, with the data.
+    let app = spawn_app_on(folder.path(), &[("SHARD_LIMIT", "4")]).await;
+    assert_eq!(json(app.get_api("1").await).await["data"], json!({}));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_cache_is_warm_after_a_restart() {
+    let folder = tempfile::tempdir().expect("temp dir");
+    let app = spawn_app_on(folder.path(), &[]).await;
+    for i in 0..20 {
+        app.put_doc("warm", &i.to_string(), &json!({"i": i})).await;
+    }
+    app.stop().await;
+    let app = spawn_app_on(folder.path(), &[]).await;
+    let (entries, _) = app.store.cache_usage().await;
+    assert_eq!(entries, 20, "every document fits, so every document is cached at boot");
+    app.stop().await;
+}
