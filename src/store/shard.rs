@@ -87,6 +87,8 @@ impl Shard {
             max_counter_id,
             shutdown,
             running: writer_running.clone(),
+            commits: 0,
+            writes: 0,
         };
         let writer_task = tokio::spawn(writer.run());
         Ok(Self {

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde_json::{json, Value};
 use sqlx::{Connection, Row, SqliteConnection};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -80,6 +81,9 @@ pub struct Writer {
     pub max_counter_id: u64,
     pub shutdown: watch::Receiver<bool>,
     pub running: Arc<AtomicBool>,
+    /// Commits and writes since start: their ratio is the mean group size.
+    pub commits: u64,
+    pub writes: u64,
 }
 
 impl Writer {
@@ -124,7 +128,12 @@ impl Writer {
             tracing::warn!(shard = self.shard, error = %e, "closing the write connection failed");
         }
         self.running.store(false, Ordering::SeqCst);
-        tracing::debug!(shard = self.shard, "writer stopped");
+        tracing::info!(
+            shard = self.shard,
+            commits = self.commits,
+            writes = self.writes,
+            "writer stopped"
+        );
     }
 
     async fn commit_batch(&mut self, batch: Vec<WriteRequest>) {
@@ -173,82 +182,111 @@ impl Writer {
 
     /// Applies `ops` in one transaction. Per-request refusals (a create of an
     /// existing id) are answers; only database failures abort the whole.
+    ///
+    /// Whatever the batch size, this costs a fixed number of statements: one
+    /// SELECT for every key the cache does not know, one INSERT for every
+    /// document written, one DELETE, each passing its rows as one JSON array
+    /// read with `json_each`. Decisions in between are plain Rust.
     async fn apply(&mut self, ops: &[WriteOp]) -> Result<Applied, sqlx::Error> {
         let now = now_millis();
         let mut tx = self.conn.begin().await?;
-        let mut changes: HashMap<DocKey, Option<Document>> = HashMap::new();
-        let mut answers = Vec::with_capacity(ops.len());
-        let mut max_counter_id = self.max_counter_id;
 
+        // The committed state of every key: from the cache, else from disk.
+        let mut state: HashMap<DocKey, Option<Document>> = HashMap::with_capacity(ops.len());
+        let mut unknown: Vec<DocKey> = Vec::new();
         for op in ops {
             let key = op.key();
-            let current = match changes.get(key) {
-                Some(doc) => doc.clone(),
-                None => match self.cache.get(key).await {
-                    Some(doc) => Some(doc),
-                    None => select(&mut tx, key).await?,
-                },
-            };
-            if let (
-                WriteOp::Put {
-                    data,
-                    create_only: false,
-                    ..
-                },
-                Some(doc),
-            ) = (op, &current)
-            {
-                if doc.data == *data {
-                    answers.push(Ok(WriteOutcome::Unchanged(doc.clone())));
-                    continue;
+            if state.contains_key(key) {
+                continue;
+            }
+            let cached = self.cache.get(key).await;
+            if cached.is_none() {
+                unknown.push(key.clone());
+            }
+            state.insert(key.clone(), cached);
+        }
+        if !unknown.is_empty() {
+            for (index, doc) in select_many(&mut tx, &unknown).await? {
+                if let Some(key) = unknown.get(index) {
+                    state.insert(key.clone(), Some(doc));
                 }
             }
-            let answer = match op {
-                WriteOp::Put { create_only: true, .. } if current.is_some() => {
+        }
+
+        // Decide each request in order, each seeing the ones before it.
+        let mut answers = Vec::with_capacity(ops.len());
+        let mut changes: HashMap<DocKey, (u32, Option<Document>)> = HashMap::new();
+        let mut max_counter_id = self.max_counter_id;
+        for op in ops {
+            let key = op.key();
+            let current = state.get(key).cloned().flatten();
+            let answer = match (op, current) {
+                (WriteOp::Put { create_only: true, .. }, Some(_)) => {
                     Err(StoreError::AlreadyExists { key: key.clone() })
                 }
-                WriteOp::Put { bucket, data, .. } => {
+                (WriteOp::Put { data, .. }, Some(doc)) if doc.data == *data => Ok(WriteOutcome::Unchanged(doc)),
+                (WriteOp::Put { bucket, data, .. }, current) => {
                     let doc = Document {
                         version: current.as_ref().map_or(1, |c| c.version + 1),
                         // Never let a clock step back make a change look older.
                         updated_at_ms: current.as_ref().map_or(now, |c| now.max(c.updated_at_ms)),
                         data: data.clone(),
                     };
-                    sqlx::query(
-                        "INSERT INTO documents (collection, id, bucket, version, updated_at, data) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-                         ON CONFLICT (collection, id) DO UPDATE SET \
-                         version = excluded.version, updated_at = excluded.updated_at, data = excluded.data",
-                    )
-                    .bind(key.collection.as_str())
-                    .bind(key.id.as_str())
-                    .bind(i64::from(*bucket))
-                    .bind(doc.version as i64)
-                    .bind(doc.updated_at_ms)
-                    .bind(&*doc.data)
-                    .execute(&mut *tx)
-                    .await?;
                     if let Some(n) = key.id.as_counter_value() {
                         max_counter_id = max_counter_id.max(n);
                     }
-                    changes.insert(key.clone(), Some(doc.clone()));
+                    state.insert(key.clone(), Some(doc.clone()));
+                    changes.insert(key.clone(), (*bucket, Some(doc.clone())));
                     Ok(WriteOutcome::Written {
                         doc,
                         created: current.is_none(),
                     })
                 }
-                WriteOp::Delete { .. } if current.is_none() => Ok(WriteOutcome::NotFound),
-                WriteOp::Delete { .. } => {
-                    sqlx::query("DELETE FROM documents WHERE collection = ?1 AND id = ?2")
-                        .bind(key.collection.as_str())
-                        .bind(key.id.as_str())
-                        .execute(&mut *tx)
-                        .await?;
-                    changes.insert(key.clone(), None);
+                (WriteOp::Delete { .. }, None) => Ok(WriteOutcome::NotFound),
+                (WriteOp::Delete { .. }, Some(_)) => {
+                    state.insert(key.clone(), None);
+                    changes.insert(key.clone(), (0, None));
                     Ok(WriteOutcome::Deleted)
                 }
             };
             answers.push(answer);
+        }
+
+        // Write each changed key's final state.
+        let mut upserts = Vec::new();
+        let mut deletes = Vec::new();
+        for (key, (bucket, doc)) in &changes {
+            match doc {
+                Some(doc) => upserts.push(json!([
+                    key.collection.as_str(),
+                    key.id.as_str(),
+                    bucket,
+                    doc.version,
+                    doc.updated_at_ms,
+                    &*doc.data
+                ])),
+                None => deletes.push(json!([key.collection.as_str(), key.id.as_str()])),
+            }
+        }
+        if !upserts.is_empty() {
+            sqlx::query(
+                "INSERT INTO documents (collection, id, bucket, version, updated_at, data) \
+                 SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5 FROM json_each(?1) WHERE true \
+                 ON CONFLICT (collection, id) DO UPDATE SET \
+                 version = excluded.version, updated_at = excluded.updated_at, data = excluded.data",
+            )
+            .bind(Value::Array(upserts).to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !deletes.is_empty() {
+            sqlx::query(
+                "DELETE FROM documents WHERE (collection, id) IN \
+                 (SELECT value->>0, value->>1 FROM json_each(?1))",
+            )
+            .bind(Value::Array(deletes).to_string())
+            .execute(&mut *tx)
+            .await?;
         }
         if max_counter_id > self.max_counter_id {
             sqlx::query("UPDATE shard_meta SET value = ?1 WHERE key = 'max_counter_id'")
@@ -257,12 +295,34 @@ impl Writer {
                 .await?;
         }
         tx.commit().await?;
+        self.commits += 1;
+        self.writes += ops.len() as u64;
+        let changes = changes.into_iter().map(|(key, (_, doc))| (key, doc)).collect();
         Ok(Applied {
             answers,
             changes,
             max_counter_id,
         })
     }
+}
+
+/// The committed documents among `keys`, as (index in `keys`, document).
+async fn select_many(conn: &mut SqliteConnection, keys: &[DocKey]) -> Result<Vec<(usize, Document)>, sqlx::Error> {
+    let param = Value::Array(
+        keys.iter()
+            .map(|k| json!([k.collection.as_str(), k.id.as_str()]))
+            .collect(),
+    );
+    let rows = sqlx::query(
+        "SELECT k.key AS idx, d.version, d.updated_at, d.data FROM json_each(?1) AS k \
+         JOIN documents AS d ON d.collection = k.value->>0 AND d.id = k.value->>1",
+    )
+    .bind(param.to_string())
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get::<i64, _>("idx")? as usize, document_from_row(row)?)))
+        .collect()
 }
 
 /// The committed document at `key`, read on the given connection.

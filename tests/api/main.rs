@@ -1,5 +1,6 @@
 //! Integration tests: the real server over HTTP, one module per area.
 
+mod batching;
 mod boot;
 mod cache;
 mod docs_api;
