@@ -6,6 +6,11 @@ use clap::Parser;
 use exdaas::cli::{Cli, Command};
 use exdaas::{app, telemetry, Application, Settings};
 
+/// mimalloc: the service allocates per request and per document; glibc's and
+/// especially musl's (the Alpine image) allocators are measurably slower.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

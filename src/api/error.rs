@@ -108,10 +108,11 @@ impl ResponseError for ApiError {
 
 /// Middleware body: every error leaving the API becomes a JSON answer.
 pub async fn render_errors<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
-    let path = req.uri().path().to_owned();
+    // A `Uri` clone shares its bytes: no copy on the success path.
+    let uri = req.uri().clone();
     match next.call(req).await {
         Ok(resp) => Ok(resp.into_response()),
-        Err(err) => Ok(ApiError::render(err, &path)),
+        Err(err) => Ok(ApiError::render(err, uri.path())),
     }
 }
 

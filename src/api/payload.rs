@@ -39,13 +39,24 @@ async fn read_limited(request: &Request, body: &mut RequestBody) -> poem::Result
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let mut bytes = Vec::with_capacity(declared.unwrap_or(0).min(limit as u64) as usize);
+    let read_error = |e: std::io::Error| {
+        poem::Error::from_string(format!("cannot read the request body: {e}"), StatusCode::BAD_REQUEST)
+    };
+    if declared.is_some() {
+        // hyper enforces a declared length, which is within the limit.
+        return body
+            .take()?
+            .into_vec()
+            .await
+            .map_err(|e| read_error(std::io::Error::other(e)));
+    }
+    let mut bytes = Vec::new();
     body.take()?
         .into_async_read()
         .take(limit as u64 + 1)
         .read_to_end(&mut bytes)
         .await
-        .map_err(|e| poem::Error::from_string(format!("cannot read the request body: {e}"), StatusCode::BAD_REQUEST))?;
+        .map_err(read_error)?;
     if bytes.len() > limit {
         return Err(too_large());
     }

@@ -196,3 +196,28 @@ async fn unknown_routes_answer_json() {
     assert_eq!(resp.status(), 404);
     assert_eq!(json(resp).await["status"], 404);
 }
+
+#[tokio::test]
+async fn a_chunked_body_over_the_limit_gets_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let addr = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let chunk = format!("{{\"blob\": \"{}\"}}", "x".repeat(1_200_000));
+    let request = format!(
+        "PUT /v1/collections/c/docs/chunked HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        chunk.len()
+    );
+    // The server may answer and close before reading everything: ignore write errors.
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 413"),
+        "{}",
+        answer.lines().next().unwrap_or_default()
+    );
+    assert_eq!(app.get_doc("c", "chunked").await.status(), 404);
+}
