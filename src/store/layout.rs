@@ -76,7 +76,9 @@ pub fn prepare(dir: &Path, shards: ShardCount) -> Result<Layout, StoreError> {
                     "it holds shard files but no {LAYOUT_FILE}; refusing to guess how they were placed"
                 )));
             }
-            write_atomically(&path, &serde_json::to_vec_pretty(&wanted).unwrap_or_default())
+            let bytes = serde_json::to_vec_pretty(&wanted).map_err(std::io::Error::other);
+            bytes
+                .and_then(|bytes| write_atomically(&path, &bytes))
                 .map_err(|e| folder_error(format!("cannot write {LAYOUT_FILE}: {e}")))?;
             Ok(wanted)
         }
