@@ -86,18 +86,27 @@ impl DocCache {
     }
 
     /// Records a committed change (`None`: deleted). The writer calls this
-    /// after COMMIT and before it acknowledges.
-    pub async fn committed(&self, key: &DocKey, doc: Option<Document>) {
+    /// after COMMIT and before it acknowledges. `existed` says whether the
+    /// key had a committed document before this change.
+    pub async fn committed(&self, key: &DocKey, doc: Option<Document>, existed: bool) {
         let Some(cache) = &self.inner else { return };
-        cache
-            .entry_by_ref(key)
-            .and_compute_with(|_| async move {
-                match doc {
-                    Some(doc) => Op::Put(doc),
-                    None => Op::Remove,
-                }
-            })
-            .await;
+        match doc {
+            // A reader racing with a create can only have found nothing on
+            // disk, and nothing is never cached: no stale fill to fence off,
+            // so the cheaper unlocked insert is enough.
+            Some(doc) if !existed => cache.insert(key.clone(), doc).await,
+            doc => {
+                cache
+                    .entry_by_ref(key)
+                    .and_compute_with(|_| async move {
+                        match doc {
+                            Some(doc) => Op::Put(doc),
+                            None => Op::Remove,
+                        }
+                    })
+                    .await;
+            }
+        }
     }
 
     /// Fills the cache at boot, before any request or write can race with it.

@@ -1,9 +1,12 @@
 //! The id counter for anonymous writes.
 //!
-//! It lives in memory and restarts from the highest counter-shaped id any
-//! shard has stored (each shard keeps that number in `shard_meta`, updated in
-//! the same transaction as the documents). So an id is never reused, after a
-//! crash or a restart, and persisting it costs no extra disk write per id.
+//! It lives in memory and restarts from the highest id ceiling any shard has
+//! recorded. Each shard keeps in `shard_meta` a bound that every counter-shaped
+//! id it stores stays under, raised in the same transaction as the documents
+//! and always with a reserve, so a run of writes raises it once per
+//! thousand ids; a clean stop records the exact highest id. So an id is never
+//! reused, after a crash or a restart, and persisting the counter costs no
+//! extra disk write per id (a crash may skip up to a reserve's worth of ids).
 //! It moves past every numeric id a client chooses, and anonymous writes are
 //! create-only, so a race with a client's id is retried, never an overwrite.
 

@@ -49,6 +49,8 @@ impl Shard {
         let mut conn = base
             .clone()
             .create_if_missing(true)
+            .pragma("cache_size", "-65536")
+            .pragma("temp_store", "memory")
             .synchronous(match options.sync {
                 SyncMode::Normal => SqliteSynchronous::Normal,
                 SyncMode::Full => SqliteSynchronous::Full,
@@ -85,6 +87,7 @@ impl Shard {
             cache,
             batch_limit: options.writer_batch,
             max_counter_id,
+            id_ceiling: max_counter_id,
             shutdown,
             running: writer_running.clone(),
             commits: 0,

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::fmt::Write as _;
+
 use serde_json::{json, Value};
 use sqlx::{Connection, Row, SqliteConnection};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -67,8 +69,9 @@ pub struct WriteRequest {
 /// Effects of a committed batch: what to put in the cache, what to answer.
 struct Applied {
     answers: Vec<WriteResult>,
-    changes: HashMap<DocKey, Option<Document>>,
+    changes: HashMap<DocKey, Change>,
     max_counter_id: u64,
+    id_ceiling: u64,
 }
 
 pub struct Writer {
@@ -77,8 +80,11 @@ pub struct Writer {
     pub requests: mpsc::Receiver<WriteRequest>,
     pub cache: DocCache,
     pub batch_limit: usize,
-    /// Highest counter-shaped id stored in this shard (persisted in shard_meta).
+    /// Every counter-shaped id stored in this shard is at most this: the
+    /// ceiling read at open, raised by every such id written since.
     pub max_counter_id: u64,
+    /// The bound recorded in `shard_meta`, at least `max_counter_id`.
+    pub id_ceiling: u64,
     pub shutdown: watch::Receiver<bool>,
     pub running: Arc<AtomicBool>,
     /// Commits and writes since start: their ratio is the mean group size.
@@ -108,6 +114,10 @@ impl Writer {
                     None => break,
                 },
             };
+            // Let the tasks that are about to send run first: under load this
+            // gathers more requests into the commit, at the cost of one pass
+            // of the scheduler when idle.
+            tokio::task::yield_now().await;
             let mut batch = Vec::with_capacity(self.batch_limit.min(256));
             batch.push(first);
             while batch.len() < self.batch_limit {
@@ -117,6 +127,15 @@ impl Writer {
                 }
             }
             self.commit_batch(batch).await;
+        }
+        // Every write is drained: the exact highest id replaces the reserve,
+        // so a clean restart continues the sequence without a gap.
+        if let Err(e) = sqlx::query("UPDATE shard_meta SET value = ?1 WHERE key = 'max_counter_id'")
+            .bind(self.max_counter_id as i64)
+            .execute(&mut self.conn)
+            .await
+        {
+            tracing::warn!(shard = self.shard, error = %e, "recording the id ceiling failed");
         }
         if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
             .execute(&mut self.conn)
@@ -164,8 +183,9 @@ impl Writer {
     /// After COMMIT: publish to the cache, then acknowledge.
     async fn finish(&mut self, applied: Applied, replies: Vec<oneshot::Sender<WriteResult>>) {
         self.max_counter_id = self.max_counter_id.max(applied.max_counter_id);
-        for (key, doc) in applied.changes {
-            self.cache.committed(&key, doc).await;
+        self.id_ceiling = applied.id_ceiling;
+        for (key, change) in applied.changes {
+            self.cache.committed(&key, change.doc, change.existed).await;
         }
         for (reply, answer) in replies.into_iter().zip(applied.answers) {
             // The client may have gone; its write is committed all the same.
@@ -183,39 +203,17 @@ impl Writer {
     /// Applies `ops` in one transaction. Per-request refusals (a create of an
     /// existing id) are answers; only database failures abort the whole.
     ///
-    /// Whatever the batch size, this costs a fixed number of statements: one
-    /// SELECT for every key the cache does not know, one INSERT for every
-    /// document written, one DELETE, each passing its rows as one JSON array
-    /// read with `json_each`. Decisions in between are plain Rust.
+    /// Whatever the batch size, this costs at most two trips to SQLite: one
+    /// SELECT for the keys whose committed state is not already known, and
+    /// one script that writes every change and commits. Decisions in between
+    /// are plain Rust.
     async fn apply(&mut self, ops: &[WriteOp]) -> Result<Applied, sqlx::Error> {
         let now = now_millis();
-        let mut tx = self.conn.begin().await?;
-
-        // The committed state of every key: from the cache, else from disk.
-        let mut state: HashMap<DocKey, Option<Document>> = HashMap::with_capacity(ops.len());
-        let mut unknown: Vec<DocKey> = Vec::new();
-        for op in ops {
-            let key = op.key();
-            if state.contains_key(key) {
-                continue;
-            }
-            let cached = self.cache.get(key).await;
-            if cached.is_none() {
-                unknown.push(key.clone());
-            }
-            state.insert(key.clone(), cached);
-        }
-        if !unknown.is_empty() {
-            for (index, doc) in select_many(&mut tx, &unknown).await? {
-                if let Some(key) = unknown.get(index) {
-                    state.insert(key.clone(), Some(doc));
-                }
-            }
-        }
+        let mut state = self.committed_state(ops).await?;
 
         // Decide each request in order, each seeing the ones before it.
         let mut answers = Vec::with_capacity(ops.len());
-        let mut changes: HashMap<DocKey, (u32, Option<Document>)> = HashMap::new();
+        let mut changes: HashMap<DocKey, Change> = HashMap::new();
         let mut max_counter_id = self.max_counter_id;
         for op in ops {
             let key = op.key();
@@ -236,7 +234,15 @@ impl Writer {
                         max_counter_id = max_counter_id.max(n);
                     }
                     state.insert(key.clone(), Some(doc.clone()));
-                    changes.insert(key.clone(), (*bucket, Some(doc.clone())));
+                    let existed = changes.get(key).map_or(current.is_some(), |c| c.existed);
+                    changes.insert(
+                        key.clone(),
+                        Change {
+                            bucket: *bucket,
+                            doc: Some(doc.clone()),
+                            existed,
+                        },
+                    );
                     Ok(WriteOutcome::Written {
                         doc,
                         created: current.is_none(),
@@ -245,65 +251,178 @@ impl Writer {
                 (WriteOp::Delete { .. }, None) => Ok(WriteOutcome::NotFound),
                 (WriteOp::Delete { .. }, Some(_)) => {
                     state.insert(key.clone(), None);
-                    changes.insert(key.clone(), (0, None));
+                    let existed = changes.get(key).map_or(true, |c| c.existed);
+                    changes.insert(
+                        key.clone(),
+                        Change {
+                            bucket: 0,
+                            doc: None,
+                            existed,
+                        },
+                    );
                     Ok(WriteOutcome::Deleted)
                 }
             };
             answers.push(answer);
         }
 
-        // Write each changed key's final state.
-        let mut upserts = Vec::new();
-        let mut deletes = Vec::new();
-        for (key, (bucket, doc)) in &changes {
-            match doc {
-                Some(doc) => upserts.push(json!([
-                    key.collection.as_str(),
-                    key.id.as_str(),
-                    bucket,
-                    doc.version,
-                    doc.updated_at_ms,
-                    &*doc.data
-                ])),
-                None => deletes.push(json!([key.collection.as_str(), key.id.as_str()])),
-            }
-        }
-        if !upserts.is_empty() {
-            sqlx::query(
-                "INSERT INTO documents (collection, id, bucket, version, updated_at, data) \
-                 SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5 FROM json_each(?1) WHERE true \
-                 ON CONFLICT (collection, id) DO UPDATE SET \
-                 version = excluded.version, updated_at = excluded.updated_at, data = excluded.data",
-            )
-            .bind(Value::Array(upserts).to_string())
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !deletes.is_empty() {
-            sqlx::query(
-                "DELETE FROM documents WHERE (collection, id) IN \
-                 (SELECT value->>0, value->>1 FROM json_each(?1))",
-            )
-            .bind(Value::Array(deletes).to_string())
-            .execute(&mut *tx)
-            .await?;
-        }
-        if max_counter_id > self.max_counter_id {
-            sqlx::query("UPDATE shard_meta SET value = ?1 WHERE key = 'max_counter_id'")
-                .bind(max_counter_id as i64)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        self.commits += 1;
+        let id_ceiling = if changes.is_empty() {
+            self.id_ceiling
+        } else {
+            self.persist(&changes, max_counter_id).await?
+        };
         self.writes += ops.len() as u64;
-        let changes = changes.into_iter().map(|(key, (_, doc))| (key, doc)).collect();
         Ok(Applied {
             answers,
             changes,
             max_counter_id,
+            id_ceiling,
         })
     }
+
+    /// The committed state of every key `ops` touch: from the cache, from
+    /// what the id counter guarantees, else from disk in one SELECT. Reading
+    /// outside the transaction is safe: this writer is the shard's only one.
+    async fn committed_state(&mut self, ops: &[WriteOp]) -> Result<HashMap<DocKey, Option<Document>>, sqlx::Error> {
+        let mut state: HashMap<DocKey, Option<Document>> = HashMap::with_capacity(ops.len());
+        let mut unknown: Vec<DocKey> = Vec::new();
+        for op in ops {
+            let key = op.key();
+            if state.contains_key(key) {
+                continue;
+            }
+            let cached = self.cache.get(key).await;
+            // Every counter-shaped id stored in this shard is at most
+            // `max_counter_id`, so a fresh id from the counter needs no read.
+            let surely_absent = matches!(op, WriteOp::Put { create_only: true, .. })
+                && key.id.as_counter_value().is_some_and(|n| n > self.max_counter_id);
+            if cached.is_none() && !surely_absent {
+                unknown.push(key.clone());
+            }
+            state.insert(key.clone(), cached);
+        }
+        if !unknown.is_empty() {
+            for (index, doc) in select_many(&mut self.conn, &unknown).await? {
+                if let Some(key) = unknown.get(index) {
+                    state.insert(key.clone(), Some(doc));
+                }
+            }
+        }
+        Ok(state)
+    }
+
+    /// Writes every changed key's final state (and, when an id passed it,
+    /// a raised id ceiling) in one transaction, sent to SQLite as one script.
+    /// If any part fails, the transaction is rolled back and nothing of it is
+    /// visible. Returns the id ceiling now on disk.
+    async fn persist(&mut self, changes: &HashMap<DocKey, Change>, max_counter_id: u64) -> Result<u64, sqlx::Error> {
+        // Row fields go as one JSON array; the documents' text goes as one
+        // blob that the rows slice by byte offset, so it is neither escaped
+        // here nor parsed by SQLite. Collection names and ids are plain ASCII
+        // without quotes or backslashes (see `domain`): no escaping either.
+        let mut upserts = String::from("[");
+        let mut texts: Vec<u8> = Vec::new();
+        let mut deletes = String::from("[");
+        for (key, change) in changes {
+            let list = if change.doc.is_some() {
+                &mut upserts
+            } else {
+                &mut deletes
+            };
+            if list.len() > 1 {
+                list.push(',');
+            }
+            let _ = write!(list, "[\"{}\",\"{}\"", key.collection, key.id);
+            if let Some(doc) = &change.doc {
+                let _ = write!(
+                    list,
+                    ",{},{},{},{},{}",
+                    change.bucket,
+                    doc.version,
+                    doc.updated_at_ms,
+                    texts.len() + 1,
+                    doc.data.len()
+                );
+                texts.extend_from_slice(doc.data.as_bytes());
+            }
+            list.push(']');
+        }
+        upserts.push(']');
+        deletes.push(']');
+        let ceiling = (max_counter_id > self.id_ceiling).then(|| max_counter_id.saturating_add(ID_RESERVE));
+        let script = write_script(upserts.len() > 2, deletes.len() > 2, ceiling.is_some());
+        let written = sqlx::query(script)
+            .bind(upserts)
+            .bind(texts)
+            .bind(deletes)
+            .bind(ceiling.unwrap_or(0) as i64)
+            .execute(&mut self.conn)
+            .await;
+        if let Err(err) = written {
+            // The script stopped at the failing statement, inside the
+            // transaction: end it, so the connection is clean for the next.
+            if let Err(e) = sqlx::query("ROLLBACK").execute(&mut self.conn).await {
+                tracing::debug!(shard = self.shard, error = %e, "rollback after a failed commit");
+            }
+            return Err(err);
+        }
+        self.commits += 1;
+        Ok(ceiling.unwrap_or(self.id_ceiling))
+    }
+}
+
+/// Ids the ceiling is raised past the highest one written, so that a run
+/// of anonymous writes updates `shard_meta` once per this many ids instead
+/// of in every commit. A crash can skip up to this many ids; a clean stop
+/// records the exact highest one.
+const ID_RESERVE: u64 = 1024;
+
+/// The commit script for the parts a batch needs. Parameters: ?1 the rows
+/// to upsert as JSON `[collection, id, bucket, version, updated_at, offset,
+/// length]`, ?2 the documents' text they slice, ?3 the keys to delete as JSON
+/// `[collection, id]`, ?4 the new id ceiling.
+fn write_script(upsert: bool, delete: bool, raise_ceiling: bool) -> &'static str {
+    macro_rules! upsert {
+        () => {
+            "INSERT INTO documents (collection, id, bucket, version, updated_at, data) \
+             SELECT value->>0, value->>1, value->>2, value->>3, value->>4, \
+             CAST(substr(?2, value->>5, value->>6) AS TEXT) FROM json_each(?1) WHERE true \
+             ON CONFLICT (collection, id) DO UPDATE SET \
+             version = excluded.version, updated_at = excluded.updated_at, data = excluded.data;"
+        };
+    }
+    macro_rules! delete {
+        () => {
+            "DELETE FROM documents WHERE (collection, id) IN (SELECT value->>0, value->>1 FROM json_each(?3));"
+        };
+    }
+    macro_rules! ceiling {
+        () => {
+            "UPDATE shard_meta SET value = ?4 WHERE key = 'max_counter_id' AND value < ?4;"
+        };
+    }
+    macro_rules! script {
+        ($($part:expr),*) => { concat!("BEGIN IMMEDIATE;", $($part,)* "COMMIT;") };
+    }
+    match (upsert, delete, raise_ceiling) {
+        (true, true, true) => script!(upsert!(), delete!(), ceiling!()),
+        (true, true, false) => script!(upsert!(), delete!()),
+        (true, false, true) => script!(upsert!(), ceiling!()),
+        (true, false, false) => script!(upsert!()),
+        (false, true, true) => script!(delete!(), ceiling!()),
+        (false, true, false) => script!(delete!()),
+        (false, false, true) => script!(ceiling!()),
+        (false, false, false) => script!(),
+    }
+}
+
+/// A key's final state after a batch, and whether it existed before it.
+#[derive(Debug)]
+struct Change {
+    bucket: u32,
+    /// `None`: deleted.
+    doc: Option<Document>,
+    existed: bool,
 }
 
 /// The committed documents among `keys`, as (index in `keys`, document).

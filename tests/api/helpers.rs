@@ -130,3 +130,80 @@ impl TestApp {
 pub async fn json(resp: Response) -> Value {
     resp.json().await.expect("JSON body")
 }
+
+/// The real `exdaas` binary, started as a child process over a data folder,
+/// for tests that signal or kill it.
+pub struct ServerProcess {
+    pub child: tokio::process::Child,
+    pub port: u16,
+    /// Log lines (JSON) printed after "exdaas listening", collected as they come.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ServerProcess {
+    /// Starts the binary on an ephemeral port and waits until it listens.
+    pub async fn start(dir: &Path, extra: &[(&str, &str)]) -> Self {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_exdaas"));
+        command
+            .env("DETS_ROOT", dir)
+            .env("PORT", "0")
+            .env("EXDAAS_LISTEN_ADDR", "127.0.0.1")
+            .env("EXDAAS_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("exdaas starts");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let port = loop {
+            let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+                .await
+                .expect("server logs within 30 s")
+                .expect("stderr readable")
+                .expect("server did not exit before listening");
+            let event: Value = serde_json::from_str(&line).unwrap_or_default();
+            if event["fields"]["message"] == "exdaas listening" {
+                let port = event["fields"]["port"].as_u64().expect("port logged");
+                break u16::try_from(port).expect("a port");
+            }
+        };
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().expect("log").push(line);
+            }
+        });
+        Self { child, port, log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// Sends a signal (`TERM`, `KILL`, ...) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("still running").to_string();
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill -{name} {pid}");
+    }
+
+    /// Waits for the process to exit (at most 30 s) and returns its exit code.
+    pub async fn wait(&mut self) -> Option<i32> {
+        tokio::time::timeout(std::time::Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("exits within 30 s")
+            .expect("wait")
+            .code()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().expect("log").join("\n")
+    }
+}

@@ -5,7 +5,7 @@ use exdaas::app::BootError;
 use exdaas::Application;
 use serde_json::json;
 
-use crate::helpers::{json, spawn_app_on, test_settings};
+use crate::helpers::{json, spawn_app_on, test_settings, ServerProcess};
 
 #[tokio::test]
 async fn documents_and_the_counter_survive_a_restart() {
@@ -76,5 +76,38 @@ async fn the_cache_is_warm_after_a_restart() {
     let app = spawn_app_on(folder.path(), &[]).await;
     let (entries, _) = app.store.cache_usage().await;
     assert_eq!(entries, 20, "every document fits, so every document is cached at boot");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_are_never_reused_after_a_crash() {
+    let folder = tempfile::tempdir().expect("temp dir");
+    let client = reqwest::Client::new();
+    let mut highest = 0;
+    for round in 0..3 {
+        let mut server = ServerProcess::start(folder.path(), &[]).await;
+        let mut ids = Vec::new();
+        for i in 0..40 {
+            let resp = client
+                .post(server.url("/api"))
+                .json(&json!({"id": null, "data": {"round": round, "i": i}}))
+                .send()
+                .await
+                .expect("request sent");
+            assert_eq!(resp.status(), 200);
+            ids.push(json(resp).await["id"].as_u64().expect("an integer id"));
+        }
+        assert!(
+            ids.iter().all(|&id| id > highest),
+            "round {round}: ids {ids:?} reuse one at or below {highest}, handed out before the crash"
+        );
+        highest = ids.iter().copied().max().unwrap_or(highest);
+        server.signal("KILL");
+        server.wait().await;
+    }
+    // Everything acknowledged before each kill is still there.
+    let app = spawn_app_on(folder.path(), &[]).await;
+    let last = json(app.get_api(&highest.to_string()).await).await;
+    assert_eq!(last["data"], json!({"round": 2, "i": 39}));
     app.stop().await;
 }

@@ -6,46 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
-use crate::helpers::{json, spawn_app_on};
+use crate::helpers::{json, spawn_app_on, ServerProcess};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_writers_and_loses_nothing_acknowledged() {
     let data = tempfile::tempdir().expect("temp dir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_exdaas"))
-        .env("DETS_ROOT", data.path())
-        .env("PORT", "0")
-        .env("EXDAAS_LISTEN_ADDR", "127.0.0.1")
-        .env("EXDAAS_SYNC", "full")
-        .env("EXDAAS_LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("exdaas starts");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let port = loop {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("server logs within 30 s")
-            .expect("stderr readable")
-            .expect("server did not exit before listening");
-        let event: Value = serde_json::from_str(&line).unwrap_or_default();
-        if event["fields"]["message"] == "exdaas listening" {
-            break event["fields"]["port"].as_u64().expect("port logged");
-        }
-    };
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let drain = {
-        let log = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                log.lock().expect("log").push(line);
-            }
-        })
-    };
+    let mut server = ServerProcess::start(data.path(), &[("EXDAAS_SYNC", "full")]).await;
+    let port = server.port;
 
     let client = reqwest::Client::new();
     let stop = Arc::new(AtomicBool::new(false));
@@ -69,23 +37,14 @@ async fn sigterm_drains_writers_and_loses_nothing_acknowledged() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let pid = child.id().expect("running").to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill runs");
-    assert!(killed.success());
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("exits within 30 s of SIGTERM")
-        .expect("wait");
+    server.signal("TERM");
+    let status = server.wait().await;
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         let _ = w.await;
     }
-    let _ = drain.await;
-    let log = log.lock().expect("log").join("\n");
-    assert_eq!(status.code(), Some(0), "exit status; log:\n{log}");
+    let log = server.log_text();
+    assert_eq!(status, Some(0), "exit status; log:\n{log}");
     assert!(log.contains("every writer drained"), "log:\n{log}");
 
     let acked = acked.lock().expect("acked").clone();
