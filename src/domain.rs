@@ -59,7 +59,10 @@ impl CollectionName {
 
     /// The collection of the original API's documents.
     pub fn legacy() -> Self {
-        Self(LEGACY_COLLECTION.into())
+        // Shared, so the original API's hot paths clone a pointer instead of
+        // allocating the name for every request.
+        static LEGACY: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+        Self(LEGACY.get_or_init(|| LEGACY_COLLECTION.into()).clone())
     }
 
     pub fn as_str(&self) -> &str {

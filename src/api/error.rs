@@ -5,7 +5,7 @@
 
 use poem::error::ResponseError;
 use poem::http::StatusCode;
-use poem::{Endpoint, IntoResponse, Request, Response};
+use poem::Response;
 use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registry};
 use poem_openapi::types::Type;
 use poem_openapi::{ApiResponse, Object};
@@ -103,16 +103,6 @@ impl ResponseError for ApiError {
                     .to_string(),
                 ),
         }
-    }
-}
-
-/// Middleware body: every error leaving the API becomes a JSON answer.
-pub async fn render_errors<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
-    // A `Uri` clone shares its bytes: no copy on the success path.
-    let uri = req.uri().clone();
-    match next.call(req).await {
-        Ok(resp) => Ok(resp.into_response()),
-        Err(err) => Ok(ApiError::render(err, uri.path())),
     }
 }
 

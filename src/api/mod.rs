@@ -9,7 +9,8 @@ mod health;
 mod legacy;
 mod payload;
 
-use poem::{Endpoint, EndpointExt, Route};
+use poem::http::Method;
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::{OpenApiService, Tags};
 
 use crate::store::Store;
@@ -53,6 +54,19 @@ pub fn routes(store: &Store, max_body_bytes: usize) -> impl Endpoint {
         .nest("/docs", ui)
         .at("/openapi.json", spec)
         .nest("/", api)
-        .around(error::render_errors)
-        .data(BodyLimit(max_body_bytes))
+        .around(move |next, req| edge(next, req, max_body_bytes))
+}
+
+/// What every request passes through: the body limit for the methods that
+/// carry a body (a GET skips the allocation), and errors rendered as JSON.
+async fn edge<E: Endpoint>(next: E, mut req: Request, max_body_bytes: usize) -> poem::Result<Response> {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        req.extensions_mut().insert(BodyLimit(max_body_bytes));
+    }
+    // A `Uri` clone shares its bytes: no copy on the success path.
+    let uri = req.uri().clone();
+    match next.call(req).await {
+        Ok(resp) => Ok(resp.into_response()),
+        Err(err) => Ok(error::ApiError::render(err, uri.path())),
+    }
 }

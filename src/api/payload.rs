@@ -18,7 +18,7 @@ use tokio::io::AsyncReadExt;
 
 use super::brackets;
 
-/// The largest body accepted, put in the request's data by the app.
+/// The largest body accepted, put in the request's data by `api::edge`.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub usize);
 

@@ -156,8 +156,11 @@ impl Store {
 
     /// The document at `key`, if it exists.
     pub async fn get(&self, key: &DocKey) -> Result<Option<Document>, StoreError> {
-        let shard = self.shard_for(key);
-        self.inner.cache.get_or_load(key, || shard.read(key)).await
+        // The shard is found only on a miss: a hit needs no placement hash.
+        self.inner
+            .cache
+            .get_or_load(key, || self.shard_for(key).read(key))
+            .await
     }
 
     /// Stores `data` at `key`, creating or replacing the document.
