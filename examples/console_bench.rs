@@ -100,7 +100,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     run("anonymous creates", ops, concurrency, move |_| {
         let s = s.clone();
         async move {
-            if let Err(e) = s.create(CollectionName::legacy(), &json!({"color": "blue"})).await {
+            if let Err(e) = s
+                .create(CollectionName::legacy(), &json!({"color": "blue"}), None)
+                .await
+            {
                 eprintln!("create failed: {e}");
             }
         }

@@ -129,7 +129,7 @@ impl DocsApi {
         body: JsonBody<AnyDocument>,
     ) -> Result<CreateResponse, ProblemError> {
         let collection = parse_collection(&collection)?;
-        let (id, stored) = self.store.create(collection.clone(), &body.0).await?;
+        let (id, stored) = self.store.create(collection.clone(), &body.0, None).await?;
         let key = DocKey::new(collection, id);
         let (envelope, etag) = envelope(&key, &stored.doc);
         Ok(CreateResponse::Created(envelope, etag, location(&key)))

@@ -50,7 +50,7 @@ impl ApiError {
 
     pub fn from_store(flavor: Flavor, err: StoreError) -> Self {
         let status = match &err {
-            StoreError::AlreadyExists { .. } => StatusCode::CONFLICT,
+            StoreError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             StoreError::Unavailable { .. } | StoreError::IdsExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
             StoreError::Database { .. }
             | StoreError::DataFolder { .. }

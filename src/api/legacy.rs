@@ -98,7 +98,7 @@ impl LegacyApi {
         let (id, stored) = match id {
             Some(id) => (id, self.store.put(legacy_key(id), &data).await?),
             None => {
-                let (id, stored) = self.store.create(CollectionName::legacy(), &data).await?;
+                let (id, stored) = self.store.create(CollectionName::legacy(), &data, None).await?;
                 let id = id
                     .as_str()
                     .parse()

@@ -86,15 +86,15 @@ impl DocCache {
     }
 
     /// Records a committed change (`None`: deleted). The writer calls this
-    /// after COMMIT and before it acknowledges. `existed` says whether the
-    /// key had a committed document before this change.
-    pub async fn committed(&self, key: &DocKey, doc: Option<Document>, existed: bool) {
+    /// after COMMIT and before it acknowledges. `row_existed` says whether
+    /// the key had a row on disk before this change (even an expired one).
+    pub async fn committed(&self, key: &DocKey, doc: Option<Document>, row_existed: bool) {
         let Some(cache) = &self.inner else { return };
         match doc {
-            // A reader racing with a create can only have found nothing on
-            // disk, and nothing is never cached: no stale fill to fence off,
-            // so the cheaper unlocked insert is enough.
-            Some(doc) if !existed => cache.insert(key.clone(), doc).await,
+            // A reader racing with the first row of a key can only have found
+            // nothing on disk, and nothing is never cached: no stale fill to
+            // fence off, so the cheaper unlocked insert is enough.
+            Some(doc) if !row_existed => cache.insert(key.clone(), doc).await,
             doc => {
                 cache
                     .entry_by_ref(key)

@@ -8,7 +8,10 @@
 pub mod cache;
 pub mod ids;
 pub mod layout;
+mod ops;
+mod patch;
 pub mod placement;
+mod scan;
 mod shard;
 mod writer;
 
@@ -23,10 +26,11 @@ use crate::config::{Settings, SyncMode};
 use crate::domain::{CollectionName, DocId, DocKey};
 use cache::DocCache;
 use ids::IdCounter;
+use ops::WriteOp;
+pub use ops::{Action, Expect, WriteOutcome, WriteResult};
 use placement::{Placement, ShardCount};
+pub use scan::{CollectionInfo, ListRequest, Listed, Page};
 use shard::Shard;
-use writer::WriteOp;
-pub use writer::WriteOutcome;
 
 /// A stored document's state. Cheap to clone: the JSON text is shared.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,8 +39,21 @@ pub struct Document {
     pub version: u64,
     /// Time of the last change, Unix milliseconds.
     pub updated_at_ms: i64,
+    /// When the document expires, Unix milliseconds (`None`: never).
+    pub expires_at_ms: Option<i64>,
     /// The document, as canonical (compact, keys sorted) JSON text.
     pub data: Arc<str>,
+}
+
+impl Document {
+    /// Whether the document still exists at `now_ms`: from its expiry on, it
+    /// is gone for every read, swept from disk or not.
+    pub fn is_live(&self, now_ms: i64) -> bool {
+        match self.expires_at_ms {
+            Some(at) => now_ms < at,
+            None => true,
+        }
+    }
 }
 
 /// What a store needs to know to open.
@@ -66,17 +83,20 @@ impl From<&Settings> for StoreOptions {
 }
 
 /// Everything that can go wrong below the HTTP layer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    #[error("document {key} already exists")]
-    AlreadyExists { key: DocKey },
+    #[error("document {key}: {}", match current_version {
+        Some(v) => format!("the precondition failed; its current version is {v}"),
+        None => "the precondition failed; it does not exist".to_owned(),
+    })]
+    PreconditionFailed { key: DocKey, current_version: Option<u64> },
     #[error("shard {shard} is unavailable: {reason}")]
     Unavailable { shard: usize, reason: &'static str },
     #[error("shard {shard}: database error: {source}")]
     Database {
         shard: usize,
         #[source]
-        source: sqlx::Error,
+        source: Arc<sqlx::Error>,
     },
     #[error("DETS_ROOT={path:?} is unusable: {reason}")]
     DataFolder { path: PathBuf, reason: String },
@@ -154,40 +174,94 @@ impl Store {
         Ok(store)
     }
 
-    /// The document at `key`, if it exists.
+    /// The document at `key`, if it exists (and has not expired).
     pub async fn get(&self, key: &DocKey) -> Result<Option<Document>, StoreError> {
         // The shard is found only on a miss: a hit needs no placement hash.
-        self.inner
+        let doc = self
+            .inner
             .cache
             .get_or_load(key, || self.shard_for(key).read(key))
-            .await
+            .await?;
+        Ok(doc.filter(|doc| doc.is_live(writer::now_millis())))
     }
 
-    /// Stores `data` at `key`, creating or replacing the document.
+    /// Stores `data` at `key`, creating or replacing the document (no
+    /// precondition, no expiry): the original API's upsert.
     pub async fn put(&self, key: DocKey, data: &serde_json::Value) -> Result<Stored, StoreError> {
-        let data = canonical_json(data);
+        let action = Action::put(data, None);
+        into_stored(self.write(key, Expect::Any, action).await?)
+    }
+
+    /// Applies one operation to the document at `key`.
+    pub async fn write(&self, key: DocKey, expect: Expect, action: Action) -> WriteResult {
         if let Some(n) = key.id.as_counter_value() {
             self.inner.ids.observe(n);
         }
-        // A write equal to the committed document changes nothing; the cache
+        // A put equal to the committed document changes nothing; the cache
         // holds only committed state, so answering from it is safe.
-        if let Some(doc) = self.inner.cache.get(&key).await {
-            if doc.data == data {
-                return Ok(Stored {
-                    doc,
-                    created: false,
-                    changed: false,
-                });
+        if let (Expect::Any, Action::Put { data, expires_at_ms }) = (&expect, &action) {
+            if let Some(doc) = self.inner.cache.get(&key).await {
+                if doc.data == *data && doc.expires_at_ms == *expires_at_ms && doc.is_live(writer::now_millis()) {
+                    return Ok(WriteOutcome::Unchanged(doc));
+                }
             }
         }
         let bucket = Placement::bucket_of(&key);
-        let op = WriteOp::Put {
-            key: key.clone(),
+        let shard = self.shard_for(&key);
+        let op = WriteOp {
+            key,
             bucket,
-            data,
-            create_only: false,
+            expect,
+            action,
         };
-        into_stored(self.shard_for(&key).write(op).await?)
+        shard
+            .submit(vec![op])
+            .await?
+            .pop()
+            .unwrap_or(Err(StoreError::Internal("the writer gave no answer")))
+    }
+
+    /// Applies operations on documents of one collection. Those that land
+    /// on the same shard are applied in order and commit in one transaction;
+    /// across shards there is no ordering and no atomicity. Answers come
+    /// back in the order of `ops`.
+    pub async fn write_many(&self, collection: &CollectionName, ops: Vec<(DocId, Expect, Action)>) -> Vec<WriteResult> {
+        let total = ops.len();
+        let mut per_shard: Vec<(Vec<usize>, Vec<WriteOp>)> = vec![(Vec::new(), Vec::new()); self.inner.shards.len()];
+        for (index, (id, expect, action)) in ops.into_iter().enumerate() {
+            if let Some(n) = id.as_counter_value() {
+                self.inner.ids.observe(n);
+            }
+            let key = DocKey::new(collection.clone(), id);
+            let bucket = Placement::bucket_of(&key);
+            let (indices, shard_ops) = &mut per_shard[self.inner.placement.shard_of_bucket(bucket)];
+            indices.push(index);
+            shard_ops.push(WriteOp {
+                key,
+                bucket,
+                expect,
+                action,
+            });
+        }
+        let submitted = per_shard
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (indices, _))| !indices.is_empty())
+            .map(|(shard, (indices, ops))| async move {
+                let count = ops.len();
+                let answers = match self.inner.shards[shard].submit(ops).await {
+                    Ok(answers) => answers,
+                    Err(err) => vec![Err(err); count],
+                };
+                (indices, answers)
+            });
+        let mut answers: Vec<WriteResult> = vec![Err(StoreError::Internal("an operation got no answer")); total];
+        for (indices, shard_answers) in futures_util::future::join_all(submitted).await {
+            for (index, answer) in indices.into_iter().zip(shard_answers) {
+                answers[index] = answer;
+            }
+        }
+        answers
     }
 
     /// Stores `data` under a fresh id from the counter.
@@ -195,24 +269,18 @@ impl Store {
         &self,
         collection: CollectionName,
         data: &serde_json::Value,
+        expires_at_ms: Option<i64>,
     ) -> Result<(DocId, Stored), StoreError> {
         const ATTEMPTS: u32 = 64;
-        let data = canonical_json(data);
+        let action = Action::put(data, expires_at_ms);
         for _ in 0..ATTEMPTS {
             let id = DocId::from_integer(
                 i64::try_from(self.inner.ids.next()).map_err(|_| StoreError::IdsExhausted { attempts: 1 })?,
             );
             let key = DocKey::new(collection.clone(), id.clone());
-            let bucket = Placement::bucket_of(&key);
-            let op = WriteOp::Put {
-                key: key.clone(),
-                bucket,
-                data: data.clone(),
-                create_only: true,
-            };
-            match self.shard_for(&key).write(op).await {
+            match self.write(key, Expect::Absent, action.clone()).await {
                 // A client wrote this id first: take the next one.
-                Err(StoreError::AlreadyExists { .. }) => continue,
+                Err(StoreError::PreconditionFailed { .. }) => continue,
                 other => return Ok((id, into_stored(other?)?)),
             }
         }
@@ -221,9 +289,8 @@ impl Store {
 
     /// Deletes the document at `key`; `false` if there was none.
     pub async fn delete(&self, key: DocKey) -> Result<bool, StoreError> {
-        let op = WriteOp::Delete { key: key.clone() };
-        match self.shard_for(&key).write(op).await? {
-            WriteOutcome::Deleted => Ok(true),
+        match self.write(key, Expect::Any, Action::Delete).await? {
+            WriteOutcome::Deleted(_) => Ok(true),
             _ => Ok(false),
         }
     }
@@ -257,6 +324,10 @@ impl Store {
         }
     }
 
+    fn shards(&self) -> &[Shard] {
+        &self.inner.shards
+    }
+
     fn shard_for(&self, key: &DocKey) -> &Shard {
         &self.inner.shards[self.inner.placement.shard_of(key)]
     }
@@ -274,11 +345,14 @@ impl Store {
         for shard in &self.inner.shards {
             let db_error = |source| StoreError::Database {
                 shard: shard.index,
-                source,
+                source: Arc::new(source),
             };
-            let mut rows =
-                sqlx::query("SELECT collection, id, version, updated_at, data FROM documents ORDER BY updated_at DESC")
-                    .fetch(shard.reads());
+            let mut rows = sqlx::query(
+                "SELECT collection, id, version, updated_at, expires_at, data FROM documents \
+                     WHERE expires_at IS NULL OR expires_at > ?1 ORDER BY updated_at DESC",
+            )
+            .bind(writer::now_millis())
+            .fetch(shard.reads());
             let mut used = 0usize;
             while let Some(row) = rows.try_next().await.map_err(db_error)? {
                 use sqlx::Row;
@@ -321,7 +395,9 @@ fn into_stored(outcome: WriteOutcome) -> Result<Stored, StoreError> {
             created: false,
             changed: false,
         }),
-        WriteOutcome::Deleted | WriteOutcome::NotFound => Err(StoreError::Internal("a put was answered as a delete")),
+        WriteOutcome::Deleted(_) | WriteOutcome::NotFound | WriteOutcome::Read(_) => {
+            Err(StoreError::Internal("a put was answered as another operation"))
+        }
     }
 }
 

@@ -12,16 +12,17 @@ use tokio::sync::{mpsc, oneshot, watch, Mutex};
 use tokio::task::JoinHandle;
 
 use super::cache::DocCache;
-use super::writer::{self, WriteOp, WriteRequest, WriteResult, Writer};
+use super::ops::{WriteOp, WriteResult};
+use super::writer::{self, Job, Writer};
 use super::{Document, StoreError, StoreOptions};
 use crate::config::SyncMode;
-use crate::domain::DocKey;
+use crate::domain::{CollectionName, DocKey};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
 pub struct Shard {
     pub index: usize,
-    writes: mpsc::Sender<WriteRequest>,
+    jobs: mpsc::Sender<Job>,
     reads: SqlitePool,
     writer_running: Arc<AtomicBool>,
     writer_task: Mutex<Option<JoinHandle<()>>>,
@@ -39,7 +40,10 @@ impl Shard {
         cache: DocCache,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, StoreError> {
-        let db_error = |source| StoreError::Database { shard: index, source };
+        let db_error = |source| StoreError::Database {
+            shard: index,
+            source: Arc::new(source),
+        };
         let base = SqliteConnectOptions::from_str("sqlite://")
             .map_err(db_error)?
             .filename(path)
@@ -70,6 +74,11 @@ impl Shard {
             .await
             .and_then(|row| row.try_get::<i64, _>(0))
             .map_err(db_error)? as u64;
+        let may_expire = sqlx::query("SELECT 1 FROM documents WHERE expires_at IS NOT NULL LIMIT 1")
+            .fetch_optional(&mut conn)
+            .await
+            .map_err(db_error)?
+            .is_some();
 
         let reads = SqlitePoolOptions::new()
             .max_connections(options.read_connections)
@@ -78,16 +87,17 @@ impl Shard {
             .await
             .map_err(db_error)?;
 
-        let (writes, requests) = mpsc::channel(options.writer_queue);
+        let (jobs_tx, jobs) = mpsc::channel(options.writer_queue);
         let writer_running = Arc::new(AtomicBool::new(true));
         let writer = Writer {
             shard: index,
             conn,
-            requests,
+            jobs,
             cache,
             batch_limit: options.writer_batch,
             max_counter_id,
             id_ceiling: max_counter_id,
+            may_expire,
             shutdown,
             running: writer_running.clone(),
             commits: 0,
@@ -96,7 +106,7 @@ impl Shard {
         let writer_task = tokio::spawn(writer.run());
         Ok(Self {
             index,
-            writes,
+            jobs: jobs_tx,
             reads,
             writer_running,
             writer_task: Mutex::new(Some(writer_task)),
@@ -104,40 +114,57 @@ impl Shard {
         })
     }
 
-    /// Hands `op` to the writer and waits for its answer, which comes only
-    /// after the change is committed.
-    pub async fn write(&self, op: WriteOp) -> WriteResult {
+    /// Hands `ops` to the writer and waits for their answers, which come
+    /// only after the changes are committed.
+    pub async fn submit(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.writes
-            .send(WriteRequest { op, reply })
-            .await
-            .map_err(|_| StoreError::Unavailable {
-                shard: self.index,
-                reason: "its writer has stopped",
-            })?;
-        answer.await.map_err(|_| StoreError::Unavailable {
+        self.send(Job::Ops { ops, reply }).await?;
+        answer.await.map_err(|_| self.stopped())
+    }
+
+    /// Deletes up to `limit` documents of `collection`; answers how many.
+    pub async fn purge(&self, collection: &CollectionName, limit: u32) -> Result<u64, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let collection = collection.clone();
+        self.send(Job::Purge {
+            collection,
+            limit,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| self.stopped())?
+    }
+
+    async fn send(&self, job: Job) -> Result<(), StoreError> {
+        self.jobs.send(job).await.map_err(|_| StoreError::Unavailable {
+            shard: self.index,
+            reason: "its writer has stopped",
+        })
+    }
+
+    fn stopped(&self) -> StoreError {
+        StoreError::Unavailable {
             shard: self.index,
             reason: "its writer stopped before answering",
-        })?
+        }
     }
 
     /// Reads the committed document at `key` from disk.
     pub async fn read(&self, key: &DocKey) -> Result<Option<Document>, StoreError> {
-        let mut conn = self.reads.acquire().await.map_err(|source| StoreError::Database {
-            shard: self.index,
-            source,
-        })?;
-        writer::select(&mut conn, key)
-            .await
-            .map_err(|source| StoreError::Database {
-                shard: self.index,
-                source,
-            })
+        let mut conn = self.reads.acquire().await.map_err(|e| self.db_error(e))?;
+        writer::select(&mut conn, key).await.map_err(|e| self.db_error(e))
     }
 
-    /// The read pool, for scans (cache warming).
+    /// The read pool, for scans (listings, exports, cache warming).
     pub fn reads(&self) -> &SqlitePool {
         &self.reads
+    }
+
+    pub fn db_error(&self, source: sqlx::Error) -> StoreError {
+        StoreError::Database {
+            shard: self.index,
+            source: Arc::new(source),
+        }
     }
 
     pub fn is_ready(&self) -> bool {

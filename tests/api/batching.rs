@@ -36,7 +36,11 @@ async fn concurrent_anonymous_writes_get_distinct_ids() {
         let store = app.store.clone();
         async move {
             let collection = CollectionName::parse("anon").expect("name");
-            store.create(collection, &json!({"n": n})).await.expect("create").0
+            store
+                .create(collection, &json!({"n": n}), None)
+                .await
+                .expect("create")
+                .0
         }
     });
     let ids: BTreeSet<String> = join_all(creates)
