@@ -7,6 +7,7 @@ use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use poem::Server;
 
 use crate::api;
+use crate::api::auth::Access;
 use crate::config::{Settings, SettingsError};
 use crate::store::{Store, StoreError, StoreOptions};
 
@@ -61,6 +62,18 @@ impl Application {
             .first()
             .and_then(|a| a.as_socket_addr().map(|s| s.port()))
             .unwrap_or(settings.port);
+        if settings.api_keys.is_empty() {
+            tracing::warn!(
+                "no API keys configured (EXDAAS_API_KEYS): every route is open to anyone who can reach the port"
+            );
+        }
+        for key in &settings.api_keys {
+            let collections = key
+                .collections
+                .as_ref()
+                .map(|c| c.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(","));
+            tracing::info!(key = %key.label(), scope = key.scope.as_str(), collections = collections.as_deref().unwrap_or("all"), "API key configured");
+        }
         tracing::info!(%addr, port, shards = settings.shards.get(), data_dir = %settings.data_dir.display(), sync = settings.sync.as_str(), "exdaas listening");
         Ok(Self {
             settings,
@@ -82,7 +95,12 @@ impl Application {
     /// Serves until `stop` resolves; then stops accepting, finishes requests
     /// in flight, drains every writer and checkpoints the WAL.
     pub async fn run_until_stopped(self, stop: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let routes = api::routes(&self.store, self.settings.max_body_bytes);
+        let options = api::ApiOptions {
+            max_body_bytes: self.settings.max_body_bytes,
+            access: Access::new(self.settings.api_keys.clone()),
+            cors_origins: self.settings.cors_origins.clone(),
+        };
+        let routes = api::routes(&self.store, &options);
         let served = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(routes, stop, Some(self.settings.shutdown_timeout))
             .await;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use config::{Config, Environment, File, FileFormat};
 
+use crate::api::auth::ApiKey;
 use crate::store::placement::ShardCount;
 
 /// How hard a commit pushes data to the disk before it is acknowledged.
@@ -54,6 +55,9 @@ pub struct Settings {
     pub read_connections: u32,
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
+    /// Empty: the API is open to everyone, as the original was.
+    pub api_keys: Vec<ApiKey>,
+    pub cors_origins: Vec<String>,
 }
 
 /// One row of the settings table: its key in the TOML file, its environment
@@ -133,6 +137,18 @@ pub const SETTINGS: &[SettingDoc] = &[
         meaning: "how long SIGTERM waits for requests in flight",
     },
     SettingDoc {
+        key: "api_keys",
+        env: "EXDAAS_API_KEYS",
+        default: "",
+        meaning: "API keys, ';'-separated scope:key[:collection,...] (scope read, write or admin; key 16+ chars or sha256:HEX); none: open to all",
+    },
+    SettingDoc {
+        key: "cors_origins",
+        env: "EXDAAS_CORS_ORIGINS",
+        default: "",
+        meaning: "origins browsers may call from, ','-separated (e.g. https://app.example.com); none by default",
+    },
+    SettingDoc {
         key: "log_format",
         env: "EXDAAS_LOG_FORMAT",
         default: "text",
@@ -143,11 +159,13 @@ pub const SETTINGS: &[SettingDoc] = &[
 /// A setting that could not be read or has a value outside what is allowed.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
-    #[error("invalid setting {name}={value:?}: expected {expected}")]
+    #[error("invalid setting {name}={value:?}: expected {expected}{}", reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
     Invalid {
         name: &'static str,
         value: String,
         expected: &'static str,
+        /// What exactly is wrong, when the value alone does not say it.
+        reason: Option<String>,
     },
     #[error("cannot read config file EXDAAS_CONFIG={path:?}: {reason}")]
     File { path: String, reason: String },
@@ -278,6 +296,37 @@ impl Settings {
                 "json" => LogFormat::Json,
                 _ => return Err(invalid("EXDAAS_LOG_FORMAT", &raw("log_format")?, "text or json")),
             },
+            api_keys: {
+                // A TOML file may give a list; the environment gives one string.
+                let listed = config.get::<Vec<String>>("api_keys").map(|keys| keys.join(";"));
+                let keys = listed.or_else(|_| raw("api_keys"))?;
+                ApiKey::parse_list(&keys).map_err(|e| SettingsError::Invalid {
+                    name: "EXDAAS_API_KEYS",
+                    value: e.shown.clone(),
+                    expected: "scope:key[:collection,...] entries; see --help",
+                    reason: Some(e.to_string()),
+                })?
+            },
+            cors_origins: {
+                let origins = raw("cors_origins")?;
+                let origins: Vec<String> = origins
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|o| !o.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if let Some(bad) = origins
+                    .iter()
+                    .find(|o| *o != "*" && !(o.starts_with("http://") || o.starts_with("https://")))
+                {
+                    return Err(invalid(
+                        "EXDAAS_CORS_ORIGINS",
+                        bad,
+                        "origins such as https://app.example.com, or *",
+                    ));
+                }
+                origins
+            },
         })
     }
 }
@@ -287,6 +336,7 @@ fn invalid(name: &'static str, value: &str, expected: &'static str) -> SettingsE
         name,
         value: value.to_owned(),
         expected,
+        reason: None,
     }
 }
 

@@ -14,6 +14,11 @@ pub const MAX_COLLECTION_LEN: usize = 64;
 /// Longest document id, in bytes.
 pub const MAX_ID_LEN: usize = 256;
 
+/// Largest id the counter hands out: 2^53 - 1, the largest integer every
+/// JSON client reads exactly. Numeric ids above it are ordinary ids that the
+/// counter never reaches, so it need not move past them.
+pub const MAX_COUNTER_ID: u64 = (1 << 53) - 1;
+
 /// Why a collection name or id was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
@@ -85,10 +90,7 @@ impl DocId {
     pub fn parse(raw: &str) -> Result<Self, NameError> {
         let what = "document id";
         check_len(what, raw, MAX_ID_LEN)?;
-        if let Some(ch) = raw
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | ':' | '@')))
-        {
+        if let Some(ch) = raw.chars().find(|c| !is_id_char(*c)) {
             return Err(NameError::BadChar {
                 what,
                 value: raw.to_owned(),
@@ -110,20 +112,31 @@ impl DocId {
         Self(n.to_string().into())
     }
 
+    /// The id of a counter value.
+    pub fn from_counter(n: u64) -> Self {
+        Self(n.to_string().into())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
-    /// The value of this id if it is the canonical decimal form of a
-    /// non-negative integer, the only form the id counter can ever produce.
+    /// The value of this id if it is one the id counter could produce: the
+    /// canonical decimal form of an integer from 0 to [`MAX_COUNTER_ID`].
     pub fn as_counter_value(&self) -> Option<u64> {
         let s = self.as_str();
         let canonical = s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
         if canonical {
-            s.parse().ok()
+            s.parse().ok().filter(|n| *n <= MAX_COUNTER_ID)
         } else {
             None
         }
+    }
+
+    /// Whether `text` is made only of the characters ids may hold (it may
+    /// still be empty, too long or reserved): a prefix or a bound of ids.
+    pub fn has_id_chars(text: &str) -> bool {
+        text.chars().all(is_id_char)
     }
 }
 
@@ -131,6 +144,10 @@ impl fmt::Display for DocId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+fn is_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | ':' | '@')
 }
 
 fn check_len(what: &'static str, raw: &str, max: usize) -> Result<(), NameError> {
@@ -203,5 +220,7 @@ mod tests {
         assert_eq!(value("-4"), None);
         assert_eq!(value("4a"), None);
         assert_eq!(value("99999999999999999999999"), None);
+        assert_eq!(value("9007199254740991"), Some(MAX_COUNTER_ID));
+        assert_eq!(value("9007199254740992"), None);
     }
 }

@@ -37,6 +37,8 @@ pub struct ApiError {
     pub flavor: Flavor,
     pub status: StatusCode,
     pub detail: String,
+    /// Answer with `WWW-Authenticate: Bearer` (a 401).
+    pub challenge: bool,
 }
 
 impl ApiError {
@@ -45,7 +47,14 @@ impl ApiError {
             flavor,
             status,
             detail: detail.into(),
+            challenge: false,
         }
+    }
+
+    /// Asks the client for a bearer key.
+    pub fn with_challenge(mut self) -> Self {
+        self.challenge = true;
+        self
     }
 
     pub fn from_store(flavor: Flavor, err: StoreError) -> Self {
@@ -85,23 +94,23 @@ impl ResponseError for ApiError {
     }
 
     fn as_response(&self) -> Response {
+        let mut builder = Response::builder().status(self.status);
+        if self.challenge {
+            builder = builder.header(poem::http::header::WWW_AUTHENTICATE, "Bearer realm=\"exdaas\"");
+        }
         match self.flavor {
-            Flavor::Legacy => Response::builder()
-                .status(self.status)
+            Flavor::Legacy => builder
                 .content_type("application/json; charset=utf-8")
                 .body(json!({ "message": self.detail }).to_string()),
-            Flavor::V1 => Response::builder()
-                .status(self.status)
-                .content_type("application/problem+json")
-                .body(
-                    json!({
-                        "type": "about:blank",
-                        "title": self.status.canonical_reason().unwrap_or("Error"),
-                        "status": self.status.as_u16(),
-                        "detail": self.detail,
-                    })
-                    .to_string(),
-                ),
+            Flavor::V1 => builder.content_type("application/problem+json").body(
+                json!({
+                    "type": "about:blank",
+                    "title": self.status.canonical_reason().unwrap_or("Error"),
+                    "status": self.status.as_u16(),
+                    "detail": self.detail,
+                })
+                .to_string(),
+            ),
         }
     }
 }

@@ -11,7 +11,8 @@ use poem_openapi::types::Example;
 use poem_openapi::{ApiRequest, Object, OpenApi};
 use serde_json::{json, Value};
 
-use super::error::LegacyError;
+use super::auth::{Access, Credentials, Scope};
+use super::error::{Flavor, LegacyError};
 use super::payload::{FormBody, JsonBody, RawJson};
 use super::ApiTags;
 use crate::domain::{CollectionName, DocId, DocKey};
@@ -19,6 +20,7 @@ use crate::store::Store;
 
 pub struct LegacyApi {
     pub store: Store,
+    pub access: Access,
 }
 
 /// Body of `POST /api`. `id` is an integer (or a string holding one) to
@@ -71,7 +73,13 @@ impl LegacyApi {
     /// the next id from the counter. A write equal to the stored document
     /// changes nothing and answers the same. `id` may also come in the query.
     #[oai(path = "/api", method = "post")]
-    async fn write(&self, body: LegacyWriteBody, id: Query<Option<String>>) -> Result<RawJson<LegacyDoc>, LegacyError> {
+    async fn write(
+        &self,
+        auth: Credentials,
+        body: LegacyWriteBody,
+        id: Query<Option<String>>,
+    ) -> Result<RawJson<LegacyDoc>, LegacyError> {
+        self.allow(&auth, Scope::Write)?;
         let mut fields = match body {
             LegacyWriteBody::Json(JsonBody(Value::Object(map), _)) => map,
             LegacyWriteBody::Json(JsonBody(other, _)) => {
@@ -114,7 +122,8 @@ impl LegacyApi {
     /// Answers `{"id": N, "data": ...}`, with `"data": null` when document N
     /// does not exist.
     #[oai(path = "/api", method = "get")]
-    async fn read(&self, id: Query<Option<String>>) -> Result<RawJson<LegacyDoc>, LegacyError> {
+    async fn read(&self, auth: Credentials, id: Query<Option<String>>) -> Result<RawJson<LegacyDoc>, LegacyError> {
+        self.allow(&auth, Scope::Read)?;
         let id = required_id(id.0)?;
         let doc = self.store.get(&legacy_key(id)).await?;
         Ok(legacy_doc(id, doc.as_ref().map(|d| &d.data)))
@@ -128,8 +137,10 @@ impl LegacyApi {
     /// array `colors` whose field `is_blue` is truthy. Brackets may be
     /// percent-encoded.
     #[oai(path = "/api/cmd", method = "get")]
+    #[allow(clippy::too_many_arguments)]
     async fn cmd(
         &self,
+        auth: Credentials,
         id: Query<Option<String>>,
         /// `ONLY` or `FILTER_BOOL`
         #[oai(name = "cmd[query]")]
@@ -144,6 +155,7 @@ impl LegacyApi {
         #[oai(name = "cmd[keys][by]")]
         by: Query<Option<String>>,
     ) -> Result<Json<Value>, LegacyError> {
+        self.allow(&auth, Scope::Read)?;
         let id = required_id(id.0)?;
         let command = Command::parse(query.0, keys.0, key.0, by.0)?;
         let doc = self
@@ -158,6 +170,14 @@ impl LegacyApi {
             )
         })?;
         command.run(id, &data).map(Json)
+    }
+}
+
+impl LegacyApi {
+    /// The original API's documents are the `default` collection's.
+    fn allow(&self, auth: &Credentials, need: Scope) -> Result<(), LegacyError> {
+        let caller = self.access.caller(auth, Flavor::Legacy).map_err(LegacyError)?;
+        caller.allow(need, Some(&CollectionName::legacy())).map_err(LegacyError)
     }
 }
 

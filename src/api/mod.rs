@@ -2,18 +2,24 @@
 //! with OpenAPI (Swagger UI at `/docs`, the spec at `/openapi.json`). It knows
 //! the store only through [`Store`]'s methods; no SQL up here.
 
+pub mod auth;
 mod brackets;
+mod collections;
+mod conditional;
 mod docs;
 pub mod error;
 mod health;
 mod legacy;
 mod payload;
 
+use poem::error::ResponseError;
 use poem::http::Method;
+use poem::middleware::Cors;
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::{OpenApiService, Tags};
 
 use crate::store::Store;
+use auth::Access;
 pub use docs::format_time;
 use payload::BodyLimit;
 
@@ -23,16 +29,46 @@ pub enum ApiTags {
     Original,
     /// v1: JSON documents in named collections.
     Documents,
+    /// v1: whole collections: batches, import and export, listing, dropping.
+    Collections,
     /// Liveness and readiness.
     Health,
 }
 
+/// What the HTTP layer needs besides the store.
+#[derive(Debug, Clone)]
+pub struct ApiOptions {
+    pub max_body_bytes: usize,
+    pub access: Access,
+    /// Origins browsers may call from (CORS); empty: none.
+    pub cors_origins: Vec<String>,
+}
+
+type Apis = (
+    legacy::LegacyApi,
+    docs::DocsApi,
+    collections::CollectionsApi,
+    health::HealthApi,
+);
+
 /// The OpenAPI service: every route with its documentation.
-pub fn openapi(store: &Store) -> OpenApiService<(legacy::LegacyApi, docs::DocsApi, health::HealthApi), ()> {
+pub fn openapi(store: &Store, options: &ApiOptions) -> OpenApiService<Apis, ()> {
+    let access = options.access.clone();
     OpenApiService::new(
         (
-            legacy::LegacyApi { store: store.clone() },
-            docs::DocsApi { store: store.clone() },
+            legacy::LegacyApi {
+                store: store.clone(),
+                access: access.clone(),
+            },
+            docs::DocsApi {
+                store: store.clone(),
+                access: access.clone(),
+            },
+            collections::CollectionsApi {
+                store: store.clone(),
+                access,
+                max_line_bytes: options.max_body_bytes,
+            },
             health::HealthApi { store: store.clone() },
         ),
         "exdaas",
@@ -41,25 +77,61 @@ pub fn openapi(store: &Store) -> OpenApiService<(legacy::LegacyApi, docs::DocsAp
     .description(
         "A serialized, fault tolerant, self caching, self sharding JSON document database. \
          Every write to a shard goes through that shard's one writer and is acknowledged only \
-         once committed; reads come from a cache that is never older than an acknowledged write.",
+         once committed; reads come from a cache that is never older than an acknowledged write.\n\n\
+         When the server has API keys configured, every data route needs one: click Authorize and \
+         paste a key (`Authorization: Bearer <key>`). Keys have a scope: read, write (and read) or \
+         admin (everything), optionally limited to some collections.",
     )
 }
 
-/// Every route, with errors rendered as JSON and the body limit applied.
-pub fn routes(store: &Store, max_body_bytes: usize) -> impl Endpoint {
-    let api = openapi(store);
+/// Every route, with errors rendered as JSON, the body limit applied and,
+/// when origins are configured, CORS.
+pub fn routes(store: &Store, options: &ApiOptions) -> impl Endpoint {
+    let api = openapi(store, options);
     let ui = api.swagger_ui();
     let spec = api.spec_endpoint();
+    let max_body_bytes = options.max_body_bytes;
+    let access = options.access.clone();
+    let cors = (!options.cors_origins.is_empty()).then(|| {
+        let cors = Cors::new()
+            .allow_methods([Method::GET, Method::PUT, Method::POST, Method::PATCH, Method::DELETE])
+            .allow_headers(["authorization", "content-type", "if-match", "if-none-match"])
+            .expose_headers(["etag", "location"])
+            .max_age(3600);
+        if options.cors_origins.iter().any(|o| o == "*") {
+            cors
+        } else {
+            cors.allow_origins(options.cors_origins.iter().map(String::as_str))
+        }
+    });
     Route::new()
         .nest("/docs", ui)
         .at("/openapi.json", spec)
         .nest("/", api)
-        .around(move |next, req| edge(next, req, max_body_bytes))
+        .with_if(cors.is_some(), cors.unwrap_or_else(Cors::new))
+        .around(move |next, req| edge(next, req, max_body_bytes, access.clone()))
 }
 
-/// What every request passes through: the body limit for the methods that
-/// carry a body (a GET skips the allocation), and errors rendered as JSON.
-async fn edge<E: Endpoint>(next: E, mut req: Request, max_body_bytes: usize) -> poem::Result<Response> {
+/// Routes anyone may call, keys or not: probes and the API's documentation.
+fn is_public(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/openapi.json" | "/docs") || path.starts_with("/docs/")
+}
+
+/// What every request passes through: when keys are configured, a 401 for
+/// a data route without a valid key, before anything else is read; the body
+/// limit for the methods that carry a body (a GET skips the allocation); and
+/// errors rendered as JSON. Scopes (403) are checked by each route.
+async fn edge<E: Endpoint>(next: E, mut req: Request, max_body_bytes: usize, access: Access) -> poem::Result<Response> {
+    if !access.is_open() && !is_public(req.uri().path()) {
+        let authorization = req
+            .headers()
+            .get(poem::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if !access.admits(authorization) && req.method() != Method::OPTIONS {
+            let flavor = error::Flavor::of_path(req.uri().path());
+            return Ok(Access::unauthorized(flavor).as_response());
+        }
+    }
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
         req.extensions_mut().insert(BodyLimit(max_body_bytes));
     }

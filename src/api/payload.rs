@@ -93,25 +93,111 @@ impl<T: Type> ParsePayload for JsonBody<T> {
     const IS_REQUIRED: bool = true;
 
     async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
-        let bytes = read_limited(request, body).await?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(poem::Error::from_string(
-                "the request body is empty; send a JSON document",
-                StatusCode::BAD_REQUEST,
-            ));
-        }
-        serde_json::from_slice(&bytes)
-            .map(|value| Self(value, PhantomData))
-            .map_err(|e| {
-                poem::Error::from_string(
-                    format!("the request body is not valid JSON: {e}"),
-                    StatusCode::BAD_REQUEST,
-                )
-            })
+        read_json(request, body).await.map(|value| Self(value, PhantomData))
     }
 }
 
+/// Reads the whole body (within the limit) and parses it as JSON.
+async fn read_json(request: &Request, body: &mut RequestBody) -> poem::Result<Value> {
+    let bytes = read_limited(request, body).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(poem::Error::from_string(
+            "the request body is empty; send a JSON document",
+            StatusCode::BAD_REQUEST,
+        ));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        poem::Error::from_string(
+            format!("the request body is not valid JSON: {e}"),
+            StatusCode::BAD_REQUEST,
+        )
+    })
+}
+
 impl_apirequest_for_payload!(JsonBody<T>, T: Type);
+
+/// An `application/merge-patch+json` body (RFC 7396). Only that type: a
+/// JSON Patch (`application/json-patch+json`) means something else and gets
+/// 415. `T` only documents the schema.
+pub struct MergePatchBody<T>(pub Value, pub PhantomData<T>);
+
+impl<T: Type> Payload for MergePatchBody<T> {
+    const CONTENT_TYPE: &'static str = "application/merge-patch+json";
+
+    fn check_content_type(content_type: &str) -> bool {
+        content_type
+            .parse::<mime::Mime>()
+            .is_ok_and(|m| m.essence_str() == Self::CONTENT_TYPE)
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        T::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+}
+
+impl<T: Type> ParsePayload for MergePatchBody<T> {
+    const IS_REQUIRED: bool = true;
+
+    async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
+        read_json(request, body).await.map(|value| Self(value, PhantomData))
+    }
+}
+
+impl_apirequest_for_payload!(MergePatchBody<T>, T: Type);
+
+/// A request body of newline-delimited JSON (`application/x-ndjson`, or
+/// `application/jsonl`), handed over unread so it can be streamed: the
+/// body limit applies to each line, not to the whole.
+pub struct NdjsonBody(pub poem::Body);
+
+impl Payload for NdjsonBody {
+    const CONTENT_TYPE: &'static str = "application/x-ndjson";
+
+    fn check_content_type(content_type: &str) -> bool {
+        content_type
+            .parse::<mime::Mime>()
+            .is_ok_and(|m| matches!(m.essence_str(), "application/x-ndjson" | "application/jsonl"))
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema::new_with_format(
+            "string", "binary",
+        )))
+    }
+}
+
+impl ParsePayload for NdjsonBody {
+    const IS_REQUIRED: bool = true;
+
+    async fn from_request(_request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
+        Ok(Self(body.take()?))
+    }
+}
+
+impl_apirequest_for_payload!(NdjsonBody);
+
+/// A streamed response of newline-delimited JSON.
+pub struct Ndjson(pub poem::Body);
+
+impl Payload for Ndjson {
+    const CONTENT_TYPE: &'static str = "application/x-ndjson";
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema::new_with_format(
+            "string", "binary",
+        )))
+    }
+}
+
+impl IntoResponse for Ndjson {
+    fn into_response(self) -> Response {
+        Response::builder().content_type(Self::CONTENT_TYPE).body(self.0)
+    }
+}
 
 /// An `application/x-www-form-urlencoded` body in Rack/Plug bracket encoding
 /// (`id=7&data[color]=blue`), as the original accepted.

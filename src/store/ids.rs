@@ -12,6 +12,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::domain::MAX_COUNTER_ID;
+
 #[derive(Debug)]
 pub struct IdCounter {
     next: AtomicU64,
@@ -25,12 +27,15 @@ impl IdCounter {
         }
     }
 
-    /// A fresh id, never handed out before by this counter.
-    pub fn next(&self) -> u64 {
-        self.next.fetch_add(1, Ordering::Relaxed)
+    /// A fresh id, never handed out before by this counter; `None` once
+    /// every id up to [`MAX_COUNTER_ID`] is used.
+    pub fn next(&self) -> Option<u64> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        (id <= MAX_COUNTER_ID).then_some(id)
     }
 
-    /// Moves the counter past an id a client chose.
+    /// Moves the counter past an id a client chose (one of the counter's
+    /// range: see `DocId::as_counter_value`).
     pub fn observe(&self, used: u64) {
         self.next.fetch_max(used.saturating_add(1), Ordering::Relaxed);
     }
@@ -43,12 +48,13 @@ mod tests {
     #[test]
     fn starts_after_the_highest_id_and_skips_client_ids() {
         let ids = IdCounter::starting_after(0);
-        assert_eq!(ids.next(), 1);
-        assert_eq!(ids.next(), 2);
+        assert_eq!(ids.next(), Some(1));
+        assert_eq!(ids.next(), Some(2));
         ids.observe(10);
-        assert_eq!(ids.next(), 11);
+        assert_eq!(ids.next(), Some(11));
         ids.observe(5);
-        assert_eq!(ids.next(), 12);
-        assert_eq!(IdCounter::starting_after(41).next(), 42);
+        assert_eq!(ids.next(), Some(12));
+        assert_eq!(IdCounter::starting_after(41).next(), Some(42));
+        assert_eq!(IdCounter::starting_after(MAX_COUNTER_ID).next(), None);
     }
 }

@@ -29,8 +29,9 @@ use ids::IdCounter;
 use ops::WriteOp;
 pub use ops::{Action, Expect, WriteOutcome, WriteResult};
 use placement::{Placement, ShardCount};
-pub use scan::{CollectionInfo, ListRequest, Listed, Page};
+pub use scan::{CollectionInfo, ListRequest, Listed, Page, MAX_PAGE};
 use shard::Shard;
+pub use writer::now_millis;
 
 /// A stored document's state. Cheap to clone: the JSON text is shared.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,9 +195,7 @@ impl Store {
 
     /// Applies one operation to the document at `key`.
     pub async fn write(&self, key: DocKey, expect: Expect, action: Action) -> WriteResult {
-        if let Some(n) = key.id.as_counter_value() {
-            self.inner.ids.observe(n);
-        }
+        self.note_id(&key.id);
         // A put equal to the committed document changes nothing; the cache
         // holds only committed state, so answering from it is safe.
         if let (Expect::Any, Action::Put { data, expires_at_ms }) = (&expect, &action) {
@@ -229,9 +228,7 @@ impl Store {
         let total = ops.len();
         let mut per_shard: Vec<(Vec<usize>, Vec<WriteOp>)> = vec![(Vec::new(), Vec::new()); self.inner.shards.len()];
         for (index, (id, expect, action)) in ops.into_iter().enumerate() {
-            if let Some(n) = id.as_counter_value() {
-                self.inner.ids.observe(n);
-            }
+            self.note_id(&id);
             let key = DocKey::new(collection.clone(), id);
             let bucket = Placement::bucket_of(&key);
             let (indices, shard_ops) = &mut per_shard[self.inner.placement.shard_of_bucket(bucket)];
@@ -271,20 +268,37 @@ impl Store {
         data: &serde_json::Value,
         expires_at_ms: Option<i64>,
     ) -> Result<(DocId, Stored), StoreError> {
+        self.create_with(&collection, Action::put(data, expires_at_ms)).await
+    }
+
+    /// Applies `put` (an [`Action::Put`]) under a fresh id from the counter,
+    /// create-only: if a client took the id first, the next one is tried.
+    pub async fn create_with(&self, collection: &CollectionName, put: Action) -> Result<(DocId, Stored), StoreError> {
         const ATTEMPTS: u32 = 64;
-        let action = Action::put(data, expires_at_ms);
         for _ in 0..ATTEMPTS {
-            let id = DocId::from_integer(
-                i64::try_from(self.inner.ids.next()).map_err(|_| StoreError::IdsExhausted { attempts: 1 })?,
-            );
+            let id = self.allocate_id()?;
             let key = DocKey::new(collection.clone(), id.clone());
-            match self.write(key, Expect::Absent, action.clone()).await {
-                // A client wrote this id first: take the next one.
+            match self.write(key, Expect::Absent, put.clone()).await {
                 Err(StoreError::PreconditionFailed { .. }) => continue,
                 other => return Ok((id, into_stored(other?)?)),
             }
         }
         Err(StoreError::IdsExhausted { attempts: ATTEMPTS })
+    }
+
+    /// A fresh id from the counter, for a document written later (an
+    /// import line without an id). Write it with [`Expect::Absent`].
+    pub fn allocate_id(&self) -> Result<DocId, StoreError> {
+        let n = self.inner.ids.next().ok_or(StoreError::IdsExhausted { attempts: 1 })?;
+        Ok(DocId::from_counter(n))
+    }
+
+    /// Moves the id counter past `id` if it is one the counter could hand
+    /// out, so no later fresh id equals it.
+    pub fn note_id(&self, id: &DocId) {
+        if let Some(n) = id.as_counter_value() {
+            self.inner.ids.observe(n);
+        }
     }
 
     /// Deletes the document at `key`; `false` if there was none.

@@ -255,19 +255,27 @@ impl Store {
     pub async fn collections(&self) -> Result<Vec<CollectionInfo>, StoreError> {
         let now = now_millis();
         let counts = try_join_all(self.shards().iter().map(|shard| async move {
-            // The bucket index holds (bucket, collection, id): counting over
-            // it reads no document data. Expired rows not yet swept are
-            // found through the expiry index and taken off.
+            // Both counts in one read transaction, so a sweep committing in
+            // between cannot skew them. The bucket index holds (bucket,
+            // collection, id): counting over it reads no document data.
+            // Expired rows not yet swept are found through the expiry index
+            // and taken off.
+            let db_error = |e| shard.db_error(e);
+            let mut tx = shard.reads().begin().await.map_err(db_error)?;
             let all = sqlx::query(
                 "SELECT collection, count(*) AS n FROM documents INDEXED BY documents_by_bucket GROUP BY collection",
             )
-            .fetch_all(shard.reads());
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
             let expired = sqlx::query(
                 "SELECT collection, count(*) AS n FROM documents WHERE expires_at <= ?1 GROUP BY collection",
             )
             .bind(now)
-            .fetch_all(shard.reads());
-            let (all, expired) = futures_util::try_join!(all, expired).map_err(|e| shard.db_error(e))?;
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            tx.rollback().await.map_err(db_error)?;
             Ok::<_, StoreError>((all, expired))
         }))
         .await?;

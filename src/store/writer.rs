@@ -156,7 +156,7 @@ impl Writer {
         // Every write is drained: the exact highest id replaces the reserve,
         // so a clean restart continues the sequence without a gap.
         if let Err(e) = sqlx::query("UPDATE shard_meta SET value = ?1 WHERE key = 'max_counter_id'")
-            .bind(self.max_counter_id as i64)
+            .bind(i64::try_from(self.max_counter_id).unwrap_or(i64::MAX))
             .execute(&mut self.conn)
             .await
         {
@@ -380,7 +380,8 @@ impl Writer {
             .bind(upserts)
             .bind(texts)
             .bind(deletes)
-            .bind(ceiling.unwrap_or(0) as i64)
+            // Ceilings stay below 2^53 + the reserve (see `MAX_COUNTER_ID`).
+            .bind(i64::try_from(ceiling.unwrap_or(0)).unwrap_or(i64::MAX))
             .execute(&mut self.conn)
             .await;
         if let Err(err) = written {

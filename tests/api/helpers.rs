@@ -2,10 +2,10 @@
 //! folder, and speaks HTTP to it.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use exdaas::{Application, Settings, Store};
-use reqwest::{Client, Response};
+use reqwest::{Client, Method, RequestBuilder, Response};
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -16,6 +16,8 @@ pub struct TestApp {
     pub client: Client,
     /// The server's store handle, for what HTTP cannot show (cache contents).
     pub store: Store,
+    /// The data folder the server runs over.
+    pub data_dir: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<std::io::Result<()>>>,
     /// Keeps a fresh folder alive for the app's lifetime.
@@ -48,6 +50,14 @@ pub async fn spawn_app() -> TestApp {
     app
 }
 
+/// A server over a fresh, empty data folder, with `extra` environment.
+pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
+    let folder = tempfile::tempdir().expect("temp dir");
+    let mut app = spawn_app_on(folder.path(), extra).await;
+    app._folder = Some(folder);
+    app
+}
+
 /// A server over `dir` (which may hold data from an earlier server).
 pub async fn spawn_app_on(dir: &Path, extra: &[(&str, &str)]) -> TestApp {
     let app = Application::build(test_settings(dir, extra))
@@ -63,6 +73,7 @@ pub async fn spawn_app_on(dir: &Path, extra: &[(&str, &str)]) -> TestApp {
         address,
         client: Client::new(),
         store,
+        data_dir: dir.to_path_buf(),
         stop: Some(stop),
         server: Some(server),
         _folder: None,
@@ -107,7 +118,59 @@ impl TestApp {
     }
 
     pub async fn get_doc(&self, collection: &str, id: &str) -> Response {
-        self.get(&format!("/v1/collections/{collection}/docs/{id}")).await
+        self.get(&doc_path(collection, id)).await
+    }
+
+    /// A request to `path`, for tests that set their own headers and body.
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, self.url(path))
+    }
+
+    /// `PATCH` with a JSON merge patch (`application/merge-patch+json`).
+    pub async fn patch_doc(&self, collection: &str, id: &str, patch: &Value) -> Response {
+        send(merge_patch(
+            self.request(Method::PATCH, &doc_path(collection, id)),
+            patch,
+        ))
+        .await
+    }
+
+    pub async fn delete_doc(&self, collection: &str, id: &str) -> Response {
+        send(self.request(Method::DELETE, &doc_path(collection, id))).await
+    }
+
+    /// `POST` of a JSON body to `path`.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        send(self.request(Method::POST, path).json(body)).await
+    }
+
+    /// `POST /v1/collections/{collection}/batch` with these operations.
+    pub async fn batch(&self, collection: &str, ops: Value) -> Response {
+        self.post_json(
+            &format!("/v1/collections/{collection}/batch"),
+            &serde_json::json!({ "ops": ops }),
+        )
+        .await
+    }
+
+    /// Every document of a collection, paging through the listing.
+    pub async fn list_all(&self, collection: &str) -> Vec<Value> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/v1/collections/{collection}/docs?limit=1000");
+            if let Some(cursor) = &cursor {
+                path.push_str(&format!("&cursor={cursor}"));
+            }
+            let resp = self.get(&path).await;
+            assert_eq!(resp.status(), 200, "{path}");
+            let page = json(resp).await;
+            items.extend(page["items"].as_array().expect("items").iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return items,
+            }
+        }
     }
 
     /// Ties a temporary folder's lifetime to this app.
@@ -129,6 +192,58 @@ impl TestApp {
 /// The JSON body of a response.
 pub async fn json(resp: Response) -> Value {
     resp.json().await.expect("JSON body")
+}
+
+/// Sends a request built by the test.
+pub async fn send(request: RequestBuilder) -> Response {
+    request.send().await.expect("request sent")
+}
+
+/// The content type of a JSON merge patch (RFC 7396).
+pub const MERGE_PATCH: &str = "application/merge-patch+json";
+
+/// `request` with `patch` as its merge-patch body.
+pub fn merge_patch(request: RequestBuilder, patch: &Value) -> RequestBuilder {
+    request.header("content-type", MERGE_PATCH).body(patch.to_string())
+}
+
+/// The v1 path of a document.
+pub fn doc_path(collection: &str, id: &str) -> String {
+    format!("/v1/collections/{collection}/docs/{id}")
+}
+
+/// Rows of `collection` in each shard file of `dir`, read from disk with a
+/// read-only connection (expired rows included): what the server really keeps.
+pub async fn rows_on_disk(dir: &Path, collection: &str) -> Vec<i64> {
+    use sqlx::sqlite::SqliteConnectOptions;
+    use sqlx::{ConnectOptions, Connection};
+    let mut shards: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("data folder readable")
+        .map(|entry| entry.expect("folder entry").path())
+        .filter(|path| {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            name.starts_with("shard-") && name.ends_with(".sqlite3")
+        })
+        .collect();
+    shards.sort();
+    assert!(!shards.is_empty(), "no shard files in {}", dir.display());
+    let mut counts = Vec::with_capacity(shards.len());
+    for path in shards {
+        let mut conn = SqliteConnectOptions::new()
+            .filename(&path)
+            .read_only(true)
+            .connect()
+            .await
+            .expect("shard file opens read-only");
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM documents WHERE collection = ?1")
+            .bind(collection)
+            .fetch_one(&mut conn)
+            .await
+            .expect("count rows");
+        conn.close().await.expect("close");
+        counts.push(n);
+    }
+    counts
 }
 
 /// The real `exdaas` binary, started as a child process over a data folder,

@@ -1,10 +1,19 @@
 //! Integration tests: the real server over HTTP, one module per area.
 
+mod auth;
+mod batch;
 mod batching;
 mod boot;
 mod cache;
+mod collections;
+mod conditional;
 mod docs_api;
+mod expiry;
 mod helpers;
 mod legacy_api;
+mod listing;
+mod model;
+mod patch;
 mod restart;
 mod shutdown;
+mod transfer;
