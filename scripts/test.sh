@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The bootstrapping test script, as in the original: makes sure what the tests
-# need is here, then checks formatting, lints, and runs every test.
+# need is here, then checks formatting, lints (Rust, and the shipping files
+# through scripts/lint.sh, which installs its linters), and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,9 @@ cargo fmt --all -- --check
 
 echo "==> cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
+
+echo "==> scripts/lint.sh (Dockerfile, Kubernetes manifests, workflows, shell scripts)"
+./scripts/lint.sh
 
 echo "==> cargo test"
 log="$(mktemp)"
