@@ -52,7 +52,9 @@ pub struct Settings {
     pub sync: SyncMode,
     pub writer_batch: usize,
     pub writer_queue: usize,
+    pub writer_queue_wait: Duration,
     pub read_connections: u32,
+    pub boot_check: bool,
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
     /// Empty: the API is open to everyone, as the original was.
@@ -123,6 +125,18 @@ pub const SETTINGS: &[SettingDoc] = &[
         env: "EXDAAS_WRITER_QUEUE",
         default: "8192",
         meaning: "writes that may wait for one shard's writer",
+    },
+    SettingDoc {
+        key: "writer_queue_wait_ms",
+        env: "EXDAAS_WRITER_QUEUE_WAIT_MS",
+        default: "2000",
+        meaning: "how long a write waits for room in a full queue before 503 with Retry-After",
+    },
+    SettingDoc {
+        key: "boot_check",
+        env: "EXDAAS_BOOT_CHECK",
+        default: "quick",
+        meaning: "integrity check of every shard at boot: quick (reads each file) or off",
     },
     SettingDoc {
         key: "read_connections",
@@ -277,6 +291,18 @@ impl Settings {
                 10_000_000,
                 "an integer from 1 to 10000000",
             )?,
+            writer_queue_wait: Duration::from_millis(ranged(
+                "EXDAAS_WRITER_QUEUE_WAIT_MS",
+                &raw("writer_queue_wait_ms")?,
+                1,
+                600_000,
+                "milliseconds from 1 to 600000",
+            )? as u64),
+            boot_check: match raw("boot_check")?.trim().to_ascii_lowercase().as_str() {
+                "quick" => true,
+                "off" => false,
+                _ => return Err(invalid("EXDAAS_BOOT_CHECK", &raw("boot_check")?, "quick or off")),
+            },
             read_connections: ranged(
                 "EXDAAS_READ_CONNECTIONS",
                 &raw("read_connections")?,

@@ -28,6 +28,8 @@ async fn serve() -> ExitCode {
         }
     };
     telemetry::init(settings.log_format);
+    // Installed before the (possibly long) boot, so SIGTERM is never fatal.
+    let stop = app::shutdown_signal();
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(e) => {
@@ -35,7 +37,7 @@ async fn serve() -> ExitCode {
             return ExitCode::from(e.exit_code());
         }
     };
-    match app.run_until_stopped(app::shutdown_signal()).await {
+    match app.run_until_stopped(stop).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("exdaas: server failed: {e}");

@@ -39,6 +39,8 @@ pub struct ApiError {
     pub detail: String,
     /// Answer with `WWW-Authenticate: Bearer` (a 401).
     pub challenge: bool,
+    /// Answer with `Retry-After` (seconds): the failure is temporary.
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -48,6 +50,7 @@ impl ApiError {
             status,
             detail: detail.into(),
             challenge: false,
+            retry_after: None,
         }
     }
 
@@ -60,7 +63,12 @@ impl ApiError {
     pub fn from_store(flavor: Flavor, err: StoreError) -> Self {
         let status = match &err {
             StoreError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
-            StoreError::Unavailable { .. } | StoreError::IdsExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::Unavailable { .. }
+            | StoreError::Busy { .. }
+            | StoreError::ReadOnly { .. }
+            | StoreError::Corrupt { .. }
+            | StoreError::IdsExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::DiskFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
             StoreError::Database { .. }
             | StoreError::DataFolder { .. }
             | StoreError::CorruptFile { .. }
@@ -70,7 +78,12 @@ impl ApiError {
         if status.is_server_error() {
             tracing::error!(error = %err, "request failed in the store");
         }
-        Self::new(flavor, status, err.to_string())
+        let mut api_error = Self::new(flavor, status, err.to_string());
+        // A restarting writer or a full queue clears up by itself.
+        if matches!(err, StoreError::Unavailable { .. } | StoreError::Busy { .. }) {
+            api_error.retry_after = Some(1);
+        }
+        api_error
     }
 
     /// Renders any error that left an endpoint, in the flavor of its path.
@@ -97,6 +110,9 @@ impl ResponseError for ApiError {
         let mut builder = Response::builder().status(self.status);
         if self.challenge {
             builder = builder.header(poem::http::header::WWW_AUTHENTICATE, "Bearer realm=\"exdaas\"");
+        }
+        if let Some(seconds) = self.retry_after {
+            builder = builder.header(poem::http::header::RETRY_AFTER, seconds.to_string());
         }
         match self.flavor {
             Flavor::Legacy => builder
@@ -159,12 +175,19 @@ const ERROR_STATUSES: &[(u16, &str)] = &[
         400,
         "The request is malformed: a missing or invalid parameter, or a body that is not the JSON expected",
     ),
+    (401, "An API key is configured and the request has none, or an unknown one"),
+    (403, "The API key does not grant this on this collection"),
     (404, "No such document"),
     (413, "The body is larger than the configured limit"),
     (415, "The body's content type is not one this endpoint reads"),
     (422, "The document does not have the shape the command needs"),
+    (412, "A precondition (If-Match, If-None-Match, expected_version) failed"),
     (500, "The store failed; the message says where"),
-    (503, "The shard is not accepting writes (shutting down or failed)"),
+    (
+        503,
+        "The shard cannot serve now: its writer is restarting, its queue is full, or its file is damaged or read-only (Retry-After when it is temporary)",
+    ),
+    (507, "The disk holding the shard is full"),
 ];
 
 /// Error of an original-API endpoint: `{"message": ...}`.

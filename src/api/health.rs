@@ -21,6 +21,8 @@ pub struct ShardStatus {
     shard: u32,
     /// The shard's file is open and its writer is running.
     ready: bool,
+    /// What is wrong, while something is.
+    problem: Option<String>,
 }
 
 #[derive(Object)]
@@ -58,6 +60,7 @@ impl HealthApi {
             .map(|s| ShardStatus {
                 shard: s.index as u32,
                 ready: s.ready,
+                problem: s.problem,
             })
             .collect();
         if shards.iter().all(|s| s.ready) {

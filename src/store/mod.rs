@@ -31,7 +31,7 @@ pub use ops::{Action, Expect, WriteOutcome, WriteResult};
 use placement::{Placement, ShardCount};
 pub use scan::{CollectionInfo, ListRequest, Listed, Page, MAX_PAGE};
 use shard::Shard;
-pub use writer::now_millis;
+pub use writer::{now_millis, Fault};
 
 /// A stored document's state. Cheap to clone: the JSON text is shared.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +66,11 @@ pub struct StoreOptions {
     pub cache_bytes: u64,
     pub writer_batch: usize,
     pub writer_queue: usize,
+    /// How long a write waits for room in a full writer queue before 503.
+    pub queue_wait: std::time::Duration,
     pub read_connections: u32,
+    /// Check every shard's integrity at boot (reads each file whole).
+    pub boot_check: bool,
 }
 
 impl From<&Settings> for StoreOptions {
@@ -78,7 +82,9 @@ impl From<&Settings> for StoreOptions {
             cache_bytes: s.cache_bytes,
             writer_batch: s.writer_batch,
             writer_queue: s.writer_queue,
+            queue_wait: s.writer_queue_wait,
             read_connections: s.read_connections,
+            boot_check: s.boot_check,
         }
     }
 }
@@ -91,8 +97,18 @@ pub enum StoreError {
         None => "the precondition failed; it does not exist".to_owned(),
     })]
     PreconditionFailed { key: DocKey, current_version: Option<u64> },
+    /// The shard's writer is down or restarting; try again shortly.
     #[error("shard {shard} is unavailable: {reason}")]
-    Unavailable { shard: usize, reason: &'static str },
+    Unavailable { shard: usize, reason: String },
+    /// The shard's write queue stayed full for the whole wait.
+    #[error("shard {shard} is overloaded: its write queue stayed full for {waited_ms} ms; retry later")]
+    Busy { shard: usize, waited_ms: u64 },
+    #[error("shard {shard}: the disk is full: {detail}")]
+    DiskFull { shard: usize, detail: String },
+    #[error("shard {shard}: its file cannot be written: {detail}")]
+    ReadOnly { shard: usize, detail: String },
+    #[error("shard {shard}: its file is damaged: {detail}")]
+    Corrupt { shard: usize, detail: String },
     #[error("shard {shard}: database error: {source}")]
     Database {
         shard: usize,
@@ -105,7 +121,8 @@ pub enum StoreError {
     CorruptFile { path: PathBuf, reason: String },
     #[error(
         "data folder {path:?} was written with SHARD_LIMIT={on_disk}, but SHARD_LIMIT={configured} is set; \
-         start with SHARD_LIMIT={on_disk} (resharding an existing folder is not supported yet)"
+         start with SHARD_LIMIT={on_disk}, or move the folder to {configured} shards with \
+         `exdaas reshard --to {configured}` while the server is stopped"
     )]
     ShardCountMismatch {
         path: PathBuf,
@@ -116,6 +133,58 @@ pub enum StoreError {
     IdsExhausted { attempts: u32 },
     #[error("internal error: {0}")]
     Internal(&'static str),
+}
+
+impl StoreError {
+    /// A database failure as what it means for the shard: a full disk, a
+    /// file that cannot be written, a damaged file, a broken connection, or
+    /// another error.
+    pub fn from_sqlx(shard: usize, err: sqlx::Error) -> Self {
+        // SQLite's primary result codes (the low byte of extended codes).
+        const SQLITE_READONLY: i32 = 8;
+        const SQLITE_IOERR: i32 = 10;
+        const SQLITE_CORRUPT: i32 = 11;
+        const SQLITE_FULL: i32 = 13;
+        const SQLITE_CANTOPEN: i32 = 14;
+        const SQLITE_NOTADB: i32 = 26;
+        match &err {
+            sqlx::Error::Database(db) => {
+                let code = db.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(0) & 0xff;
+                let detail = db.message().to_owned();
+                match code {
+                    SQLITE_FULL => StoreError::DiskFull { shard, detail },
+                    SQLITE_READONLY => StoreError::ReadOnly { shard, detail },
+                    SQLITE_CORRUPT | SQLITE_NOTADB => StoreError::Corrupt { shard, detail },
+                    SQLITE_IOERR | SQLITE_CANTOPEN => StoreError::Unavailable {
+                        shard,
+                        reason: format!("disk I/O failed: {detail}"),
+                    },
+                    _ => StoreError::Database {
+                        shard,
+                        source: Arc::new(err),
+                    },
+                }
+            }
+            sqlx::Error::Io(e) => StoreError::Unavailable {
+                shard,
+                reason: format!("disk I/O failed: {e}"),
+            },
+            sqlx::Error::WorkerCrashed | sqlx::Error::PoolClosed => StoreError::Unavailable {
+                shard,
+                reason: "its database connection is closed".into(),
+            },
+            _ => StoreError::Database {
+                shard,
+                source: Arc::new(err),
+            },
+        }
+    }
+
+    /// The shard's connection or file is broken: its writer must be
+    /// restarted (opened anew) before it can write again.
+    pub fn breaks_the_writer(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. } | StoreError::Corrupt { .. })
+    }
 }
 
 /// Result of storing a document.
@@ -133,6 +202,8 @@ pub struct Stored {
 pub struct ShardHealth {
     pub index: usize,
     pub ready: bool,
+    /// What is wrong, while something is.
+    pub problem: Option<String>,
 }
 
 /// A cheap-to-clone handle to the open store.
@@ -147,18 +218,20 @@ struct Inner {
     cache: DocCache,
     ids: IdCounter,
     shutdown: watch::Sender<bool>,
+    /// This process's hold of the data folder, released at shutdown.
+    lock: std::sync::Mutex<Option<layout::FolderLock>>,
 }
 
 impl Store {
     /// Checks the data folder, opens every shard, starts the writers and warms
     /// the cache from disk.
     pub async fn open(options: StoreOptions) -> Result<Self, StoreError> {
-        layout::prepare(&options.data_dir, options.shards)?;
+        let (layout, lock) = layout::prepare(&options.data_dir, options.shards)?;
         let cache = DocCache::new(options.cache_bytes);
         let (shutdown, _) = watch::channel(false);
         let mut shards = Vec::with_capacity(options.shards.get() as usize);
         for index in 0..options.shards.get() as usize {
-            let path = layout::shard_path(&options.data_dir, index);
+            let path = layout.shard_path(&options.data_dir, index);
             shards.push(Shard::open(index, &path, &options, cache.clone(), shutdown.subscribe()).await?);
         }
         let highest_id = shards.iter().map(|s| s.max_counter_id).max().unwrap_or(0);
@@ -169,6 +242,7 @@ impl Store {
                 cache,
                 ids: IdCounter::starting_after(highest_id),
                 shutdown,
+                lock: std::sync::Mutex::new(Some(lock)),
             }),
         };
         store.warm_cache().await?;
@@ -316,8 +390,27 @@ impl Store {
             .map(|s| ShardHealth {
                 index: s.index,
                 ready: s.is_ready(),
+                problem: s.problem(),
             })
             .collect()
+    }
+
+    /// Makes shard `shard`'s writer meet `fault`, as a real failure of that
+    /// kind would: for tests of what the service does then. Nothing outside
+    /// the process can reach this.
+    #[doc(hidden)]
+    pub async fn inject_fault(&self, shard: usize, fault: Fault) -> Result<(), StoreError> {
+        let shard = self
+            .inner
+            .shards
+            .get(shard)
+            .ok_or(StoreError::Internal("no such shard"))?;
+        shard.inject(fault).await
+    }
+
+    /// The shard that holds `key`.
+    pub fn shard_of(&self, key: &DocKey) -> usize {
+        self.inner.placement.shard_of(key)
     }
 
     /// Cached documents and their weighted bytes.
@@ -335,6 +428,9 @@ impl Store {
         let _ = self.inner.shutdown.send(true);
         for shard in &self.inner.shards {
             shard.close().await;
+        }
+        if let Ok(mut lock) = self.inner.lock.lock() {
+            lock.take();
         }
     }
 

@@ -1,38 +1,150 @@
-//! A shard: one SQLite file in WAL mode, its writer task and its read pool.
+//! A shard: one SQLite file in WAL mode, its supervised writer and its read
+//! pool.
+//!
+//! Opening checks the file is an exdaas shard (not another program's
+//! database, not damaged) before anything is written to it. The writer runs
+//! under a supervisor, the original's one-for-one restart: if it panics or
+//! its connection breaks, what is queued gets a clear 503, the shard reports
+//! itself not ready, and a new writer is opened after a growing pause.
 
-use std::path::Path;
-use std::str::FromStr;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{ConnectOptions, Row};
-use tokio::sync::{mpsc, oneshot, watch, Mutex};
+use sqlx::{ConnectOptions, Connection, SqliteConnection};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::cache::DocCache;
 use super::ops::{WriteOp, WriteResult};
-use super::writer::{self, Job, Writer};
+use super::writer::{self, Exit, Fault, Job, Writer};
 use super::{Document, StoreError, StoreOptions};
 use crate::config::SyncMode;
 use crate::domain::{CollectionName, DocKey};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
+/// `PRAGMA application_id` of exdaas shard files ("exda"), so a foreign
+/// SQLite database is never mistaken for a shard.
+pub const APPLICATION_ID: i32 = 0x6578_6461;
+
+/// The largest the WAL file is left at after a checkpoint.
+const WAL_SIZE_LIMIT: i64 = 64 << 20;
+
+/// Pauses between attempts to reopen a failed writer: doubling from the
+/// first to the last, so a broken disk does not become a busy loop.
+const FIRST_RESTART_DELAY: Duration = Duration::from_millis(100);
+const LONGEST_RESTART_DELAY: Duration = Duration::from_secs(5);
+
+/// Which file a path named when it was opened (device and inode), to notice
+/// it being deleted or replaced under a running server.
+#[derive(Debug, Clone)]
+pub struct FileIdentity {
+    pub path: PathBuf,
+    #[cfg(unix)]
+    id: Option<(u64, u64)>,
+}
+
+impl FileIdentity {
+    fn of(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            #[cfg(unix)]
+            id: Self::current(path),
+        }
+    }
+
+    #[cfg(unix)]
+    fn current(path: &Path) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+
+    /// The path still names the file that was opened.
+    pub fn still_there(&self) -> bool {
+        #[cfg(unix)]
+        {
+            self.id.is_some() && Self::current(&self.path) == self.id
+        }
+        #[cfg(not(unix))]
+        {
+            self.path.exists()
+        }
+    }
+}
+
+/// Whether a shard can serve, for `/readyz`.
+#[derive(Debug, Default)]
+pub struct ShardStatus {
+    writer_running: AtomicBool,
+    /// What is wrong, while something is.
+    problem: Mutex<Option<String>>,
+}
+
+impl ShardStatus {
+    pub fn writer_started(&self) {
+        self.writer_running.store(true, Ordering::SeqCst);
+        self.clear_problem();
+    }
+
+    pub fn writer_down(&self, reason: String) {
+        self.writer_running.store(false, Ordering::SeqCst);
+        self.set_problem(reason);
+    }
+
+    pub fn set_problem(&self, problem: String) {
+        if let Ok(mut current) = self.problem.lock() {
+            *current = Some(problem);
+        }
+    }
+
+    pub fn clear_problem(&self) {
+        if let Ok(mut current) = self.problem.lock() {
+            *current = None;
+        }
+    }
+
+    pub fn problem(&self) -> Option<String> {
+        self.problem.lock().ok().and_then(|p| p.clone())
+    }
+
+    fn is_ready(&self) -> bool {
+        self.writer_running.load(Ordering::SeqCst) && self.problem().is_none()
+    }
+}
+
+/// What it takes to open (and reopen) a shard's writer.
+#[derive(Clone)]
+struct WriterSetup {
+    index: usize,
+    path: PathBuf,
+    options: StoreOptions,
+    cache: DocCache,
+    shutdown: watch::Receiver<bool>,
+    status: Arc<ShardStatus>,
+}
+
 pub struct Shard {
     pub index: usize,
     jobs: mpsc::Sender<Job>,
     reads: SqlitePool,
-    writer_running: Arc<AtomicBool>,
-    writer_task: Mutex<Option<JoinHandle<()>>>,
-    /// Highest counter-shaped id stored here when the shard was opened.
+    status: Arc<ShardStatus>,
+    supervisor: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    /// How long a write waits for room in a full queue before a 503.
+    queue_wait: Duration,
+    /// Every counter-shaped id stored here when the shard was opened is at
+    /// most this.
     pub max_counter_id: u64,
 }
 
 impl Shard {
-    /// Opens (creating if needed) the shard file, applies migrations, and
-    /// starts the writer.
+    /// Opens (creating if needed) the shard file, checks it is an intact
+    /// exdaas shard, applies migrations, and starts the supervised writer.
     pub async fn open(
         index: usize,
         path: &Path,
@@ -40,76 +152,34 @@ impl Shard {
         cache: DocCache,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, StoreError> {
-        let db_error = |source| StoreError::Database {
-            shard: index,
-            source: Arc::new(source),
-        };
-        let base = SqliteConnectOptions::from_str("sqlite://")
-            .map_err(db_error)?
-            .filename(path)
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(Duration::from_secs(10))
-            .log_statements(tracing::log::LevelFilter::Trace);
-        let mut conn = base
-            .clone()
-            .create_if_missing(true)
-            .pragma("cache_size", "-65536")
-            .pragma("temp_store", "memory")
-            .synchronous(match options.sync {
-                SyncMode::Normal => SqliteSynchronous::Normal,
-                SyncMode::Full => SqliteSynchronous::Full,
-            })
-            .connect()
-            .await
-            .map_err(|e| StoreError::CorruptFile {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-        MIGRATOR.run(&mut conn).await.map_err(|e| StoreError::CorruptFile {
+        check_header(path)?;
+        let setup = WriterSetup {
+            index,
             path: path.to_path_buf(),
-            reason: format!("cannot apply schema: {e}"),
-        })?;
-        let max_counter_id = sqlx::query("SELECT value FROM shard_meta WHERE key = 'max_counter_id'")
-            .fetch_one(&mut conn)
-            .await
-            .and_then(|row| row.try_get::<i64, _>(0))
-            .map_err(db_error)? as u64;
-        let may_expire = sqlx::query("SELECT 1 FROM documents WHERE expires_at IS NOT NULL LIMIT 1")
-            .fetch_optional(&mut conn)
-            .await
-            .map_err(db_error)?
-            .is_some();
-
+            options: options.clone(),
+            cache,
+            shutdown,
+            status: Arc::new(ShardStatus::default()),
+        };
+        let writer = setup.open_at_boot().await?;
+        let max_counter_id = writer.max_counter_id;
         let reads = SqlitePoolOptions::new()
             .max_connections(options.read_connections)
             .min_connections(0)
-            .connect_with(base.read_only(true))
+            .connect_with(base_options(path).read_only(true))
             .await
-            .map_err(db_error)?;
+            .map_err(|e| StoreError::from_sqlx(index, e))?;
 
         let (jobs_tx, jobs) = mpsc::channel(options.writer_queue);
-        let writer_running = Arc::new(AtomicBool::new(true));
-        let writer = Writer {
-            shard: index,
-            conn,
-            jobs,
-            cache,
-            batch_limit: options.writer_batch,
-            max_counter_id,
-            id_ceiling: max_counter_id,
-            may_expire,
-            shutdown,
-            running: writer_running.clone(),
-            commits: 0,
-            writes: 0,
-        };
-        let writer_task = tokio::spawn(writer.run());
+        let status = setup.status.clone();
+        let supervisor = tokio::spawn(supervise(setup, writer, jobs));
         Ok(Self {
             index,
             jobs: jobs_tx,
             reads,
-            writer_running,
-            writer_task: Mutex::new(Some(writer_task)),
+            status,
+            supervisor: tokio::sync::Mutex::new(Some(supervisor)),
+            queue_wait: options.queue_wait,
             max_counter_id,
         })
     }
@@ -135,17 +205,35 @@ impl Shard {
         answer.await.map_err(|_| self.stopped())?
     }
 
+    /// Queues a test's fault for the writer.
+    pub async fn inject(&self, fault: Fault) -> Result<(), StoreError> {
+        self.send(Job::Fault(fault)).await
+    }
+
+    /// Queues `job`, waiting at most `queue_wait` for room: back-pressure
+    /// with a bound, so memory does not grow with a slow disk and clients
+    /// hear "retry later" instead of hanging.
     async fn send(&self, job: Job) -> Result<(), StoreError> {
-        self.jobs.send(job).await.map_err(|_| StoreError::Unavailable {
-            shard: self.index,
-            reason: "its writer has stopped",
-        })
+        match tokio::time::timeout(self.queue_wait, self.jobs.send(job)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(StoreError::Unavailable {
+                shard: self.index,
+                reason: "its writer has stopped".into(),
+            }),
+            Err(_) => Err(StoreError::Busy {
+                shard: self.index,
+                waited_ms: self.queue_wait.as_millis() as u64,
+            }),
+        }
     }
 
     fn stopped(&self) -> StoreError {
         StoreError::Unavailable {
             shard: self.index,
-            reason: "its writer stopped before answering",
+            reason: self
+                .status
+                .problem()
+                .unwrap_or_else(|| "its writer stopped before answering".into()),
         }
     }
 
@@ -161,24 +249,312 @@ impl Shard {
     }
 
     pub fn db_error(&self, source: sqlx::Error) -> StoreError {
-        StoreError::Database {
-            shard: self.index,
-            source: Arc::new(source),
-        }
+        StoreError::from_sqlx(self.index, source)
     }
 
     pub fn is_ready(&self) -> bool {
-        self.writer_running.load(Ordering::SeqCst) && !self.reads.is_closed()
+        self.status.is_ready() && !self.reads.is_closed()
+    }
+
+    /// What is wrong with the shard, if anything.
+    pub fn problem(&self) -> Option<String> {
+        self.status.problem()
     }
 
     /// Closes the read pool, then waits for the writer to drain its queue,
     /// checkpoint and close: as the last connection, it removes the WAL.
     pub async fn close(&self) {
         self.reads.close().await;
-        if let Some(task) = self.writer_task.lock().await.take() {
+        if let Some(task) = self.supervisor.lock().await.take() {
             if let Err(e) = task.await {
-                tracing::error!(shard = self.index, error = %e, "writer task failed");
+                tracing::error!(shard = self.index, error = %e, "shard supervisor failed");
             }
         }
+    }
+}
+
+/// Connection options shared by the writer and the readers.
+fn base_options(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(10))
+        .log_statements(tracing::log::LevelFilter::Trace)
+}
+
+/// An existing, non-empty shard file must start as every SQLite database
+/// does; anything else is not ours to open.
+fn check_header(path: &Path) -> Result<(), StoreError> {
+    use std::io::Read;
+    let mut header = [0u8; 16];
+    let read = match std::fs::File::open(path) {
+        Ok(mut file) => file.read(&mut header),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => Err(e),
+    };
+    match read {
+        Ok(0) => Ok(()),
+        Ok(n) if n == header.len() && &header == b"SQLite format 3\0" => Ok(()),
+        Ok(_) => Err(StoreError::CorruptFile {
+            path: path.to_path_buf(),
+            reason: "not an SQLite database (wrong header): not a shard exdaas wrote".into(),
+        }),
+        Err(e) => Err(StoreError::CorruptFile {
+            path: path.to_path_buf(),
+            reason: format!("cannot read it: {e}"),
+        }),
+    }
+}
+
+impl WriterSetup {
+    fn corrupt(&self, reason: String) -> StoreError {
+        StoreError::CorruptFile {
+            path: self.path.clone(),
+            reason,
+        }
+    }
+
+    /// Opens the write connection, checks the file, migrates it and starts
+    /// a writer on it: at boot, when the file may be created.
+    async fn open_at_boot(&self) -> Result<Writer, StoreError> {
+        let mut conn = self.connect(true).await?;
+        let checked = match self.check_ours(&mut conn).await {
+            Ok(()) => self.check_integrity_and_migrate(&mut conn).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = checked {
+            let _ = conn.close().await;
+            return Err(err);
+        }
+        self.writer_on(conn).await
+    }
+
+    /// Opens a writer again after a failure. Never creates the file (an
+    /// empty one would silently stand in for the lost data) and does not
+    /// migrate (boot did).
+    async fn reopen(&self) -> Result<Writer, StoreError> {
+        let mut conn = self.connect(false).await?;
+        if let Err(err) = self.check_ours(&mut conn).await {
+            let _ = conn.close().await;
+            return Err(err);
+        }
+        self.writer_on(conn).await
+    }
+
+    async fn connect(&self, create: bool) -> Result<SqliteConnection, StoreError> {
+        base_options(&self.path)
+            .create_if_missing(create)
+            .pragma("cache_size", "-65536")
+            .pragma("temp_store", "memory")
+            .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string())
+            .synchronous(match self.options.sync {
+                SyncMode::Normal => SqliteSynchronous::Normal,
+                SyncMode::Full => SqliteSynchronous::Full,
+            })
+            .connect()
+            .await
+            .map_err(|e| self.corrupt(e.to_string()))
+    }
+
+    async fn writer_on(&self, mut conn: SqliteConnection) -> Result<Writer, StoreError> {
+        let file = FileIdentity::of(&self.path);
+        let max_counter_id: i64 = sqlx::query_scalar("SELECT value FROM shard_meta WHERE key = 'max_counter_id'")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| StoreError::from_sqlx(self.index, e))?;
+        let may_expire = sqlx::query("SELECT 1 FROM documents WHERE expires_at IS NOT NULL LIMIT 1")
+            .fetch_optional(&mut conn)
+            .await
+            .map_err(|e| StoreError::from_sqlx(self.index, e))?
+            .is_some();
+        let max_counter_id = u64::try_from(max_counter_id).unwrap_or(0);
+        Ok(Writer {
+            shard: self.index,
+            conn: Some(conn),
+            file,
+            cache: self.cache.clone(),
+            batch_limit: self.options.writer_batch,
+            max_counter_id,
+            id_ceiling: max_counter_id,
+            may_expire,
+            shutdown: self.shutdown.clone(),
+            status: self.status.clone(),
+            unpublished: Arc::new(Mutex::new(Vec::new())),
+            commits: 0,
+            writes: 0,
+            panic_after_commit: false,
+        })
+    }
+
+    /// Refuses a foreign database: one with tables that is not marked as
+    /// an exdaas shard (nor holds our schema from before the mark).
+    async fn check_ours(&self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
+        let application_id: i32 = sqlx::query_scalar("PRAGMA application_id")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| self.corrupt(format!("cannot read it: {e}")))?;
+        let tables: Vec<String> = sqlx::query_scalar("SELECT name FROM sqlite_schema WHERE type = 'table'")
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| self.corrupt(format!("cannot read it: {e}")))?;
+        let has = |name: &str| tables.iter().any(|t| t == name);
+        let ours =
+            application_id == APPLICATION_ID || (application_id == 0 && has("documents") && has("_sqlx_migrations"));
+        if ours || tables.is_empty() {
+            Ok(())
+        } else {
+            Err(self.corrupt(format!(
+                "a foreign SQLite database (application_id {application_id:#x}, tables {}): not a shard exdaas wrote",
+                tables.join(", ")
+            )))
+        }
+    }
+
+    /// Checks the file's integrity (it reads the whole file, so only at
+    /// boot, and only if `EXDAAS_BOOT_CHECK` says so), then brings the schema
+    /// up to date and marks the file as an exdaas shard.
+    async fn check_integrity_and_migrate(&self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
+        if self.options.boot_check {
+            let started = std::time::Instant::now();
+            let verdict: Vec<String> = sqlx::query_scalar("PRAGMA quick_check")
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(|e| self.corrupt(format!("damaged: {e}")))?;
+            if verdict != ["ok"] {
+                return Err(self.corrupt(format!("damaged: {}", verdict.join("; "))));
+            }
+            tracing::debug!(
+                shard = self.index,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "integrity check passed"
+            );
+        }
+        MIGRATOR
+            .run(&mut *conn)
+            .await
+            .map_err(|e| self.corrupt(format!("cannot apply schema: {e}")))?;
+        sqlx::query(&format!("PRAGMA application_id = {APPLICATION_ID}"))
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| StoreError::from_sqlx(self.index, e))?;
+        Ok(())
+    }
+}
+
+/// Runs the shard's writer and, when it fails, restarts it: one-for-one,
+/// as the original's supervisor did. While it is down, jobs are answered
+/// with 503 naming the problem; a file deleted or replaced under the server
+/// is not reopened (that would hide the loss) and stays down until restart.
+async fn supervise(setup: WriterSetup, mut writer: Writer, mut jobs: mpsc::Receiver<Job>) {
+    let index = setup.index;
+    let mut delay = FIRST_RESTART_DELAY;
+    loop {
+        let unpublished = writer.unpublished.clone();
+        // Boxed as `Send` here, where its lifetimes are concrete: proving it
+        // through `tokio::spawn` trips the compiler's higher-ranked checks.
+        let run: Pin<Box<dyn Future<Output = Exit> + Send + '_>> = Box::pin(writer.run(&mut jobs));
+        let outcome = std::panic::AssertUnwindSafe(run).catch_unwind().await;
+        drop(writer);
+        let (reason, permanent) = match outcome {
+            Ok(Exit::Stopped) => return,
+            Ok(Exit::Failed { reason, permanent }) => (reason, permanent),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                (format!("its writer panicked: {message}"), false)
+            }
+        };
+        setup.status.writer_down(reason.clone());
+        // Commits whose keys never reached the cache: evict them (under the
+        // cache's per-key lock), so no reader is served their old versions.
+        let keys = unpublished
+            .lock()
+            .map(|mut k| std::mem::take(&mut *k))
+            .unwrap_or_default();
+        for key in &keys {
+            setup.cache.committed(key, None, true).await;
+        }
+        tracing::error!(shard = index, reason = %reason, evicted = keys.len(), "shard writer down");
+        loop {
+            if permanent {
+                refuse_until(&mut jobs, &setup, &reason, None).await;
+                return;
+            }
+            if !refuse_until(&mut jobs, &setup, &reason, Some(delay)).await {
+                return;
+            }
+            match setup.reopen().await {
+                Ok(reopened) => {
+                    tracing::info!(shard = index, "shard writer restarted");
+                    writer = reopened;
+                    delay = FIRST_RESTART_DELAY;
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(shard = index, error = %e, retry_in_ms = delay.as_millis() as u64, "reopening the shard failed");
+                    setup.status.writer_down(format!("{reason}; reopening failed: {e}"));
+                    delay = (delay * 2).min(LONGEST_RESTART_DELAY);
+                }
+            }
+        }
+    }
+}
+
+/// Answers jobs with 503 naming `reason` for `wait` (forever if `None`), or
+/// until shutdown, after which it answers what is left and returns `false`.
+async fn refuse_until(
+    jobs: &mut mpsc::Receiver<Job>,
+    setup: &WriterSetup,
+    reason: &str,
+    wait: Option<Duration>,
+) -> bool {
+    let mut shutdown = setup.shutdown.clone();
+    let deadline = wait.map(|w| tokio::time::Instant::now() + w);
+    let refusal = StoreError::Unavailable {
+        shard: setup.index,
+        reason: reason.to_owned(),
+    };
+    loop {
+        if *shutdown.borrow() {
+            jobs.close();
+            while let Some(job) = jobs.recv().await {
+                refuse(job, refusal.clone());
+            }
+            return false;
+        }
+        tokio::select! {
+            job = jobs.recv() => match job {
+                Some(job) => refuse(job, refusal.clone()),
+                None => return false,
+            },
+            changed = shutdown.changed() => {
+                if changed.is_err() {
+                    jobs.close();
+                }
+            }
+            () = sleep_until(deadline) => return true,
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn refuse(job: Job, err: StoreError) {
+    match job {
+        Job::Ops { ops, reply } => {
+            let _ = reply.send(ops.iter().map(|_| Err(err.clone())).collect());
+        }
+        Job::Purge { reply, .. } => {
+            let _ = reply.send(Err(err));
+        }
+        Job::Fault(_) => {}
     }
 }

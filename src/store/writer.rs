@@ -7,11 +7,16 @@
 //! batch's transaction fails, each request is retried in a transaction of its
 //! own, so a bad request fails alone. Between batches it removes expired
 //! documents, a bounded number at a time, so expiry never stalls writes.
+//!
+//! When its connection or file breaks, or it panics, the writer ends and its
+//! shard's supervisor (`supervisor.rs`) answers what is queued with 503 and
+//! opens a new one. Before acknowledging a commit it checks that the shard's
+//! file is still the one it opened, so a write to a deleted file is never
+//! acknowledged.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::{Connection, Row, SqliteConnection};
@@ -20,6 +25,7 @@ use tokio::time::Instant;
 
 use super::cache::DocCache;
 use super::ops::{decide, Expect, WriteOp, WriteResult};
+use super::shard::{FileIdentity, ShardStatus};
 use super::{Document, StoreError};
 use crate::domain::{CollectionName, DocId, DocKey};
 
@@ -37,6 +43,40 @@ pub enum Job {
         limit: u32,
         reply: oneshot::Sender<Result<u64, StoreError>>,
     },
+    /// A fault for tests to inject (see [`Fault`]).
+    Fault(Fault),
+}
+
+/// Faults that only tests inject, through `Store::inject_fault`: nothing
+/// outside the process can reach them. Each makes the writer take the path
+/// a real failure of that kind takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The writer panics.
+    Panic,
+    /// The writer panics right after its next commit, before it updates the
+    /// cache and acknowledges.
+    PanicAfterCommit,
+    /// The writer's connection closes under it.
+    BreakConnection,
+    /// The writer sleeps this long before its next job (its queue fills).
+    Stall(Duration),
+    /// The file may not grow: SQLite answers as on a full disk.
+    DiskFull,
+    /// The file may not be written: SQLite answers as on a read-only one.
+    ReadOnly,
+    /// Undoes `DiskFull` and `ReadOnly`.
+    Heal,
+}
+
+/// Why a writer's run ended.
+#[derive(Debug)]
+pub enum Exit {
+    /// Shutdown: every queued job was answered, the file closed cleanly.
+    Stopped,
+    /// Its connection or file broke. `permanent`: reopening cannot help (the
+    /// file was deleted or replaced).
+    Failed { reason: String, permanent: bool },
 }
 
 /// How often a writer looks for expired documents, and how many it removes
@@ -64,8 +104,11 @@ struct Change {
 
 pub struct Writer {
     pub shard: usize,
-    pub conn: SqliteConnection,
-    pub jobs: mpsc::Receiver<Job>,
+    /// `None` once the connection broke.
+    pub conn: Option<SqliteConnection>,
+    /// The shard file the connection opened, to notice it being deleted or
+    /// replaced under the running server.
+    pub file: FileIdentity,
     pub cache: DocCache,
     pub batch_limit: usize,
     /// Every counter-shaped id stored in this shard is at most this: the
@@ -76,17 +119,24 @@ pub struct Writer {
     /// Some document may carry an expiry: the sweeper has work to look for.
     pub may_expire: bool,
     pub shutdown: watch::Receiver<bool>,
-    pub running: Arc<AtomicBool>,
+    pub status: Arc<ShardStatus>,
+    /// Keys changed by a commit in flight and not yet published to the
+    /// cache. If the writer dies in between, the supervisor evicts them, so
+    /// the cache cannot go on serving their old versions.
+    pub unpublished: Arc<Mutex<Vec<DocKey>>>,
     /// Commits and writes since start: their ratio is the mean group size.
     pub commits: u64,
     pub writes: u64,
+    /// A test asked for a panic after the next commit.
+    pub panic_after_commit: bool,
 }
 
 impl Writer {
-    /// Runs until shutdown is signalled and every queued job is answered,
-    /// then records the exact id ceiling, checkpoints the WAL and closes.
-    pub async fn run(mut self) {
-        self.running.store(true, Ordering::SeqCst);
+    /// Serves `jobs` until shutdown is signalled and every queued job is
+    /// answered (then records the exact id ceiling, checkpoints the WAL and
+    /// closes), or until its connection or file breaks.
+    pub async fn run(&mut self, jobs: &mut mpsc::Receiver<Job>) -> Exit {
+        self.status.writer_started();
         let mut closing = false;
         let mut next_sweep = Instant::now();
         let mut held: Option<Job> = None;
@@ -98,17 +148,24 @@ impl Writer {
                     changed = self.shutdown.changed(), if !closing => {
                         if changed.is_err() || *self.shutdown.borrow() {
                             // Refuse new jobs; keep draining what is queued.
-                            self.jobs.close();
+                            jobs.close();
                             closing = true;
                         }
                         continue;
                     }
-                    job = self.jobs.recv() => match job {
+                    job = jobs.recv() => match job {
                         Some(job) => job,
                         None => break,
                     },
                     () = tokio::time::sleep_until(next_sweep), if self.may_expire && !closing => {
-                        let removed = self.sweep().await;
+                        let removed = match self.sweep().await {
+                            Ok(removed) => removed,
+                            Err(err) if err.breaks_the_writer() => return self.failed(err),
+                            Err(err) => {
+                                tracing::warn!(shard = self.shard, error = %err, "removing expired documents failed");
+                                0
+                            }
+                        };
                         // A full sweep may have left more: come back as soon
                         // as the queue is served.
                         next_sweep = Instant::now() + if removed < SWEEP_LIMIT { SWEEP_INTERVAL } else { Duration::ZERO };
@@ -125,7 +182,7 @@ impl Writer {
                     let mut size = ops.len();
                     let mut batch = vec![(ops, reply)];
                     while size < self.batch_limit {
-                        match self.jobs.try_recv() {
+                        match jobs.try_recv() {
                             Ok(Job::Ops { ops, reply }) => {
                                 size += ops.len();
                                 batch.push((ops, reply));
@@ -137,7 +194,9 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
-                    self.commit_batch(batch).await;
+                    if let Err(err) = self.commit_batch(batch).await {
+                        return self.failed(err);
+                    }
                 }
                 Job::Purge {
                     collection,
@@ -145,66 +204,154 @@ impl Writer {
                     reply,
                 } => {
                     let purged = self.purge(&collection, limit).await;
+                    let broken = purged.as_ref().err().filter(|e| e.breaks_the_writer()).cloned();
                     let _ = reply.send(purged);
+                    if let Some(err) = broken {
+                        return self.failed(err);
+                    }
+                }
+                Job::Fault(fault) => {
+                    if let Some(err) = self.inject(fault).await {
+                        return self.failed(err);
+                    }
                 }
             }
         }
         self.close().await;
+        Exit::Stopped
     }
 
-    async fn close(mut self) {
-        // Every write is drained: the exact highest id replaces the reserve,
-        // so a clean restart continues the sequence without a gap.
-        if let Err(e) = sqlx::query("UPDATE shard_meta SET value = ?1 WHERE key = 'max_counter_id'")
-            .bind(i64::try_from(self.max_counter_id).unwrap_or(i64::MAX))
-            .execute(&mut self.conn)
-            .await
-        {
-            tracing::warn!(shard = self.shard, error = %e, "recording the id ceiling failed");
-        }
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&mut self.conn)
-            .await
-        {
-            tracing::warn!(shard = self.shard, error = %e, "final WAL checkpoint failed");
-        }
-        if let Err(e) = self.conn.close().await {
-            tracing::warn!(shard = self.shard, error = %e, "closing the write connection failed");
-        }
-        self.running.store(false, Ordering::SeqCst);
-        tracing::info!(
-            shard = self.shard,
-            commits = self.commits,
-            writes = self.writes,
-            "writer stopped"
-        );
+    fn failed(&mut self, err: StoreError) -> Exit {
+        let permanent = !self.file.still_there();
+        let reason = if permanent {
+            format!("its file {} was deleted or replaced while the server ran; restore it from a backup and restart the server", self.file.path.display())
+        } else {
+            err.to_string()
+        };
+        tracing::error!(shard = self.shard, reason = %reason, "writer failed");
+        Exit::Failed { reason, permanent }
     }
 
-    async fn commit_batch(&mut self, batch: Vec<(Vec<WriteOp>, oneshot::Sender<Vec<WriteResult>>)>) {
+    /// The connection, or the error a broken one gives.
+    fn conn(&mut self) -> Result<&mut SqliteConnection, sqlx::Error> {
+        self.conn.as_mut().ok_or(sqlx::Error::WorkerCrashed)
+    }
+
+    async fn close(&mut self) {
+        let shard = self.shard;
+        let max_counter_id = i64::try_from(self.max_counter_id).unwrap_or(i64::MAX);
+        if let Some(mut conn) = self.conn.take() {
+            // Every write is drained: the exact highest id replaces the
+            // reserve, so a clean restart continues the sequence without a gap.
+            if let Err(e) = sqlx::query("UPDATE shard_meta SET value = ?1 WHERE key = 'max_counter_id'")
+                .bind(max_counter_id)
+                .execute(&mut conn)
+                .await
+            {
+                tracing::warn!(shard, error = %e, "recording the id ceiling failed");
+            }
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await {
+                tracing::warn!(shard, error = %e, "final WAL checkpoint failed");
+            }
+            if let Err(e) = conn.close().await {
+                tracing::warn!(shard, error = %e, "closing the write connection failed");
+            }
+        }
+        tracing::info!(shard, commits = self.commits, writes = self.writes, "writer stopped");
+    }
+
+    /// Applies a test's fault; an error if it broke the writer.
+    async fn inject(&mut self, fault: Fault) -> Option<StoreError> {
+        tracing::warn!(shard = self.shard, ?fault, "injecting a fault");
+        let shard = self.shard;
+        let sql = match fault {
+            Fault::Panic => panic!("injected fault: shard {shard}'s writer panics"),
+            Fault::PanicAfterCommit => {
+                self.panic_after_commit = true;
+                return None;
+            }
+            Fault::BreakConnection => {
+                if let Some(conn) = self.conn.take() {
+                    let _ = conn.close().await;
+                }
+                return None;
+            }
+            Fault::Stall(duration) => {
+                tokio::time::sleep(duration).await;
+                return None;
+            }
+            // A page count capped at the current one is how SQLite reports a
+            // full disk: SQLITE_FULL on the next growth.
+            Fault::DiskFull => {
+                let pages = match self.conn() {
+                    Ok(conn) => sqlx::query_scalar::<_, i64>("PRAGMA page_count").fetch_one(conn).await,
+                    Err(e) => Err(e),
+                };
+                match pages {
+                    Ok(pages) => format!("PRAGMA max_page_count = {pages}"),
+                    Err(e) => return Some(StoreError::from_sqlx(shard, e)).filter(StoreError::breaks_the_writer),
+                }
+            }
+            Fault::ReadOnly => "PRAGMA query_only = 1".to_owned(),
+            Fault::Heal => "PRAGMA query_only = 0; PRAGMA max_page_count = 4294967294".to_owned(),
+        };
+        let applied = match self.conn() {
+            Ok(conn) => sqlx::query(&sql).execute(conn).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        applied
+            .err()
+            .map(|e| StoreError::from_sqlx(shard, e))
+            .filter(StoreError::breaks_the_writer)
+    }
+
+    /// Commits a batch and answers each request. An error only when the
+    /// connection or file broke: the batch is answered with it, and the
+    /// writer must end.
+    async fn commit_batch(
+        &mut self,
+        batch: Vec<(Vec<WriteOp>, oneshot::Sender<Vec<WriteResult>>)>,
+    ) -> Result<(), StoreError> {
         let groups: Vec<&[WriteOp]> = batch.iter().map(|(ops, _)| ops.as_slice()).collect();
-        match self.apply(&groups).await {
+        let err = match self.apply(&groups).await {
             Ok(applied) => {
                 let replies = batch.into_iter().map(|(ops, reply)| (ops.len(), reply));
                 self.finish(applied, replies).await;
+                return Ok(());
             }
-            Err(err) if batch.len() == 1 => {
-                let err = self.db_error(err);
-                for (ops, reply) in batch {
-                    let _ = reply.send(ops.iter().map(|_| Err(err.clone())).collect());
-                }
-            }
-            Err(err) => {
-                tracing::warn!(shard = self.shard, error = %err, requests = batch.len(), "batch failed; retrying its requests one by one");
-                for (ops, reply) in batch {
-                    match self.apply(&[ops.as_slice()]).await {
-                        Ok(applied) => self.finish(applied, [(ops.len(), reply)]).await,
-                        Err(err) => {
-                            let err = self.db_error(err);
-                            let _ = reply.send(ops.iter().map(|_| Err(err.clone())).collect());
-                        }
+            Err(err) => err,
+        };
+        if err.breaks_the_writer() || batch.len() == 1 {
+            self.refuse(batch, &err);
+            return if err.breaks_the_writer() { Err(err) } else { Ok(()) };
+        }
+        tracing::warn!(shard = self.shard, error = %err, requests = batch.len(), "batch failed; retrying its requests one by one");
+        let mut requests = batch.into_iter();
+        while let Some((ops, reply)) = requests.next() {
+            match self.apply(&[ops.as_slice()]).await {
+                Ok(applied) => self.finish(applied, [(ops.len(), reply)]).await,
+                Err(err) => {
+                    let broken = err.breaks_the_writer();
+                    self.refuse(vec![(ops, reply)], &err);
+                    if broken {
+                        self.refuse(requests.collect(), &err);
+                        return Err(err);
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Answers every operation of `batch` with `err`, and records a full
+    /// disk or an unwritable file as the shard's problem until a commit
+    /// succeeds again.
+    fn refuse(&self, batch: Vec<(Vec<WriteOp>, oneshot::Sender<Vec<WriteResult>>)>, err: &StoreError) {
+        if matches!(err, StoreError::DiskFull { .. } | StoreError::ReadOnly { .. }) {
+            self.status.set_problem(err.to_string());
+        }
+        for (ops, reply) in batch {
+            let _ = reply.send(ops.iter().map(|_| Err(err.clone())).collect());
         }
     }
 
@@ -223,6 +370,7 @@ impl Writer {
             }
             self.cache.committed(&key, change.doc, change.row_existed).await;
         }
+        self.set_unpublished(Vec::new());
         let mut answers = applied.answers.into_iter();
         for (count, reply) in replies {
             // The client may have gone; its write is committed all the same.
@@ -230,11 +378,14 @@ impl Writer {
         }
     }
 
-    fn db_error(&self, err: sqlx::Error) -> StoreError {
-        StoreError::Database {
-            shard: self.shard,
-            source: Arc::new(err),
+    fn set_unpublished(&self, keys: Vec<DocKey>) {
+        if let Ok(mut unpublished) = self.unpublished.lock() {
+            *unpublished = keys;
         }
+    }
+
+    fn db_error(&self, err: sqlx::Error) -> StoreError {
+        StoreError::from_sqlx(self.shard, err)
     }
 
     /// Applies the groups' operations in order, in one transaction.
@@ -245,10 +396,14 @@ impl Writer {
     /// SELECT for the keys whose committed state is not already known, and
     /// one script that writes every change and commits. Decisions in between
     /// are plain Rust.
-    async fn apply(&mut self, groups: &[&[WriteOp]]) -> Result<Applied, sqlx::Error> {
+    async fn apply(&mut self, groups: &[&[WriteOp]]) -> Result<Applied, StoreError> {
+        let shard = self.shard;
         let now = now_millis();
         let ops = || groups.iter().flat_map(|group| group.iter());
-        let mut state = self.committed_state(ops()).await?;
+        let mut state = self
+            .committed_state(ops())
+            .await
+            .map_err(|e| StoreError::from_sqlx(shard, e))?;
 
         let mut answers = Vec::with_capacity(groups.iter().map(|g| g.len()).sum());
         let mut changes: HashMap<DocKey, Change> = HashMap::new();
@@ -281,6 +436,7 @@ impl Writer {
         let id_ceiling = if changes.is_empty() {
             self.id_ceiling
         } else {
+            self.set_unpublished(changes.keys().cloned().collect());
             self.persist(&changes, max_counter_id).await?
         };
         self.writes += answers.len() as u64;
@@ -321,7 +477,7 @@ impl Writer {
             state.insert(op.key.clone(), cached);
         }
         if !unknown.is_empty() {
-            for (index, doc) in select_many(&mut self.conn, &unknown).await? {
+            for (index, doc) in select_many(self.conn()?, &unknown).await? {
                 if let Some(key) = unknown.get(index) {
                     state.insert(key.clone(), Some(doc));
                 }
@@ -334,7 +490,8 @@ impl Writer {
     /// a raised id ceiling) in one transaction, sent to SQLite as one script.
     /// If any part fails, the transaction is rolled back and nothing of it is
     /// visible. Returns the id ceiling now on disk.
-    async fn persist(&mut self, changes: &HashMap<DocKey, Change>, max_counter_id: u64) -> Result<u64, sqlx::Error> {
+    async fn persist(&mut self, changes: &HashMap<DocKey, Change>, max_counter_id: u64) -> Result<u64, StoreError> {
+        let shard = self.shard;
         // Row fields go as one JSON array; the documents' text goes as one
         // blob that the rows slice by byte offset, so it is neither escaped
         // here nor parsed by SQLite. Collection names and ids are plain ASCII
@@ -376,91 +533,128 @@ impl Writer {
         deletes.push(']');
         let ceiling = (max_counter_id > self.id_ceiling).then(|| max_counter_id.saturating_add(ID_RESERVE));
         let script = write_script(upserts.len() > 2, deletes.len() > 2, ceiling.is_some());
+        let conn = self.conn().map_err(|e| StoreError::from_sqlx(shard, e))?;
         let written = sqlx::query(script)
             .bind(upserts)
             .bind(texts)
             .bind(deletes)
             // Ceilings stay below 2^53 + the reserve (see `MAX_COUNTER_ID`).
             .bind(i64::try_from(ceiling.unwrap_or(0)).unwrap_or(i64::MAX))
-            .execute(&mut self.conn)
+            .execute(conn)
             .await;
         if let Err(err) = written {
             self.rollback().await;
-            return Err(err);
+            return Err(self.db_error(err));
+        }
+        // Committed, but to the file this writer opened: if that was deleted
+        // or replaced, the commit is lost at the next start, so it must not
+        // be acknowledged.
+        if !self.file.still_there() {
+            return Err(StoreError::Unavailable {
+                shard: self.shard,
+                reason: format!("its file {} was deleted or replaced", self.file.path.display()),
+            });
         }
         self.commits += 1;
+        self.status.clear_problem();
+        if self.panic_after_commit {
+            panic!("injected fault: shard {shard}'s writer panics after a commit");
+        }
         Ok(ceiling.unwrap_or(self.id_ceiling))
     }
 
     /// Ends the transaction a failed script left open, so the connection is
     /// clean for the next.
     async fn rollback(&mut self) {
-        if let Err(e) = sqlx::query("ROLLBACK").execute(&mut self.conn).await {
-            tracing::debug!(shard = self.shard, error = %e, "rollback after a failed commit");
+        let shard = self.shard;
+        if let Ok(conn) = self.conn() {
+            if let Err(e) = sqlx::query("ROLLBACK").execute(conn).await {
+                tracing::debug!(shard, error = %e, "rollback after a failed commit");
+            }
         }
     }
 
     /// Removes up to `SWEEP_LIMIT` expired documents and drops them from the
     /// cache. Readers already treat them as gone; this reclaims the space.
-    async fn sweep(&mut self) -> u32 {
-        let deleted = sqlx::query(
-            "DELETE FROM documents WHERE (collection, id) IN \
-             (SELECT collection, id FROM documents WHERE expires_at <= ?1 LIMIT ?2) \
-             RETURNING collection, id",
-        )
-        .bind(now_millis())
-        .bind(SWEEP_LIMIT)
-        .fetch_all(&mut self.conn)
-        .await;
-        match deleted {
-            Ok(rows) => {
-                let count = rows.len() as u32;
-                self.forget(&rows, None).await;
-                if count > 0 {
-                    tracing::debug!(shard = self.shard, count, "removed expired documents");
-                }
-                count
-            }
-            Err(e) => {
-                tracing::warn!(shard = self.shard, error = %e, "removing expired documents failed");
-                0
-            }
+    async fn sweep(&mut self) -> Result<u32, StoreError> {
+        let shard = self.shard;
+        let now = now_millis();
+        let keys = sqlx::query("SELECT collection, id FROM documents WHERE expires_at <= ?1 LIMIT ?2")
+            .bind(now)
+            .bind(SWEEP_LIMIT)
+            .fetch_all(self.conn().map_err(|e| StoreError::from_sqlx(shard, e))?)
+            .await
+            .map_err(|e| StoreError::from_sqlx(shard, e))?;
+        let keys = keys_of(&keys, None);
+        // Only rows still expired: one may have been rewritten since.
+        let removed = self
+            .delete_keys(&keys, "DELETE FROM documents WHERE (collection, id) IN (SELECT value->>0, value->>1 FROM json_each(?1)) AND expires_at <= ?2", now)
+            .await?;
+        if removed > 0 {
+            tracing::debug!(shard = self.shard, removed, "removed expired documents");
         }
+        Ok(removed as u32)
     }
 
     /// Deletes up to `limit` documents of `collection` in one transaction.
     async fn purge(&mut self, collection: &CollectionName, limit: u32) -> Result<u64, StoreError> {
-        let rows = sqlx::query(
-            "DELETE FROM documents WHERE collection = ?1 AND id IN \
-             (SELECT id FROM documents WHERE collection = ?1 LIMIT ?2) RETURNING id",
-        )
-        .bind(collection.as_str())
-        .bind(limit)
-        .fetch_all(&mut self.conn)
-        .await
-        .map_err(|e| self.db_error(e))?;
-        self.forget(&rows, Some(collection)).await;
-        Ok(rows.len() as u64)
+        let shard = self.shard;
+        let rows = sqlx::query("SELECT id FROM documents WHERE collection = ?1 LIMIT ?2")
+            .bind(collection.as_str())
+            .bind(limit)
+            .fetch_all(self.conn().map_err(|e| StoreError::from_sqlx(shard, e))?)
+            .await
+            .map_err(|e| StoreError::from_sqlx(shard, e))?;
+        let keys = keys_of(&rows, Some(collection));
+        self.delete_keys(&keys, "DELETE FROM documents WHERE (collection, id) IN (SELECT value->>0, value->>1 FROM json_each(?1)) AND ?2 = ?2", 0)
+            .await
     }
 
-    /// Drops deleted rows' keys from the cache. Rows carry `id`, and
-    /// `collection` unless it is given.
-    async fn forget(&mut self, rows: &[sqlx::sqlite::SqliteRow], collection: Option<&CollectionName>) {
-        for row in rows {
-            let collection = match collection {
-                Some(c) => Ok(c.clone()),
-                None => row
-                    .try_get::<&str, _>("collection")
-                    .ok()
-                    .and_then(|c| CollectionName::parse(c).ok())
-                    .ok_or(()),
-            };
-            let id = row.try_get::<&str, _>("id").ok().and_then(|id| DocId::parse(id).ok());
-            if let (Ok(collection), Some(id)) = (collection, id) {
-                self.cache.committed(&DocKey::new(collection, id), None, true).await;
-            }
+    /// Runs a DELETE of `keys` (passed as a JSON array of `[collection, id]`
+    /// in ?1, with `extra` in ?2), then evicts them from the cache. The keys
+    /// are marked unpublished first, so a writer dying in between still
+    /// gets them evicted.
+    async fn delete_keys(&mut self, keys: &[DocKey], sql: &str, extra: i64) -> Result<u64, StoreError> {
+        let shard = self.shard;
+        if keys.is_empty() {
+            return Ok(0);
         }
+        let mut param = String::from("[");
+        for (i, key) in keys.iter().enumerate() {
+            if i > 0 {
+                param.push(',');
+            }
+            let _ = write!(param, "[\"{}\",\"{}\"]", key.collection, key.id);
+        }
+        param.push(']');
+        self.set_unpublished(keys.to_vec());
+        let conn = self.conn().map_err(|e| StoreError::from_sqlx(shard, e))?;
+        let done = sqlx::query(sql)
+            .bind(param)
+            .bind(extra)
+            .execute(conn)
+            .await
+            .map_err(|e| StoreError::from_sqlx(shard, e))?;
+        for key in keys {
+            self.cache.committed(key, None, true).await;
+        }
+        self.set_unpublished(Vec::new());
+        Ok(done.rows_affected())
     }
+}
+
+/// The keys of rows with `id` (and `collection`, unless it is given).
+fn keys_of(rows: &[sqlx::sqlite::SqliteRow], collection: Option<&CollectionName>) -> Vec<DocKey> {
+    rows.iter()
+        .filter_map(|row| {
+            let collection = match collection {
+                Some(c) => c.clone(),
+                None => CollectionName::parse(row.try_get::<&str, _>("collection").ok()?).ok()?,
+            };
+            let id = DocId::parse(row.try_get::<&str, _>("id").ok()?).ok()?;
+            Some(DocKey::new(collection, id))
+        })
+        .collect()
 }
 
 /// Ids the ceiling is raised past the highest one written, so that a run

@@ -70,3 +70,124 @@ fn help_says_how_to_configure_it() {
         assert!(help.contains(setting), "--help does not mention {setting}:\n{help}");
     }
 }
+
+/// Runs the binary over `dir` until it exits (it must not start serving).
+fn run_on(dir: &std::path::Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_exdaas"));
+    cmd.env("DETS_ROOT", dir)
+        .env("PORT", "0")
+        .env("EXDAAS_LISTEN_ADDR", "127.0.0.1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("exdaas runs");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A data folder written by a real server: 4 shards holding `docs` documents.
+async fn written_folder(docs: usize) -> tempfile::TempDir {
+    let folder = tempfile::tempdir().expect("temp dir");
+    let app = crate::helpers::spawn_app_on(folder.path(), &[]).await;
+    let pad = "z".repeat(1500);
+    for n in 0..docs {
+        app.put_doc("c", &format!("d{n}"), &serde_json::json!({"n": n, "pad": pad}))
+            .await;
+    }
+    app.stop().await;
+    folder
+}
+
+fn assert_refused_naming(code: Option<i32>, stderr: &str, file: &str, why: &str) {
+    assert_eq!(code, Some(2), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(file) && last.contains(why),
+        "names {file} and says {why:?}: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_shard_file_that_is_not_a_database_stops_the_start() {
+    let folder = written_folder(10).await;
+    std::fs::write(
+        folder.path().join("shard-0001.sqlite3"),
+        b"hello, this is a text file\n",
+    )
+    .expect("write");
+    let (code, stderr) = run_on(folder.path(), &[]);
+    assert_refused_naming(code, &stderr, "shard-0001.sqlite3", "not an SQLite database");
+}
+
+#[tokio::test]
+async fn a_foreign_database_in_place_of_a_shard_stops_the_start() {
+    use sqlx::{ConnectOptions, Connection};
+    let folder = written_folder(10).await;
+    let shard = folder.path().join("shard-0002.sqlite3");
+    std::fs::remove_file(&shard).expect("remove the shard");
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&shard)
+        .create_if_missing(true)
+        .connect()
+        .await
+        .expect("create another program's database");
+    sqlx::query("CREATE TABLE accounts (owner TEXT, balance INTEGER)")
+        .execute(&mut conn)
+        .await
+        .expect("create table");
+    conn.close().await.expect("close");
+    let (code, stderr) = run_on(folder.path(), &[]);
+    assert_refused_naming(code, &stderr, "shard-0002.sqlite3", "foreign");
+    // Nothing was added to the foreign database.
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&shard)
+        .read_only(true)
+        .connect()
+        .await
+        .expect("open it again");
+    let tables: Vec<String> = sqlx::query_scalar("SELECT name FROM sqlite_schema WHERE type = 'table'")
+        .fetch_all(&mut conn)
+        .await
+        .expect("list tables");
+    assert_eq!(tables, ["accounts"]);
+}
+
+#[tokio::test]
+async fn a_damaged_shard_file_stops_the_start() {
+    let folder = written_folder(300).await;
+    let shard = folder.path().join("shard-0003.sqlite3");
+    let mut bytes = std::fs::read(&shard).expect("read");
+    assert!(bytes.len() > 20 * 4096, "{} bytes", bytes.len());
+    for byte in bytes.iter_mut().skip(4 * 4096).take(8 * 4096) {
+        *byte = 0xff;
+    }
+    std::fs::write(&shard, &bytes).expect("write");
+    let (code, stderr) = run_on(folder.path(), &[]);
+    assert_refused_naming(code, &stderr, "shard-0003.sqlite3", "damaged");
+}
+
+#[tokio::test]
+async fn a_shard_file_beyond_the_shard_count_stops_the_start() {
+    let folder = written_folder(4).await;
+    std::fs::copy(
+        folder.path().join("shard-0000.sqlite3"),
+        folder.path().join("shard-0007.sqlite3"),
+    )
+    .expect("copy");
+    let (code, stderr) = run_on(folder.path(), &[]);
+    assert_refused_naming(code, &stderr, "shard-0007.sqlite3", "beyond the 4 shards");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_folder_is_refused() {
+    let folder = tempfile::tempdir().expect("temp dir");
+    let mut first = crate::helpers::ServerProcess::start(folder.path(), &[]).await;
+    let (code, stderr) = run_on(folder.path(), &[]);
+    assert_refused_naming(
+        code,
+        &stderr,
+        &folder.path().display().to_string(),
+        "another exdaas process",
+    );
+    first.signal("TERM");
+    assert_eq!(first.wait().await, Some(0));
+}

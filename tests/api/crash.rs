@@ -1,0 +1,252 @@
+//! Crash safety: concurrent writers against the real binary, killed with
+//! SIGKILL at random moments, restarted on the same folder. Every write that
+//! was acknowledged before the kill is there with its exact data; a batch's
+//! operations on one shard are all there or none; ids are never reused.
+//! Run in both sync modes (a process crash loses nothing in either).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use exdaas::domain::{CollectionName, DocId, DocKey};
+use exdaas::store::placement::{Placement, ShardCount};
+use serde_json::{json, Value};
+
+use crate::helpers::{json, ServerProcess};
+
+/// Kill rounds per sync mode: `EXDAAS_CRASH_ROUNDS` raises it for a soak (scripts/soak.sh).
+fn rounds() -> u64 {
+    std::env::var("EXDAAS_CRASH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3)
+}
+const WRITERS: u64 = 12;
+
+/// What the clients saw, across every round.
+#[derive(Default)]
+struct Ledger {
+    /// Acknowledged v1 puts: id -> data.
+    puts: BTreeMap<String, Value>,
+    /// Puts sent but not acknowledged (the kill came first): id -> data.
+    unacked: BTreeMap<String, Value>,
+    /// Acknowledged anonymous ids (original API) -> data.
+    anonymous: BTreeMap<u64, Value>,
+    /// Batches acknowledged, and batches sent but not acknowledged: the ids
+    /// of each (all on one shard).
+    batches: Vec<(bool, Vec<String>)>,
+}
+
+/// Deterministic per-writer random numbers, so a failure can be replayed.
+fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// `count` ids (prefix-n) that all land on the same one of 4 shards.
+fn same_shard_ids(prefix: &str, count: usize) -> Vec<String> {
+    let placement = Placement::new(ShardCount::new(4).expect("4 shards"));
+    let collection = CollectionName::parse("crash").expect("name");
+    let shard_of = |id: &str| placement.shard_of(&DocKey::new(collection.clone(), DocId::parse(id).expect("id")));
+    let first = format!("{prefix}-0");
+    let target = shard_of(&first);
+    let mut ids = vec![first];
+    let mut n = 1;
+    while ids.len() < count {
+        let id = format!("{prefix}-{n}");
+        if shard_of(&id) == target {
+            ids.push(id);
+        }
+        n += 1;
+    }
+    ids
+}
+
+async fn kill_and_check(sync: &str) {
+    let folder = tempfile::tempdir().expect("temp dir");
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    for round in 0..rounds() {
+        let mut server = ServerProcess::start(folder.path(), &[("EXDAAS_SYNC", sync)]).await;
+        let port = server.port;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut writers = Vec::new();
+        for w in 0..WRITERS {
+            let (client, stop, ledger) = (client.clone(), stop.clone(), ledger.clone());
+            writers.push(tokio::spawn(async move {
+                let mut rng = 0x9E37_79B9_7F4A_7C15 ^ (round * 1000 + w + 1);
+                for i in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let base = format!("http://127.0.0.1:{port}");
+                    match next_random(&mut rng) % 8 {
+                        // An anonymous write of the original API.
+                        0 => {
+                            let data = json!({"anon": [round, w, i]});
+                            let sent = client
+                                .post(format!("{base}/api"))
+                                .json(&json!({"id": null, "data": data}))
+                                .send()
+                                .await;
+                            let Ok(resp) = sent else { break };
+                            if !resp.status().is_success() {
+                                break;
+                            }
+                            let Ok(body) = resp.json::<Value>().await else { break };
+                            let id = body["id"].as_u64().expect("an integer id");
+                            ledger.lock().expect("ledger").anonymous.insert(id, data);
+                        }
+                        // A batch of puts that all land on one shard.
+                        1 => {
+                            let ids = same_shard_ids(&format!("b{round}-{w}-{i}"), 4);
+                            let ops: Vec<Value> = ids
+                                .iter()
+                                .map(|id| json!({"op": "put", "id": id, "data": {"batch": id}}))
+                                .collect();
+                            let sent = client
+                                .post(format!("{base}/v1/collections/crash/batch"))
+                                .json(&json!({ "ops": ops }))
+                                .send()
+                                .await;
+                            let acked = match sent {
+                                Ok(resp) if resp.status().is_success() => resp.json::<Value>().await.is_ok(),
+                                _ => false,
+                            };
+                            ledger.lock().expect("ledger").batches.push((acked, ids));
+                            if !acked {
+                                break;
+                            }
+                        }
+                        // A put under a fresh id, sometimes a rewrite of an earlier one.
+                        _ => {
+                            let id = format!("p{round}-{w}-{}", i - (next_random(&mut rng) % 3).min(i));
+                            let data = json!({"put": [round, w, i], "pad": "x".repeat((next_random(&mut rng) % 512) as usize)});
+                            ledger.lock().expect("ledger").unacked.insert(id.clone(), data.clone());
+                            let sent = client
+                                .put(format!("{base}/v1/collections/crash/docs/{id}"))
+                                .json(&data)
+                                .send()
+                                .await;
+                            match sent {
+                                Ok(resp) if resp.status().is_success() => {
+                                    let mut ledger = ledger.lock().expect("ledger");
+                                    ledger.unacked.remove(&id);
+                                    ledger.puts.insert(id, data);
+                                }
+                                _ => break,
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        // Kill at a random moment, mid-load.
+        let wait = 150 + (next_random(&mut (round + 7)) % 500);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        server.signal("KILL");
+        server.wait().await;
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            let _ = w.await;
+        }
+    }
+
+    // Restart once more and check everything against the ledger.
+    let server = ServerProcess::start(folder.path(), &[("EXDAAS_SYNC", sync)]).await;
+    // Every writer has stopped: take the ledger out of its lock.
+    let ledger = std::mem::take(&mut *ledger.lock().expect("ledger"));
+    assert!(
+        ledger.puts.len() > 100,
+        "the load got going: {} puts acknowledged",
+        ledger.puts.len()
+    );
+    let in_flight = ledger.unacked.len() + ledger.batches.iter().filter(|(acked, _)| !acked).count();
+    assert!(in_flight > 0, "the kills came mid-load: nothing was in flight");
+    eprintln!(
+        "{sync}: {} puts, {} anonymous writes, {} batches acknowledged; {in_flight} writes in flight at the kills",
+        ledger.puts.len(),
+        ledger.anonymous.len(),
+        ledger.batches.iter().filter(|(acked, _)| *acked).count()
+    );
+    let get = |path: String| {
+        let client = client.clone();
+        let url = server.url(&path);
+        async move {
+            let resp = client.get(url).send().await.expect("request sent");
+            let status = resp.status().as_u16();
+            (status, if status == 200 { json(resp).await } else { Value::Null })
+        }
+    };
+    for (id, data) in &ledger.puts {
+        let (status, doc) = get(format!("/v1/collections/crash/docs/{id}")).await;
+        assert_eq!(status, 200, "{sync}: acknowledged put {id} lost");
+        // A later unacknowledged rewrite of the same id may have landed.
+        let unacked = ledger.unacked.get(id);
+        assert!(
+            &doc["data"] == data || Some(&doc["data"]) == unacked,
+            "{sync}: {id} holds {}, acknowledged {data}",
+            doc["data"]
+        );
+    }
+    for (id, data) in &ledger.unacked {
+        if ledger.puts.contains_key(id) {
+            continue;
+        }
+        let (status, doc) = get(format!("/v1/collections/crash/docs/{id}")).await;
+        assert!(
+            status == 404 || &doc["data"] == data,
+            "{sync}: unacknowledged {id} is half there: {doc}"
+        );
+    }
+    for (id, data) in &ledger.anonymous {
+        let (status, doc) = get(format!("/api?id={id}")).await;
+        assert_eq!((status, &doc["data"]), (200, data), "{sync}: anonymous write {id} lost");
+    }
+    for (acked, ids) in &ledger.batches {
+        let mut present = BTreeSet::new();
+        for id in ids {
+            if get(format!("/v1/collections/crash/docs/{id}")).await.0 == 200 {
+                present.insert(id.clone());
+            }
+        }
+        if *acked {
+            assert_eq!(
+                present.len(),
+                ids.len(),
+                "{sync}: acknowledged batch {ids:?} lost {present:?}"
+            );
+        } else {
+            assert!(
+                present.is_empty() || present.len() == ids.len(),
+                "{sync}: a batch on one shard is partly there: {present:?} of {ids:?}"
+            );
+        }
+    }
+    // The counter moved past every id it handed out.
+    let resp = client
+        .post(server.url("/api"))
+        .json(&json!({"id": null, "data": "after"}))
+        .send()
+        .await
+        .expect("request sent");
+    let next = json(resp).await["id"].as_u64().expect("id");
+    let highest = ledger.anonymous.keys().last().copied().unwrap_or(0);
+    assert!(next > highest, "{sync}: id {next} reuses one at or below {highest}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_sigkill_with_sync_full() {
+    kill_and_check("full").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_sigkill_with_sync_normal() {
+    kill_and_check("normal").await;
+}
