@@ -99,6 +99,7 @@ impl Application {
             max_body_bytes: self.settings.max_body_bytes,
             access: Access::new(self.settings.api_keys.clone()),
             cors_origins: self.settings.cors_origins.clone(),
+            backup_dir: self.settings.backup_dir.clone(),
         };
         let routes = api::routes(&self.store, &options);
         let served = Server::new_with_acceptor(self.acceptor)

@@ -1,9 +1,16 @@
-//! The command line: `exdaas` serves in the foreground; settings come from the
-//! environment or a TOML file, listed by `--help`.
+//! The command line: `exdaas` serves in the foreground (settings from the
+//! environment or a TOML file, listed by `--help`); its other commands
+//! operate on the data folder (`DETS_ROOT`): backup, restore, check and
+//! reshard.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::SETTINGS;
+use crate::config::{Settings, SETTINGS};
+use crate::store::maintenance;
+use crate::store::placement::ShardCount;
 
 #[derive(Debug, Parser)]
 #[command(name = "exdaas", version, about = "A serialized, fault tolerant, self caching, self sharding JSON document database", after_long_help = settings_help(), after_help = settings_help())]
@@ -17,6 +24,31 @@ pub enum Command {
     /// Serve in the foreground (what running with no command does)
     #[command(alias = "foreground")]
     Serve,
+    /// Take a consistent snapshot of every shard of DETS_ROOT into DEST, with
+    /// a manifest of document counts and checksums. Safe while the server runs.
+    Backup {
+        /// A new or empty folder to write the backup to
+        dest: PathBuf,
+    },
+    /// Restore the backup SRC into DETS_ROOT, which must be empty or not
+    /// exist. The manifest, checksums, counts and integrity are verified
+    /// first. DETS_ROOT is locked while it runs.
+    Restore {
+        /// A folder written by `exdaas backup`
+        src: PathBuf,
+    },
+    /// Check every shard of DETS_ROOT: SQLite's integrity check, and that every
+    /// document sits in the shard its id hashes to. Read-only: safe while the
+    /// server runs. Exit code 1 if it finds a problem.
+    Check,
+    /// Move DETS_ROOT to another number of shards. Run it with the server
+    /// stopped (it refuses otherwise); a crash midway leaves the old shards in
+    /// use. Then start the server with SHARD_LIMIT=N.
+    Reshard {
+        /// The new number of shards (1 to 4096)
+        #[arg(long)]
+        to: u32,
+    },
 }
 
 fn settings_help() -> String {
@@ -31,4 +63,123 @@ fn settings_help() -> String {
     }
     help.push_str("  RUST_LOG                       log filter, e.g. info or exdaas=debug\n");
     help
+}
+
+/// Runs one of the data folder commands (everything but `serve`).
+pub async fn run_maintenance(command: Command) -> ExitCode {
+    let settings = match Settings::load() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("exdaas: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init(settings.log_format);
+    let root = settings.data_dir;
+    let outcome = match command {
+        Command::Serve => return ExitCode::from(2),
+        Command::Backup { dest } => backup(&root, &dest).await,
+        Command::Restore { src } => restore(&src, &root).await,
+        Command::Check => check(&root).await,
+        Command::Reshard { to } => reshard(&root, to).await,
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("exdaas: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Outcome = Result<ExitCode, crate::store::StoreError>;
+
+async fn backup(root: &std::path::Path, dest: &std::path::Path) -> Outcome {
+    println!("backing up {} to {}", root.display(), dest.display());
+    let started = std::time::Instant::now();
+    let manifest = maintenance::backup(root, dest).await?;
+    for file in &manifest.files {
+        println!(
+            "  shard {:>4}: {:>10} documents, {:>12} bytes, sha256 {}",
+            file.shard, file.documents, file.bytes, file.sha256
+        );
+    }
+    println!(
+        "backup complete: {} shards, {} documents in {:.1} s; manifest at {}",
+        manifest.shards,
+        manifest.documents(),
+        started.elapsed().as_secs_f64(),
+        dest.join(maintenance::MANIFEST_FILE).display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn restore(src: &std::path::Path, root: &std::path::Path) -> Outcome {
+    println!(
+        "verifying the backup {} and restoring it into {}",
+        src.display(),
+        root.display()
+    );
+    let manifest = maintenance::restore(src, root).await?;
+    println!(
+        "restore complete: {} shards, {} documents; start the server with SHARD_LIMIT={}",
+        manifest.shards,
+        manifest.documents(),
+        manifest.shards
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn check(root: &std::path::Path) -> Outcome {
+    let reports = maintenance::check(root).await?;
+    let mut problems = 0;
+    for report in &reports {
+        let verdict = if report.problems.is_empty() { "ok" } else { "PROBLEMS" };
+        println!(
+            "  shard {:>4}: {:>10} documents  {verdict}  ({})",
+            report.shard,
+            report.documents,
+            report.path.display()
+        );
+        for problem in report.problems.iter().take(20) {
+            println!("      {problem}");
+        }
+        if report.problems.len() > 20 {
+            println!("      ... and {} more", report.problems.len() - 20);
+        }
+        problems += report.problems.len();
+    }
+    let documents: u64 = reports.iter().map(|r| r.documents).sum();
+    if problems == 0 {
+        println!("check passed: {} shards, {documents} documents", reports.len());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("check FAILED: {problems} problems in {} shards", reports.len());
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+async fn reshard(root: &std::path::Path, to: u32) -> Outcome {
+    let Some(to) = ShardCount::new(to) else {
+        eprintln!(
+            "exdaas: --to {to}: expected a shard count from 1 to {}",
+            ShardCount::MAX
+        );
+        return Ok(ExitCode::from(2));
+    };
+    println!("resharding {} to {} shards", root.display(), to.get());
+    let report = maintenance::reshard(root, to).await?;
+    if report.from == report.to {
+        println!("nothing to do: the folder already has {} shards", report.to);
+    } else {
+        println!(
+            "reshard complete: {} -> {} shards, {} documents moved and verified in {:.1} s; start the server with SHARD_LIMIT={}",
+            report.from,
+            report.to,
+            report.documents,
+            report.elapsed.as_secs_f64(),
+            report.to
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -57,6 +57,7 @@ pub struct Settings {
     pub boot_check: bool,
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
+    pub backup_dir: PathBuf,
     /// Empty: the API is open to everyone, as the original was.
     pub api_keys: Vec<ApiKey>,
     pub cors_origins: Vec<String>,
@@ -149,6 +150,12 @@ pub const SETTINGS: &[SettingDoc] = &[
         env: "EXDAAS_SHUTDOWN_TIMEOUT_SECS",
         default: "30",
         meaning: "how long SIGTERM waits for requests in flight",
+    },
+    SettingDoc {
+        key: "backup_dir",
+        env: "EXDAAS_BACKUP_DIR",
+        default: "./backups",
+        meaning: "where POST /v1/admin/backup writes backups (a new folder each)",
     },
     SettingDoc {
         key: "api_keys",
@@ -321,6 +328,13 @@ impl Settings {
                 "text" => LogFormat::Text,
                 "json" => LogFormat::Json,
                 _ => return Err(invalid("EXDAAS_LOG_FORMAT", &raw("log_format")?, "text or json")),
+            },
+            backup_dir: {
+                let dir = raw("backup_dir")?;
+                if dir.trim().is_empty() {
+                    return Err(invalid("EXDAAS_BACKUP_DIR", &dir, "a folder path"));
+                }
+                PathBuf::from(dir)
             },
             api_keys: {
                 // A TOML file may give a list; the environment gives one string.

@@ -16,6 +16,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve().await,
+        other => exdaas::cli::run_maintenance(other).await,
     }
 }
 

@@ -2,6 +2,7 @@
 //! with OpenAPI (Swagger UI at `/docs`, the spec at `/openapi.json`). It knows
 //! the store only through [`Store`]'s methods; no SQL up here.
 
+mod admin;
 pub mod auth;
 mod brackets;
 mod collections;
@@ -31,6 +32,8 @@ pub enum ApiTags {
     Documents,
     /// v1: whole collections: batches, import and export, listing, dropping.
     Collections,
+    /// Administration: backups.
+    Admin,
     /// Liveness and readiness.
     Health,
 }
@@ -42,12 +45,15 @@ pub struct ApiOptions {
     pub access: Access,
     /// Origins browsers may call from (CORS); empty: none.
     pub cors_origins: Vec<String>,
+    /// Where backups taken over HTTP go.
+    pub backup_dir: std::path::PathBuf,
 }
 
 type Apis = (
     legacy::LegacyApi,
     docs::DocsApi,
     collections::CollectionsApi,
+    admin::AdminApi,
     health::HealthApi,
 );
 
@@ -66,8 +72,13 @@ pub fn openapi(store: &Store, options: &ApiOptions) -> OpenApiService<Apis, ()> 
             },
             collections::CollectionsApi {
                 store: store.clone(),
-                access,
+                access: access.clone(),
                 max_line_bytes: options.max_body_bytes,
+            },
+            admin::AdminApi {
+                store: store.clone(),
+                access,
+                backup_dir: options.backup_dir.clone(),
             },
             health::HealthApi { store: store.clone() },
         ),

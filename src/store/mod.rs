@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod ids;
 pub mod layout;
+pub mod maintenance;
 mod ops;
 mod patch;
 pub mod placement;
@@ -220,6 +221,7 @@ struct Inner {
     shutdown: watch::Sender<bool>,
     /// This process's hold of the data folder, released at shutdown.
     lock: std::sync::Mutex<Option<layout::FolderLock>>,
+    data_dir: PathBuf,
 }
 
 impl Store {
@@ -243,6 +245,7 @@ impl Store {
                 ids: IdCounter::starting_after(highest_id),
                 shutdown,
                 lock: std::sync::Mutex::new(Some(lock)),
+                data_dir: options.data_dir.clone(),
             }),
         };
         store.warm_cache().await?;
@@ -406,6 +409,12 @@ impl Store {
             .get(shard)
             .ok_or(StoreError::Internal("no such shard"))?;
         shard.inject(fault).await
+    }
+
+    /// Takes a consistent backup of every shard into `dest` (new or empty),
+    /// while the store serves: see [`maintenance::backup`].
+    pub async fn backup(&self, dest: &std::path::Path) -> Result<maintenance::Manifest, StoreError> {
+        maintenance::backup(&self.inner.data_dir, dest).await
     }
 
     /// The shard that holds `key`.

@@ -27,7 +27,8 @@ use super::{Document, StoreError, StoreOptions};
 use crate::config::SyncMode;
 use crate::domain::{CollectionName, DocKey};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+/// The shard schema, from `migrations/`, embedded at build time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
 /// `PRAGMA application_id` of exdaas shard files ("exda"), so a foreign
 /// SQLite database is never mistaken for a shard.

@@ -14,6 +14,7 @@ mod faults;
 mod helpers;
 mod legacy_api;
 mod listing;
+mod maintenance;
 mod model;
 mod patch;
 mod restart;
