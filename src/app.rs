@@ -2,6 +2,7 @@
 //! until told to stop, then drain. Tests and `main` go through the same path.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use poem::Server;
@@ -9,6 +10,7 @@ use poem::Server;
 use crate::api;
 use crate::api::auth::Access;
 use crate::config::{Settings, SettingsError};
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError, StoreOptions};
 
 /// Why the service could not start.
@@ -39,13 +41,19 @@ impl BootError {
 pub struct Application {
     settings: Settings,
     store: Store,
+    metrics: Arc<Metrics>,
     acceptor: TcpAcceptor,
     port: u16,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, BootError> {
-        let store = Store::open(StoreOptions::from(&settings)).await?;
+        let metrics = Arc::new(Metrics::new());
+        let store = Store::open(StoreOptions {
+            metrics: metrics.store.clone(),
+            ..StoreOptions::from(&settings)
+        })
+        .await?;
         let addr = std::net::SocketAddr::new(settings.listen_addr, settings.port);
         let acceptor = match TcpListener::bind(addr).into_acceptor().await {
             Ok(acceptor) => acceptor,
@@ -78,6 +86,7 @@ impl Application {
         Ok(Self {
             settings,
             store,
+            metrics,
             acceptor,
             port,
         })
@@ -100,6 +109,7 @@ impl Application {
             access: Access::new(self.settings.api_keys.clone()),
             cors_origins: self.settings.cors_origins.clone(),
             backup_dir: self.settings.backup_dir.clone(),
+            metrics: self.metrics.clone(),
         };
         let routes = api::routes(&self.store, &options);
         let served = Server::new_with_acceptor(self.acceptor)

@@ -74,7 +74,8 @@ pub async fn run_maintenance(command: Command) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    crate::telemetry::init(settings.log_format);
+    // Logs only: these commands export no traces.
+    let _logs = crate::telemetry::init(settings.log_format, &crate::config::TraceExport::Off);
     let root = settings.data_dir;
     let outcome = match command {
         Command::Serve => return ExitCode::from(2),

@@ -61,6 +61,61 @@ pub struct Settings {
     /// Empty: the API is open to everyone, as the original was.
     pub api_keys: Vec<ApiKey>,
     pub cors_origins: Vec<String>,
+    /// Where traces go: read from the standard `OTEL_*` variables.
+    pub traces: TraceExport,
+}
+
+/// Whether spans are exported, from OpenTelemetry's standard variables
+/// (`OTEL_EXPORTER_OTLP_ENDPOINT` and friends, which the exporter itself
+/// reads for the endpoint, headers and timeouts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TraceExport {
+    /// No endpoint set (or `OTEL_SDK_DISABLED=true`, `OTEL_TRACES_EXPORTER=none`):
+    /// no span is even created for a request.
+    Off,
+    /// OTLP over HTTP (protobuf) to this endpoint.
+    Otlp { endpoint: String },
+}
+
+impl TraceExport {
+    fn from_env(env: &HashMap<String, String>) -> Result<Self, SettingsError> {
+        let var = |name: &str| env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+        if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            return Ok(TraceExport::Off);
+        }
+        match var("OTEL_TRACES_EXPORTER") {
+            None | Some("otlp") => {}
+            Some("none") => return Ok(TraceExport::Off),
+            Some(other) => return Err(invalid("OTEL_TRACES_EXPORTER", other, "otlp or none")),
+        }
+        for name in ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"] {
+            if let Some(protocol) = var(name) {
+                if protocol != "http/protobuf" {
+                    return Err(invalid(
+                        name,
+                        protocol,
+                        "http/protobuf (the only OTLP protocol exdaas speaks)",
+                    ));
+                }
+            }
+        }
+        let endpoint = ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]
+            .into_iter()
+            .find_map(|name| Some((name, var(name)?)));
+        let Some((name, endpoint)) = endpoint else {
+            return Ok(TraceExport::Off);
+        };
+        if !endpoint.starts_with("http://") {
+            return Err(invalid(
+                name,
+                endpoint,
+                "an http:// URL such as http://localhost:4318 (export over TLS through a collector beside exdaas)",
+            ));
+        }
+        Ok(TraceExport::Otlp {
+            endpoint: endpoint.to_owned(),
+        })
+    }
 }
 
 /// One row of the settings table: its key in the TOML file, its environment
@@ -367,6 +422,7 @@ impl Settings {
                 }
                 origins
             },
+            traces: TraceExport::from_env(&env)?,
         })
     }
 }

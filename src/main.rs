@@ -1,4 +1,5 @@
-//! The `exdaas` binary: read settings, set up logging, serve until signalled.
+//! The `exdaas` binary: read settings, set up logging and tracing, serve
+//! until signalled, flush the last spans.
 
 use std::process::ExitCode;
 
@@ -28,21 +29,24 @@ async fn serve() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(settings.log_format);
+    let telemetry = telemetry::init(settings.log_format, &settings.traces);
     // Installed before the (possibly long) boot, so SIGTERM is never fatal.
     let stop = app::shutdown_signal();
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(e) => {
             eprintln!("exdaas: {e}");
+            telemetry.shutdown().await;
             return ExitCode::from(e.exit_code());
         }
     };
-    match app.run_until_stopped(stop).await {
+    let code = match app.run_until_stopped(stop).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("exdaas: server failed: {e}");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown().await;
+    code
 }

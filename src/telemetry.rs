@@ -1,21 +1,132 @@
-//! Logging and tracing setup: `tracing` events, human-readable or JSON,
-//! filtered by `RUST_LOG` (default `info`).
+//! Logs and traces. Logs: `tracing` events on stderr, human-readable or JSON,
+//! filtered by `RUST_LOG` (default `info,sqlx=warn`). Traces: when the
+//! standard `OTEL_EXPORTER_OTLP_*` variables name an endpoint, spans go there
+//! over OTLP/HTTP, with W3C trace context taken from incoming requests.
+//!
+//! The spans exdaas makes for requests and shard writes are at DEBUG level:
+//! the log filter leaves them out, so without an exporter they are never
+//! created; with one, a filter of their own lets them through to it alone.
 
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::LogFormat;
+use crate::config::{LogFormat, TraceExport};
 
-/// Installs the global subscriber. Call once, first thing in `main`.
-pub fn init(format: LogFormat) {
+/// The target of the spans made for export: `exdaas::trace::http` for
+/// requests, `exdaas::trace::store` for shard writes.
+pub const TRACE_TARGET: &str = "exdaas::trace";
+
+/// What must be flushed before the process exits.
+#[must_use = "call shutdown() before exiting, or the last spans are lost"]
+pub struct Telemetry {
+    traces: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Whether spans are exported (and so worth creating).
+    pub fn exports_traces(&self) -> bool {
+        self.traces.is_some()
+    }
+
+    /// Sends the spans still buffered and stops the exporter.
+    pub async fn shutdown(self) {
+        if let Some(provider) = self.traces {
+            // The exporter's own thread does the sending; wait for it off the runtime.
+            let flushed = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+            if let Ok(Err(e)) = flushed {
+                eprintln!("exdaas: flushing traces at exit failed: {e}");
+            }
+        }
+    }
+}
+
+/// Installs the global subscriber, and the OTLP exporter when `traces` says
+/// so. Call once, first thing after reading the settings.
+pub fn init(format: LogFormat, traces: &TraceExport) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let logs = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
     };
-    if let Err(e) = result {
+    let provider = match traces {
+        TraceExport::Off => None,
+        TraceExport::Otlp { endpoint } => match tracer_provider() {
+            Ok(provider) => Some(provider),
+            Err(e) => {
+                eprintln!("exdaas: cannot export traces to {endpoint}: {e}; going on without");
+                None
+            }
+        },
+    };
+    let spans = provider.as_ref().map(|provider| {
+        opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("exdaas"))
+            .with_filter(Targets::new().with_target(TRACE_TARGET, tracing::Level::DEBUG))
+    });
+    if let Err(e) = tracing_subscriber::registry().with(logs).with(spans).try_init() {
         eprintln!("exdaas: logging was already set up: {e}");
     }
+    if let TraceExport::Otlp { endpoint } = traces {
+        if provider.is_some() {
+            tracing::info!(%endpoint, "exporting traces over OTLP/HTTP");
+        }
+    }
+    Telemetry { traces: provider }
+}
+
+/// The SDK reads the endpoint, headers, timeout, sampler (`OTEL_TRACES_SAMPLER`)
+/// and resource (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`) itself.
+fn tracer_provider() -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().build()?;
+    let mut resource = opentelemetry_sdk::Resource::builder().with_attribute(opentelemetry::KeyValue::new(
+        "service.version",
+        env!("CARGO_PKG_VERSION"),
+    ));
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name("exdaas");
+    }
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build())
+}
+
+/// Reads W3C trace context (`traceparent`, `tracestate`) from request headers.
+pub struct HeaderExtractor<'a>(pub &'a poem::http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// Makes `span` a child of the caller's trace, when the request carries one.
+pub fn continue_trace(span: &tracing::Span, headers: &poem::http::HeaderMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
+    let _ = span.set_parent(parent);
+}
+
+/// Names `span` in the exported trace (e.g. `GET /v1/collections/{collection}`),
+/// once its route is known: after the span started, `otel.name` no longer can.
+pub fn rename(span: &tracing::Span, name: String) {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    span.context().span().update_name(name);
 }

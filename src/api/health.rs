@@ -1,13 +1,25 @@
-//! Liveness and readiness, for load balancers and Kubernetes probes.
+//! Liveness and readiness, for load balancers and Kubernetes probes, and
+//! metrics for Prometheus.
 
-use poem_openapi::payload::Json;
+use std::sync::Arc;
+
+use poem_openapi::payload::{Json, PlainText};
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::ApiTags;
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 pub struct HealthApi {
     pub store: Store,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(ApiResponse)]
+pub enum MetricsResponse {
+    /// Prometheus text exposition format (version 0.0.4).
+    #[oai(status = 200, content_type = "text/plain; version=0.0.4; charset=utf-8")]
+    Text(PlainText<String>),
 }
 
 #[derive(Object)]
@@ -48,6 +60,17 @@ impl HealthApi {
     #[oai(path = "/healthz", method = "get")]
     async fn healthz(&self) -> Json<Alive> {
         Json(Alive { status: "ok".into() })
+    }
+
+    /// Metrics in Prometheus text format
+    ///
+    /// Requests by route and status with latency histograms, cache hits,
+    /// misses, entries and bytes, writer queue depths, batch sizes and commit
+    /// times, and documents per shard. Open like the probes, keys or not: it
+    /// holds routes, shard numbers and counts, never collection names or data.
+    #[oai(path = "/metrics", method = "get")]
+    async fn metrics(&self) -> MetricsResponse {
+        MetricsResponse::Text(PlainText(self.metrics.render(&self.store).await))
     }
 
     /// Every shard is open and every writer running

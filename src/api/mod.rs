@@ -11,11 +11,13 @@ mod docs;
 pub mod error;
 mod health;
 mod legacy;
+mod observe;
 mod payload;
 
 use poem::error::ResponseError;
 use poem::http::Method;
 use poem::middleware::Cors;
+use poem::PathPattern;
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::{OpenApiService, Tags};
 
@@ -47,6 +49,7 @@ pub struct ApiOptions {
     pub cors_origins: Vec<String>,
     /// Where backups taken over HTTP go.
     pub backup_dir: std::path::PathBuf,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 type Apis = (
@@ -80,7 +83,10 @@ pub fn openapi(store: &Store, options: &ApiOptions) -> OpenApiService<Apis, ()> 
                 access,
                 backup_dir: options.backup_dir.clone(),
             },
-            health::HealthApi { store: store.clone() },
+            health::HealthApi {
+                store: store.clone(),
+                metrics: options.metrics.clone(),
+            },
         ),
         "exdaas",
         env!("CARGO_PKG_VERSION"),
@@ -103,6 +109,8 @@ pub fn routes(store: &Store, options: &ApiOptions) -> impl Endpoint {
     let spec = api.spec_endpoint();
     let max_body_bytes = options.max_body_bytes;
     let access = options.access.clone();
+    let metrics = options.metrics.clone();
+    let route_names = std::sync::Arc::new(observe::RouteNames::from_spec(&api.spec()));
     let cors = (!options.cors_origins.is_empty()).then(|| {
         let cors = Cors::new()
             .allow_methods([Method::GET, Method::PUT, Method::POST, Method::PATCH, Method::DELETE])
@@ -121,11 +129,13 @@ pub fn routes(store: &Store, options: &ApiOptions) -> impl Endpoint {
         .nest("/", api)
         .with_if(cors.is_some(), cors.unwrap_or_else(Cors::new))
         .around(move |next, req| edge(next, req, max_body_bytes, access.clone()))
+        .around(move |next, req| observe::observe(next, req, metrics.clone(), route_names.clone()))
 }
 
-/// Routes anyone may call, keys or not: probes and the API's documentation.
+/// Routes anyone may call, keys or not: probes, metrics and the API's
+/// documentation.
 fn is_public(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/openapi.json" | "/docs") || path.starts_with("/docs/")
+    matches!(path, "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/docs") || path.starts_with("/docs/")
 }
 
 /// What every request passes through: when keys are configured, a 401 for
@@ -150,6 +160,14 @@ async fn edge<E: Endpoint>(next: E, mut req: Request, max_body_bytes: usize, acc
     let uri = req.uri().clone();
     match next.call(req).await {
         Ok(resp) => Ok(resp.into_response()),
-        Err(err) => Ok(error::ApiError::render(err, uri.path())),
+        Err(err) => {
+            // Keep the matched route for metrics and traces.
+            let route = err.data::<PathPattern>().cloned();
+            let mut resp = error::ApiError::render(err, uri.path());
+            if let Some(route) = route {
+                resp.set_data(route);
+            }
+            Ok(resp)
+        }
     }
 }

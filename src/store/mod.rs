@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 use crate::config::{Settings, SyncMode};
 use crate::domain::{CollectionName, DocId, DocKey};
+use crate::metrics::StoreMetrics;
 use cache::DocCache;
 use ids::IdCounter;
 use ops::WriteOp;
@@ -72,6 +73,8 @@ pub struct StoreOptions {
     pub read_connections: u32,
     /// Check every shard's integrity at boot (reads each file whole).
     pub boot_check: bool,
+    /// Where cache hits and misses, batch sizes and commit times are counted.
+    pub metrics: StoreMetrics,
 }
 
 impl From<&Settings> for StoreOptions {
@@ -86,6 +89,7 @@ impl From<&Settings> for StoreOptions {
             queue_wait: s.writer_queue_wait,
             read_connections: s.read_connections,
             boot_check: s.boot_check,
+            metrics: StoreMetrics::default(),
         }
     }
 }
@@ -207,6 +211,15 @@ pub struct ShardHealth {
     pub problem: Option<String>,
 }
 
+/// What one shard is doing, for metrics.
+#[derive(Debug, Clone)]
+pub struct ShardStats {
+    pub index: usize,
+    pub ready: bool,
+    /// Requests waiting in its writer's queue.
+    pub queued: usize,
+}
+
 /// A cheap-to-clone handle to the open store.
 #[derive(Clone)]
 pub struct Store {
@@ -222,6 +235,7 @@ struct Inner {
     /// This process's hold of the data folder, released at shutdown.
     lock: std::sync::Mutex<Option<layout::FolderLock>>,
     data_dir: PathBuf,
+    metrics: StoreMetrics,
 }
 
 impl Store {
@@ -246,6 +260,7 @@ impl Store {
                 shutdown,
                 lock: std::sync::Mutex::new(Some(lock)),
                 data_dir: options.data_dir.clone(),
+                metrics: options.metrics.clone(),
             }),
         };
         store.warm_cache().await?;
@@ -255,11 +270,22 @@ impl Store {
     /// The document at `key`, if it exists (and has not expired).
     pub async fn get(&self, key: &DocKey) -> Result<Option<Document>, StoreError> {
         // The shard is found only on a miss: a hit needs no placement hash.
+        let mut missed = false;
         let doc = self
             .inner
             .cache
-            .get_or_load(key, || self.shard_for(key).read(key))
+            .get_or_load(key, || {
+                missed = true;
+                self.shard_for(key).read(key)
+            })
             .await?;
+        if missed {
+            self.inner.metrics.cache_misses.inc();
+        } else {
+            self.inner.metrics.cache_hits.inc();
+        }
+        // On the request's span, when traces are exported.
+        tracing::Span::current().record("exdaas.cache.hit", !missed);
         Ok(doc.filter(|doc| doc.is_live(writer::now_millis())))
     }
 
@@ -384,6 +410,18 @@ impl Store {
             WriteOutcome::Deleted(_) => Ok(true),
             _ => Ok(false),
         }
+    }
+
+    pub fn shard_stats(&self) -> Vec<ShardStats> {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| ShardStats {
+                index: s.index,
+                ready: s.is_ready(),
+                queued: s.queued(),
+            })
+            .collect()
     }
 
     pub fn health(&self) -> Vec<ShardHealth> {

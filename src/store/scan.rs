@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use futures_util::future::try_join_all;
+use futures_util::future::{join_all, try_join_all};
 use futures_util::Stream;
 use sqlx::Row;
 
@@ -249,6 +249,27 @@ impl Store {
             }
         });
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+    }
+
+    /// Live documents in each shard, by shard index; `None` for a shard
+    /// that cannot be read right now.
+    pub async fn documents_per_shard(&self) -> Vec<Option<u64>> {
+        let now = now_millis();
+        join_all(self.shards().iter().map(|shard| async move {
+            let mut tx = shard.reads().begin().await.ok()?;
+            let all: i64 = sqlx::query_scalar("SELECT count(*) FROM documents INDEXED BY documents_by_bucket")
+                .fetch_one(&mut *tx)
+                .await
+                .ok()?;
+            let expired: i64 = sqlx::query_scalar("SELECT count(*) FROM documents WHERE expires_at <= ?1")
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await
+                .ok()?;
+            let _ = tx.rollback().await;
+            u64::try_from(all - expired).ok()
+        }))
+        .await
     }
 
     /// Every collection with its number of live documents, by name.

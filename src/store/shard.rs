@@ -19,6 +19,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{ConnectOptions, Connection, SqliteConnection};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::cache::DocCache;
 use super::ops::{WriteOp, WriteResult};
@@ -188,9 +189,32 @@ impl Shard {
     /// Hands `ops` to the writer and waits for their answers, which come
     /// only after the changes are committed.
     pub async fn submit(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>, StoreError> {
+        let span = tracing::debug_span!(
+            target: "exdaas::trace::store",
+            "shard write",
+            // Signed: OpenTelemetry has no unsigned integers.
+            exdaas.shard = self.index as i64,
+            exdaas.operations = ops.len() as i64,
+            exdaas.batch.size = tracing::field::Empty,
+            db.system.name = "sqlite",
+        );
         let (reply, answer) = oneshot::channel();
-        self.send(Job::Ops { ops, reply }).await?;
-        answer.await.map_err(|_| self.stopped())
+        let job = Job::Ops {
+            ops,
+            reply,
+            span: span.clone(),
+        };
+        async {
+            self.send(job).await?;
+            answer.await.map_err(|_| self.stopped())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Requests waiting in the writer's queue.
+    pub fn queued(&self) -> usize {
+        self.jobs.max_capacity() - self.jobs.capacity()
     }
 
     /// Deletes up to `limit` documents of `collection`; answers how many.
@@ -384,6 +408,7 @@ impl WriterSetup {
             commits: 0,
             writes: 0,
             panic_after_commit: false,
+            metrics: self.options.metrics.shard(self.index),
         })
     }
 
@@ -550,7 +575,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 
 fn refuse(job: Job, err: StoreError) {
     match job {
-        Job::Ops { ops, reply } => {
+        Job::Ops { ops, reply, .. } => {
             let _ = reply.send(ops.iter().map(|_| Err(err.clone())).collect());
         }
         Job::Purge { reply, .. } => {

@@ -9,7 +9,7 @@
 //! documents, a bounded number at a time, so expiry never stalls writes.
 //!
 //! When its connection or file breaks, or it panics, the writer ends and its
-//! shard's supervisor (`supervisor.rs`) answers what is queued with 503 and
+//! shard's supervisor (`supervise` in `shard.rs`) answers what is queued with 503 and
 //! opens a new one. Before acknowledging a commit it checks that the shard's
 //! file is still the one it opened, so a write to a deleted file is never
 //! acknowledged.
@@ -28,6 +28,7 @@ use super::ops::{decide, Expect, WriteOp, WriteResult};
 use super::shard::{FileIdentity, ShardStatus};
 use super::{Document, StoreError};
 use crate::domain::{CollectionName, DocId, DocKey};
+use crate::metrics::ShardMetrics;
 
 /// Work for a writer.
 pub enum Job {
@@ -36,6 +37,9 @@ pub enum Job {
     Ops {
         ops: Vec<WriteOp>,
         reply: oneshot::Sender<Vec<WriteResult>>,
+        /// The request's `shard write` span (disabled unless traces are
+        /// exported), told how many requests shared the commit.
+        span: tracing::Span,
     },
     /// Deletes up to `limit` documents of a collection; answers how many.
     Purge {
@@ -129,6 +133,7 @@ pub struct Writer {
     pub writes: u64,
     /// A test asked for a panic after the next commit.
     pub panic_after_commit: bool,
+    pub metrics: ShardMetrics,
 }
 
 impl Writer {
@@ -174,18 +179,25 @@ impl Writer {
                 },
             };
             match first {
-                Job::Ops { ops, reply } => {
+                Job::Ops { ops, reply, span } => {
                     // Let the tasks that are about to send run first: under
                     // load this gathers more requests into the commit, at the
                     // cost of one pass of the scheduler when idle.
                     tokio::task::yield_now().await;
                     let mut size = ops.len();
                     let mut batch = vec![(ops, reply)];
+                    let mut spans = Vec::new();
+                    if !span.is_disabled() {
+                        spans.push(span);
+                    }
                     while size < self.batch_limit {
                         match jobs.try_recv() {
-                            Ok(Job::Ops { ops, reply }) => {
+                            Ok(Job::Ops { ops, reply, span }) => {
                                 size += ops.len();
                                 batch.push((ops, reply));
+                                if !span.is_disabled() {
+                                    spans.push(span);
+                                }
                             }
                             Ok(other) => {
                                 held = Some(other);
@@ -194,6 +206,10 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
+                    for span in spans {
+                        span.record("exdaas.batch.size", batch.len() as i64);
+                    }
+                    self.metrics.batch_size.observe(batch.len() as f64);
                     if let Err(err) = self.commit_batch(batch).await {
                         return self.failed(err);
                     }
@@ -534,6 +550,7 @@ impl Writer {
         let ceiling = (max_counter_id > self.id_ceiling).then(|| max_counter_id.saturating_add(ID_RESERVE));
         let script = write_script(upserts.len() > 2, deletes.len() > 2, ceiling.is_some());
         let conn = self.conn().map_err(|e| StoreError::from_sqlx(shard, e))?;
+        let started = Instant::now();
         let written = sqlx::query(script)
             .bind(upserts)
             .bind(texts)
@@ -542,6 +559,7 @@ impl Writer {
             .bind(i64::try_from(ceiling.unwrap_or(0)).unwrap_or(i64::MAX))
             .execute(conn)
             .await;
+        self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
         if let Err(err) = written {
             self.rollback().await;
             return Err(self.db_error(err));

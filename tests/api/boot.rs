@@ -26,6 +26,8 @@ fn bad_values_stop_the_start_with_exit_code_2() {
         ("EXDAAS_SYNC", "always"),
         ("EXDAAS_CACHE_MIB", "lots"),
         ("EXDAAS_LISTEN_ADDR", "localhost:80"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://otlp.example.com"),
     ] {
         let (code, stderr) = run_exdaas(&[(name, value)]);
         assert_eq!(code, Some(2), "{name}={value}: {stderr}");

@@ -16,6 +16,7 @@ mod legacy_api;
 mod listing;
 mod maintenance;
 mod model;
+mod observe;
 mod patch;
 mod restart;
 mod shutdown;

@@ -1,0 +1,106 @@
+//! What every request leaves behind for operators: a count and a latency in
+//! the metrics, by route and status, and, when traces are exported, a span
+//! with HTTP semantic-convention attributes, continuing the caller's trace.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use poem::PathPattern;
+use poem::{Endpoint, IntoResponse, Request, Response};
+use tracing::field::Empty;
+use tracing::Instrument;
+
+use crate::metrics::Metrics;
+
+/// The route label of a request no route took (an unknown path, or a 401
+/// answered before routing).
+const UNROUTED: &str = "other";
+
+/// Route names as the OpenAPI document writes them
+/// (`/v1/collections/{collection}`), by the pattern poem's router reports
+/// for them (`/v1/collections/:param0`).
+#[derive(Debug, Default)]
+pub struct RouteNames(HashMap<String, Arc<str>>);
+
+impl RouteNames {
+    /// Reads every path of the OpenAPI document `spec` (JSON).
+    pub fn from_spec(spec: &str) -> Self {
+        let spec: serde_json::Value = serde_json::from_str(spec).unwrap_or_default();
+        let Some(paths) = spec["paths"].as_object() else {
+            return Self::default();
+        };
+        let names = paths
+            .keys()
+            .map(|template| {
+                let mut next = 0;
+                let pattern: Vec<String> = template
+                    .split('/')
+                    .map(|part| {
+                        if part.starts_with('{') && part.ends_with('}') {
+                            next += 1;
+                            format!(":param{}", next - 1)
+                        } else {
+                            part.to_owned()
+                        }
+                    })
+                    .collect();
+                (pattern.join("/"), Arc::from(template.as_str()))
+            })
+            .collect();
+        Self(names)
+    }
+
+    /// The name of the route poem matched as `pattern` (`None`: no route).
+    fn name<'a>(&'a self, pattern: Option<&'a str>) -> &'a str {
+        match pattern {
+            None | Some("") => UNROUTED,
+            Some(pattern) => self.0.get(pattern).map_or(pattern, |name| name),
+        }
+    }
+}
+
+pub async fn observe<E: Endpoint>(
+    next: E,
+    req: Request,
+    metrics: Arc<Metrics>,
+    routes: Arc<RouteNames>,
+) -> poem::Result<Response> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    // Disabled (and nearly free) unless a trace exporter is installed.
+    let span = tracing::debug_span!(
+        target: "exdaas::trace::http",
+        "HTTP request",
+        otel.name = method.as_str(),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = method.as_str(),
+        url.path = req.uri().path(),
+        url.query = req.uri().query(),
+        http.route = Empty,
+        http.response.status_code = Empty,
+        user_agent.original = req.headers().get("user-agent").and_then(|v| v.to_str().ok()),
+        client.address = req.remote_addr().as_socket_addr().map(|a| a.ip().to_string()),
+        exdaas.cache.hit = Empty,
+    );
+    if !span.is_disabled() {
+        crate::telemetry::continue_trace(&span, req.headers());
+    }
+    let resp = match next.call(req).instrument(span.clone()).await {
+        Ok(resp) => resp.into_response(),
+        Err(err) => err.into_response(),
+    };
+    let route = routes.name(resp.data::<PathPattern>().map(|p| &*p.0));
+    let status = resp.status();
+    metrics.observe_request(method.as_str(), route, status.as_str(), started.elapsed());
+    if !span.is_disabled() {
+        crate::telemetry::rename(&span, format!("{method} {route}"));
+        span.record("http.route", route);
+        span.record("http.response.status_code", i64::from(status.as_u16()));
+        if status.is_server_error() {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+    Ok(resp)
+}

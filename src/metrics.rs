@@ -1,0 +1,253 @@
+//! Prometheus metrics, served at `GET /metrics` in the text format.
+//!
+//! Counters and histograms are updated where things happen (the HTTP edge,
+//! the shard writers, the cache); gauges that describe state (cache size,
+//! queue depths, documents per shard) are read from the store at scrape
+//! time, so they cost nothing between scrapes. Labels are routes and shard
+//! numbers only: no collection names, ids or keys leave through here.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::store::Store;
+
+/// How long a scrape may reuse the documents-per-shard counts (each is a
+/// `count(*)` over a shard).
+const DOCUMENT_COUNTS_MAX_AGE: Duration = Duration::from_secs(10);
+
+/// Every metric of one server.
+pub struct Metrics {
+    registry: Registry,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    pub store: StoreMetrics,
+    cache_entries: IntGauge,
+    cache_bytes: IntGauge,
+    queue_depth: IntGaugeVec,
+    shard_up: IntGaugeVec,
+    shard_documents: IntGaugeVec,
+    counted_at: Mutex<Option<Instant>>,
+}
+
+/// The metrics the store updates itself: cache hits and misses, and each
+/// writer's batch sizes and commit times.
+#[derive(Clone)]
+pub struct StoreMetrics {
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
+    batch_size: HistogramVec,
+    commit_seconds: HistogramVec,
+}
+
+/// One writer's handles, resolved once so a commit does no label lookup.
+#[derive(Clone)]
+pub struct ShardMetrics {
+    pub batch_size: Histogram,
+    pub commit_seconds: Histogram,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl std::fmt::Debug for StoreMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreMetrics")
+    }
+}
+
+impl Default for StoreMetrics {
+    /// Metrics that count but are not served (tools and benchmarks).
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Only fails for a malformed name or label set, which are constants here.
+fn built<T>(metric: prometheus::Result<T>) -> T {
+    match metric {
+        Ok(metric) => metric,
+        Err(e) => panic!("a metric definition is invalid: {e}"),
+    }
+}
+
+impl StoreMetrics {
+    fn new() -> Self {
+        Self {
+            cache_hits: built(IntCounter::new(
+                "exdaas_cache_hits_total",
+                "Reads of one document answered from the cache.",
+            )),
+            cache_misses: built(IntCounter::new(
+                "exdaas_cache_misses_total",
+                "Reads of one document that went to the shard file.",
+            )),
+            batch_size: built(HistogramVec::new(
+                HistogramOpts::new(
+                    "exdaas_writer_batch_size",
+                    "Requests a shard writer committed together in one transaction.",
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
+                &["shard"],
+            )),
+            commit_seconds: built(HistogramVec::new(
+                HistogramOpts::new(
+                    "exdaas_writer_commit_duration_seconds",
+                    "Time a shard writer spent writing and committing one batch.",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                ]),
+                &["shard"],
+            )),
+        }
+    }
+
+    /// The handles of shard `index`'s writer.
+    pub fn shard(&self, index: usize) -> ShardMetrics {
+        let label = index.to_string();
+        ShardMetrics {
+            batch_size: self.batch_size.with_label_values(&[label.as_str()]),
+            commit_seconds: self.commit_seconds.with_label_values(&[label.as_str()]),
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let store = StoreMetrics::new();
+        let metrics = Self {
+            http_requests: built(IntCounterVec::new(
+                Opts::new(
+                    "exdaas_http_requests_total",
+                    "HTTP requests answered, by route and status.",
+                ),
+                &["method", "route", "status"],
+            )),
+            http_duration: built(HistogramVec::new(
+                HistogramOpts::new(
+                    "exdaas_http_request_duration_seconds",
+                    "Time from a request's arrival to its answer's head.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+                &["method", "route"],
+            )),
+            cache_entries: built(IntGauge::new("exdaas_cache_entries", "Documents in the cache.")),
+            cache_bytes: built(IntGauge::new(
+                "exdaas_cache_bytes",
+                "Weighted bytes of the cached documents (bounded by EXDAAS_CACHE_MIB).",
+            )),
+            queue_depth: built(IntGaugeVec::new(
+                Opts::new(
+                    "exdaas_writer_queue_depth",
+                    "Requests waiting in a shard writer's queue.",
+                ),
+                &["shard"],
+            )),
+            shard_up: built(IntGaugeVec::new(
+                Opts::new(
+                    "exdaas_shard_up",
+                    "1 while the shard's file is open and its writer runs.",
+                ),
+                &["shard"],
+            )),
+            shard_documents: built(IntGaugeVec::new(
+                Opts::new(
+                    "exdaas_shard_documents",
+                    "Live documents in the shard file (refreshed at most every 10 s).",
+                ),
+                &["shard"],
+            )),
+            counted_at: Mutex::new(None),
+            store,
+            registry,
+        };
+        let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
+            Box::new(metrics.http_requests.clone()),
+            Box::new(metrics.http_duration.clone()),
+            Box::new(metrics.store.cache_hits.clone()),
+            Box::new(metrics.store.cache_misses.clone()),
+            Box::new(metrics.store.batch_size.clone()),
+            Box::new(metrics.store.commit_seconds.clone()),
+            Box::new(metrics.cache_entries.clone()),
+            Box::new(metrics.cache_bytes.clone()),
+            Box::new(metrics.queue_depth.clone()),
+            Box::new(metrics.shard_up.clone()),
+            Box::new(metrics.shard_documents.clone()),
+        ];
+        for collector in collectors {
+            built(metrics.registry.register(collector));
+        }
+        metrics
+    }
+
+    /// Counts one answered request. `route` is the route's pattern, or
+    /// `other` for a request no route took.
+    pub fn observe_request(&self, method: &str, route: &str, status: &str, elapsed: Duration) {
+        self.http_requests.with_label_values(&[method, route, status]).inc();
+        self.http_duration
+            .with_label_values(&[method, route])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The text a scrape gets: state gauges read from `store` now, and
+    /// everything counted so far.
+    pub async fn render(&self, store: &Store) -> String {
+        let (entries, bytes) = store.cache_usage().await;
+        self.cache_entries.set(gauge(entries));
+        self.cache_bytes.set(gauge(bytes));
+        for shard in store.shard_stats() {
+            let label = shard.index.to_string();
+            self.queue_depth
+                .with_label_values(&[label.as_str()])
+                .set(gauge(shard.queued as u64));
+            self.shard_up
+                .with_label_values(&[label.as_str()])
+                .set(i64::from(shard.ready));
+        }
+        let stale = self
+            .counted_at
+            .lock()
+            .map(|at| at.is_none_or(|at| at.elapsed() >= DOCUMENT_COUNTS_MAX_AGE))
+            .unwrap_or(true);
+        if stale {
+            // A shard that cannot be counted right now keeps its last count.
+            for (index, count) in store.documents_per_shard().await.into_iter().enumerate() {
+                if let Some(count) = count {
+                    let label = index.to_string();
+                    self.shard_documents
+                        .with_label_values(&[label.as_str()])
+                        .set(gauge(count));
+                }
+            }
+            if let Ok(mut at) = self.counted_at.lock() {
+                *at = Some(Instant::now());
+            }
+        }
+        let mut text = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut text) {
+            tracing::warn!(error = %e, "encoding the metrics failed");
+        }
+        String::from_utf8(text).unwrap_or_default()
+    }
+}
+
+fn gauge(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
