@@ -14,7 +14,8 @@ Usage: scripts/bench.sh [-c] [-h]
       .results.log is restored with git checkout after the run
   -h  show this help
 Environment: BENCH_N (ab requests, 50000), BENCH_C (ab concurrency, 500),
-  BENCH_DURATION (each wrk load, 10s), BENCH_PORT (4100),
+  BENCH_DURATION (each wrk load, 10s), BENCH_PORT (4100), BENCH_SINK_PORT
+  (4318: the OTLP sink that load d exports traces to),
   EXDAAS_BIN (target/release/exdaas; when set, only the example is built),
   EXDAAS_READY_PATH (/readyz), EXDAAS_SYNC (for the ab and GET loads only).
 EOF
@@ -172,6 +173,13 @@ run() {
 	load_wrk ex_anon_full -s "$tmp/anon.lua" "$URL/api"
 	stop
 
+	echo "== d: ab POST upserts again, with traces exported over OTLP/HTTP to a local sink"
+	start_sink
+	start exdaas "$EXDAAS_BIN" "$READY_PATH" OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT"
+	load_ab ex_ab_traced
+	stop # SIGTERM flushes the spans still buffered
+	stop_sink
+
 	echo "== Results (ratio = exdaas req/s / bare req/s; latencies p50/p90/p99)"
 	printf '%-28s %13s %12s %6s  %-22s %-22s %s\n' load "exdaas req/s" "bare req/s" ratio \
 		"exdaas p50/p90/p99" "bare p50/p90/p99" notes
@@ -179,6 +187,46 @@ run() {
 	row "b. wrk GET id=1 (cached)" ex_get bare_get
 	row "c. wrk POST anon sync=normal" ex_anon_normal bare_anon
 	row "c. wrk POST anon sync=full" ex_anon_full bare_anon
+	row "d. a. with traces exported" ex_ab_traced bare_ab
+	awk -v on="${RPS[ex_ab_traced]}" -v off="${RPS[ex_ab]}" -v sink="$SINK_REPORT" 'BEGIN {
+		if (off > 0) printf "traces on / off (a): %.2f   the sink received %s\n", on / off, sink }'
+}
+
+# A stand-in for an OpenTelemetry collector: accepts OTLP/HTTP posts, counts
+# them and their bytes.
+SINK_PORT=${BENCH_SINK_PORT:-4318} SINK_REPORT="" sink_pid=""
+start_sink() {
+	python3 - "$SINK_PORT" >"$tmp/sink.out" 2>/dev/null <<-'EOF' &
+		import http.server, signal, sys
+		posts = bytes_in = 0
+		class Sink(http.server.BaseHTTPRequestHandler):
+		    def do_POST(self):
+		        global posts, bytes_in
+		        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+		        posts += 1; bytes_in += len(body)
+		        self.send_response(200)
+		        self.send_header("content-type", "application/x-protobuf")
+		        self.send_header("content-length", "0")
+		        self.end_headers()
+		    def log_message(self, *args):
+		        pass
+		def report(*_):
+		    print(f"{posts} OTLP posts, {bytes_in / 1e6:.1f} MB of spans", flush=True)
+		    sys.exit(0)
+		signal.signal(signal.SIGTERM, report)
+		http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()
+	EOF
+	sink_pid=$!
+	for ((i = 0; i < 50; i++)); do
+		curl -s -o /dev/null --max-time 1 -X POST "http://127.0.0.1:$SINK_PORT/" && return 0
+		sleep 0.1
+	done
+	echo "!! the OTLP sink did not start on port $SINK_PORT; set BENCH_SINK_PORT" >&2 && exit 1
+}
+stop_sink() {
+	kill -TERM "$sink_pid" 2>/dev/null || true
+	wait "$sink_pid" 2>/dev/null || true
+	SINK_REPORT=$(cat "$tmp/sink.out")
 }
 
 rc=0

@@ -58,6 +58,8 @@ if ! installed; then
 	echo "== Installing into $tools/: $want"
 	rm -rf "$tools"
 	mkdir -p "$tools"
+	command -v python3 >/dev/null || apt_install python3 python3-venv
+	command -v npm >/dev/null || apt_install nodejs npm
 	python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$venv"; }
 	quietly "$venv/bin/pip" install --disable-pip-version-check "${PIP_TOOLS[@]}"
 	quietly npm install --prefix "$tools/npm" --no-audit --no-fund "${NPM_TOOLS[@]}"
