@@ -248,7 +248,17 @@ impl Store {
         let mut shards = Vec::with_capacity(options.shards.get() as usize);
         for index in 0..options.shards.get() as usize {
             let path = layout.shard_path(&options.data_dir, index);
-            shards.push(Shard::open(index, &path, &options, cache.clone(), shutdown.subscribe()).await?);
+            match Shard::open(index, &path, &options, cache.clone(), shutdown.subscribe()).await {
+                Ok(shard) => shards.push(shard),
+                Err(err) => {
+                    // Stop the writers already started before saying why.
+                    let _ = shutdown.send(true);
+                    for shard in &shards {
+                        shard.close().await;
+                    }
+                    return Err(err);
+                }
+            }
         }
         let highest_id = shards.iter().map(|s| s.max_counter_id).max().unwrap_or(0);
         let store = Store {
@@ -263,7 +273,10 @@ impl Store {
                 metrics: options.metrics.clone(),
             }),
         };
-        store.warm_cache().await?;
+        if let Err(err) = store.warm_cache().await {
+            store.shutdown().await;
+            return Err(err);
+        }
         Ok(store)
     }
 
