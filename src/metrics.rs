@@ -6,7 +6,7 @@
 //! time, so they cost nothing between scrapes. Labels are routes and shard
 //! numbers only: no collection names, ids or keys leave through here.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use prometheus::{
@@ -197,13 +197,25 @@ impl Metrics {
         metrics
     }
 
-    /// Counts one answered request. `route` is the route's pattern, or
-    /// `other` for a request no route took.
+    /// Counts one answered request. `route` is the route's name, or
+    /// `other` for a request no route took. [`RouteMetrics`] does the same
+    /// without hashing labels, for routes known in advance.
     pub fn observe_request(&self, method: &str, route: &str, status: &str, elapsed: Duration) {
         self.http_requests.with_label_values(&[method, route, status]).inc();
         self.http_duration
             .with_label_values(&[method, route])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// The request metrics of one route, resolved lazily and kept.
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        RouteMetrics {
+            route: route.into(),
+            requests: self.http_requests.clone(),
+            duration: self.http_duration.clone(),
+            counters: (0..METHODS.len() * STATUSES.len()).map(|_| OnceLock::new()).collect(),
+            histograms: (0..METHODS.len()).map(|_| OnceLock::new()).collect(),
+        }
     }
 
     /// The text a scrape gets: state gauges read from `store` now, and
@@ -245,6 +257,58 @@ impl Metrics {
             tracing::warn!(error = %e, "encoding the metrics failed");
         }
         String::from_utf8(text).unwrap_or_default()
+    }
+}
+
+/// Methods and statuses whose series a route keeps at hand; others take the
+/// labelled lookup.
+const METHODS: [&str; 7] = ["GET", "PUT", "POST", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+const STATUSES: [u16; 18] = [
+    200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 412, 413, 415, 422, 500, 503, 504, 507,
+];
+
+/// One route's request series, resolved on first use: counting a request
+/// then costs two atomic additions, no hashing of label values.
+pub struct RouteMetrics {
+    route: Box<str>,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    counters: Vec<OnceLock<IntCounter>>,
+    histograms: Vec<OnceLock<Histogram>>,
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RouteMetrics({})", self.route)
+    }
+}
+
+impl RouteMetrics {
+    pub fn name(&self) -> &str {
+        &self.route
+    }
+
+    pub fn observe(&self, method: &str, status: poem::http::StatusCode, elapsed: Duration) {
+        let Some(m) = METHODS.iter().position(|known| *known == method) else {
+            self.requests
+                .with_label_values(&[method, &self.route, status.as_str()])
+                .inc();
+            self.duration
+                .with_label_values(&[method, &self.route])
+                .observe(elapsed.as_secs_f64());
+            return;
+        };
+        let histogram = self.histograms[m].get_or_init(|| self.duration.with_label_values(&[method, &self.route]));
+        histogram.observe(elapsed.as_secs_f64());
+        match STATUSES.iter().position(|known| *known == status.as_u16()) {
+            Some(s) => self.counters[m * STATUSES.len() + s]
+                .get_or_init(|| self.requests.with_label_values(&[method, &self.route, status.as_str()]))
+                .inc(),
+            None => self
+                .requests
+                .with_label_values(&[method, &self.route, status.as_str()])
+                .inc(),
+        }
     }
 }
 

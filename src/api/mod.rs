@@ -110,7 +110,7 @@ pub fn routes(store: &Store, options: &ApiOptions) -> impl Endpoint {
     let max_body_bytes = options.max_body_bytes;
     let access = options.access.clone();
     let metrics = options.metrics.clone();
-    let route_names = std::sync::Arc::new(observe::RouteNames::from_spec(&api.spec()));
+    let known_routes = std::sync::Arc::new(observe::Routes::from_spec(&api.spec(), &metrics));
     let cors = (!options.cors_origins.is_empty()).then(|| {
         let cors = Cors::new()
             .allow_methods([Method::GET, Method::PUT, Method::POST, Method::PATCH, Method::DELETE])
@@ -129,7 +129,7 @@ pub fn routes(store: &Store, options: &ApiOptions) -> impl Endpoint {
         .nest("/", api)
         .with_if(cors.is_some(), cors.unwrap_or_else(Cors::new))
         .around(move |next, req| edge(next, req, max_body_bytes, access.clone()))
-        .around(move |next, req| observe::observe(next, req, metrics.clone(), route_names.clone()))
+        .around(move |next, req| observe::observe(next, req, metrics.clone(), known_routes.clone()))
 }
 
 /// Routes anyone may call, keys or not: probes, metrics and the API's

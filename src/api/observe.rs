@@ -11,51 +11,60 @@ use poem::{Endpoint, IntoResponse, Request, Response};
 use tracing::field::Empty;
 use tracing::Instrument;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteMetrics};
 
 /// The route label of a request no route took (an unknown path, or a 401
 /// answered before routing).
 const UNROUTED: &str = "other";
 
-/// Route names as the OpenAPI document writes them
-/// (`/v1/collections/{collection}`), by the pattern poem's router reports
-/// for them (`/v1/collections/:param0`).
-#[derive(Debug, Default)]
-pub struct RouteNames(HashMap<String, Arc<str>>);
+/// Every route of the OpenAPI document, by the pattern poem's router
+/// reports for it (`/v1/collections/:param0`), with its name as the document
+/// writes it (`/v1/collections/{collection}`) and its request metrics.
+#[derive(Debug)]
+pub struct Routes {
+    known: HashMap<String, RouteMetrics>,
+    unrouted: RouteMetrics,
+}
 
-impl RouteNames {
+impl Routes {
     /// Reads every path of the OpenAPI document `spec` (JSON).
-    pub fn from_spec(spec: &str) -> Self {
+    pub fn from_spec(spec: &str, metrics: &Metrics) -> Self {
         let spec: serde_json::Value = serde_json::from_str(spec).unwrap_or_default();
-        let Some(paths) = spec["paths"].as_object() else {
-            return Self::default();
-        };
-        let names = paths
-            .keys()
-            .map(|template| {
-                let mut next = 0;
-                let pattern: Vec<String> = template
-                    .split('/')
-                    .map(|part| {
-                        if part.starts_with('{') && part.ends_with('}') {
-                            next += 1;
-                            format!(":param{}", next - 1)
-                        } else {
-                            part.to_owned()
-                        }
+        let known = spec["paths"]
+            .as_object()
+            .map(|paths| {
+                paths
+                    .keys()
+                    .map(|template| {
+                        let mut next = 0;
+                        let pattern: Vec<String> = template
+                            .split('/')
+                            .map(|part| {
+                                if part.starts_with('{') && part.ends_with('}') {
+                                    next += 1;
+                                    format!(":param{}", next - 1)
+                                } else {
+                                    part.to_owned()
+                                }
+                            })
+                            .collect();
+                        (pattern.join("/"), metrics.route(template))
                     })
-                    .collect();
-                (pattern.join("/"), Arc::from(template.as_str()))
+                    .collect()
             })
-            .collect();
-        Self(names)
+            .unwrap_or_default();
+        Self {
+            known,
+            unrouted: metrics.route(UNROUTED),
+        }
     }
 
-    /// The name of the route poem matched as `pattern` (`None`: no route).
-    fn name<'a>(&'a self, pattern: Option<&'a str>) -> &'a str {
+    /// The route poem matched as `pattern` (`None`: no route), if the
+    /// document lists it.
+    fn find(&self, pattern: Option<&str>) -> Option<&RouteMetrics> {
         match pattern {
-            None | Some("") => UNROUTED,
-            Some(pattern) => self.0.get(pattern).map_or(pattern, |name| name),
+            None | Some("") => Some(&self.unrouted),
+            Some(pattern) => self.known.get(pattern),
         }
     }
 }
@@ -64,7 +73,7 @@ pub async fn observe<E: Endpoint>(
     next: E,
     req: Request,
     metrics: Arc<Metrics>,
-    routes: Arc<RouteNames>,
+    routes: Arc<Routes>,
 ) -> poem::Result<Response> {
     let started = Instant::now();
     let method = req.method().clone();
@@ -91,9 +100,20 @@ pub async fn observe<E: Endpoint>(
         Ok(resp) => resp.into_response(),
         Err(err) => err.into_response(),
     };
-    let route = routes.name(resp.data::<PathPattern>().map(|p| &*p.0));
+    let pattern = resp.data::<PathPattern>().map(|p| &*p.0);
     let status = resp.status();
-    metrics.observe_request(method.as_str(), route, status.as_str(), started.elapsed());
+    let route = match routes.find(pattern) {
+        Some(route) => {
+            route.observe(method.as_str(), status, started.elapsed());
+            route.name()
+        }
+        // Routes outside the document: Swagger UI and the spec itself.
+        None => {
+            let route = pattern.unwrap_or(UNROUTED);
+            metrics.observe_request(method.as_str(), route, status.as_str(), started.elapsed());
+            route
+        }
+    };
     if !span.is_disabled() {
         crate::telemetry::rename(&span, format!("{method} {route}"));
         span.record("http.route", route);
