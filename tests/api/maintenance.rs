@@ -487,55 +487,66 @@ async fn admins_take_backups_over_http() {
 }
 
 #[tokio::test]
-async fn archive_tar_packs_a_backup_of_dets_root() {
+async fn archive_scripts_pack_a_backup_of_dets_root_while_it_serves() {
     let data = tempfile::tempdir().expect("temp dir");
     let app = spawn_app_on(data.path(), &[]).await;
     import_docs(&app, "things", 20).await;
-    let out_dir = tempfile::tempdir().expect("temp dir");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/archive.tar.sh");
-    // Taken while the server runs.
-    let out = tokio::process::Command::new("bash")
-        .arg(&script)
-        .current_dir(out_dir.path())
-        .env("DETS_ROOT", data.path())
-        .env("EXDAAS_BIN", env!("CARGO_BIN_EXE_exdaas"))
-        .output()
-        .await
-        .expect("archive.tar.sh runs");
+    let mut unpacked_folders = Vec::new();
+    for (script, suffix) in [("archive.tar.sh", ".tar.gz"), ("archive.zip.sh", ".zip")] {
+        let out_dir = tempfile::tempdir().expect("temp dir");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(script);
+        // Taken while the server runs.
+        let out = tokio::process::Command::new("bash")
+            .arg(&script)
+            .current_dir(out_dir.path())
+            .env("DETS_ROOT", data.path())
+            .env("EXDAAS_BIN", env!("CARGO_BIN_EXE_exdaas"))
+            .output()
+            .await
+            .expect("the archive script runs");
+        let said = format!(
+            "{}: {}\n{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{said}");
+        let archives: Vec<PathBuf> = std::fs::read_dir(out_dir.path())
+            .expect("read")
+            .filter_map(|e| Some(e.ok()?.path()))
+            .filter(|p| p.to_string_lossy().ends_with(suffix))
+            .collect();
+        assert_eq!(archives.len(), 1, "{said}");
+        let unpacked = tempfile::tempdir().expect("temp dir");
+        let archive = &archives[0];
+        let mut unpack = if suffix == ".zip" {
+            let mut python = std::process::Command::new("python3");
+            python.args(["-m", "zipfile", "-e"]).arg(archive).arg(unpacked.path());
+            python
+        } else {
+            let mut tar = std::process::Command::new("tar");
+            tar.arg("-xzf").arg(archive).arg("-C").arg(unpacked.path());
+            tar
+        };
+        let status = unpack.status().expect("the unpacker runs");
+        assert!(status.success(), "{said}");
+        unpacked_folders.push(unpacked);
+    }
     app.stop().await;
-    let said = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{said}");
-    let archives: Vec<PathBuf> = std::fs::read_dir(out_dir.path())
-        .expect("read")
-        .filter_map(|e| Some(e.ok()?.path()))
-        .filter(|p| p.to_string_lossy().ends_with(".tar.gz"))
-        .collect();
-    assert_eq!(archives.len(), 1, "{said}");
-    let unpacked = tempfile::tempdir().expect("temp dir");
-    let status = std::process::Command::new("tar")
-        .arg("-xzf")
-        .arg(&archives[0])
-        .arg("-C")
-        .arg(unpacked.path())
-        .status()
-        .expect("tar runs");
-    assert!(status.success());
-    let folder = std::fs::read_dir(unpacked.path())
-        .expect("read")
-        .next()
-        .expect("one folder")
-        .expect("entry")
-        .path();
-    assert!(folder.join("manifest.json").exists(), "{}", folder.display());
 
-    let target = unpacked.path().join("restored");
-    let run = exdaas(&target, &["restore", folder.to_str().expect("utf-8")], &[]).await;
-    assert_eq!(run.code, Some(0), "{}", run.said());
-    let app = spawn_app_on(&target, &[]).await;
-    assert_all_docs(&app, "things", 20).await;
-    app.stop().await;
+    for unpacked in &unpacked_folders {
+        let folder = std::fs::read_dir(unpacked.path())
+            .expect("read")
+            .next()
+            .expect("one folder")
+            .expect("entry")
+            .path();
+        assert!(folder.join("manifest.json").exists(), "{}", folder.display());
+        let target = unpacked.path().join("restored");
+        let run = exdaas(&target, &["restore", folder.to_str().expect("utf-8")], &[]).await;
+        assert_eq!(run.code, Some(0), "{}", run.said());
+        let app = spawn_app_on(&target, &[]).await;
+        assert_all_docs(&app, "things", 20).await;
+        app.stop().await;
+    }
 }
