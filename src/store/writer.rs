@@ -637,14 +637,7 @@ impl Writer {
         if keys.is_empty() {
             return Ok(0);
         }
-        let mut param = String::from("[");
-        for (i, key) in keys.iter().enumerate() {
-            if i > 0 {
-                param.push(',');
-            }
-            let _ = write!(param, "[\"{}\",\"{}\"]", key.collection, key.id);
-        }
-        param.push(']');
+        let param = keys_param(keys);
         self.set_unpublished(keys.to_vec());
         let conn = self.conn().map_err(|e| StoreError::from_sqlx(shard, e))?;
         let done = sqlx::query(sql)
@@ -720,8 +713,10 @@ fn write_script(upsert: bool, delete: bool, raise_ceiling: bool) -> &'static str
     }
 }
 
-/// The committed rows among `keys`, as (index in `keys`, document).
-async fn select_many(conn: &mut SqliteConnection, keys: &[DocKey]) -> Result<Vec<(usize, Document)>, sqlx::Error> {
+/// `keys` as a JSON array of `[collection, id]` pairs, for `json_each`.
+/// Collection names and ids are plain ASCII without quotes or backslashes
+/// (see `domain`): nothing to escape.
+fn keys_param(keys: &[DocKey]) -> String {
     let mut param = String::from("[");
     for (i, key) in keys.iter().enumerate() {
         if i > 0 {
@@ -730,6 +725,12 @@ async fn select_many(conn: &mut SqliteConnection, keys: &[DocKey]) -> Result<Vec
         let _ = write!(param, "[\"{}\",\"{}\"]", key.collection, key.id);
     }
     param.push(']');
+    param
+}
+
+/// The committed rows among `keys`, as (index in `keys`, document).
+async fn select_many(conn: &mut SqliteConnection, keys: &[DocKey]) -> Result<Vec<(usize, Document)>, sqlx::Error> {
+    let param = keys_param(keys);
     let rows = sqlx::query(
         "SELECT k.key AS idx, d.version, d.updated_at, d.expires_at, d.data FROM json_each(?1) AS k \
          JOIN documents AS d ON d.collection = k.value->>0 AND d.id = k.value->>1",
