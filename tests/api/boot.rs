@@ -3,17 +3,10 @@
 
 use std::process::Command;
 
+/// Runs the binary over a fresh data folder until it exits.
 fn run_exdaas(env: &[(&str, &str)]) -> (Option<i32>, String) {
     let data = tempfile::tempdir().expect("temp dir");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_exdaas"));
-    cmd.env("DETS_ROOT", data.path())
-        .env("PORT", "0")
-        .env("EXDAAS_LISTEN_ADDR", "127.0.0.1");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("exdaas runs");
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    run_on(data.path(), env)
 }
 
 #[test]
