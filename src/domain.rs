@@ -14,6 +14,12 @@ pub const MAX_COLLECTION_LEN: usize = 64;
 /// Longest document id, in bytes.
 pub const MAX_ID_LEN: usize = 256;
 
+/// Deepest nesting of arrays and objects a document may have. Every parser
+/// and walker of documents (JSON bodies, bracket-encoded forms, merge
+/// patches, stored text read back) stays within it, so none can exhaust the
+/// stack however a client nests its input.
+pub const MAX_DEPTH: usize = 100;
+
 /// Largest id the counter hands out: 2^53 - 1, the largest integer every
 /// JSON client reads exactly. Numeric ids above it are ordinary ids that the
 /// counter never reaches, so it need not move past them.
@@ -164,6 +170,28 @@ fn check_len(what: &'static str, raw: &str, max: usize) -> Result<(), NameError>
     Ok(())
 }
 
+/// How deeply `value` nests arrays and objects: 0 for a scalar, 1 for a flat
+/// array or object. Iterative, so it is safe on any input.
+pub fn nesting_depth(value: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    let mut deepest = 0;
+    let mut pending: Vec<(&Value, usize)> = vec![(value, 0)];
+    while let Some((value, depth)) = pending.pop() {
+        match value {
+            Value::Array(items) => {
+                deepest = deepest.max(depth + 1);
+                pending.extend(items.iter().map(|item| (item, depth + 1)));
+            }
+            Value::Object(fields) => {
+                deepest = deepest.max(depth + 1);
+                pending.extend(fields.values().map(|field| (field, depth + 1)));
+            }
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// Where a document lives: its collection and its id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DocKey {
@@ -209,6 +237,23 @@ mod tests {
         assert!(DocId::parse("a/b").is_err());
         assert!(DocId::parse("..").is_err());
         assert!(DocId::parse("").is_err());
+    }
+
+    #[test]
+    fn nesting_depth_counts_arrays_and_objects() {
+        use serde_json::json;
+        assert_eq!(nesting_depth(&json!(1)), 0);
+        assert_eq!(nesting_depth(&json!([])), 1);
+        assert_eq!(nesting_depth(&json!({"a": [1, {"b": []}], "c": 2})), 4);
+        let mut deep = json!("x");
+        for _ in 0..1000 {
+            deep = json!([deep]);
+        }
+        assert_eq!(nesting_depth(&deep), 1000);
+        // Dropping a value this deep recurses: take it apart level by level.
+        while let serde_json::Value::Array(mut items) = deep {
+            deep = items.pop().unwrap_or_default();
+        }
     }
 
     #[test]

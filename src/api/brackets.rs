@@ -4,13 +4,20 @@
 
 use serde_json::{Map, Value};
 
+use crate::domain::MAX_DEPTH;
+
+/// Most bracket levels a parameter may have: a document's nesting limit,
+/// plus the parameter itself (`data[a][b]` is `data` holding a document of
+/// depth 2). Parsing a key stops there, so no input can build a deeper tree.
+const MAX_LEVELS: usize = MAX_DEPTH + 1;
+
 /// Parses `application/x-www-form-urlencoded` text (percent-encoded or not)
 /// into a JSON object of strings, lists and nested objects.
 pub fn parse(encoded: &[u8]) -> Result<Map<String, Value>, String> {
     let mut root = Map::new();
     for (key, value) in form_urlencoded::parse(encoded) {
         let (head, path) = split_key(&key)?;
-        insert(&mut root, &head, &path, Value::String(value.into_owned()), &key)?;
+        insert(&mut root, &head, &path, Value::String(value.into_owned()), &shown(&key))?;
     }
     Ok(root)
 }
@@ -21,11 +28,17 @@ fn split_key(key: &str) -> Result<(String, Vec<String>), String> {
         Some(i) => (&key[..i], &key[i..]),
         None => (key, ""),
     };
+    let key = shown(key);
     if head.is_empty() {
         return Err(format!("parameter {key:?} has no name before its brackets"));
     }
     let mut path = Vec::new();
     while !rest.is_empty() {
+        if path.len() == MAX_LEVELS {
+            return Err(format!(
+                "parameter {key:?} nests more than {MAX_LEVELS} levels of brackets; a document nests at most {MAX_DEPTH} deep"
+            ));
+        }
         let close = rest
             .find(']')
             .filter(|_| rest.starts_with('['))
@@ -36,6 +49,17 @@ fn split_key(key: &str) -> Result<(String, Vec<String>), String> {
     Ok((head.to_owned(), path))
 }
 
+/// A parameter's name as error messages quote it: cut short, since a
+/// client's key can be as long as the body.
+fn shown(key: &str) -> String {
+    const SHOWN: usize = 64;
+    match key.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}…", &key[..end]),
+        None => key.to_owned(),
+    }
+}
+
+/// Recursive, at most [`MAX_LEVELS`] deep (`split_key` bounds `path`).
 fn insert(map: &mut Map<String, Value>, name: &str, path: &[String], value: Value, key: &str) -> Result<(), String> {
     let conflict = || format!("parameter {key:?} conflicts with another parameter of the same name");
     match path.split_first() {
@@ -110,6 +134,16 @@ mod tests {
             parsed("a[][x]=1&a[][y]=2&a[][x]=3"),
             json!({"a": [{"x": "1", "y": "2"}, {"x": "3"}]})
         );
+    }
+
+    #[test]
+    fn nesting_is_bounded_and_errors_quote_keys_short() {
+        let at_limit = format!("data{}=x", "[a]".repeat(MAX_DEPTH));
+        let parsed = parse(at_limit.as_bytes()).expect("a document at the depth limit parses");
+        assert_eq!(crate::domain::nesting_depth(&parsed["data"]), MAX_DEPTH);
+        let deep = format!("data{}=x", "[a]".repeat(100_000));
+        let err = parse(deep.as_bytes()).expect_err("too deep");
+        assert!(err.contains("levels of brackets") && err.len() < 300, "{err}");
     }
 
     #[test]

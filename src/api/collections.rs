@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use super::auth::{Access, Credentials, Scope};
 use super::docs::{bad_request, envelope_json, expiry, parse_collection, parse_id, parse_time};
 use super::error::{ApiError, Flavor, ProblemError};
-use super::payload::{JsonBody, Ndjson, NdjsonBody, RawJson};
+use super::payload::{json_error, JsonBody, Ndjson, NdjsonBody, RawJson};
 use super::ApiTags;
 use crate::domain::{CollectionName, DocId, DocKey};
 use crate::store::{Action, Expect, Store, StoreError, WriteOutcome};
@@ -393,7 +393,7 @@ impl CollectionsApi {
         let mut fields: serde_json::Map<String, Value> = match serde_json::from_slice(line) {
             Ok(Value::Object(fields)) => fields,
             Ok(_) => return Err("not a JSON object with id and data".into()),
-            Err(e) => return Err(format!("not a JSON object with id and data: {e}")),
+            Err(e) => return Err(format!("not a JSON object with id and data: {}", json_error(&e))),
         };
         // `"data": null` is a document (null); a missing `data` is not.
         let data = fields.remove("data").ok_or("missing \"data\"")?;
@@ -426,7 +426,8 @@ impl CollectionsApi {
             Some(Value::Number(n)) if n.is_u64() => Some(parse_id(&n.to_string()).map_err(|e| e.0.detail)?),
             Some(other) => return Err(format!("id must be a string, not {other}")),
         };
-        Ok((id, Action::put(&data, expires_at_ms)))
+        let put = Action::put(&data, expires_at_ms).map_err(|e| e.to_string())?;
+        Ok((id, put))
     }
 
     /// Writes a chunk of import lines; a refused write is a rejected line,
@@ -539,12 +540,12 @@ fn batch_operation(op: BatchOp) -> Result<(DocId, Expect, Action), ProblemError>
         OpKind::Put => Action::put(
             &op.data.ok_or_else(|| bad_request("a put needs data: the document"))?,
             expiry(op.ttl)?,
-        ),
+        )?,
         OpKind::Patch => Action::patch(
             op.data
                 .ok_or_else(|| bad_request("a patch needs data: the merge patch"))?,
             expiry(op.ttl)?.map(Some),
-        ),
+        )?,
         OpKind::Delete | OpKind::Get if op.ttl.is_some() || op.data.is_some() => {
             return Err(bad_request("delete and get take no data or ttl"))
         }

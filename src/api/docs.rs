@@ -199,7 +199,7 @@ impl DocsApi {
         let expires_at_ms = expiry(ttl.0)?;
         let outcome = self
             .store
-            .write(key.clone(), expect, Action::put(&body.0, expires_at_ms))
+            .write(key.clone(), expect, Action::put(&body.0, expires_at_ms)?)
             .await?;
         match outcome {
             WriteOutcome::Written { doc, created: true } => {
@@ -285,7 +285,7 @@ impl DocsApi {
         let expires_at_ms = expiry(ttl.0)?.map(Some);
         match self
             .store
-            .write(key.clone(), expect, Action::patch(body.0, expires_at_ms))
+            .write(key.clone(), expect, Action::patch(body.0, expires_at_ms)?)
             .await?
         {
             WriteOutcome::Written { doc, .. } | WriteOutcome::Unchanged(doc) => {

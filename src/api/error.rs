@@ -63,6 +63,8 @@ impl ApiError {
     pub fn from_store(flavor: Flavor, err: StoreError) -> Self {
         let status = match &err {
             StoreError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
+            StoreError::InvalidDocument { .. } => StatusCode::BAD_REQUEST,
+            StoreError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             StoreError::Unavailable { .. }
             | StoreError::Busy { .. }
             | StoreError::ReadOnly { .. }

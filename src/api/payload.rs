@@ -108,10 +108,24 @@ async fn read_json(request: &Request, body: &mut RequestBody) -> poem::Result<Va
     }
     serde_json::from_slice(&bytes).map_err(|e| {
         poem::Error::from_string(
-            format!("the request body is not valid JSON: {e}"),
+            format!("the request body is not valid JSON: {}", json_error(&e)),
             StatusCode::BAD_REQUEST,
         )
     })
+}
+
+/// What is wrong with JSON that did not parse. serde_json stops at 128
+/// levels of nesting before it could exhaust the stack; say so in terms of
+/// the documented limit.
+pub fn json_error(e: &serde_json::Error) -> String {
+    if e.to_string().starts_with("recursion limit exceeded") {
+        format!(
+            "it nests more than 127 arrays and objects deep (a document may nest {} deep)",
+            crate::domain::MAX_DEPTH
+        )
+    } else {
+        e.to_string()
+    }
 }
 
 impl_apirequest_for_payload!(JsonBody<T>, T: Type);

@@ -134,6 +134,12 @@ pub enum StoreError {
         on_disk: u32,
         configured: u32,
     },
+    /// The client's document breaks a limit every document keeps.
+    #[error("{reason}")]
+    InvalidDocument { reason: String },
+    /// The operation cannot apply to the stored document as it is.
+    #[error("{reason}")]
+    Unprocessable { reason: String },
     #[error("could not allocate a fresh id after {attempts} attempts")]
     IdsExhausted { attempts: u32 },
     #[error("internal error: {0}")]
@@ -305,7 +311,7 @@ impl Store {
     /// Stores `data` at `key`, creating or replacing the document (no
     /// precondition, no expiry): the original API's upsert.
     pub async fn put(&self, key: DocKey, data: &serde_json::Value) -> Result<Stored, StoreError> {
-        let action = Action::put(data, None);
+        let action = Action::put(data, None)?;
         into_stored(self.write(key, Expect::Any, action).await?)
     }
 
@@ -384,7 +390,7 @@ impl Store {
         data: &serde_json::Value,
         expires_at_ms: Option<i64>,
     ) -> Result<(DocId, Stored), StoreError> {
-        self.create_with(&collection, Action::put(data, expires_at_ms)).await
+        self.create_with(&collection, Action::put(data, expires_at_ms)?).await
     }
 
     /// Applies `put` (an [`Action::Put`]) under a fresh id from the counter,

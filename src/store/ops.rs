@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::patch::merge_patch;
 use super::{canonical_json, Document, StoreError};
-use crate::domain::DocKey;
+use crate::domain::{nesting_depth, DocKey, MAX_DEPTH};
 
 /// What the document must look like for the operation to go ahead (the
 /// `If-Match` / `If-None-Match` of HTTP, or a batch operation's expected
@@ -60,21 +60,35 @@ pub enum Action {
 }
 
 impl Action {
-    /// A put of `data`, stored as canonical JSON text.
-    pub fn put(data: &Value, expires_at_ms: Option<i64>) -> Self {
-        Action::Put {
+    /// A put of `data`, stored as canonical JSON text; refused if it nests
+    /// deeper than [`MAX_DEPTH`].
+    pub fn put(data: &Value, expires_at_ms: Option<i64>) -> Result<Self, StoreError> {
+        check_depth(data, "the document")?;
+        Ok(Action::Put {
             data: canonical_json(data),
             expires_at_ms,
-        }
+        })
     }
 
-    /// A merge patch; `expires_at_ms` as in [`Action::Patch`].
-    pub fn patch(patch: Value, expires_at_ms: Option<Option<i64>>) -> Self {
-        Action::Patch {
+    /// A merge patch; `expires_at_ms` as in [`Action::Patch`]. Refused if
+    /// it nests deeper than [`MAX_DEPTH`]; its result then cannot either.
+    pub fn patch(patch: Value, expires_at_ms: Option<Option<i64>>) -> Result<Self, StoreError> {
+        check_depth(&patch, "the merge patch")?;
+        Ok(Action::Patch {
             patch: Arc::new(patch),
             expires_at_ms,
-        }
+        })
     }
+}
+
+fn check_depth(value: &Value, what: &str) -> Result<(), StoreError> {
+    let depth = nesting_depth(value);
+    if depth > MAX_DEPTH {
+        return Err(StoreError::InvalidDocument {
+            reason: format!("{what} nests {depth} arrays and objects deep; the limit is {MAX_DEPTH}"),
+        });
+    }
+    Ok(())
 }
 
 /// One operation on one document.
@@ -140,9 +154,19 @@ pub fn decide(op: &WriteOp, current: Option<&Document>, now_ms: i64) -> (WriteRe
         }
         (Action::Patch { patch, expires_at_ms }, Some(doc)) => {
             let expires_at_ms = expires_at_ms.unwrap_or(doc.expires_at_ms);
+            // Stored text nests at most as deep as serde_json reads (an
+            // older server took deeper forms): refuse those, never fail hard.
             let data = match serde_json::from_str::<Value>(&doc.data) {
                 Ok(current) => canonical_json(&merge_patch(current, patch)),
-                Err(_) => return (Err(StoreError::Internal("a stored document is not valid JSON")), None),
+                Err(e) => {
+                    let err = StoreError::Unprocessable {
+                        reason: format!(
+                            "document {} cannot be patched: its stored text cannot be read ({e}); replace it with PUT",
+                            op.key
+                        ),
+                    };
+                    return (Err(err), None);
+                }
             };
             if data == doc.data && expires_at_ms == doc.expires_at_ms {
                 return (Ok(WriteOutcome::Unchanged(doc.clone())), None);

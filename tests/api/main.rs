@@ -12,6 +12,7 @@ mod docs_api;
 mod expiry;
 mod faults;
 mod helpers;
+mod hostile;
 mod legacy_api;
 mod listing;
 mod maintenance;
