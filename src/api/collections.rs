@@ -444,7 +444,8 @@ impl CollectionsApi {
         }
         // Lines are applied in order, each a put. Named ids move the counter
         // first, so a line without id never gets an id a later line of the
-        // same chunk names.
+        // same chunk names; and its fresh id is written create-only, so if
+        // anyone else holds it, the line is written again under another.
         for (_, id, _) in chunk.iter() {
             if let Some(id) = id {
                 self.store.note_id(id);
@@ -455,7 +456,7 @@ impl CollectionsApi {
         for (number, id, action) in chunk.drain(..) {
             let (id, expect) = match id {
                 Some(id) => (id, Expect::Any),
-                None => (self.store.allocate_id().map_err(ProblemError::from)?, Expect::Absent),
+                None => (self.store.allocate_id(), Expect::Absent),
             };
             numbers.push(number);
             ops.push((id, expect, action));

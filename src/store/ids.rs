@@ -1,18 +1,28 @@
 //! The id counter for anonymous writes.
 //!
-//! It lives in memory and restarts from the highest id ceiling any shard has
-//! recorded. Each shard keeps in `shard_meta` a bound that every counter-shaped
-//! id it stores stays under, raised in the same transaction as the documents
-//! and always with a reserve, so a run of writes raises it once per
-//! thousand ids; a clean stop records the exact highest id. So an id is never
-//! reused, after a crash or a restart, and persisting the counter costs no
-//! extra disk write per id (a crash may skip up to a reserve's worth of ids).
-//! It moves past every numeric id a client chooses, and anonymous writes are
-//! create-only, so a race with a client's id is retried, never an overwrite.
+//! It lives in memory and restarts past the highest id it ever handed out or
+//! moved past: each shard keeps that bound in `shard_meta` (`counter_high`),
+//! raised in the same transaction as the documents and always with a
+//! reserve, so a run of writes raises it once per thousand ids; a clean stop
+//! records the exact value. So an id is never reused, after a crash or a
+//! restart, and persisting the counter costs no extra disk write per id (a
+//! crash may skip up to a reserve's worth of ids).
+//!
+//! It moves past a numeric id a client chooses when that id is near (within
+//! [`OBSERVE_WINDOW`] of the next one), so mixing chosen and fresh ids, as
+//! the original's clients do, rarely collides. Ids further ahead do not move
+//! it: one client's huge id must not use up (or exhaust) the ids of every
+//! collection. A fresh id is written create-only; when it turns out taken,
+//! the store looks for the next free one and moves the counter there. Past
+//! [`MAX_COUNTER_ID`] the counter starts again from 1, still create-only, so
+//! anonymous creates never run out.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::domain::MAX_COUNTER_ID;
+
+/// How far ahead of the next fresh id a client's id still moves the counter.
+pub const OBSERVE_WINDOW: u64 = 1 << 20;
 
 #[derive(Debug)]
 pub struct IdCounter {
@@ -27,17 +37,43 @@ impl IdCounter {
         }
     }
 
-    /// A fresh id, never handed out before by this counter; `None` once
-    /// every id up to [`MAX_COUNTER_ID`] is used.
-    pub fn next(&self) -> Option<u64> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        (id <= MAX_COUNTER_ID).then_some(id)
+    /// A fresh id: never handed out before by this counter, unless every id
+    /// up to [`MAX_COUNTER_ID`] was, in which case it starts again from 1.
+    pub fn next(&self) -> u64 {
+        loop {
+            let id = self.next.fetch_add(1, Ordering::Relaxed);
+            if (1..=MAX_COUNTER_ID).contains(&id) {
+                return id;
+            }
+            // Wrapped: whoever sees it first starts the counter over.
+            if self
+                .next
+                .compare_exchange(id.wrapping_add(1), 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                tracing::warn!("the id counter passed {MAX_COUNTER_ID}; it starts again from 1, skipping ids in use");
+            }
+        }
     }
 
-    /// Moves the counter past an id a client chose (one of the counter's
-    /// range: see `DocId::as_counter_value`).
-    pub fn observe(&self, used: u64) {
+    /// Moves the counter past `used`, a counter-shaped id a client wrote
+    /// (see `DocId::as_counter_value`), if it is near. Answers whether the
+    /// counter is now past it, so that the restart position covers it.
+    pub fn observe(&self, used: u64) -> bool {
+        let next = self.next.load(Ordering::Relaxed);
+        if used < next {
+            return true;
+        }
+        if used - next >= OBSERVE_WINDOW {
+            return false;
+        }
         self.next.fetch_max(used.saturating_add(1), Ordering::Relaxed);
+        true
+    }
+
+    /// Makes the next fresh id at least `id` (past ids found taken).
+    pub fn skip_to(&self, id: u64) {
+        self.next.fetch_max(id, Ordering::Relaxed);
     }
 }
 
@@ -46,15 +82,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn starts_after_the_highest_id_and_skips_client_ids() {
+    fn starts_after_the_highest_id_and_skips_near_client_ids() {
         let ids = IdCounter::starting_after(0);
-        assert_eq!(ids.next(), Some(1));
-        assert_eq!(ids.next(), Some(2));
-        ids.observe(10);
-        assert_eq!(ids.next(), Some(11));
-        ids.observe(5);
-        assert_eq!(ids.next(), Some(12));
-        assert_eq!(IdCounter::starting_after(41).next(), Some(42));
-        assert_eq!(IdCounter::starting_after(MAX_COUNTER_ID).next(), None);
+        assert_eq!(ids.next(), 1);
+        assert_eq!(ids.next(), 2);
+        assert!(ids.observe(10));
+        assert_eq!(ids.next(), 11);
+        assert!(ids.observe(5));
+        assert_eq!(ids.next(), 12);
+        assert_eq!(IdCounter::starting_after(41).next(), 42);
+    }
+
+    #[test]
+    fn far_client_ids_do_not_move_it_and_it_never_runs_out() {
+        let ids = IdCounter::starting_after(0);
+        assert!(!ids.observe(MAX_COUNTER_ID));
+        assert!(!ids.observe(OBSERVE_WINDOW + 1));
+        assert_eq!(ids.next(), 1);
+        ids.skip_to(100);
+        assert_eq!(ids.next(), 100);
+        let full = IdCounter::starting_after(MAX_COUNTER_ID - 1);
+        assert_eq!(full.next(), MAX_COUNTER_ID);
+        assert_eq!(full.next(), 1, "past the last id it starts again");
+        assert_eq!(full.next(), 2);
+        assert_eq!(IdCounter::starting_after(u64::MAX).next(), 1);
     }
 }

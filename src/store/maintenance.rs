@@ -411,17 +411,31 @@ pub async fn reshard(root: &Path, to: ShardCount) -> Result<ReshardReport, Store
     let building = root.join(format!("gen-{}.building", new.generation));
     std::fs::create_dir_all(&building).map_err(|e| folder_error(&building, format!("cannot create it: {e}")))?;
 
-    // The id ceiling of every new shard covers every old one's.
-    let mut ceiling = 0i64;
+    // The id ceilings of every new shard cover every old one's.
+    let mut ceilings: BTreeMap<String, i64> = BTreeMap::new();
     let mut before: BTreeMap<String, i64> = BTreeMap::new();
     for shard in 0..from as usize {
         let path = old.shard_path(root, shard);
         let mut conn = open_read_only(&path).await?;
-        let c: i64 = sqlx::query_scalar("SELECT value FROM shard_meta WHERE key = 'max_counter_id'")
-            .fetch_one(&mut conn)
-            .await
-            .map_err(|e| sql_error(&path, e))?;
-        ceiling = ceiling.max(c);
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT key, value FROM shard_meta WHERE key IN ('max_counter_id', 'counter_high')")
+                .fetch_all(&mut conn)
+                .await
+                .map_err(|e| sql_error(&path, e))?;
+        let stored = rows
+            .iter()
+            .find(|(key, _)| key == "max_counter_id")
+            .map_or(0, |(_, v)| *v);
+        // A shard from before `counter_high` restarts the counter at its
+        // `max_counter_id`, as the server would after migrating it.
+        let counter = rows
+            .iter()
+            .find(|(key, _)| key == "counter_high")
+            .map_or(stored, |(_, v)| *v);
+        for (key, value) in [("max_counter_id", stored), ("counter_high", counter)] {
+            let ceiling = ceilings.entry(key.to_owned()).or_default();
+            *ceiling = (*ceiling).max(value);
+        }
         add_counts(&mut before, &mut conn, &path).await?;
         conn.close().await.map_err(|e| sql_error(&path, e))?;
     }
@@ -441,11 +455,14 @@ pub async fn reshard(root: &Path, to: ShardCount) -> Result<ReshardReport, Store
             let old_path = old.shard_path(root, source);
             move_buckets(&mut conn, &path, &old_path, &buckets).await?;
         }
-        sqlx::query("UPDATE shard_meta SET value = ?1 WHERE key = 'max_counter_id'")
-            .bind(ceiling)
-            .execute(&mut conn)
-            .await
-            .map_err(|e| sql_error(&path, e))?;
+        for (key, ceiling) in &ceilings {
+            sqlx::query("UPDATE shard_meta SET value = ?1 WHERE key = ?2")
+                .bind(ceiling)
+                .bind(key)
+                .execute(&mut conn)
+                .await
+                .map_err(|e| sql_error(&path, e))?;
+        }
         let misplaced: i64 = sqlx::query_scalar("SELECT count(*) FROM documents WHERE bucket % ?1 != ?2")
             .bind(i64::from(to.get()))
             .bind(target as i64)

@@ -24,7 +24,7 @@ use futures_util::TryStreamExt;
 use tokio::sync::watch;
 
 use crate::config::{Settings, SyncMode};
-use crate::domain::{CollectionName, DocId, DocKey};
+use crate::domain::{CollectionName, DocId, DocKey, MAX_COUNTER_ID};
 use crate::metrics::StoreMetrics;
 use cache::DocCache;
 use ids::IdCounter;
@@ -266,7 +266,7 @@ impl Store {
                 }
             }
         }
-        let highest_id = shards.iter().map(|s| s.max_counter_id).max().unwrap_or(0);
+        let highest_id = shards.iter().map(|s| s.counter_high).max().unwrap_or(0);
         let store = Store {
             inner: Arc::new(Inner {
                 placement: Placement::new(options.shards),
@@ -317,7 +317,7 @@ impl Store {
 
     /// Applies one operation to the document at `key`.
     pub async fn write(&self, key: DocKey, expect: Expect, action: Action) -> WriteResult {
-        self.note_id(&key.id);
+        let counted = self.note_put(&key.id, &action);
         // A put equal to the committed document changes nothing; the cache
         // holds only committed state, so answering from it is safe.
         if let (Expect::Any, Action::Put { data, expires_at_ms }) = (&expect, &action) {
@@ -334,6 +334,7 @@ impl Store {
             bucket,
             expect,
             action,
+            counted,
         };
         shard
             .submit(vec![op])
@@ -350,7 +351,7 @@ impl Store {
         let total = ops.len();
         let mut per_shard: Vec<(Vec<usize>, Vec<WriteOp>)> = vec![(Vec::new(), Vec::new()); self.inner.shards.len()];
         for (index, (id, expect, action)) in ops.into_iter().enumerate() {
-            self.note_id(&id);
+            let counted = self.note_put(&id, &action);
             let key = DocKey::new(collection.clone(), id);
             let bucket = Placement::bucket_of(&key);
             let (indices, shard_ops) = &mut per_shard[self.inner.placement.shard_of_bucket(bucket)];
@@ -360,6 +361,7 @@ impl Store {
                 bucket,
                 expect,
                 action,
+                counted,
             });
         }
         let submitted = per_shard
@@ -394,14 +396,21 @@ impl Store {
     }
 
     /// Applies `put` (an [`Action::Put`]) under a fresh id from the counter,
-    /// create-only: if a client took the id first, the next one is tried.
+    /// create-only: if the id turns out taken (a client chose it), the
+    /// counter moves to the next free one and the write is tried again.
     pub async fn create_with(&self, collection: &CollectionName, put: Action) -> Result<(DocId, Stored), StoreError> {
+        // Each retry skips a whole run of taken ids, so only clients racing
+        // for the very ids the counter is handing out can make it retry.
         const ATTEMPTS: u32 = 64;
         for _ in 0..ATTEMPTS {
-            let id = self.allocate_id()?;
+            let n = self.inner.ids.next();
+            let id = DocId::from_counter(n);
             let key = DocKey::new(collection.clone(), id.clone());
             match self.write(key, Expect::Absent, put.clone()).await {
-                Err(StoreError::PreconditionFailed { .. }) => continue,
+                Err(StoreError::PreconditionFailed { .. }) => {
+                    let free = self.next_free_counter_id(collection, n).await?;
+                    self.inner.ids.skip_to(free);
+                }
                 other => return Ok((id, into_stored(other?)?)),
             }
         }
@@ -409,18 +418,49 @@ impl Store {
     }
 
     /// A fresh id from the counter, for a document written later (an
-    /// import line without an id). Write it with [`Expect::Absent`].
-    pub fn allocate_id(&self) -> Result<DocId, StoreError> {
-        let n = self.inner.ids.next().ok_or(StoreError::IdsExhausted { attempts: 1 })?;
-        Ok(DocId::from_counter(n))
+    /// import line without an id). Write it with [`Expect::Absent`], and on
+    /// a failed precondition fall back to [`Store::create_with`].
+    pub fn allocate_id(&self) -> DocId {
+        DocId::from_counter(self.inner.ids.next())
     }
 
-    /// Moves the id counter past `id` if it is one the counter could hand
-    /// out, so no later fresh id equals it.
-    pub fn note_id(&self, id: &DocId) {
-        if let Some(n) = id.as_counter_value() {
-            self.inner.ids.observe(n);
+    /// The first counter id after `taken` that no document of `collection`
+    /// holds, reading ids in runs: a client's long run of numeric ids costs
+    /// one read per run, not a write attempt per id.
+    async fn next_free_counter_id(&self, collection: &CollectionName, taken: u64) -> Result<u64, StoreError> {
+        /// Ids one probe looks at, and the most probes one create makes.
+        const SPAN: u64 = 4096;
+        const PROBES: u32 = 4096;
+        let mut from = taken.saturating_add(1);
+        for _ in 0..PROBES {
+            if from > MAX_COUNTER_ID {
+                from = 1;
+            }
+            // Ids of one length sort as their numbers do: stay within one.
+            let digits_end = 10u64.saturating_pow(from.ilog10() + 1);
+            let to = from.saturating_add(SPAN).min(digits_end).min(MAX_COUNTER_ID + 1);
+            let mut used = std::collections::BTreeSet::new();
+            for shard in self.shards() {
+                used.extend(shard.counter_ids_between(collection, from, to - 1).await?);
+            }
+            if let Some(free) = (from..to).find(|n| !used.contains(n)) {
+                return Ok(free);
+            }
+            from = to;
         }
+        Err(StoreError::IdsExhausted { attempts: PROBES })
+    }
+
+    /// Moves the id counter past `id`, an id about to be stored, if it is
+    /// one the counter could hand out and near enough (see [`ids`]);
+    /// answers whether the counter is past it.
+    pub fn note_id(&self, id: &DocId) -> bool {
+        id.as_counter_value().is_some_and(|n| self.inner.ids.observe(n))
+    }
+
+    /// [`Store::note_id`] for an operation: only a put stores an id.
+    fn note_put(&self, id: &DocId, action: &Action) -> bool {
+        matches!(action, Action::Put { .. }) && self.note_id(id)
     }
 
     /// Deletes the document at `key`; `false` if there was none.

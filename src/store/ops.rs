@@ -99,6 +99,10 @@ pub struct WriteOp {
     pub bucket: u32,
     pub expect: Expect,
     pub action: Action,
+    /// The id counter is past this id (it handed it out, or moved past a
+    /// client's): the shard's record of where the counter restarts must
+    /// cover it once it is stored.
+    pub counted: bool,
 }
 
 /// What an operation did.
@@ -209,6 +213,7 @@ mod tests {
             bucket: 0,
             expect,
             action,
+            counted: false,
         }
     }
 

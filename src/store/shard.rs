@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use super::cache::DocCache;
 use super::ops::{WriteOp, WriteResult};
-use super::writer::{self, Exit, Fault, Job, Writer};
+use super::writer::{self, Exit, Fault, IdBounds, Job, Writer};
 use super::{Document, StoreError, StoreOptions};
 use crate::config::SyncMode;
 use crate::domain::{CollectionName, DocKey};
@@ -139,9 +139,10 @@ pub struct Shard {
     supervisor: tokio::sync::Mutex<Option<JoinHandle<()>>>,
     /// How long a write waits for room in a full queue before a 503.
     queue_wait: Duration,
-    /// Every counter-shaped id stored here when the shard was opened is at
-    /// most this.
-    pub max_counter_id: u64,
+    /// Every id the counter handed out or moved past that is stored here
+    /// was at most this when the shard was opened: where the counter
+    /// restarts.
+    pub counter_high: u64,
 }
 
 impl Shard {
@@ -164,7 +165,7 @@ impl Shard {
             status: Arc::new(ShardStatus::default()),
         };
         let writer = setup.open_at_boot().await?;
-        let max_counter_id = writer.max_counter_id;
+        let counter_high = writer.ids.counter;
         let reads = SqlitePoolOptions::new()
             .max_connections(options.read_connections)
             .min_connections(0)
@@ -182,7 +183,7 @@ impl Shard {
             status,
             supervisor: tokio::sync::Mutex::new(Some(supervisor)),
             queue_wait: options.queue_wait,
-            max_counter_id,
+            counter_high,
         })
     }
 
@@ -266,6 +267,31 @@ impl Shard {
     pub async fn read(&self, key: &DocKey) -> Result<Option<Document>, StoreError> {
         let mut conn = self.reads.acquire().await.map_err(|e| self.db_error(e))?;
         writer::select(&mut conn, key).await.map_err(|e| self.db_error(e))
+    }
+
+    /// The counter-shaped ids of `collection` stored here from `first` to
+    /// `last` (inclusive), two numbers with as many digits: ids of one
+    /// length sort as their numbers do, so the primary key finds them in
+    /// order.
+    pub async fn counter_ids_between(
+        &self,
+        collection: &CollectionName,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        let (first, last) = (first.to_string(), last.to_string());
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM documents WHERE collection = ?1 AND id >= ?2 AND id <= ?3 \
+             AND length(id) = ?4 AND id NOT GLOB '*[^0-9]*'",
+        )
+        .bind(collection.as_str())
+        .bind(&first)
+        .bind(&last)
+        .bind(first.len() as i64)
+        .fetch_all(&self.reads)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
     }
 
     /// The read pool, for scans (listings, exports, cache warming).
@@ -383,24 +409,32 @@ impl WriterSetup {
 
     async fn writer_on(&self, mut conn: SqliteConnection) -> Result<Writer, StoreError> {
         let file = FileIdentity::of(&self.path);
-        let max_counter_id: i64 = sqlx::query_scalar("SELECT value FROM shard_meta WHERE key = 'max_counter_id'")
-            .fetch_one(&mut conn)
-            .await
-            .map_err(|e| StoreError::from_sqlx(self.index, e))?;
+        let meta: Vec<(String, i64)> =
+            sqlx::query_as("SELECT key, value FROM shard_meta WHERE key IN ('max_counter_id', 'counter_high')")
+                .fetch_all(&mut conn)
+                .await
+                .map_err(|e| StoreError::from_sqlx(self.index, e))?;
+        let bound = |name: &str| {
+            let value = meta.iter().find(|(key, _)| key == name).map_or(0, |(_, value)| *value);
+            u64::try_from(value).unwrap_or(0)
+        };
+        let ids = IdBounds {
+            stored: bound("max_counter_id"),
+            counter: bound("counter_high"),
+        };
         let may_expire = sqlx::query("SELECT 1 FROM documents WHERE expires_at IS NOT NULL LIMIT 1")
             .fetch_optional(&mut conn)
             .await
             .map_err(|e| StoreError::from_sqlx(self.index, e))?
             .is_some();
-        let max_counter_id = u64::try_from(max_counter_id).unwrap_or(0);
         Ok(Writer {
             shard: self.index,
             conn: Some(conn),
             file,
             cache: self.cache.clone(),
             batch_limit: self.options.writer_batch,
-            max_counter_id,
-            id_ceiling: max_counter_id,
+            ids,
+            ceilings: ids,
             may_expire,
             shutdown: self.shutdown.clone(),
             status: self.status.clone(),

@@ -92,8 +92,43 @@ const SWEEP_LIMIT: u32 = 512;
 struct Applied {
     answers: Vec<WriteResult>,
     changes: HashMap<DocKey, Change>,
-    max_counter_id: u64,
-    id_ceiling: u64,
+    ids: IdBounds,
+    ceilings: IdBounds,
+}
+
+/// Two bounds on a shard's numeric ids, kept in `shard_meta`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IdBounds {
+    /// Every counter-shaped id stored in the shard is at most this
+    /// (`max_counter_id`): a fresh id above it needs no read to know it is
+    /// free.
+    pub stored: u64,
+    /// Every id the counter handed out or moved past, stored here, is at
+    /// most this (`counter_high`): where the counter restarts.
+    pub counter: u64,
+}
+
+impl IdBounds {
+    fn max(self, other: IdBounds) -> IdBounds {
+        IdBounds {
+            stored: self.stored.max(other.stored),
+            counter: self.counter.max(other.counter),
+        }
+    }
+
+    /// Either bound passes its ceiling in `ceilings`.
+    fn exceeds(self, ceilings: IdBounds) -> bool {
+        self.stored > ceilings.stored || self.counter > ceilings.counter
+    }
+
+    /// Ceilings with a reserve above these bounds, never below `ceilings`.
+    fn reserved(self, ceilings: IdBounds) -> IdBounds {
+        IdBounds {
+            stored: self.stored.saturating_add(ID_RESERVE),
+            counter: self.counter.saturating_add(ID_RESERVE),
+        }
+        .max(ceilings)
+    }
 }
 
 /// A key's final state after a batch.
@@ -115,11 +150,11 @@ pub struct Writer {
     pub file: FileIdentity,
     pub cache: DocCache,
     pub batch_limit: usize,
-    /// Every counter-shaped id stored in this shard is at most this: the
-    /// ceiling read at open, raised by every such id written since.
-    pub max_counter_id: u64,
-    /// The bound recorded in `shard_meta`, at least `max_counter_id`.
-    pub id_ceiling: u64,
+    /// The shard's id bounds: the ceilings read at open, raised by every
+    /// id written since.
+    pub ids: IdBounds,
+    /// The bounds recorded in `shard_meta`, at least `ids`.
+    pub ceilings: IdBounds,
     /// Some document may carry an expiry: the sweeper has work to look for.
     pub may_expire: bool,
     pub shutdown: watch::Receiver<bool>,
@@ -255,14 +290,17 @@ impl Writer {
 
     async fn close(&mut self) {
         let shard = self.shard;
-        let max_counter_id = i64::try_from(self.max_counter_id).unwrap_or(i64::MAX);
         if let Some(mut conn) = self.conn.take() {
-            // Every write is drained: the exact highest id replaces the
-            // reserve, so a clean restart continues the sequence without a gap.
-            if let Err(e) = sqlx::query("UPDATE shard_meta SET value = ?1 WHERE key = 'max_counter_id'")
-                .bind(max_counter_id)
-                .execute(&mut conn)
-                .await
+            // Every write is drained: the exact bounds replace the reserve,
+            // so a clean restart continues the sequence without a gap.
+            if let Err(e) = sqlx::query(
+                "UPDATE shard_meta SET value = CASE key WHEN 'max_counter_id' THEN ?1 ELSE ?2 END \
+                 WHERE key IN ('max_counter_id', 'counter_high')",
+            )
+            .bind(meta_value(self.ids.stored))
+            .bind(meta_value(self.ids.counter))
+            .execute(&mut conn)
+            .await
             {
                 tracing::warn!(shard, error = %e, "recording the id ceiling failed");
             }
@@ -378,8 +416,8 @@ impl Writer {
         applied: Applied,
         replies: impl IntoIterator<Item = (usize, oneshot::Sender<Vec<WriteResult>>)>,
     ) {
-        self.max_counter_id = self.max_counter_id.max(applied.max_counter_id);
-        self.id_ceiling = applied.id_ceiling;
+        self.ids = self.ids.max(applied.ids);
+        self.ceilings = applied.ceilings;
         for (key, change) in applied.changes {
             if change.doc.as_ref().is_some_and(|doc| doc.expires_at_ms.is_some()) {
                 self.may_expire = true;
@@ -423,14 +461,17 @@ impl Writer {
 
         let mut answers = Vec::with_capacity(groups.iter().map(|g| g.len()).sum());
         let mut changes: HashMap<DocKey, Change> = HashMap::new();
-        let mut max_counter_id = self.max_counter_id;
+        let mut ids = self.ids;
         for op in ops() {
             let current = state.get(&op.key).and_then(Option::as_ref);
             let (answer, new_state) = decide(op, current, now);
             if let Some(new_state) = new_state {
                 if new_state.is_some() {
                     if let Some(n) = op.key.id.as_counter_value() {
-                        max_counter_id = max_counter_id.max(n);
+                        ids.stored = ids.stored.max(n);
+                        if op.counted {
+                            ids.counter = ids.counter.max(n);
+                        }
                     }
                 }
                 let row_existed = changes
@@ -449,18 +490,18 @@ impl Writer {
             answers.push(answer);
         }
 
-        let id_ceiling = if changes.is_empty() {
-            self.id_ceiling
+        let ceilings = if changes.is_empty() {
+            self.ceilings
         } else {
             self.set_unpublished(changes.keys().cloned().collect());
-            self.persist(&changes, max_counter_id).await?
+            self.persist(&changes, ids).await?
         };
         self.writes += answers.len() as u64;
         Ok(Applied {
             answers,
             changes,
-            max_counter_id,
-            id_ceiling,
+            ids,
+            ceilings,
         })
     }
 
@@ -479,9 +520,9 @@ impl Writer {
                 continue;
             }
             // Every counter-shaped id stored in this shard is at most
-            // `max_counter_id`, so a fresh id from the counter needs no read.
+            // `ids.stored`, so a fresh id above it needs no read.
             let surely_absent =
-                op.expect == Expect::Absent && op.key.id.as_counter_value().is_some_and(|n| n > self.max_counter_id);
+                op.expect == Expect::Absent && op.key.id.as_counter_value().is_some_and(|n| n > self.ids.stored);
             let cached = if surely_absent {
                 None
             } else {
@@ -502,11 +543,11 @@ impl Writer {
         Ok(state)
     }
 
-    /// Writes every changed key's final state (and, when an id passed it,
-    /// a raised id ceiling) in one transaction, sent to SQLite as one script.
+    /// Writes every changed key's final state (and, when an id passed one,
+    /// raised id ceilings) in one transaction, sent to SQLite as one script.
     /// If any part fails, the transaction is rolled back and nothing of it is
-    /// visible. Returns the id ceiling now on disk.
-    async fn persist(&mut self, changes: &HashMap<DocKey, Change>, max_counter_id: u64) -> Result<u64, StoreError> {
+    /// visible. Returns the id ceilings now on disk.
+    async fn persist(&mut self, changes: &HashMap<DocKey, Change>, ids: IdBounds) -> Result<IdBounds, StoreError> {
         let shard = self.shard;
         // Row fields go as one JSON array; the documents' text goes as one
         // blob that the rows slice by byte offset, so it is neither escaped
@@ -547,18 +588,17 @@ impl Writer {
         }
         upserts.push(']');
         deletes.push(']');
-        let ceiling = (max_counter_id > self.id_ceiling).then(|| max_counter_id.saturating_add(ID_RESERVE));
-        let script = write_script(upserts.len() > 2, deletes.len() > 2, ceiling.is_some());
+        let ceilings = ids.exceeds(self.ceilings).then(|| ids.reserved(self.ceilings));
+        let script = write_script(upserts.len() > 2, deletes.len() > 2, ceilings.is_some());
+        let bounds = ceilings.unwrap_or_default();
+        let batch = format!(
+            "{{\"upsert\":{upserts},\"delete\":{deletes},\"max_counter_id\":{},\"counter_high\":{}}}",
+            meta_value(bounds.stored),
+            meta_value(bounds.counter)
+        );
         let conn = self.conn().map_err(|e| StoreError::from_sqlx(shard, e))?;
         let started = Instant::now();
-        let written = sqlx::query(script)
-            .bind(upserts)
-            .bind(texts)
-            .bind(deletes)
-            // Ceilings stay below 2^53 + the reserve (see `MAX_COUNTER_ID`).
-            .bind(i64::try_from(ceiling.unwrap_or(0)).unwrap_or(i64::MAX))
-            .execute(conn)
-            .await;
+        let written = sqlx::query(script).bind(batch).bind(texts).execute(conn).await;
         self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
         if let Err(err) = written {
             self.rollback().await;
@@ -578,7 +618,7 @@ impl Writer {
         if self.panic_after_commit {
             panic!("injected fault: shard {shard}'s writer panics after a commit");
         }
-        Ok(ceiling.unwrap_or(self.id_ceiling))
+        Ok(ceilings.unwrap_or(self.ceilings))
     }
 
     /// Ends the transaction a failed script left open, so the connection is
@@ -674,28 +714,37 @@ fn keys_of(rows: &[sqlx::sqlite::SqliteRow], collection: Option<&CollectionName>
 /// records the exact highest one.
 const ID_RESERVE: u64 = 1024;
 
-/// The commit script for the parts a batch needs. Parameters: ?1 the rows
-/// to upsert as JSON `[collection, id, bucket, version, updated_at, offset,
-/// length, expires_at]`, ?2 the documents' text they slice, ?3 the keys to
-/// delete as JSON `[collection, id]`, ?4 the new id ceiling.
+/// The commit script for the parts a batch needs. Parameters: ?1 the batch
+/// as a JSON object: `upsert`, the rows to write as `[collection, id,
+/// bucket, version, updated_at, offset, length, expires_at]`; `delete`, the
+/// keys to delete as `[collection, id]`; `max_counter_id` and
+/// `counter_high`, the new id ceilings. ?2 the documents' text the rows
+/// slice.
+///
+/// Every statement names ?1 (and only the first names ?2): sqlx binds a
+/// multi-statement query by counting the unnamed slots below each
+/// statement's highest parameter across statements, so a statement naming
+/// only, say, ?4 could leave it unbound (NULL).
 fn write_script(upsert: bool, delete: bool, raise_ceiling: bool) -> &'static str {
     macro_rules! upsert {
         () => {
             "INSERT INTO documents (collection, id, bucket, version, updated_at, data, expires_at) \
              SELECT value->>0, value->>1, value->>2, value->>3, value->>4, \
-             CAST(substr(?2, value->>5, value->>6) AS TEXT), value->>7 FROM json_each(?1) WHERE true \
+             CAST(substr(?2, value->>5, value->>6) AS TEXT), value->>7 FROM json_each(?1, '$.upsert') WHERE true \
              ON CONFLICT (collection, id) DO UPDATE SET version = excluded.version, \
              updated_at = excluded.updated_at, data = excluded.data, expires_at = excluded.expires_at;"
         };
     }
     macro_rules! delete {
         () => {
-            "DELETE FROM documents WHERE (collection, id) IN (SELECT value->>0, value->>1 FROM json_each(?3));"
+            "DELETE FROM documents WHERE (collection, id) IN \
+             (SELECT value->>0, value->>1 FROM json_each(?1, '$.delete'));"
         };
     }
     macro_rules! ceiling {
         () => {
-            "UPDATE shard_meta SET value = ?4 WHERE key = 'max_counter_id' AND value < ?4;"
+            "UPDATE shard_meta SET value = max(value, ?1 ->> ('$.' || key)) \
+             WHERE key IN ('max_counter_id', 'counter_high');"
         };
     }
     macro_rules! script {
@@ -762,6 +811,12 @@ pub fn document_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Document, sqlx
         expires_at_ms: row.try_get("expires_at")?,
         data: Arc::from(row.try_get::<&str, _>("data")?),
     })
+}
+
+/// A bound as `shard_meta` stores it. Ids stay below 2^53 + the reserve
+/// (see `MAX_COUNTER_ID`), far inside SQLite's integers.
+fn meta_value(bound: u64) -> i64 {
+    i64::try_from(bound).unwrap_or(i64::MAX)
 }
 
 /// Wall-clock time in Unix milliseconds.

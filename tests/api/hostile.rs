@@ -138,3 +138,113 @@ async fn every_write_path_refuses_documents_past_the_depth_limit() {
     assert_eq!(resp.status(), 400);
     still_serving(&app).await;
 }
+
+/// An anonymous create through each route that makes one: `POST /api` with
+/// `"id": null`, `POST /v1/collections/{c}/docs`, and an import line without
+/// id. Answers the ids they got.
+async fn create_everywhere(app: &TestApp) -> Vec<u64> {
+    let resp = app.post_api(json!({"id": null, "data": "anonymous"})).await;
+    assert_eq!(resp.status(), 200, "POST /api with a null id");
+    let legacy = json(resp).await["id"].as_u64().expect("an integer id");
+    let resp = app.post_json("/v1/collections/other/docs", &json!("anonymous")).await;
+    assert_eq!(resp.status(), 201, "POST /v1/collections/other/docs");
+    let v1: u64 = json(resp).await["id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .expect("a numeric id");
+    let resp = send(
+        app.request(Method::POST, "/v1/collections/other/import")
+            .header("content-type", "application/x-ndjson")
+            .body("{\"data\": \"anonymous\"}\n"),
+    )
+    .await;
+    assert_eq!(json(resp).await["imported"], 1, "an import line without id");
+    vec![legacy, v1]
+}
+
+#[tokio::test]
+async fn no_client_id_makes_anonymous_creates_fail_not_even_after_a_restart() {
+    let folder = tempfile::tempdir().expect("temp dir");
+    let keys = [(
+        "EXDAAS_API_KEYS",
+        "write:writer-key-0123456789;read:reader-key-0123456789",
+    )];
+    let writer = ("authorization", "Bearer writer-key-0123456789");
+    let app = crate::helpers::spawn_app_on(folder.path(), &keys).await;
+    let top = exdaas::domain::MAX_COUNTER_ID.to_string();
+    // The largest counter id, in some collection, and in the original's.
+    let resp = send(
+        app.request(Method::PUT, &format!("/v1/collections/mine/docs/{top}"))
+            .header(writer.0, writer.1)
+            .json(&json!("mine")),
+    )
+    .await;
+    assert_eq!(resp.status(), 201);
+    let resp = send(
+        app.request(Method::POST, "/api")
+            .header(writer.0, writer.1)
+            .json(&json!({"id": exdaas::domain::MAX_COUNTER_ID, "data": "top"})),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    // A read-only key's batch read of it moves nothing either.
+    let resp = send(
+        app.request(Method::POST, "/v1/collections/default/batch")
+            .header("authorization", "Bearer reader-key-0123456789")
+            .json(&json!({"ops": [{"op": "get", "id": top}]})),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    app.stop().await;
+
+    let app = crate::helpers::spawn_app_on(folder.path(), &[]).await;
+    let first = create_everywhere(&app).await;
+    assert!(first.iter().all(|id| *id < 100), "fresh ids stay small: {first:?}");
+    let resp = app.delete_doc("mine", &top).await;
+    assert_eq!(resp.status(), 204);
+    let second = create_everywhere(&app).await;
+    assert!(
+        second.iter().zip(&first).all(|(b, a)| b > a),
+        "{first:?} then {second:?}"
+    );
+    app.stop().await;
+
+    let app = crate::helpers::spawn_app_on(folder.path(), &[]).await;
+    let third = create_everywhere(&app).await;
+    assert!(
+        third.iter().all(|id| second.iter().all(|earlier| id > earlier)),
+        "never reused after a restart: {second:?} then {third:?}"
+    );
+    assert_eq!(
+        json(app.get_api(&top).await).await["data"],
+        json!("top"),
+        "the client's document stands"
+    );
+}
+
+#[tokio::test]
+async fn a_fresh_id_skips_a_run_of_client_ids_it_never_saw() {
+    let app = spawn_app().await;
+    let window = exdaas::store::ids::OBSERVE_WINDOW;
+    // Ids too far ahead to move the counter when they are written...
+    let run = 2 * window..2 * window + 300;
+    let ops: Vec<Value> = run
+        .clone()
+        .map(|id| json!({"op": "put", "id": id.to_string(), "data": "client"}))
+        .collect();
+    assert_eq!(app.batch("default", json!(ops)).await.status(), 200);
+    // ...then ids that walk the counter up to the run, each near enough.
+    for step in [window, 2 * window - 1] {
+        assert_eq!(app.post_api(json!({"id": step, "data": "step"})).await.status(), 200);
+    }
+    let resp = app.post_api(json!({"id": null, "data": "fresh"})).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        json(resp).await["id"],
+        json!(run.end),
+        "the first free id after the run"
+    );
+    for id in [run.start, run.end - 1] {
+        assert_eq!(json(app.get_api(&id.to_string()).await).await["data"], json!("client"));
+    }
+}

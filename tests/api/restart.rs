@@ -111,3 +111,42 @@ async fn ids_are_never_reused_after_a_crash() {
     assert_eq!(last["data"], json!({"round": 2, "i": 39}));
     app.stop().await;
 }
+
+/// A commit that deletes one document and stores a numeric id raises the
+/// shard's id bounds like any other: after a crash, fresh ids still know the
+/// id is taken and never overwrite it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_with_deletes_still_records_its_ids_across_a_crash() {
+    let folder = tempfile::tempdir().expect("temp dir");
+    let client = reqwest::Client::new();
+    // One shard, so the delete and the put share a commit.
+    let one_shard = [("SHARD_LIMIT", "1")];
+    let mut server = ServerProcess::start(folder.path(), &one_shard).await;
+    let put = client
+        .put(server.url("/v1/collections/default/docs/gone"))
+        .json(&json!("soon deleted"))
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(put.status(), 201);
+    let batch = client
+        .post(server.url("/v1/collections/default/batch"))
+        .json(&json!({"ops": [
+            {"op": "delete", "id": "gone"},
+            {"op": "put", "id": "20", "data": "client"},
+        ]}))
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(json(batch).await["results"][1]["status"], json!(201));
+    server.signal("KILL");
+    server.wait().await;
+
+    let app = spawn_app_on(folder.path(), &one_shard).await;
+    for _ in 0..25 {
+        let resp = app.post_api(json!({"id": null, "data": "anonymous"})).await;
+        assert_eq!(resp.status(), 200);
+    }
+    assert_eq!(json(app.get_api("20").await).await["data"], json!("client"));
+    app.stop().await;
+}
