@@ -201,6 +201,7 @@ impl Metrics {
     /// `other` for a request no route took. [`RouteMetrics`] does the same
     /// without hashing labels, for routes known in advance.
     pub fn observe_request(&self, method: &str, route: &str, status: &str, elapsed: Duration) {
+        let method = method_label(method);
         self.http_requests.with_label_values(&[method, route, status]).inc();
         self.http_duration
             .with_label_values(&[method, route])
@@ -263,6 +264,16 @@ impl Metrics {
 /// Methods and statuses whose series a route keeps at hand; others take the
 /// labelled lookup.
 const METHODS: [&str; 7] = ["GET", "PUT", "POST", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+
+/// The `method` label of a request. Clients invent methods (`M0X`, `M1X`,
+/// ...): each would be a new series kept forever, so every method outside
+/// RFC 9110's is counted as `OTHER`.
+fn method_label(method: &str) -> &'static str {
+    const STANDARD: [&str; 9] = [
+        "GET", "PUT", "POST", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE", "CONNECT",
+    ];
+    STANDARD.into_iter().find(|known| *known == method).unwrap_or("OTHER")
+}
 const STATUSES: [u16; 18] = [
     200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 412, 413, 415, 422, 500, 503, 504, 507,
 ];
@@ -290,6 +301,7 @@ impl RouteMetrics {
 
     pub fn observe(&self, method: &str, status: poem::http::StatusCode, elapsed: Duration) {
         let Some(m) = METHODS.iter().position(|known| *known == method) else {
+            let method = method_label(method);
             self.requests
                 .with_label_values(&[method, &self.route, status.as_str()])
                 .inc();

@@ -248,3 +248,31 @@ async fn a_fresh_id_skips_a_run_of_client_ids_it_never_saw() {
         assert_eq!(json(app.get_api(&id.to_string()).await).await["data"], json!("client"));
     }
 }
+
+#[tokio::test]
+async fn invented_methods_do_not_grow_the_metrics() {
+    for keys in [None, Some("read:reader-key-0123456789")] {
+        let app = match keys {
+            None => spawn_app().await,
+            Some(keys) => crate::helpers::spawn_app_with(&[("EXDAAS_API_KEYS", keys)]).await,
+        };
+        let lines = |text: String| text.lines().filter(|l| !l.starts_with('#')).count();
+        let invent = |i: usize| Method::from_bytes(format!("M{i}X").as_bytes()).expect("a method token");
+        // Once, so every series these requests touch exists.
+        send(app.request(invent(0), "/api")).await;
+        send(app.request(invent(0), "/nowhere")).await;
+        app.get("/metrics").await;
+        let before = lines(app.get("/metrics").await.text().await.expect("metrics"));
+        for i in 1..300 {
+            let path = if i % 2 == 0 { "/api" } else { "/nowhere" };
+            let resp = send(app.request(invent(i), path)).await;
+            assert!(resp.status().is_client_error(), "{}", resp.status());
+        }
+        let text = app.get("/metrics").await.text().await.expect("metrics");
+        assert!(text.contains("method=\"OTHER\""), "invented methods count as OTHER");
+        assert!(
+            lines(text) == before,
+            "metrics grew with invented methods (keys: {keys:?})"
+        );
+    }
+}
