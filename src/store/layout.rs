@@ -8,6 +8,11 @@
 //! files by replacing this one file atomically. Generation 0 keeps its shard
 //! files in the folder itself (as every folder did before resharding
 //! existed); generation `g` keeps them in `gen-g/`.
+//!
+//! Each folder has an identity, a random number in the layout that every
+//! shard file also records with its own index (`shard_meta`), so a boot
+//! refuses a shard file that is missing, that came from another folder, or
+//! that sits under another shard's name, instead of serving without it.
 
 use std::fs;
 use std::io::Write;
@@ -30,17 +35,37 @@ pub struct Layout {
     /// Which set of shard files is current (see the module doc).
     #[serde(default)]
     pub generation: u32,
+    /// The folder's identity, recorded in every shard file too. `None` in
+    /// folders from before it existed: the next boot assigns one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder_id: Option<u64>,
+    /// Every shard file of this generation was created. Only a first boot
+    /// interrupted before it created them all leaves this `false`; then the
+    /// missing ones may be created, else a missing one stops the boot.
+    #[serde(default = "created")]
+    pub shards_created: bool,
+}
+
+fn created() -> bool {
+    true
 }
 
 impl Layout {
-    /// A new folder's layout.
-    pub fn new(shards: ShardCount, generation: u32) -> Self {
+    /// The layout of a folder (or a generation) whose shard files all exist.
+    pub fn new(shards: ShardCount, generation: u32, folder_id: u64) -> Self {
         Self {
             format: FORMAT,
             shards: shards.get(),
             placement: SCHEME.to_owned(),
             generation,
+            folder_id: Some(folder_id),
+            shards_created: true,
         }
+    }
+
+    /// The folder's identity (see the module doc).
+    pub fn id(&self) -> u64 {
+        self.folder_id.unwrap_or_default()
     }
 
     /// The folder holding this generation's shard files.
@@ -66,6 +91,16 @@ pub fn generation_dir(root: &Path, generation: u32) -> PathBuf {
 /// The name of shard `index`'s file in a folder of shard files.
 pub fn shard_file(dir: &Path, index: usize) -> PathBuf {
     dir.join(format!("shard-{index:04}.sqlite3"))
+}
+
+/// A new folder identity: random, below 2^53 so JSON readers keep it exact
+/// and SQLite stores it as it is.
+pub fn new_folder_id() -> Result<u64, StoreError> {
+    let random = getrandom::u64().map_err(|e| StoreError::DataFolder {
+        path: PathBuf::new(),
+        reason: format!("no randomness for a folder identity: {e}"),
+    })?;
+    Ok((random >> 11).max(1))
 }
 
 /// The index of a shard file's name (`shard-0003.sqlite3` is 3).
@@ -108,7 +143,9 @@ fn folder_error(dir: &Path, reason: String) -> StoreError {
 
 /// Creates the folder if needed, checks it is writable, takes its lock,
 /// and checks (or, on a new folder, records) the shard count and placement
-/// scheme. Shard files the layout does not account for stop the start.
+/// scheme. Shard files the layout does not account for stop the start, and
+/// so does a missing one the layout says was created. A folder without an
+/// identity gets one. Call [`shards_created`] once every shard is open.
 pub fn prepare(dir: &Path, shards: ShardCount) -> Result<(Layout, FolderLock), StoreError> {
     fs::create_dir_all(dir).map_err(|e| folder_error(dir, format!("cannot create it: {e}")))?;
     let probe = dir.join(".exdaas-write-probe");
@@ -135,13 +172,64 @@ pub fn prepare(dir: &Path, shards: ShardCount) -> Result<(Layout, FolderLock), S
                     format!("it holds shard files but no {LAYOUT_FILE}; refusing to guess how they were placed"),
                 ));
             }
-            let layout = Layout::new(shards, 0);
+            let layout = Layout {
+                shards_created: false,
+                ..Layout::new(shards, 0, new_folder_id()?)
+            };
             write(dir, &layout)?;
             layout
         }
     };
     check_shard_files(dir, &layout)?;
+    if layout.shards_created {
+        check_none_missing(dir, &layout)?;
+    }
+    let layout = match layout.folder_id {
+        Some(_) => layout,
+        None => {
+            let layout = Layout {
+                folder_id: Some(new_folder_id()?),
+                ..layout
+            };
+            write(dir, &layout)?;
+            layout
+        }
+    };
     Ok((layout, lock))
+}
+
+/// Records that every shard file of `layout` exists (after a first boot
+/// created them).
+pub fn shards_created(dir: &Path, layout: &Layout) -> Result<(), StoreError> {
+    if layout.shards_created {
+        return Ok(());
+    }
+    write(
+        dir,
+        &Layout {
+            shards_created: true,
+            ..layout.clone()
+        },
+    )
+}
+
+/// Every shard file the layout names must be there: one gone would be
+/// replaced by an empty file, and its acknowledged documents would read as
+/// never written.
+fn check_none_missing(root: &Path, layout: &Layout) -> Result<(), StoreError> {
+    for index in 0..layout.shards as usize {
+        let path = layout.shard_path(root, index);
+        if !path.exists() {
+            return Err(StoreError::CorruptFile {
+                path,
+                reason: format!(
+                    "missing: {LAYOUT_FILE} lists {} shards and this is shard {index}; restore the file (or the folder) from a backup, the server will not start without it",
+                    layout.shards
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The folder's layout, if it has one.

@@ -28,7 +28,7 @@ use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
 
 use super::layout::{self, Layout};
 use super::placement::{Placement, ShardCount, BUCKETS, SCHEME};
-use super::shard::{APPLICATION_ID, MIGRATOR};
+use super::shard::{read_identity, stamp_identity, APPLICATION_ID, MIGRATOR};
 use super::StoreError;
 use crate::domain::{CollectionName, DocId, DocKey};
 
@@ -178,9 +178,16 @@ pub async fn backup(root: &Path, dest: &Path) -> Result<Manifest, StoreError> {
             sha256,
         });
     }
-    // The backup is a data folder of its own: generation 0, same shards.
-    let shards = ShardCount::new(layout.shards).ok_or(StoreError::Internal("a layout with no shards"))?;
-    layout::write(dest, &Layout::new(shards, 0))?;
+    // The backup is a data folder of its own: generation 0, same shards,
+    // whose files record the identity of the folder they came from.
+    layout::write(
+        dest,
+        &Layout {
+            generation: 0,
+            shards_created: true,
+            ..layout.clone()
+        },
+    )?;
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
         exdaas_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -287,9 +294,25 @@ pub async fn restore(src: &Path, dest: &Path) -> Result<Manifest, StoreError> {
         fsync(&partial)?;
         std::fs::rename(&partial, &to).map_err(|e| file_error(&to, format!("cannot rename into place: {e}")))?;
     }
+    // A restored folder is a folder of its own: its shards take its new
+    // identity, so they cannot pass for the original's.
+    let folder_id = layout::new_folder_id()?;
+    for entry in &manifest.files {
+        let path = layout::shard_file(dest, entry.shard as usize);
+        let mut conn = SqliteConnectOptions::new()
+            .filename(&path)
+            .synchronous(SqliteSynchronous::Full)
+            .connect()
+            .await
+            .map_err(|e| sql_error(&path, e))?;
+        stamp_identity(&mut conn, folder_id, entry.shard as usize)
+            .await
+            .map_err(|e| sql_error(&path, e))?;
+        conn.close().await.map_err(|e| sql_error(&path, e))?;
+    }
     layout::sync_dir(dest).map_err(|e| folder_error(dest, format!("cannot sync it: {e}")))?;
     let shards = ShardCount::new(manifest.shards).ok_or(StoreError::Internal("a verified shard count"))?;
-    layout::write(dest, &Layout::new(shards, 0))?;
+    layout::write(dest, &Layout::new(shards, 0, folder_id))?;
     Ok(manifest)
 }
 
@@ -339,6 +362,20 @@ pub async fn check(root: &Path) -> Result<Vec<ShardReport>, StoreError> {
             report
                 .problems
                 .push(format!("application_id is {application_id:#x}, not exdaas's"));
+        }
+        let identity = read_identity(&mut conn).await.map_err(|e| sql_error(&path, e))?;
+        if identity.folder_id.is_some_and(|id| Some(id) != layout.folder_id) {
+            report.problems.push(format!(
+                "it records another data folder ({:#x}) than {} names",
+                identity.folder_id.unwrap_or_default(),
+                layout::LAYOUT_FILE
+            ));
+        }
+        if identity.shard.is_some_and(|recorded| recorded != shard as u64) {
+            report.problems.push(format!(
+                "it is shard {}'s file, in shard {shard}'s place",
+                identity.shard.unwrap_or_default()
+            ));
         }
         let ceiling: i64 = sqlx::query_scalar("SELECT value FROM shard_meta WHERE key = 'max_counter_id'")
             .fetch_one(&mut conn)
@@ -407,7 +444,11 @@ pub async fn reshard(root: &Path, to: ShardCount) -> Result<ReshardReport, Store
         });
     }
     remove_stale_generations(root, old.generation)?;
-    let new = Layout::new(to, old.generation + 1);
+    let folder_id = match old.folder_id {
+        Some(id) => id,
+        None => layout::new_folder_id()?,
+    };
+    let new = Layout::new(to, old.generation + 1, folder_id);
     let building = root.join(format!("gen-{}.building", new.generation));
     std::fs::create_dir_all(&building).map_err(|e| folder_error(&building, format!("cannot create it: {e}")))?;
 
@@ -444,6 +485,9 @@ pub async fn reshard(root: &Path, to: ShardCount) -> Result<ReshardReport, Store
     for target in 0..to.get() as usize {
         let path = layout::shard_file(&building, target);
         let mut conn = create_shard_file(&path).await?;
+        stamp_identity(&mut conn, folder_id, target)
+            .await
+            .map_err(|e| sql_error(&path, e))?;
         for source in 0..from as usize {
             // The buckets that live on `source` now and on `target` after.
             let buckets: Vec<u32> = (0..BUCKETS)

@@ -254,7 +254,7 @@ impl Store {
         let mut shards = Vec::with_capacity(options.shards.get() as usize);
         for index in 0..options.shards.get() as usize {
             let path = layout.shard_path(&options.data_dir, index);
-            match Shard::open(index, &path, &options, cache.clone(), shutdown.subscribe()).await {
+            match Shard::open(index, &path, layout.id(), &options, cache.clone(), shutdown.subscribe()).await {
                 Ok(shard) => shards.push(shard),
                 Err(err) => {
                     // Stop the writers already started before saying why.
@@ -265,6 +265,14 @@ impl Store {
                     return Err(err);
                 }
             }
+        }
+        let created = layout::shards_created(&options.data_dir, &layout);
+        if let Err(err) = created {
+            let _ = shutdown.send(true);
+            for shard in &shards {
+                shard.close().await;
+            }
+            return Err(err);
         }
         let highest_id = shards.iter().map(|s| s.counter_high).max().unwrap_or(0);
         let store = Store {

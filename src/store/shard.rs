@@ -125,6 +125,9 @@ impl ShardStatus {
 struct WriterSetup {
     index: usize,
     path: PathBuf,
+    /// The data folder's identity, which the file must record (see
+    /// `layout`).
+    folder_id: u64,
     options: StoreOptions,
     cache: DocCache,
     shutdown: watch::Receiver<bool>,
@@ -151,6 +154,7 @@ impl Shard {
     pub async fn open(
         index: usize,
         path: &Path,
+        folder_id: u64,
         options: &StoreOptions,
         cache: DocCache,
         shutdown: watch::Receiver<bool>,
@@ -159,6 +163,7 @@ impl Shard {
         let setup = WriterSetup {
             index,
             path: path.to_path_buf(),
+            folder_id,
             options: options.clone(),
             cache,
             shutdown,
@@ -370,7 +375,10 @@ impl WriterSetup {
     async fn open_at_boot(&self) -> Result<Writer, StoreError> {
         let mut conn = self.connect(true).await?;
         let checked = match self.check_ours(&mut conn).await {
-            Ok(()) => self.check_integrity_and_migrate(&mut conn).await,
+            Ok(()) => match self.check_integrity_and_migrate(&mut conn).await {
+                Ok(()) => self.check_identity(&mut conn, true).await,
+                Err(err) => Err(err),
+            },
             Err(err) => Err(err),
         };
         if let Err(err) = checked {
@@ -385,7 +393,11 @@ impl WriterSetup {
     /// migrate (boot did).
     async fn reopen(&self) -> Result<Writer, StoreError> {
         let mut conn = self.connect(false).await?;
-        if let Err(err) = self.check_ours(&mut conn).await {
+        let checked = match self.check_ours(&mut conn).await {
+            Ok(()) => self.check_identity(&mut conn, false).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = checked {
             let _ = conn.close().await;
             return Err(err);
         }
@@ -470,6 +482,38 @@ impl WriterSetup {
         }
     }
 
+    /// Refuses a shard file of another data folder, or of another shard of
+    /// this one: what it records must match the layout and its place. A
+    /// file from before identities existed takes them, when `stamp`.
+    async fn check_identity(&self, conn: &mut SqliteConnection, stamp: bool) -> Result<(), StoreError> {
+        let recorded = read_identity(conn)
+            .await
+            .map_err(|e| self.corrupt(format!("cannot read it: {e}")))?;
+        match recorded {
+            Identity {
+                folder_id: Some(folder),
+                ..
+            } if folder != self.folder_id => Err(self.corrupt(format!(
+                "it belongs to another data folder (it records folder {folder:#x}, {} names {:#x}): \
+                 put this folder's own shard file back, or restore the folder from a backup",
+                super::layout::LAYOUT_FILE,
+                self.folder_id
+            ))),
+            Identity { shard: Some(shard), .. } if shard != self.index as u64 => Err(self.corrupt(format!(
+                "it is shard {shard}'s file, found in shard {}'s place: files were renamed or swapped",
+                self.index
+            ))),
+            Identity {
+                folder_id: Some(_),
+                shard: Some(_),
+            } => Ok(()),
+            _ if stamp => stamp_identity(conn, self.folder_id, self.index)
+                .await
+                .map_err(|e| StoreError::from_sqlx(self.index, e)),
+            _ => Err(self.corrupt("it records no data folder: it is not the file this server opened".into())),
+        }
+    }
+
     /// Checks the file's integrity (it reads the whole file, so only at
     /// boot, and only if `EXDAAS_BOOT_CHECK` says so), then brings the schema
     /// up to date and marks the file as an exdaas shard.
@@ -499,6 +543,40 @@ impl WriterSetup {
             .map_err(|e| StoreError::from_sqlx(self.index, e))?;
         Ok(())
     }
+}
+
+/// Which folder and shard a shard file says it belongs to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub folder_id: Option<u64>,
+    pub shard: Option<u64>,
+}
+
+/// The identity a shard file records in `shard_meta`.
+pub async fn read_identity(conn: &mut SqliteConnection) -> Result<Identity, sqlx::Error> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT key, value FROM shard_meta WHERE key IN ('folder_id', 'shard_index')")
+            .fetch_all(&mut *conn)
+            .await?;
+    let value = |name: &str| {
+        rows.iter()
+            .find(|(key, _)| key == name)
+            .and_then(|(_, value)| u64::try_from(*value).ok())
+    };
+    Ok(Identity {
+        folder_id: value("folder_id"),
+        shard: value("shard_index"),
+    })
+}
+
+/// Records in a shard file which folder and shard it belongs to.
+pub async fn stamp_identity(conn: &mut SqliteConnection, folder_id: u64, shard: usize) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT OR REPLACE INTO shard_meta (key, value) VALUES ('folder_id', ?1), ('shard_index', ?2)")
+        .bind(i64::try_from(folder_id).unwrap_or(i64::MAX))
+        .bind(shard as i64)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 /// Runs the shard's writer and, when it fails, restarts it: one-for-one,

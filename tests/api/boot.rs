@@ -186,3 +186,102 @@ async fn a_second_server_on_the_same_folder_is_refused() {
     first.signal("TERM");
     assert_eq!(first.wait().await, Some(0));
 }
+
+#[tokio::test]
+async fn a_missing_shard_file_stops_the_start_instead_of_hiding_its_documents() {
+    let folder = written_folder(40).await;
+    std::fs::remove_file(folder.path().join("shard-0002.sqlite3")).expect("remove the shard");
+    let (code, stderr) = run_on(folder.path(), &[]);
+    assert_refused_naming(code, &stderr, "shard-0002.sqlite3", "missing");
+    assert!(
+        !folder.path().join("shard-0002.sqlite3").exists(),
+        "no empty file stands in for it"
+    );
+}
+
+#[tokio::test]
+async fn a_shard_file_of_another_folder_or_another_shard_stops_the_start() {
+    let folder = written_folder(10).await;
+    let other = written_folder(10).await;
+    let shard = folder.path().join("shard-0001.sqlite3");
+    std::fs::copy(other.path().join("shard-0001.sqlite3"), &shard).expect("copy over");
+    let (code, stderr) = run_on(folder.path(), &[]);
+    assert_refused_naming(code, &stderr, "shard-0001.sqlite3", "another data folder");
+
+    // Two of the folder's own files, swapped.
+    let folder = written_folder(10).await;
+    let (a, b) = (
+        folder.path().join("shard-0000.sqlite3"),
+        folder.path().join("shard-0003.sqlite3"),
+    );
+    let swap = folder.path().join("swap");
+    std::fs::rename(&a, &swap).expect("rename");
+    std::fs::rename(&b, &a).expect("rename");
+    std::fs::rename(&swap, &b).expect("rename");
+    let (code, stderr) = run_on(folder.path(), &[]);
+    assert_refused_naming(code, &stderr, "shard-0000.sqlite3", "shard 3's file");
+}
+
+#[tokio::test]
+async fn a_folder_from_before_identities_boots_and_takes_one() {
+    use sqlx::{ConnectOptions, Connection};
+    let folder = written_folder(10).await;
+    // What an older server left: no identity in the layout or the shards.
+    let layout_path = folder.path().join("exdaas-layout.json");
+    let mut layout: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&layout_path).expect("layout")).expect("JSON");
+    let fields = layout.as_object_mut().expect("an object");
+    fields.remove("folder_id");
+    fields.remove("shards_created");
+    std::fs::write(&layout_path, layout.to_string()).expect("write layout");
+    for shard in 0..4 {
+        let path = folder.path().join(format!("shard-{shard:04}.sqlite3"));
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .connect()
+            .await
+            .expect("open");
+        sqlx::query("DELETE FROM shard_meta WHERE key IN ('folder_id', 'shard_index')")
+            .execute(&mut conn)
+            .await
+            .expect("forget the identity");
+        conn.close().await.expect("close");
+    }
+    let app = crate::helpers::spawn_app_on(folder.path(), &[]).await;
+    assert_eq!(app.list_all("c").await.len(), 10);
+    app.stop().await;
+    let layout: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&layout_path).expect("layout")).expect("JSON");
+    assert!(layout["folder_id"].as_u64().is_some(), "{layout}");
+    // And from then on its files are checked like any other's.
+    let other = written_folder(1).await;
+    std::fs::copy(
+        other.path().join("shard-0002.sqlite3"),
+        folder.path().join("shard-0002.sqlite3"),
+    )
+    .expect("copy over");
+    let (code, stderr) = run_on(folder.path(), &[]);
+    assert_refused_naming(code, &stderr, "shard-0002.sqlite3", "another data folder");
+}
+
+#[tokio::test]
+async fn a_first_boot_cut_short_before_every_shard_existed_boots_again() {
+    let folder = tempfile::tempdir().expect("temp dir");
+    let app = crate::helpers::spawn_app_on(folder.path(), &[]).await;
+    app.stop().await;
+    let layout_path = folder.path().join("exdaas-layout.json");
+    let mut layout: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&layout_path).expect("layout")).expect("JSON");
+    layout["shards_created"] = serde_json::json!(false);
+    std::fs::write(&layout_path, layout.to_string()).expect("write layout");
+    std::fs::remove_file(folder.path().join("shard-0003.sqlite3")).expect("remove");
+    let app = crate::helpers::spawn_app_on(folder.path(), &[]).await;
+    assert_eq!(
+        app.post_api(serde_json::json!({"id": 3, "data": 1})).await.status(),
+        200
+    );
+    app.stop().await;
+    let layout: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&layout_path).expect("layout")).expect("JSON");
+    assert_eq!(layout["shards_created"], serde_json::json!(true));
+}
