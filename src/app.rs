@@ -106,6 +106,7 @@ impl Application {
     pub async fn run_until_stopped(self, stop: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let options = api::ApiOptions {
             max_body_bytes: self.settings.max_body_bytes,
+            max_page_bytes: self.settings.max_page_bytes,
             access: Access::new(self.settings.api_keys.clone()),
             cors_origins: self.settings.cors_origins.clone(),
             backup_dir: self.settings.backup_dir.clone(),

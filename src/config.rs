@@ -52,7 +52,12 @@ pub struct Settings {
     pub sync: SyncMode,
     pub writer_batch: usize,
     pub writer_queue: usize,
+    /// Bytes of documents that may wait for one shard's writer.
+    pub writer_queue_bytes: usize,
     pub writer_queue_wait: Duration,
+    /// Bytes of documents one answer (a page, a batch's results, a chunk
+    /// of an export) may hold.
+    pub max_page_bytes: usize,
     pub read_connections: u32,
     pub boot_check: bool,
     pub shutdown_timeout: Duration,
@@ -183,10 +188,22 @@ pub const SETTINGS: &[SettingDoc] = &[
         meaning: "writes that may wait for one shard's writer",
     },
     SettingDoc {
+        key: "writer_queue_bytes",
+        env: "EXDAAS_WRITER_QUEUE_BYTES",
+        default: "67108864",
+        meaning: "bytes of documents that may wait for one shard's writer (beyond: the wait, then 503)",
+    },
+    SettingDoc {
         key: "writer_queue_wait_ms",
         env: "EXDAAS_WRITER_QUEUE_WAIT_MS",
         default: "2000",
         meaning: "how long a write waits for room in a full queue before 503 with Retry-After",
+    },
+    SettingDoc {
+        key: "max_page_bytes",
+        env: "EXDAAS_MAX_PAGE_BYTES",
+        default: "8388608",
+        meaning: "bytes of documents one listing page, batch answer or export chunk holds (at least one document)",
     },
     SettingDoc {
         key: "boot_check",
@@ -352,6 +369,20 @@ impl Settings {
                 1,
                 10_000_000,
                 "an integer from 1 to 10000000",
+            )?,
+            writer_queue_bytes: ranged(
+                "EXDAAS_WRITER_QUEUE_BYTES",
+                &raw("writer_queue_bytes")?,
+                1 << 20,
+                1 << 32,
+                "a byte count from 1048576 to 4294967296",
+            )?,
+            max_page_bytes: ranged(
+                "EXDAAS_MAX_PAGE_BYTES",
+                &raw("max_page_bytes")?,
+                1 << 16,
+                1 << 30,
+                "a byte count from 65536 to 1073741824",
             )?,
             writer_queue_wait: Duration::from_millis(ranged(
                 "EXDAAS_WRITER_QUEUE_WAIT_MS",

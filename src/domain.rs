@@ -170,26 +170,38 @@ fn check_len(what: &'static str, raw: &str, max: usize) -> Result<(), NameError>
     Ok(())
 }
 
-/// How deeply `value` nests arrays and objects: 0 for a scalar, 1 for a flat
-/// array or object. Iterative, so it is safe on any input.
-pub fn nesting_depth(value: &serde_json::Value) -> usize {
+/// The shape of a JSON value: how deeply it nests arrays and objects (0 for
+/// a scalar, 1 for a flat array or object), and about how many bytes it
+/// takes as text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JsonSize {
+    pub depth: usize,
+    pub bytes: usize,
+}
+
+/// Measures `value` iteratively, so it is safe on any input.
+pub fn measure(value: &serde_json::Value) -> JsonSize {
     use serde_json::Value;
-    let mut deepest = 0;
+    let mut size = JsonSize { depth: 0, bytes: 0 };
     let mut pending: Vec<(&Value, usize)> = vec![(value, 0)];
     while let Some((value, depth)) = pending.pop() {
+        // Punctuation, numbers and literals, roughly.
+        size.bytes += 8;
         match value {
+            Value::String(text) => size.bytes += text.len(),
             Value::Array(items) => {
-                deepest = deepest.max(depth + 1);
+                size.depth = size.depth.max(depth + 1);
                 pending.extend(items.iter().map(|item| (item, depth + 1)));
             }
             Value::Object(fields) => {
-                deepest = deepest.max(depth + 1);
+                size.depth = size.depth.max(depth + 1);
+                size.bytes += fields.keys().map(String::len).sum::<usize>();
                 pending.extend(fields.values().map(|field| (field, depth + 1)));
             }
             _ => {}
         }
     }
-    deepest
+    size
 }
 
 /// Where a document lives: its collection and its id.
@@ -240,16 +252,17 @@ mod tests {
     }
 
     #[test]
-    fn nesting_depth_counts_arrays_and_objects() {
+    fn measure_counts_nesting_and_bytes() {
         use serde_json::json;
-        assert_eq!(nesting_depth(&json!(1)), 0);
-        assert_eq!(nesting_depth(&json!([])), 1);
-        assert_eq!(nesting_depth(&json!({"a": [1, {"b": []}], "c": 2})), 4);
+        assert_eq!(measure(&json!(1)).depth, 0);
+        assert_eq!(measure(&json!([])).depth, 1);
+        assert_eq!(measure(&json!({"a": [1, {"b": []}], "c": 2})).depth, 4);
+        assert!(measure(&json!({"text": "x".repeat(1000)})).bytes > 1000);
         let mut deep = json!("x");
         for _ in 0..1000 {
             deep = json!([deep]);
         }
-        assert_eq!(nesting_depth(&deep), 1000);
+        assert_eq!(measure(&deep).depth, 1000);
         // Dropping a value this deep recurses: take it apart level by level.
         while let serde_json::Value::Array(mut items) = deep {
             deep = items.pop().unwrap_or_default();

@@ -140,7 +140,7 @@ mod tests {
     fn nesting_is_bounded_and_errors_quote_keys_short() {
         let at_limit = format!("data{}=x", "[a]".repeat(MAX_DEPTH));
         let parsed = parse(at_limit.as_bytes()).expect("a document at the depth limit parses");
-        assert_eq!(crate::domain::nesting_depth(&parsed["data"]), MAX_DEPTH);
+        assert_eq!(crate::domain::measure(&parsed["data"]).depth, MAX_DEPTH);
         let deep = format!("data{}=x", "[a]".repeat(100_000));
         let err = parse(deep.as_bytes()).expect_err("too deep");
         assert!(err.contains("levels of brackets") && err.len() < 300, "{err}");

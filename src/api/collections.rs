@@ -11,16 +11,17 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
 use super::auth::{Access, Credentials, Scope};
-use super::docs::{bad_request, envelope_json, expiry, parse_collection, parse_id, parse_time};
+use super::docs::{bad_request, envelope_json, expiry, location, parse_collection, parse_id, parse_time};
 use super::error::{ApiError, Flavor, ProblemError};
-use super::payload::{json_error, JsonBody, Ndjson, NdjsonBody, RawJson};
+use super::payload::{json_error, json_string, JsonBody, Ndjson, NdjsonBody, RawJson};
 use super::ApiTags;
 use crate::domain::{CollectionName, DocId, DocKey};
 use crate::store::{Action, Expect, Store, StoreError, WriteOutcome};
 
 /// Most operations in one batch.
 pub const MAX_BATCH: usize = 1000;
-/// Lines an import writes together (one transaction per shard).
+/// Lines an import writes together (one transaction per shard), at most:
+/// fewer when their bytes reach the page budget.
 const IMPORT_CHUNK: usize = 500;
 /// Rejected lines an import report lists (it counts them all).
 const MAX_REPORTED: usize = 100;
@@ -30,6 +31,9 @@ pub struct CollectionsApi {
     pub access: Access,
     /// The longest import line: the body limit of other requests.
     pub max_line_bytes: usize,
+    /// Bytes of documents one answer (a batch's results) or one import
+    /// chunk holds (`EXDAAS_MAX_PAGE_BYTES`).
+    pub page_bytes: usize,
 }
 
 /// A batch operation's kind.
@@ -224,6 +228,7 @@ impl CollectionsApi {
         }
 
         let mut body = String::from("{\"results\":[");
+        let mut room = self.page_bytes;
         for (i, result) in results.into_iter().enumerate() {
             if i > 0 {
                 body.push(',');
@@ -234,7 +239,7 @@ impl CollectionsApi {
                     StoreError::Internal("a batch operation got no answer"),
                 ))
             });
-            body.push_str(&batch_result_json(&collection, result));
+            body.push_str(&batch_result_json(&collection, result, &mut room));
         }
         body.push_str("]}");
         Ok(BatchResponse::Done(RawJson::new(body)))
@@ -267,6 +272,7 @@ impl CollectionsApi {
             rejected: Vec::new(),
         };
         let mut chunk: Vec<(u64, Option<DocId>, Action)> = Vec::with_capacity(IMPORT_CHUNK);
+        let mut chunk_bytes = 0usize;
         let mut line = Vec::new();
         loop {
             let read = read_line(&mut reader, &mut line, self.max_line_bytes)
@@ -287,11 +293,15 @@ impl CollectionsApi {
                 continue;
             }
             match self.import_line(&line).await {
-                Ok((id, action)) => chunk.push((number, id, action)),
+                Ok((id, action)) => {
+                    chunk_bytes += action.bytes();
+                    chunk.push((number, id, action));
+                }
                 Err(detail) => reject(&mut report, number, detail),
             }
-            if chunk.len() >= IMPORT_CHUNK {
+            if chunk.len() >= IMPORT_CHUNK || chunk_bytes >= self.page_bytes {
                 self.import_chunk(&collection, &mut chunk, &mut report).await?;
+                chunk_bytes = 0;
             }
         }
         self.import_chunk(&collection, &mut chunk, &mut report).await?;
@@ -557,10 +567,29 @@ fn batch_operation(op: BatchOp) -> Result<(DocId, Expect, Action), ProblemError>
 }
 
 /// One operation's result as JSON.
-fn batch_result_json(collection: &CollectionName, result: Result<(DocId, WriteOutcome), ApiError>) -> String {
-    let with_doc = |status: u16, id: DocId, doc: &crate::store::Document| {
+/// One operation's result as JSON. `room`: the bytes of documents the
+/// answer may still hold; past it, a document comes without its data.
+fn batch_result_json(
+    collection: &CollectionName,
+    result: Result<(DocId, WriteOutcome), ApiError>,
+    room: &mut usize,
+) -> String {
+    let mut with_doc = |status: u16, id: DocId, doc: &crate::store::Document| {
         let key = DocKey::new(collection.clone(), id);
-        format!("{{\"status\":{status},\"doc\":{}}}", envelope_json(&key, doc, true))
+        if doc.data.len() <= *room {
+            *room -= doc.data.len();
+            return format!("{{\"status\":{status},\"doc\":{}}}", envelope_json(&key, doc, true));
+        }
+        *room = 0;
+        format!(
+            "{{\"status\":{status},\"doc\":{},\"detail\":{}}}",
+            envelope_json(&key, doc, false),
+            json_string(&format!(
+                "the document's data is left out: this answer already holds the most document bytes one answer may \
+                 (EXDAAS_MAX_PAGE_BYTES); read it with GET {}",
+                location(&key)
+            ))
+        )
     };
     match result {
         Ok((id, WriteOutcome::Written { doc, created: true })) => with_doc(201, id, &doc),

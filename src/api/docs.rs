@@ -324,7 +324,9 @@ impl DocsApi {
     /// Pages through every shard at once, in id order (byte order). Pass
     /// `next_cursor` back as `cursor` for the next page; documents added
     /// while paging appear if their id comes after the cursor. A page costs
-    /// in proportion to its size, not to the collection's.
+    /// in proportion to its size, not to the collection's: it holds at most
+    /// `limit` documents and at most `EXDAAS_MAX_PAGE_BYTES` (default 8 MiB)
+    /// of their data, and always at least one document.
     #[oai(path = "/:collection/docs", method = "get")]
     #[allow(clippy::too_many_arguments)]
     async fn list(
@@ -369,17 +371,19 @@ impl DocsApi {
             keys_only,
         };
         let page = self.store.list(&collection, &request).await?;
-        let mut body = String::from("{\"items\":[");
+        let data_bytes: usize = page.items.iter().map(|item| item.doc.data.len()).sum();
+        let mut body = String::with_capacity(64 + data_bytes + 200 * page.items.len());
+        body.push_str("{\"items\":[");
         for (i, item) in page.items.iter().enumerate() {
             if i > 0 {
                 body.push(',');
             }
             let key = DocKey::new(collection.clone(), item.id.clone());
-            body.push_str(&envelope_json(&key, &item.doc, !keys_only));
+            write_envelope(&mut body, &key, &item.doc, !keys_only);
         }
         body.push_str("],\"next_cursor\":");
-        match page.items.last().filter(|_| page.more) {
-            Some(last) => body.push_str(&json_string(&hex::encode(last.id.as_str()))),
+        match &page.next_after {
+            Some(last) => body.push_str(&json_string(&hex::encode(last.as_str()))),
             None => body.push_str("null"),
         }
         body.push('}');
@@ -470,7 +474,7 @@ pub fn not_found(key: &DocKey) -> ProblemError {
     )
 }
 
-fn location(key: &DocKey) -> String {
+pub fn location(key: &DocKey) -> String {
     format!("/v1/collections/{}/docs/{}", key.collection, key.id)
 }
 
@@ -482,8 +486,18 @@ fn envelope(key: &DocKey, doc: &Document) -> (RawJson<DocEnvelope>, String) {
 /// The envelope as JSON text, with the stored text spliced in as `data`
 /// (or without `data`).
 pub fn envelope_json(key: &DocKey, doc: &Document, with_data: bool) -> String {
+    let mut json = String::with_capacity(160 + if with_data { doc.data.len() } else { 0 });
+    write_envelope(&mut json, key, doc, with_data);
+    json
+}
+
+/// [`envelope_json`], appended to `json`: a page is written in one buffer,
+/// each document's text copied once.
+pub fn write_envelope(json: &mut String, key: &DocKey, doc: &Document, with_data: bool) {
+    use std::fmt::Write as _;
     // Collection names and ids need no JSON escaping (see `domain`).
-    let mut json = format!(
+    let _ = write!(
+        json,
         "{{\"collection\":\"{}\",\"id\":\"{}\",\"version\":{},\"updated_at\":\"{}\",\"expires_at\":",
         key.collection,
         key.id,
@@ -503,7 +517,6 @@ pub fn envelope_json(key: &DocKey, doc: &Document, with_data: bool) -> String {
         json.push_str(&doc.data);
     }
     json.push('}');
-    json
 }
 
 /// Unix milliseconds as RFC 3339 UTC, always with three digits of

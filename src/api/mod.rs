@@ -44,6 +44,8 @@ pub enum ApiTags {
 #[derive(Debug, Clone)]
 pub struct ApiOptions {
     pub max_body_bytes: usize,
+    /// Bytes of documents one answer holds (`EXDAAS_MAX_PAGE_BYTES`).
+    pub max_page_bytes: usize,
     pub access: Access,
     /// Origins browsers may call from (CORS); empty: none.
     pub cors_origins: Vec<String>,
@@ -77,6 +79,7 @@ pub fn openapi(store: &Store, options: &ApiOptions) -> OpenApiService<Apis, ()> 
                 store: store.clone(),
                 access: access.clone(),
                 max_line_bytes: options.max_body_bytes,
+                page_bytes: options.max_page_bytes,
             },
             admin::AdminApi {
                 store: store.clone(),

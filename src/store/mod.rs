@@ -68,6 +68,10 @@ pub struct StoreOptions {
     pub cache_bytes: u64,
     pub writer_batch: usize,
     pub writer_queue: usize,
+    /// Bytes of documents that may wait for one writer.
+    pub writer_queue_bytes: usize,
+    /// Bytes of documents a listing page or an export chunk holds.
+    pub page_bytes: usize,
     /// How long a write waits for room in a full writer queue before 503.
     pub queue_wait: std::time::Duration,
     pub read_connections: u32,
@@ -86,6 +90,8 @@ impl From<&Settings> for StoreOptions {
             cache_bytes: s.cache_bytes,
             writer_batch: s.writer_batch,
             writer_queue: s.writer_queue,
+            writer_queue_bytes: s.writer_queue_bytes,
+            page_bytes: s.max_page_bytes,
             queue_wait: s.writer_queue_wait,
             read_connections: s.read_connections,
             boot_check: s.boot_check,
@@ -242,6 +248,8 @@ struct Inner {
     lock: std::sync::Mutex<Option<layout::FolderLock>>,
     data_dir: PathBuf,
     metrics: StoreMetrics,
+    /// Bytes of documents a listing page or an export chunk holds.
+    page_bytes: usize,
 }
 
 impl Store {
@@ -285,6 +293,7 @@ impl Store {
                 lock: std::sync::Mutex::new(Some(lock)),
                 data_dir: options.data_dir.clone(),
                 metrics: options.metrics.clone(),
+                page_bytes: options.page_bytes,
             }),
         };
         if let Err(err) = store.warm_cache().await {

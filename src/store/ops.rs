@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::patch::merge_patch;
 use super::{canonical_json, Document, StoreError};
-use crate::domain::{nesting_depth, DocKey, MAX_DEPTH};
+use crate::domain::{measure, DocKey, JsonSize, MAX_DEPTH};
 
 /// What the document must look like for the operation to go ahead (the
 /// `If-Match` / `If-None-Match` of HTTP, or a batch operation's expected
@@ -52,6 +52,8 @@ pub enum Action {
     Patch {
         patch: Arc<Value>,
         expires_at_ms: Option<Option<i64>>,
+        /// About how many bytes the patch takes as text.
+        bytes: usize,
     },
     Delete,
     /// Read the document as the operations before it in the same request
@@ -63,7 +65,7 @@ impl Action {
     /// A put of `data`, stored as canonical JSON text; refused if it nests
     /// deeper than [`MAX_DEPTH`].
     pub fn put(data: &Value, expires_at_ms: Option<i64>) -> Result<Self, StoreError> {
-        check_depth(data, "the document")?;
+        check_depth(measure(data), "the document")?;
         Ok(Action::Put {
             data: canonical_json(data),
             expires_at_ms,
@@ -73,16 +75,27 @@ impl Action {
     /// A merge patch; `expires_at_ms` as in [`Action::Patch`]. Refused if
     /// it nests deeper than [`MAX_DEPTH`]; its result then cannot either.
     pub fn patch(patch: Value, expires_at_ms: Option<Option<i64>>) -> Result<Self, StoreError> {
-        check_depth(&patch, "the merge patch")?;
+        let size = measure(&patch);
+        check_depth(size, "the merge patch")?;
         Ok(Action::Patch {
             patch: Arc::new(patch),
             expires_at_ms,
+            bytes: size.bytes,
         })
+    }
+
+    /// About how many bytes of memory the operation holds while it waits.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Action::Put { data, .. } => data.len(),
+            Action::Patch { bytes, .. } => *bytes,
+            Action::Delete | Action::Read => 0,
+        }
     }
 }
 
-fn check_depth(value: &Value, what: &str) -> Result<(), StoreError> {
-    let depth = nesting_depth(value);
+fn check_depth(size: JsonSize, what: &str) -> Result<(), StoreError> {
+    let depth = size.depth;
     if depth > MAX_DEPTH {
         return Err(StoreError::InvalidDocument {
             reason: format!("{what} nests {depth} arrays and objects deep; the limit is {MAX_DEPTH}"),
@@ -156,7 +169,12 @@ pub fn decide(op: &WriteOp, current: Option<&Document>, now_ms: i64) -> (WriteRe
             };
             (Ok(outcome), Some(Some(doc)))
         }
-        (Action::Patch { patch, expires_at_ms }, Some(doc)) => {
+        (
+            Action::Patch {
+                patch, expires_at_ms, ..
+            },
+            Some(doc),
+        ) => {
             let expires_at_ms = expires_at_ms.unwrap_or(doc.expires_at_ms);
             // Stored text nests at most as deep as serde_json reads (an
             // older server took deeper forms): refuse those, never fail hard.
@@ -286,10 +304,7 @@ mod tests {
     #[test]
     fn a_patch_merges_and_keeps_the_expiry_unless_given() {
         let current = doc(1, r#"{"a":1,"b":2}"#, Some(9_000));
-        let patch = Action::Patch {
-            patch: Arc::new(json!({"b": null, "c": 3})),
-            expires_at_ms: None,
-        };
+        let patch = Action::patch(json!({"b": null, "c": 3}), None).expect("a shallow patch");
         match decide(&op(Expect::Any, patch), Some(&current), 2_000).0 {
             Ok(WriteOutcome::Written { doc, .. }) => {
                 assert_eq!(&*doc.data, r#"{"a":1,"c":3}"#);
@@ -297,18 +312,12 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let patch = Action::Patch {
-            patch: Arc::new(json!({"a": 1})),
-            expires_at_ms: Some(None),
-        };
+        let patch = Action::patch(json!({"a": 1}), Some(None)).expect("a shallow patch");
         match decide(&op(Expect::Any, patch), Some(&current), 2_000).0 {
             Ok(WriteOutcome::Written { doc, .. }) => assert_eq!(doc.expires_at_ms, None),
             other => panic!("{other:?}"),
         }
-        let patch = Action::Patch {
-            patch: Arc::new(json!({"a": 1})),
-            expires_at_ms: None,
-        };
+        let patch = Action::patch(json!({"a": 1}), None).expect("a shallow patch");
         assert_eq!(
             decide(&op(Expect::Any, patch.clone()), None, 2_000).0.ok(),
             Some(WriteOutcome::NotFound)

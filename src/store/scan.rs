@@ -20,8 +20,10 @@ use crate::domain::{CollectionName, DocId};
 
 /// Most documents a page may hold.
 pub const MAX_PAGE: usize = 1000;
-/// Rows an export fetches from a shard at a time.
+/// Documents an export reads together, at most (fewer when they are large).
 const EXPORT_RUN: usize = 500;
+/// Fewest entries a shard's cursor fetches at a time.
+const MIN_RUN: usize = 16;
 /// Documents a collection drop deletes per transaction, so writes to the
 /// shard are not held up for long.
 const DROP_CHUNK: u32 = 5000;
@@ -35,7 +37,8 @@ pub struct ListRequest {
     pub start_after: Option<String>,
     /// At most this many (1 to [`MAX_PAGE`]).
     pub limit: usize,
-    /// Leave the documents' data out (`Listed::doc.data` is empty).
+    /// Leave the documents' data out (`Listed::doc.data` is empty): the
+    /// page is bounded by `limit` alone.
     pub keys_only: bool,
 }
 
@@ -50,8 +53,10 @@ pub struct Listed {
 #[derive(Debug, Clone)]
 pub struct Page {
     pub items: Vec<Listed>,
-    /// More documents follow the last one.
-    pub more: bool,
+    /// Where the next page starts (after this id), when more documents
+    /// follow. Not always the last item's id: a document deleted between
+    /// the merge and the read of its data is left out of `items`.
+    pub next_after: Option<DocId>,
 }
 
 /// A collection and how many documents it holds.
@@ -98,42 +103,57 @@ impl IdRange {
     }
 }
 
-/// One shard's position in a merge: rows fetched and not yet taken.
+/// A document's place in a listing, before its data is read: enough to
+/// merge shards in id order and to count a page's bytes.
+#[derive(Debug, Clone)]
+struct Entry {
+    id: DocId,
+    /// Version, times; `data` empty.
+    doc: Document,
+    /// The document's size as stored.
+    bytes: usize,
+    shard: usize,
+}
+
+/// One shard's position in a merge: entries fetched and not yet taken.
 struct ShardCursor<'a> {
     shard: &'a Shard,
     range: IdRange,
-    buffered: VecDeque<Listed>,
+    buffered: VecDeque<Entry>,
     exhausted: bool,
 }
 
 impl ShardCursor<'_> {
-    /// Fetches the next run of up to `run` rows if the buffer is empty.
-    async fn fill(&mut self, collection: &CollectionName, run: usize, keys_only: bool) -> Result<(), StoreError> {
+    /// Fetches the next run of up to `run` entries if the buffer is empty.
+    async fn fill(&mut self, collection: &CollectionName, run: usize) -> Result<(), StoreError> {
         if !self.buffered.is_empty() || self.exhausted {
             return Ok(());
         }
-        let rows = fetch_run(self.shard, collection, &self.range, run, keys_only).await?;
-        self.exhausted = rows.len() < run;
-        if let Some(last) = rows.last() {
+        let entries = fetch_entries(self.shard, collection, &self.range, run).await?;
+        self.exhausted = entries.len() < run;
+        if let Some(last) = entries.last() {
             self.range = self.range.after(last.id.as_str());
         }
-        self.buffered.extend(rows);
+        self.buffered.extend(entries);
         Ok(())
     }
 }
 
-/// A merge of every shard's cursor, yielding documents in id order.
+/// A merge of every shard's cursor, yielding entries in id order. It holds
+/// ids, never documents: a few per shard, however large the documents.
 struct Merge<'a> {
     collection: CollectionName,
     cursors: Vec<ShardCursor<'a>>,
     run: usize,
-    keys_only: bool,
 }
 
 impl<'a> Merge<'a> {
-    fn new(store: &'a Store, collection: &CollectionName, range: IdRange, run: usize, keys_only: bool) -> Self {
-        let cursors = store
-            .shards()
+    /// `wanted`: about how many entries the caller takes before it stops;
+    /// each shard fetches its share (twice over), at least a few.
+    fn new(store: &'a Store, collection: &CollectionName, range: IdRange, wanted: usize) -> Self {
+        let shards = store.shards();
+        let run = (2 * wanted / shards.len().max(1) + 1).clamp(MIN_RUN.min(wanted), wanted.max(1));
+        let cursors = shards
             .iter()
             .map(|shard| ShardCursor {
                 shard,
@@ -146,38 +166,33 @@ impl<'a> Merge<'a> {
             collection: collection.clone(),
             cursors,
             run,
-            keys_only,
         }
     }
 
-    /// The next document in id order, if any.
-    async fn next(&mut self) -> Result<Option<Listed>, StoreError> {
-        let (collection, run, keys_only) = (&self.collection, self.run, self.keys_only);
-        try_join_all(self.cursors.iter_mut().map(|c| c.fill(collection, run, keys_only))).await?;
+    /// The next entry in id order, if any.
+    async fn next(&mut self) -> Result<Option<Entry>, StoreError> {
+        let (collection, run) = (&self.collection, self.run);
+        try_join_all(self.cursors.iter_mut().map(|c| c.fill(collection, run))).await?;
         let smallest = self
             .cursors
             .iter()
             .enumerate()
-            .filter_map(|(i, c)| c.buffered.front().map(|item| (i, item.id.as_str())))
+            .filter_map(|(i, c)| c.buffered.front().map(|entry| (i, entry.id.as_str())))
             .min_by(|a, b| a.1.cmp(b.1))
             .map(|(i, _)| i);
         Ok(smallest.and_then(|i| self.cursors[i].buffered.pop_front()))
     }
 }
 
-/// Up to `limit` live documents of `collection` in `range`, in id order.
-async fn fetch_run(
+/// Up to `limit` live entries of `collection` in `range`, in id order.
+/// The documents' sizes come from SQLite's record headers: their text is
+/// not read.
+async fn fetch_entries(
     shard: &Shard,
     collection: &CollectionName,
     range: &IdRange,
     limit: usize,
-    keys_only: bool,
-) -> Result<Vec<Listed>, StoreError> {
-    let columns = if keys_only {
-        "id, version, updated_at, expires_at, '' AS data"
-    } else {
-        "id, version, updated_at, expires_at, data"
-    };
+) -> Result<Vec<Entry>, StoreError> {
     let lower = match &range.from {
         Some((_, true)) => "AND id >= ?2",
         Some((_, false)) => "AND id > ?2",
@@ -185,7 +200,8 @@ async fn fetch_run(
     };
     let upper = if range.to.is_some() { "AND id < ?3" } else { "" };
     let sql = format!(
-        "SELECT {columns} FROM documents WHERE collection = ?1 {lower} {upper} \
+        "SELECT id, version, updated_at, expires_at, '' AS data, octet_length(data) AS bytes \
+         FROM documents WHERE collection = ?1 {lower} {upper} \
          AND (expires_at IS NULL OR expires_at > ?4) ORDER BY id LIMIT ?5"
     );
     let rows = sqlx::query(&sql)
@@ -202,53 +218,161 @@ async fn fetch_run(
             let id = row.try_get::<&str, _>("id").map_err(|e| shard.db_error(e))?;
             let id = DocId::parse(id).map_err(|_| StoreError::Internal("a stored id is not a valid id"))?;
             let doc = document_from_row(row).map_err(|e| shard.db_error(e))?;
-            Ok(Listed { id, doc })
+            let bytes = row.try_get::<i64, _>("bytes").map_err(|e| shard.db_error(e))?;
+            Ok(Entry {
+                id,
+                doc,
+                bytes: usize::try_from(bytes).unwrap_or(0),
+                shard: shard.index,
+            })
         })
         .collect()
 }
 
+/// The documents of `entries`, read now, in the entries' order. One that
+/// was deleted (or expired) since it was listed is left out; one changed
+/// since comes as it is now.
+async fn hydrate(store: &Store, collection: &CollectionName, entries: &[Entry]) -> Result<Vec<Listed>, StoreError> {
+    let now = now_millis();
+    let per_shard = try_join_all(store.shards().iter().map(|shard| async move {
+        let ids: Vec<&str> = entries
+            .iter()
+            .filter(|e| e.shard == shard.index)
+            .map(|e| e.id.as_str())
+            .collect();
+        if ids.is_empty() {
+            return Ok::<_, StoreError>(Vec::new());
+        }
+        let list = serde_json::to_string(&ids).map_err(|_| StoreError::Internal("ids are JSON"))?;
+        let rows = sqlx::query(
+            "SELECT id, version, updated_at, expires_at, data FROM documents \
+             WHERE collection = ?1 AND id IN (SELECT value FROM json_each(?2)) \
+             AND (expires_at IS NULL OR expires_at > ?3)",
+        )
+        .bind(collection.as_str())
+        .bind(list)
+        .bind(now)
+        .fetch_all(shard.reads())
+        .await
+        .map_err(|e| shard.db_error(e))?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("id").map_err(|e| shard.db_error(e))?;
+                let doc = document_from_row(row).map_err(|e| shard.db_error(e))?;
+                Ok((id, doc))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()
+    }))
+    .await?;
+    let mut found: std::collections::HashMap<String, Document> = per_shard.into_iter().flatten().collect();
+    Ok(entries
+        .iter()
+        .filter_map(|entry| {
+            let doc = found.remove(entry.id.as_str())?;
+            Some(Listed {
+                id: entry.id.clone(),
+                doc,
+            })
+        })
+        .collect())
+}
+
 impl Store {
-    /// A page of `collection` in id order, merged across shards. Each shard
-    /// reads at most `limit + 1` rows, whatever the collection's size.
+    /// A page of `collection` in id order, merged across shards: at most
+    /// `limit` documents, and no more of their bytes than the page budget
+    /// (`EXDAAS_MAX_PAGE_BYTES`) beyond the first. The merge reads ids
+    /// and sizes first, then the chosen documents, so memory follows the
+    /// page, not the shard count or the documents' sizes.
     pub async fn list(&self, collection: &CollectionName, request: &ListRequest) -> Result<Page, StoreError> {
         let limit = request.limit.clamp(1, MAX_PAGE);
+        let budget = self.inner.page_bytes;
         let range = IdRange::new(request.prefix.as_deref(), request.start_after.as_deref());
-        let mut merge = Merge::new(self, collection, range, limit + 1, request.keys_only);
-        let mut items = Vec::with_capacity(limit);
-        while items.len() < limit {
-            match merge.next().await? {
-                Some(item) => items.push(item),
-                None => return Ok(Page { items, more: false }),
+        let mut merge = Merge::new(self, collection, range, limit + 1);
+        let mut picked: Vec<Entry> = Vec::with_capacity(limit.min(64));
+        let mut bytes = 0usize;
+        let more = loop {
+            let Some(entry) = merge.next().await? else {
+                break false;
+            };
+            let full =
+                picked.len() == limit || (!request.keys_only && !picked.is_empty() && bytes + entry.bytes > budget);
+            if full {
+                break true;
             }
-        }
-        let more = merge.next().await?.is_some();
-        Ok(Page { items, more })
+            bytes += entry.bytes;
+            picked.push(entry);
+        };
+        let next_after = picked.last().filter(|_| more).map(|e| e.id.clone());
+        let items = if request.keys_only {
+            picked
+                .into_iter()
+                .map(|entry| Listed {
+                    id: entry.id,
+                    doc: entry.doc,
+                })
+                .collect()
+        } else {
+            hydrate(self, collection, &picked).await?
+        };
+        Ok(Page { items, next_after })
     }
 
     /// Every live document of `collection` in id order, as a stream that
-    /// holds at most a few hundred documents per shard in memory. Not a
-    /// snapshot: a document changed during the export may appear in either
-    /// state (use a backup for a consistent copy).
+    /// holds about one page budget of documents at a time, however large
+    /// the collection. Not a snapshot: a document changed during the export
+    /// may appear in either state (use a backup for a consistent copy).
     pub fn export(
         &self,
         collection: &CollectionName,
     ) -> impl Stream<Item = Result<Listed, StoreError>> + Send + 'static {
         let store = self.clone();
         let collection = collection.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Listed, StoreError>>(64);
+        // One chunk in flight while the next is read.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<Listed>, StoreError>>(1);
         tokio::spawn(async move {
-            let mut merge = Merge::new(&store, &collection, IdRange::new(None, None), EXPORT_RUN, false);
+            let budget = store.inner.page_bytes;
+            let mut merge = Merge::new(&store, &collection, IdRange::new(None, None), EXPORT_RUN);
+            let mut chunk: Vec<Entry> = Vec::new();
+            let mut bytes = 0usize;
             loop {
-                let next = merge.next().await.transpose();
-                let Some(item) = next else { break };
-                let failed = item.is_err();
+                let next = match merge.next().await {
+                    Ok(next) => next,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                let done = next.is_none();
+                if let Some(entry) = next {
+                    bytes += entry.bytes;
+                    chunk.push(entry);
+                }
+                if chunk.is_empty() || !(done || chunk.len() >= EXPORT_RUN || bytes >= budget) {
+                    if done {
+                        return;
+                    }
+                    continue;
+                }
+                let docs = hydrate(&store, &collection, &std::mem::take(&mut chunk)).await;
+                bytes = 0;
+                let failed = docs.is_err();
                 // The receiver went away (the client hung up): stop reading.
-                if tx.send(item).await.is_err() || failed {
-                    break;
+                if tx.send(docs).await.is_err() || failed || done {
+                    return;
                 }
             }
         });
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+        futures_util::stream::unfold((rx, Vec::new().into_iter()), |(mut rx, mut pending)| async move {
+            loop {
+                if let Some(doc) = pending.next() {
+                    return Some((Ok(doc), (rx, pending)));
+                }
+                match rx.recv().await? {
+                    Ok(docs) => pending = docs.into_iter(),
+                    Err(e) => return Some((Err(e), (rx, Vec::new().into_iter()))),
+                }
+            }
+        })
     }
 
     /// Live documents in each shard, by shard index; `None` for a shard

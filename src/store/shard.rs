@@ -137,11 +137,15 @@ struct WriterSetup {
 pub struct Shard {
     pub index: usize,
     jobs: mpsc::Sender<Job>,
+    /// Bytes of documents the writer's queue may hold: jobs are bounded by
+    /// bytes as well as by count, so large documents cannot pile up.
+    queue_bytes: Arc<tokio::sync::Semaphore>,
     reads: SqlitePool,
     status: Arc<ShardStatus>,
     supervisor: tokio::sync::Mutex<Option<JoinHandle<()>>>,
     /// How long a write waits for room in a full queue before a 503.
     queue_wait: Duration,
+    queue_capacity_bytes: usize,
     /// Every id the counter handed out or moved past that is stored here
     /// was at most this when the shard was opened: where the counter
     /// restarts.
@@ -184,10 +188,12 @@ impl Shard {
         Ok(Self {
             index,
             jobs: jobs_tx,
+            queue_bytes: Arc::new(tokio::sync::Semaphore::new(options.writer_queue_bytes)),
             reads,
             status,
             supervisor: tokio::sync::Mutex::new(Some(supervisor)),
             queue_wait: options.queue_wait,
+            queue_capacity_bytes: options.writer_queue_bytes,
             counter_high,
         })
     }
@@ -204,18 +210,47 @@ impl Shard {
             exdaas.batch.size = tracing::field::Empty,
             db.system.name = "sqlite",
         );
-        let (reply, answer) = oneshot::channel();
-        let job = Job::Ops {
-            ops,
-            reply,
-            span: span.clone(),
-        };
         async {
-            self.send(job).await?;
+            let deadline = tokio::time::Instant::now() + self.queue_wait;
+            let room = self.room_for(&ops, deadline).await?;
+            let (reply, answer) = oneshot::channel();
+            let job = Job::Ops {
+                ops,
+                reply,
+                span: tracing::Span::current(),
+                room,
+            };
+            self.send_by(job, deadline).await?;
             answer.await.map_err(|_| self.stopped())
         }
         .instrument(span)
         .await
+    }
+
+    /// Waits until `deadline` for the queue to have room for the bytes of
+    /// `ops` (at most its whole capacity, so one huge write can still pass
+    /// alone).
+    async fn room_for(
+        &self,
+        ops: &[WriteOp],
+        deadline: tokio::time::Instant,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, StoreError> {
+        /// What an operation costs besides its document: key, bookkeeping.
+        const OP_OVERHEAD: usize = 128;
+        let bytes: usize = ops
+            .iter()
+            .map(|op| OP_OVERHEAD + op.key.id.as_str().len() + op.action.bytes())
+            .sum();
+        let capacity = self.queue_capacity_bytes;
+        let permits = u32::try_from(bytes.min(capacity)).unwrap_or(u32::MAX);
+        match tokio::time::timeout_at(deadline, self.queue_bytes.clone().acquire_many_owned(permits)).await {
+            Ok(Ok(room)) => Ok(room),
+            Ok(Err(_)) => Err(StoreError::Unavailable {
+                shard: self.index,
+                reason: "its writer has stopped".into(),
+            }),
+            Err(_) => Err(self.busy()),
+        }
     }
 
     /// Requests waiting in the writer's queue.
@@ -245,16 +280,24 @@ impl Shard {
     /// with a bound, so memory does not grow with a slow disk and clients
     /// hear "retry later" instead of hanging.
     async fn send(&self, job: Job) -> Result<(), StoreError> {
-        match tokio::time::timeout(self.queue_wait, self.jobs.send(job)).await {
+        self.send_by(job, tokio::time::Instant::now() + self.queue_wait).await
+    }
+
+    async fn send_by(&self, job: Job, deadline: tokio::time::Instant) -> Result<(), StoreError> {
+        match tokio::time::timeout_at(deadline, self.jobs.send(job)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(StoreError::Unavailable {
                 shard: self.index,
                 reason: "its writer has stopped".into(),
             }),
-            Err(_) => Err(StoreError::Busy {
-                shard: self.index,
-                waited_ms: self.queue_wait.as_millis() as u64,
-            }),
+            Err(_) => Err(self.busy()),
+        }
+    }
+
+    fn busy(&self) -> StoreError {
+        StoreError::Busy {
+            shard: self.index,
+            waited_ms: self.queue_wait.as_millis() as u64,
         }
     }
 

@@ -40,6 +40,9 @@ pub enum Job {
         /// The request's `shard write` span (disabled unless traces are
         /// exported), told how many requests shared the commit.
         span: tracing::Span,
+        /// The share of the queue's bytes the job holds until it is
+        /// answered (see `Shard::submit`).
+        room: tokio::sync::OwnedSemaphorePermit,
     },
     /// Deletes up to `limit` documents of a collection; answers how many.
     Purge {
@@ -214,22 +217,25 @@ impl Writer {
                 },
             };
             match first {
-                Job::Ops { ops, reply, span } => {
+                Job::Ops { ops, reply, span, room } => {
                     // Let the tasks that are about to send run first: under
                     // load this gathers more requests into the commit, at the
                     // cost of one pass of the scheduler when idle.
                     tokio::task::yield_now().await;
                     let mut size = ops.len();
                     let mut batch = vec![(ops, reply)];
+                    // Released once the batch is answered.
+                    let mut rooms = vec![room];
                     let mut spans = Vec::new();
                     if !span.is_disabled() {
                         spans.push(span);
                     }
                     while size < self.batch_limit {
                         match jobs.try_recv() {
-                            Ok(Job::Ops { ops, reply, span }) => {
+                            Ok(Job::Ops { ops, reply, span, room }) => {
                                 size += ops.len();
                                 batch.push((ops, reply));
+                                rooms.push(room);
                                 if !span.is_disabled() {
                                     spans.push(span);
                                 }
@@ -245,7 +251,9 @@ impl Writer {
                         span.record("exdaas.batch.size", batch.len() as i64);
                     }
                     self.metrics.batch_size.observe(batch.len() as f64);
-                    if let Err(err) = self.commit_batch(batch).await {
+                    let committed = self.commit_batch(batch).await;
+                    drop(rooms);
+                    if let Err(err) = committed {
                         return self.failed(err);
                     }
                 }

@@ -266,6 +266,33 @@ async fn a_full_queue_pushes_back_with_503_and_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_full_of_bytes_pushes_back_whatever_its_count() {
+    // Room for thousands of jobs, but for only 1 MiB of documents.
+    let app = spawn(&[
+        ("EXDAAS_WRITER_QUEUE_BYTES", "1048576"),
+        ("EXDAAS_WRITER_QUEUE_WAIT_MS", "200"),
+        ("EXDAAS_MAX_BODY_BYTES", "2097152"),
+    ])
+    .await;
+    let (ids, _) = ids_on(&app, 1, 6);
+    app.store
+        .inject_fault(1, Fault::Stall(Duration::from_secs(2)))
+        .await
+        .expect("fault queued");
+    let large = json!("x".repeat(300 << 10));
+    let answers = join_all(ids.iter().map(|id| put(&app, id, &large))).await;
+    let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
+    let stored = statuses.iter().filter(|s| **s == 201).count();
+    assert!((1..=3).contains(&stored), "at most 1 MiB waited: {statuses:?}");
+    assert!(statuses.iter().all(|s| matches!(s, 201 | 503)), "{statuses:?}");
+    // Writes fit again once the large ones are through.
+    for id in &ids {
+        assert!(matches!(put(&app, id, &json!(1)).await.0, 200 | 201));
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_file_deleted_under_the_server_is_never_acknowledged_to() {
     let app = spawn(&[]).await;
     let (ids, elsewhere) = ids_on(&app, 2, 3);

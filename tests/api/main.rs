@@ -16,6 +16,7 @@ mod hostile;
 mod legacy_api;
 mod listing;
 mod maintenance;
+mod memory;
 mod model;
 mod observe;
 mod patch;
