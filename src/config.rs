@@ -197,7 +197,7 @@ pub const SETTINGS: &[SettingDoc] = &[
         key: "writer_queue_wait_ms",
         env: "EXDAAS_WRITER_QUEUE_WAIT_MS",
         default: "2000",
-        meaning: "how long a write waits for room in a full queue before 503 with Retry-After",
+        meaning: "how long a write waits for room in a full queue, or a read for a free connection, before 503 with Retry-After",
     },
     SettingDoc {
         key: "max_page_bytes",

@@ -8,6 +8,8 @@
 //! that lock, and the writer's post-commit update takes the same lock before
 //! it acknowledges. Either the reader's read starts after the commit (and sees
 //! it), or the writer's update lands after the reader's fill (and replaces it).
+//! The reader takes its database connection *before* the lock, so a wait for
+//! a free connection never holds up a writer.
 
 use std::future::Future;
 
@@ -48,9 +50,11 @@ impl DocCache {
         self.inner.as_ref()?.get(key).await
     }
 
-    /// Read-through: on a miss, runs `load` under the key's lock and caches
-    /// what it found.
-    pub async fn get_or_load<F, Fut>(&self, key: &DocKey, load: F) -> Result<Option<Document>, StoreError>
+    /// After a miss: runs `load` under the key's lock and caches what it
+    /// found, unless a commit cached the key meanwhile (then that is the
+    /// answer). `load` should not wait for anything but its read: a writer
+    /// waits on this lock before it acknowledges.
+    pub async fn fill<F, Fut>(&self, key: &DocKey, load: F) -> Result<Option<Document>, StoreError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<Document>, StoreError>>,
@@ -58,9 +62,6 @@ impl DocCache {
         let Some(cache) = &self.inner else {
             return load().await;
         };
-        if let Some(doc) = cache.get(key).await {
-            return Ok(Some(doc));
-        }
         let mut found: Result<Option<Document>, StoreError> = Ok(None);
         let slot = &mut found;
         cache

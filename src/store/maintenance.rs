@@ -144,6 +144,17 @@ fn fsync(path: &Path) -> Result<(), StoreError> {
         .map_err(|e| file_error(path, format!("cannot sync it: {e}")))
 }
 
+/// Runs file work (hashing, fsync, copies) on tokio's blocking threads:
+/// the admin backup route runs inside the server, whose runtime threads
+/// must never wait on a disk.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| StoreError::Internal("a file task panicked"))?
+}
+
 fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
@@ -155,7 +166,8 @@ fn now_rfc3339() -> String {
 /// each shard is copied inside one read transaction.
 pub async fn backup(root: &Path, dest: &Path) -> Result<Manifest, StoreError> {
     let layout = existing_layout(root)?;
-    empty_folder(dest)?;
+    let folder = dest.to_path_buf();
+    blocking(move || empty_folder(&folder)).await?;
     let mut files = Vec::new();
     for shard in 0..layout.shards as usize {
         let source = layout.shard_path(root, shard);
@@ -167,9 +179,13 @@ pub async fn backup(root: &Path, dest: &Path) -> Result<Manifest, StoreError> {
             .await
             .map_err(|e| sql_error(&source, e))?;
         conn.close().await.map_err(|e| sql_error(&source, e))?;
-        fsync(&target)?;
+        let file = target.clone();
+        let (sha256, bytes) = blocking(move || {
+            fsync(&file)?;
+            sha256_of(&file)
+        })
+        .await?;
         let documents = count_documents(&target).await?;
-        let (sha256, bytes) = sha256_of(&target)?;
         files.push(ManifestFile {
             shard: shard as u32,
             file: file_name(&target),
@@ -180,14 +196,11 @@ pub async fn backup(root: &Path, dest: &Path) -> Result<Manifest, StoreError> {
     }
     // The backup is a data folder of its own: generation 0, same shards,
     // whose files record the identity of the folder they came from.
-    layout::write(
-        dest,
-        &Layout {
-            generation: 0,
-            shards_created: true,
-            ..layout.clone()
-        },
-    )?;
+    let backup_layout = Layout {
+        generation: 0,
+        shards_created: true,
+        ..layout.clone()
+    };
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
         exdaas_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -196,7 +209,12 @@ pub async fn backup(root: &Path, dest: &Path) -> Result<Manifest, StoreError> {
         shards: layout.shards,
         files,
     };
-    write_manifest(dest, &manifest)?;
+    let (folder, written) = (dest.to_path_buf(), manifest.clone());
+    blocking(move || {
+        layout::write(&folder, &backup_layout)?;
+        write_manifest(&folder, &written)
+    })
+    .await?;
     Ok(manifest)
 }
 
@@ -257,7 +275,8 @@ pub async fn verify_backup(src: &Path) -> Result<Manifest, StoreError> {
                 format!("entry {index} names {:?}", entry.file),
             ));
         }
-        let (sha256, bytes) = sha256_of(&path)?;
+        let file = path.clone();
+        let (sha256, bytes) = blocking(move || sha256_of(&file)).await?;
         if (sha256.as_str(), bytes) != (entry.sha256.as_str(), entry.bytes) {
             return Err(file_error(
                 &path,

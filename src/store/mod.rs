@@ -111,9 +111,11 @@ pub enum StoreError {
     /// The shard's writer is down or restarting; try again shortly.
     #[error("shard {shard} is unavailable: {reason}")]
     Unavailable { shard: usize, reason: String },
-    /// The shard's write queue stayed full for the whole wait.
-    #[error("shard {shard} is overloaded: its write queue stayed full for {waited_ms} ms; retry later")]
-    Busy { shard: usize, waited_ms: u64 },
+    /// The shard's write queue (or, for `reads`, every read connection)
+    /// stayed full for the whole wait.
+    #[error("shard {shard} is overloaded: {} for {waited_ms} ms; retry later",
+        if *reads { "every read connection stayed busy" } else { "its write queue stayed full" })]
+    Busy { shard: usize, waited_ms: u64, reads: bool },
     #[error("shard {shard}: the disk is full: {detail}")]
     DiskFull { shard: usize, detail: String },
     #[error("shard {shard}: its file cannot be written: {detail}")]
@@ -306,22 +308,26 @@ impl Store {
     /// The document at `key`, if it exists (and has not expired).
     pub async fn get(&self, key: &DocKey) -> Result<Option<Document>, StoreError> {
         // The shard is found only on a miss: a hit needs no placement hash.
-        let mut missed = false;
-        let doc = self
-            .inner
-            .cache
-            .get_or_load(key, || {
-                missed = true;
-                self.shard_for(key).read(key)
-            })
-            .await?;
-        if missed {
-            self.inner.metrics.cache_misses.inc();
-        } else {
+        let cached = self.inner.cache.get(key).await;
+        let hit = cached.is_some();
+        let doc = match cached {
+            Some(doc) => Some(doc),
+            None => {
+                let shard = self.shard_for(key);
+                // A connection first, waited for without holding the key's
+                // cache lock: the writer's post-commit update takes that lock,
+                // so a busy read pool must never make a commit wait.
+                let conn = shard.read_connection().await?;
+                self.inner.cache.fill(key, move || shard.read_on(conn, key)).await?
+            }
+        };
+        if hit {
             self.inner.metrics.cache_hits.inc();
+        } else {
+            self.inner.metrics.cache_misses.inc();
         }
         // On the request's span, when traces are exported.
-        tracing::Span::current().record("exdaas.cache.hit", !missed);
+        tracing::Span::current().record("exdaas.cache.hit", hit);
         Ok(doc.filter(|doc| doc.is_live(writer::now_millis())))
     }
 

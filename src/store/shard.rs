@@ -15,8 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{ConnectOptions, Connection, SqliteConnection};
+use sqlx::{ConnectOptions, Connection, Sqlite, SqliteConnection};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -177,6 +178,7 @@ impl Shard {
         let counter_high = writer.ids.counter;
         let reads = SqlitePoolOptions::new()
             .max_connections(options.read_connections)
+            .acquire_timeout(options.queue_wait)
             .min_connections(0)
             .connect_with(base_options(path).read_only(true))
             .await
@@ -271,9 +273,21 @@ impl Shard {
         answer.await.map_err(|_| self.stopped())?
     }
 
-    /// Queues a test's fault for the writer.
+    /// Queues a test's fault for the writer (or, holding the read
+    /// connections, applies it here: it returns once they are all held).
     pub async fn inject(&self, fault: Fault) -> Result<(), StoreError> {
-        self.send(Job::Fault(fault)).await
+        let Fault::HoldReads(duration) = fault else {
+            return self.send(Job::Fault(fault)).await;
+        };
+        let mut held = Vec::new();
+        for _ in 0..self.reads.options().get_max_connections() {
+            held.push(self.read_connection().await?);
+        }
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            drop(held);
+        });
+        Ok(())
     }
 
     /// Queues `job`, waiting at most `queue_wait` for room: back-pressure
@@ -298,6 +312,7 @@ impl Shard {
         StoreError::Busy {
             shard: self.index,
             waited_ms: self.queue_wait.as_millis() as u64,
+            reads: false,
         }
     }
 
@@ -311,9 +326,17 @@ impl Shard {
         }
     }
 
-    /// Reads the committed document at `key` from disk.
-    pub async fn read(&self, key: &DocKey) -> Result<Option<Document>, StoreError> {
-        let mut conn = self.reads.acquire().await.map_err(|e| self.db_error(e))?;
+    /// A read connection, waiting at most `queue_wait` for one (then a 503).
+    pub async fn read_connection(&self) -> Result<PoolConnection<Sqlite>, StoreError> {
+        self.reads.acquire().await.map_err(|e| self.db_error(e))
+    }
+
+    /// Reads the committed document at `key` from disk, on `conn`.
+    pub async fn read_on(
+        &self,
+        mut conn: PoolConnection<Sqlite>,
+        key: &DocKey,
+    ) -> Result<Option<Document>, StoreError> {
         writer::select(&mut conn, key).await.map_err(|e| self.db_error(e))
     }
 
@@ -348,7 +371,14 @@ impl Shard {
     }
 
     pub fn db_error(&self, source: sqlx::Error) -> StoreError {
-        StoreError::from_sqlx(self.index, source)
+        match source {
+            sqlx::Error::PoolTimedOut => StoreError::Busy {
+                shard: self.index,
+                waited_ms: self.queue_wait.as_millis() as u64,
+                reads: true,
+            },
+            source => StoreError::from_sqlx(self.index, source),
+        }
     }
 
     pub fn is_ready(&self) -> bool {

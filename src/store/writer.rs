@@ -74,6 +74,9 @@ pub enum Fault {
     ReadOnly,
     /// Undoes `DiskFull` and `ReadOnly`.
     Heal,
+    /// Every read connection of the shard is taken for this long, as by
+    /// slow scans (handled by the shard, not the writer).
+    HoldReads(Duration),
 }
 
 /// Why a writer's run ended.
@@ -356,6 +359,7 @@ impl Writer {
             }
             Fault::ReadOnly => "PRAGMA query_only = 1".to_owned(),
             Fault::Heal => "PRAGMA query_only = 0; PRAGMA max_page_count = 4294967294".to_owned(),
+            Fault::HoldReads(_) => return None,
         };
         let applied = match self.conn() {
             Ok(conn) => sqlx::query(&sql).execute(conn).await.map(|_| ()),

@@ -413,3 +413,87 @@ async fn the_wal_stays_bounded_under_steady_writes() {
     assert!(largest > 0, "the WAL was watched");
     assert!(largest < 10 << 20, "the WAL grew to {largest} bytes");
 }
+
+/// A server whose shard `shard` holds `victim` on disk but not in its cache:
+/// written first, then pushed out of a 1 MiB cache's warm-up by newer
+/// documents on the same shard.
+async fn spawn_with_uncached_victim(shard: usize, extra: &[(&str, &str)]) -> (TestApp, String) {
+    let folder = tempfile::tempdir().expect("temp dir");
+    let app = spawn_app_on(folder.path(), &[]).await;
+    let (ids, _) = ids_on(&app, shard, 9);
+    let victim = ids[0].clone();
+    assert_eq!(put(&app, &victim, &json!({"v": 1})).await.0, 201);
+    let filler = json!("f".repeat(100_000));
+    for id in &ids[1..] {
+        assert_eq!(put(&app, id, &filler).await.0, 201);
+    }
+    app.stop().await;
+    let mut settings = vec![("EXDAAS_CACHE_MIB", "1")];
+    settings.extend_from_slice(extra);
+    let mut app = spawn_app_on(folder.path(), &settings).await;
+    app.keep_folder(folder);
+    (app, victim)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_waiting_for_a_connection_never_holds_up_a_write() {
+    let (app, victim) = spawn_with_uncached_victim(2, &[("EXDAAS_WRITER_QUEUE_WAIT_MS", "5000")]).await;
+    let hold = Duration::from_millis(1500);
+    app.store
+        .inject_fault(2, Fault::HoldReads(hold))
+        .await
+        .expect("reads held");
+    let started = Instant::now();
+    let reader = {
+        let (client, url) = (app.client.clone(), app.url(&format!("/v1/collections/c/docs/{victim}")));
+        tokio::spawn(async move {
+            let resp = client.get(url).send().await.expect("answered");
+            (
+                resp.status().as_u16(),
+                resp.json::<Value>().await.unwrap_or(Value::Null),
+                started.elapsed(),
+            )
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The miss above waits for a connection; the writer must not wait on it.
+    let writing = Instant::now();
+    assert_eq!(put(&app, &victim, &json!({"v": 2})).await.0, 200);
+    let took = writing.elapsed();
+    assert!(
+        took < Duration::from_millis(800),
+        "the write waited {took:?} for a reader's connection"
+    );
+    let (status, body, waited) = reader.await.expect("reader");
+    assert!(
+        waited >= Duration::from_millis(1200),
+        "the read was a miss that waited for a connection: {waited:?}"
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["data"],
+        json!({"v": 2}),
+        "the read answers the write acknowledged before it"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_that_find_no_free_connection_get_503_with_retry_after() {
+    let (app, victim) = spawn_with_uncached_victim(1, &[("EXDAAS_WRITER_QUEUE_WAIT_MS", "300")]).await;
+    app.store
+        .inject_fault(1, Fault::HoldReads(Duration::from_secs(3)))
+        .await
+        .expect("reads held");
+    let resp = tokio::time::timeout(Duration::from_secs(2), app.get_doc("c", &victim))
+        .await
+        .expect("answered, not hung");
+    assert_eq!(resp.status(), 503);
+    assert_eq!(
+        resp.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let detail = json(resp).await["detail"].as_str().unwrap_or_default().to_owned();
+    assert!(detail.contains("read connection"), "{detail}");
+    app.stop().await;
+}

@@ -550,3 +550,64 @@ async fn archive_scripts_pack_a_backup_of_dets_root_while_it_serves() {
         app.stop().await;
     }
 }
+
+/// The admin backup hashes and syncs files on blocking threads: the server
+/// (here on one runtime thread) keeps answering while it runs.
+#[tokio::test]
+async fn a_backup_over_http_does_not_stall_other_requests() {
+    let backups = tempfile::tempdir().expect("temp dir");
+    let backup_dir = backups.path().to_string_lossy().into_owned();
+    let app = crate::helpers::spawn_app_with(&[
+        ("EXDAAS_BACKUP_DIR", &backup_dir),
+        ("EXDAAS_MAX_BODY_BYTES", "2097152"),
+        ("EXDAAS_SYNC", "full"),
+    ])
+    .await;
+    let large = json!("b".repeat((1 << 20) - 64));
+    for n in 0..64 {
+        assert_eq!(app.put_doc("big", &format!("d{n}"), &large).await.status(), 201);
+    }
+    assert_eq!(app.post_api(json!({"id": 1, "data": "small"})).await.status(), 200);
+    // Reads from another thread, timed there: the server's one thread
+    // cannot time what blocks it.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = {
+        let (done, url) = (done.clone(), app.url("/api?id=1"));
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async move {
+                let client = reqwest::Client::new();
+                let (mut slowest, mut reads) = (Duration::ZERO, 0u32);
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    let started = std::time::Instant::now();
+                    let resp = client.get(&url).send().await.expect("answered");
+                    assert_eq!(resp.status(), 200);
+                    slowest = slowest.max(started.elapsed());
+                    reads += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                (slowest, reads)
+            })
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let backup = app
+        .client
+        .post(app.url("/v1/admin/backup"))
+        .send()
+        .await
+        .expect("answered");
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (slowest, reads) = prober.join().expect("prober");
+    assert_eq!(backup.status(), 201);
+    eprintln!("{reads} reads during the backup, the slowest took {slowest:?}");
+    assert!(reads >= 3, "the backup was too quick to tell ({reads} reads)");
+    assert!(
+        slowest < Duration::from_millis(100),
+        "a read waited {slowest:?} behind the backup"
+    );
+    app.stop().await;
+}
