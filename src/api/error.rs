@@ -41,6 +41,9 @@ pub struct ApiError {
     pub challenge: bool,
     /// Answer with `Retry-After` (seconds): the failure is temporary.
     pub retry_after: Option<u32>,
+    /// A server error's reference: the log line with the whole story
+    /// carries it; the client gets it and a stable message.
+    pub error_id: Option<String>,
 }
 
 impl ApiError {
@@ -51,6 +54,23 @@ impl ApiError {
             detail: detail.into(),
             challenge: false,
             retry_after: None,
+            error_id: None,
+        }
+    }
+
+    /// A server error: the client gets `public` and an error id; the log
+    /// gets the id and `detail`, which may name files or quote the engine.
+    pub fn server(flavor: Flavor, status: StatusCode, public: String, detail: &dyn std::fmt::Display) -> Self {
+        let error_id = new_error_id();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(error_id = %error_id, error = %detail, status = status.as_u16(), "request refused");
+        } else {
+            tracing::error!(error_id = %error_id, error = %detail, status = status.as_u16(), "request failed");
+        }
+        Self {
+            detail: format!("{public} (error id {error_id})"),
+            error_id: Some(error_id),
+            ..Self::new(flavor, status, String::new())
         }
     }
 
@@ -77,10 +97,11 @@ impl ApiError {
             | StoreError::ShardCountMismatch { .. }
             | StoreError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        if status.is_server_error() {
-            tracing::error!(error = %err, "request failed in the store");
-        }
-        let mut api_error = Self::new(flavor, status, err.to_string());
+        let mut api_error = if status.is_server_error() {
+            Self::server(flavor, status, err.public(), &err)
+        } else {
+            Self::new(flavor, status, err.to_string())
+        };
         // A restarting writer or a full queue clears up by itself.
         if matches!(err, StoreError::Unavailable { .. } | StoreError::Busy { .. }) {
             api_error.retry_after = Some(1);
@@ -94,12 +115,16 @@ impl ApiError {
             return api_error.as_response();
         }
         let status = err.status();
+        let flavor = Flavor::of_path(path);
+        if status.is_server_error() {
+            return ApiError::server(flavor, status, "the server failed".into(), &err).as_response();
+        }
         let detail = match status {
             StatusCode::NOT_FOUND => format!("no route for {path}"),
             StatusCode::METHOD_NOT_ALLOWED => format!("method not allowed on {path}"),
             _ => err.to_string(),
         };
-        ApiError::new(Flavor::of_path(path), status, detail).as_response()
+        ApiError::new(flavor, status, detail).as_response()
     }
 }
 
@@ -116,21 +141,32 @@ impl ResponseError for ApiError {
         if let Some(seconds) = self.retry_after {
             builder = builder.header(poem::http::header::RETRY_AFTER, seconds.to_string());
         }
-        match self.flavor {
-            Flavor::Legacy => builder
-                .content_type("application/json; charset=utf-8")
-                .body(json!({ "message": self.detail }).to_string()),
-            Flavor::V1 => builder.content_type("application/problem+json").body(
-                json!({
-                    "type": "about:blank",
-                    "title": self.status.canonical_reason().unwrap_or("Error"),
-                    "status": self.status.as_u16(),
-                    "detail": self.detail,
-                })
-                .to_string(),
-            ),
+        let mut body = match self.flavor {
+            Flavor::Legacy => json!({ "message": self.detail }),
+            Flavor::V1 => json!({
+                "type": "about:blank",
+                "title": self.status.canonical_reason().unwrap_or("Error"),
+                "status": self.status.as_u16(),
+                "detail": self.detail,
+            }),
+        };
+        if let (Some(id), Some(fields)) = (&self.error_id, body.as_object_mut()) {
+            fields.insert("error_id".into(), id.as_str().into());
         }
+        let content_type = match self.flavor {
+            Flavor::Legacy => "application/json; charset=utf-8",
+            Flavor::V1 => "application/problem+json",
+        };
+        builder.content_type(content_type).body(body.to_string())
     }
+}
+
+/// A fresh reference for a server error: 16 hex digits, random, so ids
+/// from several processes do not collide in one log store.
+fn new_error_id() -> String {
+    static FALLBACK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = getrandom::u64().unwrap_or_else(|_| FALLBACK.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    format!("{n:016x}")
 }
 
 /// The original API's error body.
@@ -138,6 +174,9 @@ impl ResponseError for ApiError {
 pub struct LegacyErrorBody {
     /// What is wrong, e.g. `NOPE not supported`.
     pub message: String,
+    /// On a server error (5xx): the reference the server's log line carries.
+    #[oai(skip_serializing_if_is_none)]
+    pub error_id: Option<String>,
 }
 
 /// An RFC 9457 problem document.
@@ -151,6 +190,9 @@ pub struct Problem {
     pub status: u16,
     /// What is wrong with this request.
     pub detail: String,
+    /// On a server error (5xx): the reference the server's log line carries.
+    #[oai(skip_serializing_if_is_none)]
+    pub error_id: Option<String>,
 }
 
 /// Statuses an endpoint of the given API may answer besides success.
@@ -184,7 +226,10 @@ const ERROR_STATUSES: &[(u16, &str)] = &[
     (415, "The body's content type is not one this endpoint reads"),
     (422, "The document does not have the shape the command needs"),
     (412, "A precondition (If-Match, If-None-Match, expected_version) failed"),
-    (500, "The store failed; the message says where"),
+    (
+        500,
+        "The store failed: a stable message and an `error_id`, which the server's log line carries with the details",
+    ),
     (
         503,
         "The shard cannot serve now: its writer is restarting, its queue is full, or its file is damaged or read-only (Retry-After when it is temporary)",

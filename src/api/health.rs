@@ -83,7 +83,7 @@ impl HealthApi {
             .map(|s| ShardStatus {
                 shard: s.index as u32,
                 ready: s.ready,
-                problem: s.problem,
+                problem: s.problem.map(str::to_owned),
             })
             .collect();
         if shards.iter().all(|s| s.ready) {

@@ -100,7 +100,42 @@ impl From<&Settings> for StoreOptions {
     }
 }
 
-/// Everything that can go wrong below the HTTP layer.
+/// Why a shard cannot serve, in words fit for any client: no file paths,
+/// no database messages (those go to the log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outage {
+    /// The writer panicked; the supervisor reopens it.
+    WriterPanicked,
+    /// The writer's connection or disk failed; the supervisor reopens it.
+    WriterFailed,
+    /// The writer is stopped (shutting down).
+    Stopped,
+    /// The file was deleted or replaced under the server: down until
+    /// restart.
+    FileGone,
+    DiskFull,
+    ReadOnly,
+    Damaged,
+}
+
+impl Outage {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Outage::WriterPanicked => "its writer panicked; it is being restarted",
+            Outage::WriterFailed => "its writer lost its connection or its disk failed; it is being restarted",
+            Outage::Stopped => "its writer has stopped",
+            Outage::FileGone => {
+                "its file was deleted or replaced while the server ran; an operator must restore it and restart the server"
+            }
+            Outage::DiskFull => "the disk is full",
+            Outage::ReadOnly => "its file cannot be written",
+            Outage::Damaged => "its file is damaged; an operator must restore it from a backup",
+        }
+    }
+}
+
+/// Everything that can go wrong below the HTTP layer. `Display` gives the
+/// whole story, for logs; [`StoreError::public`] what any client may read.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("document {key}: {}", match current_version {
@@ -109,8 +144,13 @@ pub enum StoreError {
     })]
     PreconditionFailed { key: DocKey, current_version: Option<u64> },
     /// The shard's writer is down or restarting; try again shortly.
+    /// `reason` is for the log; `outage` says it to clients.
     #[error("shard {shard} is unavailable: {reason}")]
-    Unavailable { shard: usize, reason: String },
+    Unavailable {
+        shard: usize,
+        outage: Outage,
+        reason: String,
+    },
     /// The shard's write queue (or, for `reads`, every read connection)
     /// stayed full for the whole wait.
     #[error("shard {shard} is overloaded: {} for {waited_ms} ms; retry later",
@@ -176,6 +216,7 @@ impl StoreError {
                     SQLITE_CORRUPT | SQLITE_NOTADB => StoreError::Corrupt { shard, detail },
                     SQLITE_IOERR | SQLITE_CANTOPEN => StoreError::Unavailable {
                         shard,
+                        outage: Outage::WriterFailed,
                         reason: format!("disk I/O failed: {detail}"),
                     },
                     _ => StoreError::Database {
@@ -186,16 +227,52 @@ impl StoreError {
             }
             sqlx::Error::Io(e) => StoreError::Unavailable {
                 shard,
+                outage: Outage::WriterFailed,
                 reason: format!("disk I/O failed: {e}"),
             },
             sqlx::Error::WorkerCrashed | sqlx::Error::PoolClosed => StoreError::Unavailable {
                 shard,
+                outage: Outage::WriterFailed,
                 reason: "its database connection is closed".into(),
             },
             _ => StoreError::Database {
                 shard,
                 source: Arc::new(err),
             },
+        }
+    }
+
+    /// What any client may read about this error: no file paths and no
+    /// database messages, which stay in the log.
+    pub fn public(&self) -> String {
+        match self {
+            StoreError::Unavailable { shard, outage, .. } => {
+                format!("shard {shard} is unavailable: {}; retry later", outage.describe())
+            }
+            StoreError::DiskFull { shard, .. } => format!("shard {shard}: {}", Outage::DiskFull.describe()),
+            StoreError::ReadOnly { shard, .. } => format!("shard {shard}: {}", Outage::ReadOnly.describe()),
+            StoreError::Corrupt { shard, .. } => format!("shard {shard}: {}", Outage::Damaged.describe()),
+            StoreError::Database { shard, .. } => format!("shard {shard} failed to read or write"),
+            StoreError::DataFolder { .. }
+            | StoreError::CorruptFile { .. }
+            | StoreError::ShardCountMismatch { .. }
+            | StoreError::Internal(_) => "the store failed".to_owned(),
+            StoreError::PreconditionFailed { .. }
+            | StoreError::Busy { .. }
+            | StoreError::InvalidDocument { .. }
+            | StoreError::Unprocessable { .. }
+            | StoreError::IdsExhausted { .. } => self.to_string(),
+        }
+    }
+
+    /// How a shard is out of service after this error (for readiness).
+    pub fn outage(&self) -> Outage {
+        match self {
+            StoreError::Unavailable { outage, .. } => *outage,
+            StoreError::DiskFull { .. } => Outage::DiskFull,
+            StoreError::ReadOnly { .. } => Outage::ReadOnly,
+            StoreError::Corrupt { .. } => Outage::Damaged,
+            _ => Outage::WriterFailed,
         }
     }
 
@@ -221,8 +298,8 @@ pub struct Stored {
 pub struct ShardHealth {
     pub index: usize,
     pub ready: bool,
-    /// What is wrong, while something is.
-    pub problem: Option<String>,
+    /// What is wrong, while something is, in words fit for any client.
+    pub problem: Option<&'static str>,
 }
 
 /// What one shard is doing, for metrics.
@@ -513,7 +590,7 @@ impl Store {
             .map(|s| ShardHealth {
                 index: s.index,
                 ready: s.is_ready(),
-                problem: s.problem(),
+                problem: s.outage().map(Outage::describe),
             })
             .collect()
     }

@@ -25,7 +25,7 @@ use tracing::Instrument;
 use super::cache::DocCache;
 use super::ops::{WriteOp, WriteResult};
 use super::writer::{self, Exit, Fault, IdBounds, Job, Writer};
-use super::{Document, StoreError, StoreOptions};
+use super::{Document, Outage, StoreError, StoreOptions};
 use crate::config::SyncMode;
 use crate::domain::{CollectionName, DocKey};
 
@@ -85,8 +85,9 @@ impl FileIdentity {
 #[derive(Debug, Default)]
 pub struct ShardStatus {
     writer_running: AtomicBool,
-    /// What is wrong, while something is.
-    problem: Mutex<Option<String>>,
+    /// What is wrong, while something is: what clients may read, and the
+    /// whole story for the log.
+    problem: Mutex<Option<(Outage, String)>>,
 }
 
 impl ShardStatus {
@@ -95,14 +96,14 @@ impl ShardStatus {
         self.clear_problem();
     }
 
-    pub fn writer_down(&self, reason: String) {
+    pub fn writer_down(&self, outage: Outage, reason: String) {
         self.writer_running.store(false, Ordering::SeqCst);
-        self.set_problem(reason);
+        self.set_problem(outage, reason);
     }
 
-    pub fn set_problem(&self, problem: String) {
+    pub fn set_problem(&self, outage: Outage, reason: String) {
         if let Ok(mut current) = self.problem.lock() {
-            *current = Some(problem);
+            *current = Some((outage, reason));
         }
     }
 
@@ -112,7 +113,7 @@ impl ShardStatus {
         }
     }
 
-    pub fn problem(&self) -> Option<String> {
+    pub fn problem(&self) -> Option<(Outage, String)> {
         self.problem.lock().ok().and_then(|p| p.clone())
     }
 
@@ -249,6 +250,7 @@ impl Shard {
             Ok(Ok(room)) => Ok(room),
             Ok(Err(_)) => Err(StoreError::Unavailable {
                 shard: self.index,
+                outage: Outage::Stopped,
                 reason: "its writer has stopped".into(),
             }),
             Err(_) => Err(self.busy()),
@@ -302,6 +304,7 @@ impl Shard {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(StoreError::Unavailable {
                 shard: self.index,
+                outage: Outage::Stopped,
                 reason: "its writer has stopped".into(),
             }),
             Err(_) => Err(self.busy()),
@@ -317,12 +320,14 @@ impl Shard {
     }
 
     fn stopped(&self) -> StoreError {
+        let (outage, reason) = self
+            .status
+            .problem()
+            .unwrap_or((Outage::Stopped, "its writer stopped before answering".into()));
         StoreError::Unavailable {
             shard: self.index,
-            reason: self
-                .status
-                .problem()
-                .unwrap_or_else(|| "its writer stopped before answering".into()),
+            outage,
+            reason,
         }
     }
 
@@ -385,9 +390,9 @@ impl Shard {
         self.status.is_ready() && !self.reads.is_closed()
     }
 
-    /// What is wrong with the shard, if anything.
-    pub fn problem(&self) -> Option<String> {
-        self.status.problem()
+    /// What is wrong with the shard, if anything, in words for clients.
+    pub fn outage(&self) -> Option<Outage> {
+        self.status.problem().map(|(outage, _)| outage)
     }
 
     /// Closes the read pool, then waits for the writer to drain its queue,
@@ -666,19 +671,20 @@ async fn supervise(setup: WriterSetup, mut writer: Writer, mut jobs: mpsc::Recei
         let run: Pin<Box<dyn Future<Output = Exit> + Send + '_>> = Box::pin(writer.run(&mut jobs));
         let outcome = std::panic::AssertUnwindSafe(run).catch_unwind().await;
         drop(writer);
-        let (reason, permanent) = match outcome {
+        let (outage, reason) = match outcome {
             Ok(Exit::Stopped) => return,
-            Ok(Exit::Failed { reason, permanent }) => (reason, permanent),
+            Ok(Exit::Failed { outage, reason }) => (outage, reason),
             Err(panic) => {
                 let message = panic
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "unknown panic".into());
-                (format!("its writer panicked: {message}"), false)
+                (Outage::WriterPanicked, format!("its writer panicked: {message}"))
             }
         };
-        setup.status.writer_down(reason.clone());
+        let permanent = outage == Outage::FileGone;
+        setup.status.writer_down(outage, reason.clone());
         // Commits whose keys never reached the cache: evict them (under the
         // cache's per-key lock), so no reader is served their old versions.
         let keys = unpublished
@@ -691,10 +697,10 @@ async fn supervise(setup: WriterSetup, mut writer: Writer, mut jobs: mpsc::Recei
         tracing::error!(shard = index, reason = %reason, evicted = keys.len(), "shard writer down");
         loop {
             if permanent {
-                refuse_until(&mut jobs, &setup, &reason, None).await;
+                refuse_until(&mut jobs, &setup, outage, &reason, None).await;
                 return;
             }
-            if !refuse_until(&mut jobs, &setup, &reason, Some(delay)).await {
+            if !refuse_until(&mut jobs, &setup, outage, &reason, Some(delay)).await {
                 return;
             }
             match setup.reopen().await {
@@ -706,7 +712,9 @@ async fn supervise(setup: WriterSetup, mut writer: Writer, mut jobs: mpsc::Recei
                 }
                 Err(e) => {
                     tracing::error!(shard = index, error = %e, retry_in_ms = delay.as_millis() as u64, "reopening the shard failed");
-                    setup.status.writer_down(format!("{reason}; reopening failed: {e}"));
+                    setup
+                        .status
+                        .writer_down(outage, format!("{reason}; reopening failed: {e}"));
                     delay = (delay * 2).min(LONGEST_RESTART_DELAY);
                 }
             }
@@ -719,6 +727,7 @@ async fn supervise(setup: WriterSetup, mut writer: Writer, mut jobs: mpsc::Recei
 async fn refuse_until(
     jobs: &mut mpsc::Receiver<Job>,
     setup: &WriterSetup,
+    outage: Outage,
     reason: &str,
     wait: Option<Duration>,
 ) -> bool {
@@ -726,6 +735,7 @@ async fn refuse_until(
     let deadline = wait.map(|w| tokio::time::Instant::now() + w);
     let refusal = StoreError::Unavailable {
         shard: setup.index,
+        outage,
         reason: reason.to_owned(),
     };
     loop {

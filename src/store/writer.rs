@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use super::cache::DocCache;
 use super::ops::{decide, Expect, WriteOp, WriteResult};
 use super::shard::{FileIdentity, ShardStatus};
-use super::{Document, StoreError};
+use super::{Document, Outage, StoreError};
 use crate::domain::{CollectionName, DocId, DocKey};
 use crate::metrics::ShardMetrics;
 
@@ -84,9 +84,9 @@ pub enum Fault {
 pub enum Exit {
     /// Shutdown: every queued job was answered, the file closed cleanly.
     Stopped,
-    /// Its connection or file broke. `permanent`: reopening cannot help (the
-    /// file was deleted or replaced).
-    Failed { reason: String, permanent: bool },
+    /// Its connection or file broke. An `outage` of `FileGone`: reopening
+    /// cannot help (the file was deleted or replaced).
+    Failed { outage: Outage, reason: String },
 }
 
 /// How often a writer looks for expired documents, and how many it removes
@@ -284,14 +284,19 @@ impl Writer {
     }
 
     fn failed(&mut self, err: StoreError) -> Exit {
-        let permanent = !self.file.still_there();
-        let reason = if permanent {
-            format!("its file {} was deleted or replaced while the server ran; restore it from a backup and restart the server", self.file.path.display())
+        let (outage, reason) = if self.file.still_there() {
+            (err.outage(), err.to_string())
         } else {
-            err.to_string()
+            (
+                Outage::FileGone,
+                format!(
+                    "its file {} was deleted or replaced while the server ran; restore it from a backup and restart the server",
+                    self.file.path.display()
+                ),
+            )
         };
         tracing::error!(shard = self.shard, reason = %reason, "writer failed");
-        Exit::Failed { reason, permanent }
+        Exit::Failed { outage, reason }
     }
 
     /// The connection, or the error a broken one gives.
@@ -414,7 +419,7 @@ impl Writer {
     /// succeeds again.
     fn refuse(&self, batch: Vec<(Vec<WriteOp>, oneshot::Sender<Vec<WriteResult>>)>, err: &StoreError) {
         if matches!(err, StoreError::DiskFull { .. } | StoreError::ReadOnly { .. }) {
-            self.status.set_problem(err.to_string());
+            self.status.set_problem(err.outage(), err.to_string());
         }
         for (ops, reply) in batch {
             let _ = reply.send(ops.iter().map(|_| Err(err.clone())).collect());
@@ -622,6 +627,7 @@ impl Writer {
         if !self.file.still_there() {
             return Err(StoreError::Unavailable {
                 shard: self.shard,
+                outage: Outage::FileGone,
                 reason: format!("its file {} was deleted or replaced", self.file.path.display()),
             });
         }

@@ -303,7 +303,15 @@ async fn a_shard_file_deleted_under_the_server_is_never_acknowledged_to() {
     let (status, body, _) = put(&app, &ids[1], &json!(2)).await;
     assert_eq!(status, 503, "a write to a deleted file is not acknowledged: {body}");
     let detail = body["detail"].as_str().unwrap_or_default();
-    assert!(detail.contains("shard-0002.sqlite3"), "names the file: {detail}");
+    assert!(
+        detail.contains("shard 2") && detail.contains("deleted or replaced"),
+        "names the shard and what happened to its file: {detail}"
+    );
+    // Where the file lives is for the log, not for clients.
+    assert!(
+        !detail.contains(".sqlite3") && !detail.contains(&*app.data_dir.to_string_lossy()),
+        "{detail}"
+    );
     // It stays down (reopening would start an empty shard) and says why.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (status, state) = readiness(&app, 2).await;

@@ -276,3 +276,66 @@ async fn invented_methods_do_not_grow_the_metrics() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_show_clients_a_stable_message_and_the_log_an_id_with_the_detail() {
+    let folder = tempfile::tempdir().expect("temp dir");
+    let server = crate::helpers::ServerProcess::start(folder.path(), &[("SHARD_LIMIT", "1")]).await;
+    let client = reqwest::Client::new();
+    let put = |id: &'static str| {
+        client
+            .put(server.url(&format!("/v1/collections/c/docs/{id}")))
+            .json(&json!(1))
+            .send()
+    };
+    assert_eq!(put("a").await.expect("sent").status(), 201);
+    std::fs::remove_file(folder.path().join("shard-0000.sqlite3")).expect("delete the shard file");
+
+    let resp = put("b").await.expect("sent");
+    assert_eq!(resp.status(), 503);
+    let body: Value = resp.json().await.expect("a problem");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    let error_id = body["error_id"].as_str().expect("an error id").to_owned();
+    assert!(detail.contains(&error_id), "{detail}");
+    let folder_path = folder.path().to_string_lossy().into_owned();
+    for leak in [folder_path.as_str(), ".sqlite3", "SQLITE", "sqlx"] {
+        assert!(!detail.contains(leak), "the answer shows {leak:?}: {detail}");
+    }
+    // The original API answers the same way.
+    let resp = client
+        .post(server.url("/api"))
+        .json(&json!({"id": 5, "data": 1}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 503);
+    let body: Value = resp.json().await.expect("a message");
+    assert!(
+        body["error_id"].is_string() && !body["message"].as_str().unwrap_or_default().contains(".sqlite3"),
+        "{body}"
+    );
+
+    // /readyz, open to anyone, says what is wrong without where.
+    let ready: Value = client
+        .get(server.url("/readyz"))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("JSON");
+    let problem = ready["shards"][0]["problem"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        problem.contains("deleted or replaced") && !problem.contains(&folder_path),
+        "{problem}"
+    );
+
+    // The log line with that id has the whole story.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let log = server.log_text();
+    let line = log
+        .lines()
+        .find(|line| line.contains(&error_id))
+        .unwrap_or_else(|| panic!("no log line carries {error_id}:\n{log}"));
+    assert!(line.contains("shard-0000.sqlite3"), "{line}");
+}
