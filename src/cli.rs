@@ -75,7 +75,7 @@ pub async fn run_maintenance(command: Command) -> ExitCode {
         }
     };
     // Logs only: these commands export no traces.
-    let _logs = crate::telemetry::init(settings.log_format, &crate::config::TraceExport::Off);
+    let logs = crate::telemetry::init(settings.log_format, &crate::config::TraceExport::Off);
     let root = settings.data_dir;
     let outcome = match command {
         Command::Serve => return ExitCode::from(2),
@@ -84,6 +84,8 @@ pub async fn run_maintenance(command: Command) -> ExitCode {
         Command::Check => check(&root).await,
         Command::Reshard { to } => reshard(&root, to).await,
     };
+    // Logs first (they are buffered), so the reason is the last line.
+    logs.shutdown().await;
     match outcome {
         Ok(code) => code,
         Err(e) => {

@@ -35,18 +35,19 @@ async fn serve() -> ExitCode {
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(e) => {
-            eprintln!("exdaas: {e}");
+            // Logs first (they are buffered), so the reason is the last line.
             telemetry.shutdown().await;
+            eprintln!("exdaas: {e}");
             return ExitCode::from(e.exit_code());
         }
     };
-    let code = match app.run_until_stopped(stop).await {
+    let served = app.run_until_stopped(stop).await;
+    telemetry.shutdown().await;
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("exdaas: server failed: {e}");
             ExitCode::FAILURE
         }
-    };
-    telemetry.shutdown().await;
-    code
+    }
 }

@@ -24,6 +24,8 @@ pub const TRACE_TARGET: &str = "exdaas::trace";
 #[must_use = "call shutdown() before exiting, or the last spans are lost"]
 pub struct Telemetry {
     traces: Option<SdkTracerProvider>,
+    /// Writes the buffered log lines when dropped.
+    _logs: tracing_appender::non_blocking::WorkerGuard,
 }
 
 impl Telemetry {
@@ -46,16 +48,26 @@ impl Telemetry {
 
 /// Installs the global subscriber, and the OTLP exporter when `traces` says
 /// so. Call once, first thing after reading the settings.
+///
+/// Log lines go to stderr through a thread of their own, so a slow reader
+/// (a full pipe, a stalled `docker logs`) never blocks a runtime thread;
+/// past 128,000 waiting lines, new ones are dropped rather than waited for.
+/// Colour only when stderr is a terminal and `NO_COLOR` is not set: files,
+/// `docker logs` and Kubernetes get plain text.
 pub fn init(format: LogFormat, traces: &TraceExport) -> Telemetry {
+    use std::io::IsTerminal;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let logs = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
+            .with_ansi(colour)
             .with_filter(filter)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .with_filter(filter)
             .boxed(),
     };
@@ -83,7 +95,10 @@ pub fn init(format: LogFormat, traces: &TraceExport) -> Telemetry {
             tracing::info!(%endpoint, "exporting traces over OTLP/HTTP");
         }
     }
-    Telemetry { traces: provider }
+    Telemetry {
+        traces: provider,
+        _logs: guard,
+    }
 }
 
 /// The SDK reads the endpoint, headers, timeout, sampler (`OTEL_TRACES_SAMPLER`)

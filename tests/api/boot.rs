@@ -285,3 +285,29 @@ async fn a_first_boot_cut_short_before_every_shard_existed_boots_again() {
         serde_json::from_slice(&std::fs::read(&layout_path).expect("layout")).expect("JSON");
     assert_eq!(layout["shards_created"], serde_json::json!(true));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let folder = tempfile::tempdir().expect("temp dir");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_exdaas"))
+        .env("DETS_ROOT", folder.path())
+        .env("PORT", "0")
+        .env("EXDAAS_LISTEN_ADDR", "127.0.0.1")
+        .env("EXDAAS_LOG_FORMAT", "text")
+        .env_remove("NO_COLOR")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("exdaas starts");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let pid = child.id().expect("running").to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
+    assert!(sent.success());
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("exits")
+        .expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("exdaas listening"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "ANSI escape codes in a pipe: {stderr:?}");
+}
