@@ -6,6 +6,8 @@
 //! backend is a second implementation of these few calls, not a rewrite.
 
 pub mod cache;
+#[cfg(feature = "fault-injection")]
+mod faults;
 pub mod ids;
 pub mod layout;
 pub mod maintenance;
@@ -27,13 +29,15 @@ use crate::config::{Settings, SyncMode};
 use crate::domain::{CollectionName, DocId, DocKey, MAX_COUNTER_ID};
 use crate::metrics::StoreMetrics;
 use cache::DocCache;
+#[cfg(feature = "fault-injection")]
+pub use faults::Fault;
 use ids::IdCounter;
 use ops::WriteOp;
 pub use ops::{Action, Expect, WriteOutcome, WriteResult};
 use placement::{Placement, ShardCount};
 pub use scan::{CollectionInfo, ListRequest, Listed, Page, MAX_PAGE};
 use shard::Shard;
-pub use writer::{now_millis, Fault};
+pub use writer::now_millis;
 
 /// A stored document's state. Cheap to clone: the JSON text is shared.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -593,19 +597,6 @@ impl Store {
                 problem: s.outage().map(Outage::describe),
             })
             .collect()
-    }
-
-    /// Makes shard `shard`'s writer meet `fault`, as a real failure of that
-    /// kind would: for tests of what the service does then. Nothing outside
-    /// the process can reach this.
-    #[doc(hidden)]
-    pub async fn inject_fault(&self, shard: usize, fault: Fault) -> Result<(), StoreError> {
-        let shard = self
-            .inner
-            .shards
-            .get(shard)
-            .ok_or(StoreError::Internal("no such shard"))?;
-        shard.inject(fault).await
     }
 
     /// Takes a consistent backup of every shard into `dest` (new or empty),

@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use super::cache::DocCache;
 use super::ops::{WriteOp, WriteResult};
-use super::writer::{self, Exit, Fault, IdBounds, Job, Writer};
+use super::writer::{self, Exit, IdBounds, Job, Writer};
 use super::{Document, Outage, StoreError, StoreOptions};
 use crate::config::SyncMode;
 use crate::domain::{CollectionName, DocKey};
@@ -277,8 +277,9 @@ impl Shard {
 
     /// Queues a test's fault for the writer (or, holding the read
     /// connections, applies it here: it returns once they are all held).
-    pub async fn inject(&self, fault: Fault) -> Result<(), StoreError> {
-        let Fault::HoldReads(duration) = fault else {
+    #[cfg(feature = "fault-injection")]
+    pub async fn inject(&self, fault: super::faults::Fault) -> Result<(), StoreError> {
+        let super::faults::Fault::HoldReads(duration) = fault else {
             return self.send(Job::Fault(fault)).await;
         };
         let mut held = Vec::new();
@@ -531,6 +532,7 @@ impl WriterSetup {
             unpublished: Arc::new(Mutex::new(Vec::new())),
             commits: 0,
             writes: 0,
+            #[cfg(feature = "fault-injection")]
             panic_after_commit: false,
             metrics: self.options.metrics.shard(self.index),
         })
@@ -776,6 +778,7 @@ fn refuse(job: Job, err: StoreError) {
         Job::Purge { reply, .. } => {
             let _ = reply.send(Err(err));
         }
+        #[cfg(feature = "fault-injection")]
         Job::Fault(_) => {}
     }
 }

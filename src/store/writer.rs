@@ -50,33 +50,9 @@ pub enum Job {
         limit: u32,
         reply: oneshot::Sender<Result<u64, StoreError>>,
     },
-    /// A fault for tests to inject (see [`Fault`]).
-    Fault(Fault),
-}
-
-/// Faults that only tests inject, through `Store::inject_fault`: nothing
-/// outside the process can reach them. Each makes the writer take the path
-/// a real failure of that kind takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// The writer panics.
-    Panic,
-    /// The writer panics right after its next commit, before it updates the
-    /// cache and acknowledges.
-    PanicAfterCommit,
-    /// The writer's connection closes under it.
-    BreakConnection,
-    /// The writer sleeps this long before its next job (its queue fills).
-    Stall(Duration),
-    /// The file may not grow: SQLite answers as on a full disk.
-    DiskFull,
-    /// The file may not be written: SQLite answers as on a read-only one.
-    ReadOnly,
-    /// Undoes `DiskFull` and `ReadOnly`.
-    Heal,
-    /// Every read connection of the shard is taken for this long, as by
-    /// slow scans (handled by the shard, not the writer).
-    HoldReads(Duration),
+    /// A fault for tests to inject (see `faults.rs`).
+    #[cfg(feature = "fault-injection")]
+    Fault(super::faults::Fault),
 }
 
 /// Why a writer's run ended.
@@ -173,6 +149,7 @@ pub struct Writer {
     pub commits: u64,
     pub writes: u64,
     /// A test asked for a panic after the next commit.
+    #[cfg(feature = "fault-injection")]
     pub panic_after_commit: bool,
     pub metrics: ShardMetrics,
 }
@@ -272,6 +249,7 @@ impl Writer {
                         return self.failed(err);
                     }
                 }
+                #[cfg(feature = "fault-injection")]
                 Job::Fault(fault) => {
                     if let Some(err) = self.inject(fault).await {
                         return self.failed(err);
@@ -300,7 +278,7 @@ impl Writer {
     }
 
     /// The connection, or the error a broken one gives.
-    fn conn(&mut self) -> Result<&mut SqliteConnection, sqlx::Error> {
+    pub(super) fn conn(&mut self) -> Result<&mut SqliteConnection, sqlx::Error> {
         self.conn.as_mut().ok_or(sqlx::Error::WorkerCrashed)
     }
 
@@ -328,52 +306,6 @@ impl Writer {
             }
         }
         tracing::info!(shard, commits = self.commits, writes = self.writes, "writer stopped");
-    }
-
-    /// Applies a test's fault; an error if it broke the writer.
-    async fn inject(&mut self, fault: Fault) -> Option<StoreError> {
-        tracing::warn!(shard = self.shard, ?fault, "injecting a fault");
-        let shard = self.shard;
-        let sql = match fault {
-            Fault::Panic => panic!("injected fault: shard {shard}'s writer panics"),
-            Fault::PanicAfterCommit => {
-                self.panic_after_commit = true;
-                return None;
-            }
-            Fault::BreakConnection => {
-                if let Some(conn) = self.conn.take() {
-                    let _ = conn.close().await;
-                }
-                return None;
-            }
-            Fault::Stall(duration) => {
-                tokio::time::sleep(duration).await;
-                return None;
-            }
-            // A page count capped at the current one is how SQLite reports a
-            // full disk: SQLITE_FULL on the next growth.
-            Fault::DiskFull => {
-                let pages = match self.conn() {
-                    Ok(conn) => sqlx::query_scalar::<_, i64>("PRAGMA page_count").fetch_one(conn).await,
-                    Err(e) => Err(e),
-                };
-                match pages {
-                    Ok(pages) => format!("PRAGMA max_page_count = {pages}"),
-                    Err(e) => return Some(StoreError::from_sqlx(shard, e)).filter(StoreError::breaks_the_writer),
-                }
-            }
-            Fault::ReadOnly => "PRAGMA query_only = 1".to_owned(),
-            Fault::Heal => "PRAGMA query_only = 0; PRAGMA max_page_count = 4294967294".to_owned(),
-            Fault::HoldReads(_) => return None,
-        };
-        let applied = match self.conn() {
-            Ok(conn) => sqlx::query(&sql).execute(conn).await.map(|_| ()),
-            Err(e) => Err(e),
-        };
-        applied
-            .err()
-            .map(|e| StoreError::from_sqlx(shard, e))
-            .filter(StoreError::breaks_the_writer)
     }
 
     /// Commits a batch and answers each request. An error only when the
@@ -633,6 +565,7 @@ impl Writer {
         }
         self.commits += 1;
         self.status.clear_problem();
+        #[cfg(feature = "fault-injection")]
         if self.panic_after_commit {
             panic!("injected fault: shard {shard}'s writer panics after a commit");
         }
