@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The bootstrapping test script, as in the original: makes sure what the tests
 # need is here, then checks formatting, lints (Rust, and the shipping files
-# through scripts/lint.sh, which installs its linters), and runs every test.
+# through scripts/lint.sh, which installs its linters), runs every test, and
+# fuzzes the release server's API with schemathesis (scripts/api-fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +32,19 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --all-targets 2>&1 | tee "$log"
 
+echo "==> the release binary carries no test-only hooks"
+cargo build --release
+if grep -a -q -e "injected fault" -e "injecting a fault" target/release/exdaas; then
+    echo "!! target/release/exdaas holds the fault-injection hooks (feature fault-injection leaked into it)" >&2
+    exit 1
+fi
+
+echo "==> scripts/api-fuzz.sh: schemathesis against the release server, every check"
+fuzz=0
+./scripts/api-fuzz.sh 2>&1 | tee -a "$log" || fuzz=$?
+
 # One closing line for the whole run: cargo prints a summary per test binary.
 awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }
-     END { printf "summary: %d passed, %d failed, %d skipped\n", passed, failed, ignored }' "$log"
+     /^Test cases:/ { getline; fuzzed = $1 }
+     END { printf "summary: %d passed, %d failed, %d skipped; schemathesis: %d generated requests\n", passed, failed, ignored, fuzzed }' "$log"
+exit "$fuzz"

@@ -12,10 +12,16 @@ use crate::domain::MAX_DEPTH;
 const MAX_LEVELS: usize = MAX_DEPTH + 1;
 
 /// Parses `application/x-www-form-urlencoded` text (percent-encoded or not)
-/// into a JSON object of strings, lists and nested objects.
-pub fn parse(encoded: &[u8]) -> Result<Map<String, Value>, String> {
+/// into a JSON object of strings, lists and nested objects, keeping the
+/// parameters whose name is one of `fields`. Others are ignored whatever
+/// they hold, as Phoenix ignored parameters a controller did not read.
+pub fn parse(encoded: &[u8], fields: &[&str]) -> Result<Map<String, Value>, String> {
     let mut root = Map::new();
     for (key, value) in form_urlencoded::parse(encoded) {
+        let name = key.split('[').next().unwrap_or_default();
+        if !fields.contains(&name) {
+            continue;
+        }
         let (head, path) = split_key(&key)?;
         insert(&mut root, &head, &path, Value::String(value.into_owned()), &shown(&key))?;
     }
@@ -104,8 +110,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const FIELDS: &[&str] = &["id", "cmd", "data", "a"];
+
     fn parsed(s: &str) -> Value {
-        Value::Object(parse(s.as_bytes()).expect("parses"))
+        Value::Object(parse(s.as_bytes(), FIELDS).expect("parses"))
     }
 
     #[test]
@@ -139,17 +147,21 @@ mod tests {
     #[test]
     fn nesting_is_bounded_and_errors_quote_keys_short() {
         let at_limit = format!("data{}=x", "[a]".repeat(MAX_DEPTH));
-        let parsed = parse(at_limit.as_bytes()).expect("a document at the depth limit parses");
+        let parsed = parse(at_limit.as_bytes(), FIELDS).expect("a document at the depth limit parses");
         assert_eq!(crate::domain::measure(&parsed["data"]).depth, MAX_DEPTH);
         let deep = format!("data{}=x", "[a]".repeat(100_000));
-        let err = parse(deep.as_bytes()).expect_err("too deep");
+        let err = parse(deep.as_bytes(), FIELDS).expect_err("too deep");
         assert!(err.contains("levels of brackets") && err.len() < 300, "{err}");
     }
 
     #[test]
     fn malformed_keys_are_refused() {
-        assert!(parse(b"a[b=1").is_err());
-        assert!(parse(b"[b]=1").is_err());
-        assert!(parse(b"a=1&a[b]=2").is_err());
+        assert!(parse(b"a[b=1", FIELDS).is_err());
+        assert!(parse(b"a=1&a[b]=2", FIELDS).is_err());
+    }
+
+    #[test]
+    fn other_parameters_are_ignored_whatever_they_hold() {
+        assert_eq!(parsed("[b]=1&=0&x[=2&id=7&other[a]=1&other=2"), json!({"id": "7"}));
     }
 }

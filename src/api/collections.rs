@@ -11,8 +11,9 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
 use super::auth::{Access, Credentials, Scope};
-use super::docs::{bad_request, envelope_json, expiry, location, parse_collection, parse_id, parse_time};
+use super::docs::{bad_request, envelope_json, expiry, location, parse_id, parse_time};
 use super::error::{ApiError, Flavor, ProblemError};
+use super::params::{CollectionParam, Confirm};
 use super::payload::{json_error, json_string, JsonBody, Ndjson, NdjsonBody, RawJson};
 use super::ApiTags;
 use crate::domain::{CollectionName, DocId, DocKey};
@@ -50,23 +51,63 @@ pub enum OpKind {
     Get,
 }
 
-/// One operation of a batch.
-#[derive(Object, Deserialize, Debug)]
+/// One operation of a batch. Its shape is checked for the whole batch (a
+/// 400 applies none of it); what its values mean (an id's characters, a
+/// `ttl` from 1 to 315360000, `data` for put and patch only) is checked per
+/// operation, in its own result.
+#[derive(Object, Debug)]
 pub struct BatchOp {
     op: OpKind,
+    /// The document's id (checked per operation).
     id: String,
-    /// The document (put) or the merge patch (patch).
+    /// The document (put) or the merge patch (patch): any JSON value, null
+    /// included.
+    #[oai(nullable)]
     data: Option<Value>,
     /// Apply only at this version; 0: only if the document does not exist.
+    /// null: no condition.
+    #[oai(nullable, validator(minimum(value = "0")))]
     expected_version: Option<u64>,
-    /// put, patch: seconds until the document expires.
+    /// put, patch: seconds until the document expires (1 to 315360000).
+    /// null: never.
+    #[oai(nullable, validator(minimum(value = "0")))]
     ttl: Option<u64>,
 }
 
+/// A batch operation as read from the body: numbers kept as written, so a
+/// value out of range fails its operation, not the batch.
+#[derive(Deserialize, Debug)]
+struct RawOp {
+    op: OpKind,
+    id: String,
+    /// `Some(Null)` for `"data": null` (a document), `None` when absent.
+    #[serde(default, deserialize_with = "present")]
+    data: Option<Value>,
+    expected_version: Option<serde_json::Number>,
+    ttl: Option<serde_json::Number>,
+}
+
+#[derive(Deserialize, Debug)]
+struct RawBatch {
+    ops: Vec<RawOp>,
+}
+
+/// A field that is there, whatever its value (null included).
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
+}
+
+/// Whether `n` is a whole number from 0 up, as the schema's `integer` with
+/// `minimum: 0` says (`1e20` is one; `-1` and `1.5` are not).
+fn is_natural(n: &serde_json::Number) -> bool {
+    n.is_u64() || n.as_f64().is_some_and(|f| f >= 0.0 && f.fract() == 0.0 && !n.is_i64())
+}
+
 /// A list of operations on one collection.
-#[derive(Object, Deserialize, Debug)]
+#[derive(Object, Debug)]
 #[oai(example)]
 pub struct BatchRequest {
+    #[oai(validator(max_items = 1000))]
     ops: Vec<BatchOp>,
 }
 
@@ -186,13 +227,23 @@ impl CollectionsApi {
     async fn batch(
         &self,
         auth: Credentials,
-        collection: Path<String>,
+        collection: Path<CollectionParam>,
         body: JsonBody<BatchRequest>,
     ) -> Result<BatchResponse, ProblemError> {
         let caller = self.access.caller(&auth, Flavor::V1).map_err(ProblemError)?;
-        let collection = parse_collection(&collection)?;
-        let request: BatchRequest =
+        let collection = collection.0 .0;
+        let request: RawBatch =
             serde_json::from_value(body.0).map_err(|e| bad_request(format!("the body is not a batch: {e}")))?;
+        if let Some((index, name)) = request.ops.iter().enumerate().find_map(|(i, op)| {
+            [("expected_version", &op.expected_version), ("ttl", &op.ttl)]
+                .into_iter()
+                .find(|(_, n)| n.as_ref().is_some_and(|n| !is_natural(n)))
+                .map(|(name, _)| (i, name))
+        }) {
+            return Err(bad_request(format!(
+                "the body is not a batch: operation {index}'s {name} is not a whole number from 0 up"
+            )));
+        }
         if request.ops.len() > MAX_BATCH {
             return Err(bad_request(format!(
                 "a batch holds at most {MAX_BATCH} operations, not {}",
@@ -257,11 +308,11 @@ impl CollectionsApi {
     async fn import(
         &self,
         auth: Credentials,
-        collection: Path<String>,
+        collection: Path<CollectionParam>,
         body: NdjsonBody,
     ) -> Result<Json<ImportReport>, ProblemError> {
         let caller = self.access.caller(&auth, Flavor::V1).map_err(ProblemError)?;
-        let collection = parse_collection(&collection)?;
+        let collection = collection.0 .0;
         caller.allow(Scope::Write, Some(&collection)).map_err(ProblemError)?;
 
         let mut reader = BufReader::new(body.0.into_async_read());
@@ -288,6 +339,15 @@ impl CollectionsApi {
                     format!("the line is longer than {} bytes", self.max_line_bytes),
                 );
                 continue;
+            }
+            if std::str::from_utf8(&line).is_err() {
+                // NDJSON is UTF-8: bytes that are not are no stream of lines
+                // to report on, so the import stops here.
+                self.import_chunk(&collection, &mut chunk, &mut report).await?;
+                return Err(bad_request(format!(
+                    "line {number} is not UTF-8, as NDJSON must be; the import stopped there ({} documents stored before)",
+                    report.imported
+                )));
             }
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
@@ -317,9 +377,13 @@ impl CollectionsApi {
     /// state. If the store fails midway the stream is cut off without its
     /// final chunk, so a client cannot mistake it for a complete export.
     #[oai(path = "/:collection/export", method = "get")]
-    async fn export(&self, auth: Credentials, collection: Path<String>) -> Result<ExportResponse, ProblemError> {
+    async fn export(
+        &self,
+        auth: Credentials,
+        collection: Path<CollectionParam>,
+    ) -> Result<ExportResponse, ProblemError> {
         let caller = self.access.caller(&auth, Flavor::V1).map_err(ProblemError)?;
-        let collection = parse_collection(&collection)?;
+        let collection = collection.0 .0;
         caller.allow(Scope::Read, Some(&collection)).map_err(ProblemError)?;
         let lines = self.store.export(&collection).map(move |item| match item {
             Ok(listed) => {
@@ -366,14 +430,14 @@ impl CollectionsApi {
     async fn drop_collection(
         &self,
         auth: Credentials,
-        collection: Path<String>,
-        /// The collection's name again, to confirm
-        confirm: Query<Option<String>>,
+        collection: Path<CollectionParam>,
+        /// The collection's name again, to confirm (else 400)
+        confirm: Query<Confirm>,
     ) -> Result<Json<Dropped>, ProblemError> {
         let caller = self.access.caller(&auth, Flavor::V1).map_err(ProblemError)?;
-        let collection = parse_collection(&collection)?;
+        let collection = collection.0 .0;
         caller.allow(Scope::Admin, Some(&collection)).map_err(ProblemError)?;
-        if confirm.0.as_deref() != Some(collection.as_str()) {
+        if confirm.0 .0.as_deref() != Some(collection.as_str()) {
             return Err(bad_request(format!(
                 "to drop collection {:?}, repeat its name: ?confirm={}",
                 collection.as_str(),
@@ -540,24 +604,31 @@ async fn read_line<R: AsyncBufRead + Unpin>(
 }
 
 /// A batch operation as the store takes it, or its 400.
-fn batch_operation(op: BatchOp) -> Result<(DocId, Expect, Action), ProblemError> {
+fn batch_operation(op: RawOp) -> Result<(DocId, Expect, Action), ProblemError> {
     let id = parse_id(&op.id)?;
-    let expect = match op.expected_version {
+    let out_of_range = |name: &str| bad_request(format!("{name} is out of range"));
+    let expect = match op.expected_version.map(|n| n.as_u64()) {
         None => Expect::Any,
-        Some(0) => Expect::Absent,
-        Some(version) => Expect::Version(vec![version]),
+        Some(None) => return Err(out_of_range("expected_version")),
+        Some(Some(0)) => Expect::Absent,
+        Some(Some(version)) => Expect::Version(vec![version]),
+    };
+    let ttl = match op.ttl.map(|n| n.as_u64()) {
+        None => None,
+        Some(None) => return Err(out_of_range("ttl")),
+        Some(Some(ttl)) => Some(ttl),
     };
     let action = match op.op {
         OpKind::Put => Action::put(
             &op.data.ok_or_else(|| bad_request("a put needs data: the document"))?,
-            expiry(op.ttl)?,
+            expiry(ttl)?,
         )?,
         OpKind::Patch => Action::patch(
             op.data
                 .ok_or_else(|| bad_request("a patch needs data: the merge patch"))?,
-            expiry(op.ttl)?.map(Some),
+            expiry(ttl)?.map(Some),
         )?,
-        OpKind::Delete | OpKind::Get if op.ttl.is_some() || op.data.is_some() => {
+        OpKind::Delete | OpKind::Get if ttl.is_some() || op.data.is_some() => {
             return Err(bad_request("delete and get take no data or ttl"))
         }
         OpKind::Delete => Action::Delete,

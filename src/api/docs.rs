@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 use super::auth::{Access, Credentials, Scope};
 use super::conditional::{etag, EntityTags};
 use super::error::{Flavor, ProblemError};
+use super::params::{AnyDocument, CollectionParam, DocIdParam, MergePatch};
 use super::payload::{json_string, JsonBody, MergePatchBody, RawJson};
 use super::ApiTags;
 use crate::domain::{CollectionName, DocId, DocKey};
@@ -41,6 +42,7 @@ pub struct DocEnvelope {
     /// Time of the last change (RFC 3339, UTC).
     updated_at: String,
     /// When the document expires (RFC 3339, UTC), or `null`: never.
+    #[oai(nullable)]
     expires_at: Option<String>,
     /// The document itself: any JSON value (left out by `keys_only`).
     data: Option<Value>,
@@ -59,44 +61,13 @@ impl Example for DocEnvelope {
     }
 }
 
-/// Any JSON value to store.
-#[derive(Object)]
-#[oai(example)]
-pub struct AnyDocument {
-    #[oai(flatten)]
-    _doc: Option<Value>,
-}
-
-impl Example for AnyDocument {
-    fn example() -> Self {
-        Self {
-            _doc: Some(json!({"name": "Alice", "roles": ["admin"]})),
-        }
-    }
-}
-
-/// An RFC 7396 merge patch: fields to set, `null` to remove one.
-#[derive(Object)]
-#[oai(example)]
-pub struct MergePatch {
-    #[oai(flatten)]
-    _patch: Option<Value>,
-}
-
-impl Example for MergePatch {
-    fn example() -> Self {
-        Self {
-            _patch: Some(json!({"roles": ["admin", "billing"], "nickname": null})),
-        }
-    }
-}
-
 /// A page of documents in id order.
 #[derive(Object)]
 #[oai(example)]
 pub struct DocPage {
     items: Vec<DocEnvelope>,
     /// Pass as `cursor` to get the next page; `null` on the last page.
+    #[oai(nullable)]
     next_cursor: Option<String>,
 }
 
@@ -176,24 +147,27 @@ impl DocsApi {
     async fn put(
         &self,
         auth: Credentials,
-        collection: Path<String>,
-        id: Path<String>,
+        collection: Path<CollectionParam>,
+        id: Path<DocIdParam>,
         /// Seconds until the document expires (1 to 315360000)
+        #[oai(validator(minimum(value = "1"), maximum(value = "315360000")))]
         ttl: Query<Option<u64>>,
         /// Replace only this version: `"3"`, or `*` for any existing one
         #[oai(name = "If-Match")]
         if_match: Header<Option<String>>,
         /// `*`: create only, never replace
-        #[oai(name = "If-None-Match")]
+        #[oai(name = "If-None-Match", validator(pattern = r"^\s*\*?\s*$"))]
         if_none_match: Header<Option<String>>,
         body: JsonBody<AnyDocument>,
     ) -> Result<PutResponse, ProblemError> {
-        let key = self.authorized_key(&auth, Scope::Write, &collection, &id)?;
-        let expect = match (if_match.0, if_none_match.0) {
-            (Some(_), Some(_)) => return Err(bad_request("send If-Match or If-None-Match, not both")),
+        let key = self.authorized_key(&auth, Scope::Write, collection.0 .0, id.0 .0)?;
+        let (if_match, if_none_match) = (present(if_match.0), present(if_none_match.0));
+        // RFC 9110 13.2.2: If-Match is evaluated first; with both, a document
+        // that passes If-Match exists, so If-None-Match: * fails.
+        let expect = match (if_match, if_none_match) {
+            (Some(_), Some(_)) => Expect::Never,
             (Some(tags), None) => expect_match(&tags),
-            (None, Some(tags)) if tags.trim() == "*" => Expect::Absent,
-            (None, Some(_)) => return Err(bad_request("If-None-Match on PUT supports only *")),
+            (None, Some(_)) => Expect::Absent,
             (None, None) => Expect::Any,
         };
         let expires_at_ms = expiry(ttl.0)?;
@@ -222,12 +196,13 @@ impl DocsApi {
     async fn create(
         &self,
         auth: Credentials,
-        collection: Path<String>,
+        collection: Path<CollectionParam>,
         /// Seconds until the document expires (1 to 315360000)
+        #[oai(validator(minimum(value = "1"), maximum(value = "315360000")))]
         ttl: Query<Option<u64>>,
         body: JsonBody<AnyDocument>,
     ) -> Result<CreateResponse, ProblemError> {
-        let collection = self.authorized_collection(&auth, Scope::Write, &collection)?;
+        let collection = self.authorized_collection(&auth, Scope::Write, collection.0 .0)?;
         let expires_at_ms = expiry(ttl.0)?;
         let (id, stored) = self.store.create(collection.clone(), &body.0, expires_at_ms).await?;
         let key = DocKey::new(collection, id);
@@ -243,15 +218,15 @@ impl DocsApi {
     async fn get(
         &self,
         auth: Credentials,
-        collection: Path<String>,
-        id: Path<String>,
+        collection: Path<CollectionParam>,
+        id: Path<DocIdParam>,
         /// Versions the client holds: `"3"` (304 if still current)
         #[oai(name = "If-None-Match")]
         if_none_match: Header<Option<String>>,
     ) -> Result<GetResponse, ProblemError> {
-        let key = self.authorized_key(&auth, Scope::Read, &collection, &id)?;
+        let key = self.authorized_key(&auth, Scope::Read, collection.0 .0, id.0 .0)?;
         let doc = self.store.get(&key).await?.ok_or_else(|| not_found(&key))?;
-        if let Some(tags) = if_none_match.0 {
+        if let Some(tags) = present(if_none_match.0) {
             if EntityTags::parse(&tags, true).matches(doc.version) {
                 return Ok(GetResponse::NotModified(etag(doc.version)));
             }
@@ -271,17 +246,18 @@ impl DocsApi {
     async fn patch(
         &self,
         auth: Credentials,
-        collection: Path<String>,
-        id: Path<String>,
+        collection: Path<CollectionParam>,
+        id: Path<DocIdParam>,
         /// Seconds until the document expires, from now (1 to 315360000)
+        #[oai(validator(minimum(value = "1"), maximum(value = "315360000")))]
         ttl: Query<Option<u64>>,
         /// Patch only this version: `"3"`
         #[oai(name = "If-Match")]
         if_match: Header<Option<String>>,
         body: MergePatchBody<MergePatch>,
     ) -> Result<PatchResponse, ProblemError> {
-        let key = self.authorized_key(&auth, Scope::Write, &collection, &id)?;
-        let expect = if_match.0.as_deref().map_or(Expect::Any, expect_match);
+        let key = self.authorized_key(&auth, Scope::Write, collection.0 .0, id.0 .0)?;
+        let expect = present(if_match.0).as_deref().map_or(Expect::Any, expect_match);
         let expires_at_ms = expiry(ttl.0)?.map(Some);
         match self
             .store
@@ -304,14 +280,14 @@ impl DocsApi {
     async fn delete(
         &self,
         auth: Credentials,
-        collection: Path<String>,
-        id: Path<String>,
+        collection: Path<CollectionParam>,
+        id: Path<DocIdParam>,
         /// Delete only this version: `"3"`
         #[oai(name = "If-Match")]
         if_match: Header<Option<String>>,
     ) -> Result<DeleteResponse, ProblemError> {
-        let key = self.authorized_key(&auth, Scope::Write, &collection, &id)?;
-        let expect = if_match.0.as_deref().map_or(Expect::Any, expect_match);
+        let key = self.authorized_key(&auth, Scope::Write, collection.0 .0, id.0 .0)?;
+        let expect = present(if_match.0).as_deref().map_or(Expect::Any, expect_match);
         match self.store.write(key.clone(), expect, Action::Delete).await? {
             WriteOutcome::Deleted(_) => Ok(DeleteResponse::Deleted),
             WriteOutcome::NotFound => Err(not_found(&key)),
@@ -332,37 +308,42 @@ impl DocsApi {
     async fn list(
         &self,
         auth: Credentials,
-        collection: Path<String>,
+        collection: Path<CollectionParam>,
         /// Only ids that start with this
+        #[oai(validator(pattern = r"^[A-Za-z0-9._~:@-]{0,256}$"))]
         prefix: Query<Option<String>>,
         /// Only ids after this one
+        #[oai(validator(pattern = r"^[A-Za-z0-9._~:@-]{0,256}$"))]
         start_after: Query<Option<String>>,
         /// Page size: 1 to 1000, default 100
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<usize>>,
-        /// The `next_cursor` of the previous page
+        /// The `next_cursor` of the previous page (with `start_after` too,
+        /// the later of the two counts)
+        #[oai(validator(pattern = r"^(2[dDeE]|3[0-9aA]|4[0-9a-fA-F]|5[0-9aAfF]|6[1-9a-fA-F]|7[0-9aAeE]){1,256}$"))]
         cursor: Query<Option<String>>,
         /// Leave each document's `data` out
         keys_only: Query<Option<bool>>,
     ) -> Result<ListResponse, ProblemError> {
-        let collection = self.authorized_collection(&auth, Scope::Read, &collection)?;
+        let collection = self.authorized_collection(&auth, Scope::Read, collection.0 .0)?;
         let limit = limit.0.unwrap_or(DEFAULT_PAGE);
         if !(1..=MAX_PAGE).contains(&limit) {
             return Err(bad_request(format!("limit must be from 1 to {MAX_PAGE}, not {limit}")));
         }
-        let start_after = match (start_after.0, cursor.0) {
-            (Some(_), Some(_)) => return Err(bad_request("send start_after or cursor, not both")),
-            (Some(after), None) if DocId::has_id_chars(&after) => Some(after),
-            (Some(after), None) => {
-                return Err(bad_request(format!("start_after {after:?} holds characters no id has")))
-            }
-            (None, Some(cursor)) => Some(decode_cursor(&cursor)?),
-            (None, None) => None,
-        };
-        if let Some(prefix) = &prefix.0 {
-            if !DocId::has_id_chars(prefix) {
-                return Err(bad_request(format!("prefix {prefix:?} holds characters no id has")));
+        for (name, value) in [("prefix", &prefix.0), ("start_after", &start_after.0)] {
+            if let Some(value) = value {
+                if !DocId::has_id_chars(value) || value.len() > crate::domain::MAX_ID_LEN {
+                    return Err(bad_request(format!(
+                        "{name} {value:?} is not made of up to 256 id characters"
+                    )));
+                }
             }
         }
+        let cursor = cursor.0.as_deref().map(decode_cursor).transpose()?;
+        let start_after = match (start_after.0, cursor) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
         let keys_only = keys_only.0.unwrap_or(false);
         let request = ListRequest {
             prefix: prefix.0.filter(|p| !p.is_empty()),
@@ -392,15 +373,15 @@ impl DocsApi {
 }
 
 impl DocsApi {
-    /// Authenticates (401), parses the collection (400), authorizes (403).
+    /// Authenticates (401) and authorizes (403); names were parsed (400)
+    /// at the edge.
     fn authorized_collection(
         &self,
         auth: &Credentials,
         need: Scope,
-        collection: &str,
+        collection: CollectionName,
     ) -> Result<CollectionName, ProblemError> {
         let caller = self.access.caller(auth, Flavor::V1).map_err(ProblemError)?;
-        let collection = parse_collection(collection)?;
         caller.allow(need, Some(&collection)).map_err(ProblemError)?;
         Ok(collection)
     }
@@ -409,11 +390,11 @@ impl DocsApi {
         &self,
         auth: &Credentials,
         need: Scope,
-        collection: &str,
-        id: &str,
+        collection: CollectionName,
+        id: DocId,
     ) -> Result<DocKey, ProblemError> {
         let collection = self.authorized_collection(auth, need, collection)?;
-        Ok(DocKey::new(collection, parse_id(id)?))
+        Ok(DocKey::new(collection, id))
     }
 }
 
@@ -425,6 +406,12 @@ fn unexpected() -> ProblemError {
     ProblemError::from(StoreError::Internal(
         "the store answered with another operation's outcome",
     ))
+}
+
+/// A conditional header with something in it: an empty one (`If-Match:`)
+/// counts as absent.
+fn present(header: Option<String>) -> Option<String> {
+    header.filter(|value| !value.trim().is_empty())
 }
 
 /// `If-Match` as a precondition: `*` any existing version, else one of the
@@ -447,19 +434,17 @@ pub fn expiry(ttl: Option<u64>) -> Result<Option<i64>, ProblemError> {
     Ok(Some(crate::store::now_millis() + ttl as i64 * 1000))
 }
 
-pub fn parse_collection(raw: &str) -> Result<CollectionName, ProblemError> {
-    CollectionName::parse(raw).map_err(|e| bad_request(e.to_string()))
-}
-
 pub fn parse_id(raw: &str) -> Result<DocId, ProblemError> {
     DocId::parse(raw).map_err(|e| bad_request(e.to_string()))
 }
 
+/// A cursor: the hex of 1 to 256 id characters, a bound in the id order
+/// (the last id of a page, as this server gives it).
 fn decode_cursor(cursor: &str) -> Result<String, ProblemError> {
     hex::decode(cursor)
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
-        .filter(|id| DocId::has_id_chars(id) && !id.is_empty())
+        .filter(|id| (1..=crate::domain::MAX_ID_LEN).contains(&id.len()) && DocId::has_id_chars(id))
         .ok_or_else(|| bad_request("cursor is not one this server gave; pass next_cursor unchanged"))
 }
 

@@ -33,7 +33,8 @@ pub struct ShardStatus {
     shard: u32,
     /// The shard's file is open and its writer is running.
     ready: bool,
-    /// What is wrong, while something is.
+    /// What is wrong, while something is; `null` when ready.
+    #[oai(nullable)]
     problem: Option<String>,
 }
 

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use super::auth::{Access, Credentials, Scope};
 use super::error::{Flavor, LegacyError};
+use super::params::{CmdQuery, LegacyForm, LegacyId, LegacyWrite};
 use super::payload::{FormBody, JsonBody, RawJson};
 use super::ApiTags;
 use crate::domain::{CollectionName, DocId, DocKey};
@@ -21,24 +22,6 @@ use crate::store::Store;
 pub struct LegacyApi {
     pub store: Store,
     pub access: Access,
-}
-
-/// Body of `POST /api`. `id` is an integer (or a string holding one) to
-/// upsert that document, or `null` to store under a fresh id.
-#[derive(Object)]
-#[oai(example)]
-pub struct LegacyWrite {
-    id: Option<i64>,
-    data: Value,
-}
-
-impl Example for LegacyWrite {
-    fn example() -> Self {
-        Self {
-            id: Some(7),
-            data: json!({"color": "blue"}),
-        }
-    }
 }
 
 /// A document of the original API; `data` is `null` when there is none.
@@ -62,7 +45,7 @@ impl Example for LegacyDoc {
 #[derive(ApiRequest)]
 pub enum LegacyWriteBody {
     Json(JsonBody<LegacyWrite>),
-    Form(FormBody<LegacyWrite>),
+    Form(FormBody<LegacyForm>),
 }
 
 #[OpenApi(tag = "ApiTags::Original")]
@@ -71,14 +54,9 @@ impl LegacyApi {
     ///
     /// Upserts document `id` with `data`, or with `"id": null` stores it under
     /// the next id from the counter. A write equal to the stored document
-    /// changes nothing and answers the same. `id` may also come in the query.
+    /// changes nothing and answers the same.
     #[oai(path = "/api", method = "post")]
-    async fn write(
-        &self,
-        auth: Credentials,
-        body: LegacyWriteBody,
-        id: Query<Option<String>>,
-    ) -> Result<RawJson<LegacyDoc>, LegacyError> {
+    async fn write(&self, auth: Credentials, body: LegacyWriteBody) -> Result<RawJson<LegacyDoc>, LegacyError> {
         self.allow(&auth, Scope::Write)?;
         let mut fields = match body {
             LegacyWriteBody::Json(JsonBody(Value::Object(map), _)) => map,
@@ -90,11 +68,9 @@ impl LegacyApi {
             }
             LegacyWriteBody::Form(FormBody(map, _)) => map,
         };
-        let Query(query_id) = id;
-        let id = match (fields.remove("id"), query_id) {
-            (Some(id), _) => parse_id_value(&id)?,
-            (None, Some(id)) => Some(parse_id(&id)?),
-            (None, None) => {
+        let id = match fields.remove("id") {
+            Some(id) => parse_id_value(&id)?,
+            None => {
                 return Err(bad_request(
                     "missing \"id\": send an integer, or null to get a fresh one",
                 ))
@@ -122,9 +98,9 @@ impl LegacyApi {
     /// Answers `{"id": N, "data": ...}`, with `"data": null` when document N
     /// does not exist.
     #[oai(path = "/api", method = "get")]
-    async fn read(&self, auth: Credentials, id: Query<Option<String>>) -> Result<RawJson<LegacyDoc>, LegacyError> {
+    async fn read(&self, auth: Credentials, id: Query<LegacyId>) -> Result<RawJson<LegacyDoc>, LegacyError> {
         self.allow(&auth, Scope::Read)?;
-        let id = required_id(id.0)?;
+        let id = id.0 .0;
         let doc = self.store.get(&legacy_key(id)).await?;
         Ok(legacy_doc(id, doc.as_ref().map(|d| &d.data)))
     }
@@ -141,13 +117,13 @@ impl LegacyApi {
     async fn cmd(
         &self,
         auth: Credentials,
-        id: Query<Option<String>>,
+        id: Query<LegacyId>,
         /// `ONLY` or `FILTER_BOOL`
         #[oai(name = "cmd[query]")]
-        query: Query<Option<String>>,
+        query: Query<CmdQuery>,
         /// ONLY: the fields to project, in order
         #[oai(name = "cmd[keys][]")]
-        keys: Query<Vec<String>>,
+        keys: Query<Option<Vec<String>>>,
         /// FILTER_BOOL: the field holding the array
         #[oai(name = "cmd[keys][key]")]
         key: Query<Option<String>>,
@@ -156,8 +132,8 @@ impl LegacyApi {
         by: Query<Option<String>>,
     ) -> Result<Json<Value>, LegacyError> {
         self.allow(&auth, Scope::Read)?;
-        let id = required_id(id.0)?;
-        let command = Command::parse(query.0, keys.0, key.0, by.0)?;
+        let id = id.0 .0;
+        let command = Command::parse(Some(query.0 .0), keys.0.unwrap_or_default(), key.0, by.0)?;
         let doc = self
             .store
             .get(&legacy_key(id))
@@ -254,10 +230,6 @@ fn legacy_doc(id: i64, data: Option<&std::sync::Arc<str>>) -> RawJson<LegacyDoc>
 
 fn bad_request(detail: impl Into<String>) -> LegacyError {
     LegacyError::new(StatusCode::BAD_REQUEST, detail)
-}
-
-fn required_id(raw: Option<String>) -> Result<i64, LegacyError> {
-    parse_id(&raw.ok_or_else(|| bad_request("missing query parameter id: send ?id=<integer>"))?)
 }
 
 fn parse_id(raw: &str) -> Result<i64, LegacyError> {

@@ -12,7 +12,9 @@ pub mod error;
 mod health;
 mod legacy;
 mod observe;
+mod params;
 mod payload;
+mod spec;
 
 use poem::error::ResponseError;
 use poem::http::Method;
@@ -108,12 +110,15 @@ pub fn openapi(store: &Store, options: &ApiOptions) -> OpenApiService<Apis, ()> 
 /// when origins are configured, CORS.
 pub fn routes(store: &Store, options: &ApiOptions) -> impl Endpoint {
     let api = openapi(store, options);
-    let ui = api.swagger_ui();
-    let spec = api.spec_endpoint();
+    let generated = api.spec();
+    let spec = std::sync::Arc::new(spec::Spec::new(&generated, !options.access.is_open()));
+    // Swagger UI embeds the document: the one this server serves.
+    let ui = api.swagger_ui_html().replace(&generated, spec.text());
+    let document = spec.text().to_owned();
     let max_body_bytes = options.max_body_bytes;
     let access = options.access.clone();
     let metrics = options.metrics.clone();
-    let known_routes = std::sync::Arc::new(observe::Routes::from_spec(&api.spec(), &metrics));
+    let known_routes = std::sync::Arc::new(observe::Routes::from_spec(&generated, &metrics));
     let cors = (!options.cors_origins.is_empty()).then(|| {
         let cors = Cors::new()
             .allow_methods([Method::GET, Method::PUT, Method::POST, Method::PATCH, Method::DELETE])
@@ -126,12 +131,22 @@ pub fn routes(store: &Store, options: &ApiOptions) -> impl Endpoint {
             cors.allow_origins(options.cors_origins.iter().map(String::as_str))
         }
     });
+    let ui = std::sync::Arc::new(ui);
+    let page = |ui: std::sync::Arc<String>| poem::endpoint::make_sync(move |_| poem::web::Html(ui.to_string()));
     Route::new()
-        .nest("/docs", ui)
-        .at("/openapi.json", spec)
+        .at("/docs", page(ui.clone()))
+        .at("/docs/", page(ui))
+        .at(
+            "/openapi.json",
+            poem::endpoint::make_sync(move |_| {
+                Response::builder()
+                    .content_type("application/json")
+                    .body(document.clone())
+            }),
+        )
         .nest("/", api)
         .with_if(cors.is_some(), cors.unwrap_or_else(Cors::new))
-        .around(move |next, req| edge(next, req, max_body_bytes, access.clone()))
+        .around(move |next, req| edge(next, req, max_body_bytes, access.clone(), spec.clone()))
         .around(move |next, req| observe::observe(next, req, metrics.clone(), known_routes.clone()))
 }
 
@@ -145,7 +160,13 @@ fn is_public(path: &str) -> bool {
 /// a data route without a valid key, before anything else is read; the body
 /// limit for the methods that carry a body (a GET skips the allocation); and
 /// errors rendered as JSON. Scopes (403) are checked by each route.
-async fn edge<E: Endpoint>(next: E, mut req: Request, max_body_bytes: usize, access: Access) -> poem::Result<Response> {
+async fn edge<E: Endpoint>(
+    next: E,
+    mut req: Request,
+    max_body_bytes: usize,
+    access: Access,
+    spec: std::sync::Arc<spec::Spec>,
+) -> poem::Result<Response> {
     if !access.is_open() && !is_public(req.uri().path()) {
         let authorization = req
             .headers()
@@ -154,6 +175,16 @@ async fn edge<E: Endpoint>(next: E, mut req: Request, max_body_bytes: usize, acc
         if !access.admits(authorization) && req.method() != Method::OPTIONS {
             let flavor = error::Flavor::of_path(req.uri().path());
             return Ok(Access::unauthorized(flavor).as_response());
+        }
+    }
+    // Conditional headers are ASCII (RFC 9110 8.8.3); one that is not must
+    // not pass for an absent one, which is what a route reading it as text
+    // would see.
+    for name in [poem::http::header::IF_MATCH, poem::http::header::IF_NONE_MATCH] {
+        if req.headers().get(&name).is_some_and(|v| v.to_str().is_err()) {
+            let flavor = error::Flavor::of_path(req.uri().path());
+            let detail = format!("the {name} header holds bytes that are not visible ASCII");
+            return Ok(error::ApiError::new(flavor, poem::http::StatusCode::BAD_REQUEST, detail).as_response());
         }
     }
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
@@ -167,6 +198,16 @@ async fn edge<E: Endpoint>(next: E, mut req: Request, max_body_bytes: usize, acc
             // Keep the matched route for metrics and traces.
             let route = err.data::<PathPattern>().cloned();
             let mut resp = error::ApiError::render(err, uri.path());
+            if resp.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED {
+                // RFC 9110 15.5.6: a 405 says which methods the path takes.
+                let allow = match uri.path() {
+                    "/docs" | "/docs/" | "/openapi.json" => Some("GET, HEAD"),
+                    path => spec.allow(path),
+                };
+                if let Some(value) = allow.and_then(|a| poem::http::HeaderValue::from_str(a).ok()) {
+                    resp.headers_mut().insert(poem::http::header::ALLOW, value);
+                }
+            }
             if let Some(route) = route {
                 resp.set_data(route);
             }

@@ -178,9 +178,7 @@ impl Payload for NdjsonBody {
     }
 
     fn schema_ref() -> MetaSchemaRef {
-        MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema::new_with_format(
-            "string", "binary",
-        )))
+        super::params::ImportLines::schema_ref()
     }
 }
 
@@ -213,11 +211,17 @@ impl IntoResponse for Ndjson {
     }
 }
 
+/// A form's fields: the names it reads; others are ignored.
+pub trait FormFields {
+    const FIELDS: &'static [&'static str];
+}
+
 /// An `application/x-www-form-urlencoded` body in Rack/Plug bracket encoding
-/// (`id=7&data[color]=blue`), as the original accepted.
+/// (`id=7&data[color]=blue`), as the original accepted. `T` documents the
+/// schema and names the fields read.
 pub struct FormBody<T>(pub Map<String, Value>, pub PhantomData<T>);
 
-impl<T: Type> Payload for FormBody<T> {
+impl<T: Type + FormFields> Payload for FormBody<T> {
     const CONTENT_TYPE: &'static str = "application/x-www-form-urlencoded";
 
     fn check_content_type(content_type: &str) -> bool {
@@ -235,18 +239,18 @@ impl<T: Type> Payload for FormBody<T> {
     }
 }
 
-impl<T: Type> ParsePayload for FormBody<T> {
+impl<T: Type + FormFields> ParsePayload for FormBody<T> {
     const IS_REQUIRED: bool = true;
 
     async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
         let bytes = read_limited(request, body).await?;
-        brackets::parse(&bytes)
+        brackets::parse(&bytes, T::FIELDS)
             .map(|map| Self(map, PhantomData))
             .map_err(|e| poem::Error::from_string(format!("the form body is malformed: {e}"), StatusCode::BAD_REQUEST))
     }
 }
 
-impl_apirequest_for_payload!(FormBody<T>, T: Type);
+impl_apirequest_for_payload!(FormBody<T>, T: Type + FormFields);
 
 /// A JSON response whose bytes are already assembled. `T` documents the schema.
 pub struct RawJson<T>(pub Bytes, pub PhantomData<T>);

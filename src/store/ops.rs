@@ -24,6 +24,9 @@ pub enum Expect {
     Present,
     /// The document must exist at one of these versions (`If-Match: "3"`).
     Version(Vec<u64>),
+    /// Never met: `If-Match` together with `If-None-Match: *`, which no
+    /// document passes both of.
+    Never,
 }
 
 impl Expect {
@@ -34,6 +37,7 @@ impl Expect {
             (Expect::Present, current) => current.is_some(),
             (Expect::Version(versions), Some(doc)) => versions.contains(&doc.version),
             (Expect::Version(_), None) => false,
+            (Expect::Never, _) => false,
         }
     }
 }

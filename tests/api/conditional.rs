@@ -116,9 +116,11 @@ async fn if_none_match_star_only_creates() {
 }
 
 #[tokio::test]
-async fn put_refuses_both_conditions_or_a_tag_in_if_none_match() {
+async fn put_with_both_conditions_fails_them_and_refuses_a_tag_in_if_none_match() {
     let app = spawn_app().await;
     app.put_doc("c", "a", &json!(1)).await;
+    // RFC 9110 13.2.2: If-Match first; a document that passes it exists, so
+    // If-None-Match: * then fails. No document passes both.
     let resp = send(
         app.request(Method::PUT, &doc_path("c", "a"))
             .header("if-match", "\"1\"")
@@ -126,7 +128,7 @@ async fn put_refuses_both_conditions_or_a_tag_in_if_none_match() {
             .json(&json!(2)),
     )
     .await;
-    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.status(), 412);
     let resp = put_with(&app, "a", ("if-none-match", "\"1\""), &json!(2)).await;
     assert_eq!(resp.status(), 400);
     assert_eq!(stored(&app, "a").await, (json!(1), json!(1)));

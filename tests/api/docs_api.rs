@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{json, spawn_app};
+use crate::helpers::{json, send, spawn_app};
 
 #[tokio::test]
 async fn put_creates_then_replaces_with_rising_versions() {
@@ -220,4 +220,56 @@ async fn a_chunked_body_over_the_limit_gets_413() {
         answer.lines().next().unwrap_or_default()
     );
     assert_eq!(app.get_doc("c", "chunked").await.status(), 404);
+}
+
+#[tokio::test]
+async fn the_openapi_document_says_what_the_server_does() {
+    let app = crate::helpers::spawn_app_with(&[("EXDAAS_API_KEYS", "admin:admin-key-0123456789")]).await;
+    let spec = json(app.get("/openapi.json").await).await;
+    let put = &spec["paths"]["/v1/collections/{collection}/docs/{id}"]["put"];
+    // With keys configured, a key is required: no anonymous alternative.
+    assert_eq!(put["security"], json!([{"BearerKey": []}]), "{put}");
+    let param = |name: &str| {
+        put["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(param("collection")["schema"]["pattern"].is_string(), "{put}");
+    assert_eq!(param("id")["schema"]["maxLength"], 256, "{put}");
+    assert_eq!(param("ttl")["schema"]["minimum"], 1.0, "{put}");
+    // A document is any JSON value, not only an object.
+    let body = &put["requestBody"]["content"]["application/json"]["schema"];
+    assert!(body.get("type").is_none(), "{body}");
+    // Fields answered as null say so.
+    let envelope = &spec["components"]["schemas"]["DocEnvelope"]["properties"];
+    assert_eq!(envelope["expires_at"]["nullable"], true, "{envelope}");
+    // Probes stay open.
+    assert!(spec["paths"]["/healthz"]["get"].get("security").is_none());
+
+    // A method a path does not take: 405, and the methods it does.
+    let resp = send(
+        app.request(
+            reqwest::Method::from_bytes(b"TRACE").expect("method"),
+            "/v1/collections/c/docs/a",
+        )
+        .header("authorization", "Bearer admin-key-0123456789"),
+    )
+    .await;
+    assert_eq!(resp.status(), 405);
+    let allow = resp
+        .headers()
+        .get("allow")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    for method in ["GET", "PUT", "PATCH", "DELETE", "HEAD"] {
+        assert!(allow.contains(method), "Allow: {allow}");
+    }
+    let resp = send(app.request(reqwest::Method::DELETE, "/healthz")).await;
+    assert_eq!(
+        resp.headers().get("allow").and_then(|v| v.to_str().ok()),
+        Some("GET, HEAD")
+    );
 }

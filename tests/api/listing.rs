@@ -220,13 +220,14 @@ async fn prefix_and_start_after_narrow_the_listing() {
     let pages = all_pages(&app, "c", "prefix=user:&limit=2").await;
     assert_eq!(pages, vec![vec!["user:1", "user:10"], vec!["user:2"]]);
 
-    let (_, cursor) = page(&app, "c", "limit=1").await;
+    // With a cursor and start_after both, the later bound counts.
+    let (_, cursor) = page(&app, "c", "prefix=user:&limit=1").await;
     let cursor = cursor.expect("more");
-    for query in [
-        format!("start_after=a&cursor={cursor}"),
-        "prefix=a%20b".to_string(),
-        "start_after=a%20b".to_string(),
-    ] {
+    let (listed, _) = page(&app, "c", &format!("prefix=user:&start_after=a&cursor={cursor}")).await;
+    assert_eq!(listed, vec!["user:10", "user:2"]);
+    let (listed, _) = page(&app, "c", &format!("prefix=user:&start_after=user:10&cursor={cursor}")).await;
+    assert_eq!(listed, vec!["user:2"]);
+    for query in ["prefix=a%20b", "start_after=a%20b"] {
         let resp = app.get(&format!("/v1/collections/c/docs?{query}")).await;
         assert_eq!(resp.status(), 400, "{query}");
     }
