@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # api-fuzz.sh: runs schemathesis, the fuzzer that generates requests from
 # /openapi.json, with every check, against a freshly started release server
-# (API keys configured, a fresh data folder), for FUZZ_SECONDS (default 180).
+# (API keys configured, a fresh data folder), for FUZZ_SECONDS (default 150).
 # It passes only if schemathesis finds no failure and the server is still up
 # and stops cleanly afterwards. The first run installs schemathesis into
 # .lint-tools/fuzz-venv (python3 with venv, from apt-get when missing).
@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SCHEMATHESIS=schemathesis==4.32.5
-seconds=${FUZZ_SECONDS:-180}
+seconds=${FUZZ_SECONDS:-150}
 binary=target/release/exdaas
 venv=.lint-tools/fuzz-venv
 key=fuzz-admin-key-0123456789

@@ -167,7 +167,7 @@ pub const SETTINGS: &[SettingDoc] = &[
         key: "max_body_bytes",
         env: "EXDAAS_MAX_BODY_BYTES",
         default: "1048576",
-        meaning: "largest request body accepted; larger gets 413",
+        meaning: "largest request body accepted (larger gets 413), and the largest a document may grow to",
     },
     SettingDoc {
         key: "sync",
@@ -348,8 +348,10 @@ impl Settings {
                 "EXDAAS_MAX_BODY_BYTES",
                 &raw("max_body_bytes")?,
                 1024,
-                1 << 30,
-                "a byte count from 1024 to 1073741824",
+                // A document is at most this long, and SQLite holds no
+                // string over 1,000,000,000 bytes.
+                1 << 29,
+                "a byte count from 1024 to 536870912",
             )?,
             sync: match raw("sync")?.trim().to_ascii_lowercase().as_str() {
                 "normal" => SyncMode::Normal,

@@ -6,10 +6,10 @@ use serde_json::{Map, Value};
 
 use crate::domain::MAX_DEPTH;
 
-/// Most bracket levels a parameter may have: a document's nesting limit,
-/// plus the parameter itself (`data[a][b]` is `data` holding a document of
-/// depth 2). Parsing a key stops there, so no input can build a deeper tree.
-const MAX_LEVELS: usize = MAX_DEPTH + 1;
+/// Most bracket levels a parameter may have: a document's nesting limit
+/// (`data[a][b]` is `data` holding a document of depth 2). Parsing a key
+/// stops there, so no input can build a deeper tree.
+const MAX_LEVELS: usize = MAX_DEPTH;
 
 /// Parses `application/x-www-form-urlencoded` text (percent-encoded or not)
 /// into a JSON object of strings, lists and nested objects, keeping the
@@ -42,7 +42,7 @@ fn split_key(key: &str) -> Result<(String, Vec<String>), String> {
     while !rest.is_empty() {
         if path.len() == MAX_LEVELS {
             return Err(format!(
-                "parameter {key:?} nests more than {MAX_LEVELS} levels of brackets; a document nests at most {MAX_DEPTH} deep"
+                "parameter {key:?} nests more than {MAX_LEVELS} levels of brackets, as deep as a document may nest"
             ));
         }
         let close = rest
@@ -58,11 +58,7 @@ fn split_key(key: &str) -> Result<(String, Vec<String>), String> {
 /// A parameter's name as error messages quote it: cut short, since a
 /// client's key can be as long as the body.
 fn shown(key: &str) -> String {
-    const SHOWN: usize = 64;
-    match key.char_indices().nth(SHOWN) {
-        Some((end, _)) => format!("{}…", &key[..end]),
-        None => key.to_owned(),
-    }
+    super::payload::excerpt(key, 64)
 }
 
 /// Recursive, at most [`MAX_LEVELS`] deep (`split_key` bounds `path`).

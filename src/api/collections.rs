@@ -14,7 +14,7 @@ use super::auth::{Access, Credentials, Scope};
 use super::docs::{bad_request, envelope_json, expiry, location, parse_id, parse_time};
 use super::error::{ApiError, Flavor, ProblemError};
 use super::params::{CollectionParam, Confirm};
-use super::payload::{json_error, json_string, JsonBody, Ndjson, NdjsonBody, RawJson};
+use super::payload::{excerpt, json_error, json_string, JsonBody, Ndjson, NdjsonBody, RawJson};
 use super::ApiTags;
 use crate::domain::{CollectionName, DocId, DocKey};
 use crate::store::{Action, Expect, Store, StoreError, WriteOutcome};
@@ -561,10 +561,15 @@ impl CollectionsApi {
     }
 }
 
+/// Counts a refused line and reports the first ones, each reason cut short:
+/// it may quote the line, which can be as long as a body.
 fn reject(report: &mut ImportReport, line: u64, detail: String) {
     report.rejected_count += 1;
     if report.rejected.len() < MAX_REPORTED {
-        report.rejected.push(RejectedLine { line, detail });
+        report.rejected.push(RejectedLine {
+            line,
+            detail: excerpt(&detail, 300),
+        });
     }
 }
 
@@ -637,7 +642,6 @@ fn batch_operation(op: RawOp) -> Result<(DocId, Expect, Action), ProblemError> {
     Ok((id, expect, action))
 }
 
-/// One operation's result as JSON.
 /// One operation's result as JSON. `room`: the bytes of documents the
 /// answer may still hold; past it, a document comes without its data.
 fn batch_result_json(

@@ -330,15 +330,6 @@ impl DocsApi {
         if !(1..=MAX_PAGE).contains(&limit) {
             return Err(bad_request(format!("limit must be from 1 to {MAX_PAGE}, not {limit}")));
         }
-        for (name, value) in [("prefix", &prefix.0), ("start_after", &start_after.0)] {
-            if let Some(value) = value {
-                if !DocId::has_id_chars(value) || value.len() > crate::domain::MAX_ID_LEN {
-                    return Err(bad_request(format!(
-                        "{name} {value:?} is not made of up to 256 id characters"
-                    )));
-                }
-            }
-        }
         let cursor = cursor.0.as_deref().map(decode_cursor).transpose()?;
         let start_after = match (start_after.0, cursor) {
             (Some(a), Some(b)) => Some(a.max(b)),

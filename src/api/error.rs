@@ -84,7 +84,8 @@ impl ApiError {
         let status = match &err {
             StoreError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             StoreError::InvalidDocument { .. } => StatusCode::BAD_REQUEST,
-            StoreError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            StoreError::TooMuchToRead { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            StoreError::Unprocessable { .. } | StoreError::DocumentTooLarge { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             StoreError::Unavailable { .. }
             | StoreError::Busy { .. }
             | StoreError::ReadOnly { .. }

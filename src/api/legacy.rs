@@ -6,7 +6,6 @@
 
 use poem::http::StatusCode;
 use poem_openapi::param::Query;
-use poem_openapi::payload::Json;
 use poem_openapi::types::Example;
 use poem_openapi::{ApiRequest, Object, OpenApi};
 use serde_json::{json, Value};
@@ -22,6 +21,8 @@ use crate::store::Store;
 pub struct LegacyApi {
     pub store: Store,
     pub access: Access,
+    /// The largest answer a command may make (`EXDAAS_MAX_PAGE_BYTES`).
+    pub page_bytes: usize,
 }
 
 /// A document of the original API; `data` is `null` when there is none.
@@ -54,9 +55,17 @@ impl LegacyApi {
     ///
     /// Upserts document `id` with `data`, or with `"id": null` stores it under
     /// the next id from the counter. A write equal to the stored document
-    /// changes nothing and answers the same.
+    /// changes nothing and answers the same. `id` may come in the query
+    /// instead of the body, as Phoenix merged the two (400 without either).
     #[oai(path = "/api", method = "post")]
-    async fn write(&self, auth: Credentials, body: LegacyWriteBody) -> Result<RawJson<LegacyDoc>, LegacyError> {
+    async fn write(
+        &self,
+        auth: Credentials,
+        body: LegacyWriteBody,
+        /// The document's id, when the body has none
+        #[oai(deprecated)]
+        id: Query<Option<LegacyId>>,
+    ) -> Result<RawJson<LegacyDoc>, LegacyError> {
         self.allow(&auth, Scope::Write)?;
         let mut fields = match body {
             LegacyWriteBody::Json(JsonBody(Value::Object(map), _)) => map,
@@ -68,9 +77,10 @@ impl LegacyApi {
             }
             LegacyWriteBody::Form(FormBody(map, _)) => map,
         };
-        let id = match fields.remove("id") {
-            Some(id) => parse_id_value(&id)?,
-            None => {
+        let id = match (fields.remove("id"), id.0) {
+            (Some(id), _) => parse_id_value(&id)?,
+            (None, Some(LegacyId(id))) => Some(id),
+            (None, None) => {
                 return Err(bad_request(
                     "missing \"id\": send an integer, or null to get a fresh one",
                 ))
@@ -121,8 +131,8 @@ impl LegacyApi {
         /// `ONLY` or `FILTER_BOOL`
         #[oai(name = "cmd[query]")]
         query: Query<CmdQuery>,
-        /// ONLY: the fields to project, in order
-        #[oai(name = "cmd[keys][]")]
+        /// ONLY: the fields to project, in order (at most 1000)
+        #[oai(name = "cmd[keys][]", validator(max_items = 1000))]
         keys: Query<Option<Vec<String>>>,
         /// FILTER_BOOL: the field holding the array
         #[oai(name = "cmd[keys][key]")]
@@ -130,7 +140,7 @@ impl LegacyApi {
         /// FILTER_BOOL: the field of each element that must be truthy
         #[oai(name = "cmd[keys][by]")]
         by: Query<Option<String>>,
-    ) -> Result<Json<Value>, LegacyError> {
+    ) -> Result<RawJson<Value>, LegacyError> {
         self.allow(&auth, Scope::Read)?;
         let id = id.0 .0;
         let command = Command::parse(Some(query.0 .0), keys.0.unwrap_or_default(), key.0, by.0)?;
@@ -147,7 +157,7 @@ impl LegacyApi {
                 format!("document {id} cannot be read as a command's input: {e}; replace it with POST /api"),
             )
         })?;
-        command.run(id, &data).map(Json)
+        command.run(id, &data, self.page_bytes).map(RawJson::new)
     }
 }
 
@@ -185,19 +195,24 @@ impl Command {
         }
     }
 
-    fn run(&self, id: i64, data: &Value) -> Result<Value, LegacyError> {
+    /// The answer's JSON text, at most `budget` bytes (one key may name a
+    /// large field many times over).
+    fn run(&self, id: i64, data: &Value, budget: usize) -> Result<String, LegacyError> {
         let unprocessable = |detail: String| LegacyError::new(StatusCode::UNPROCESSABLE_ENTITY, detail);
         let fields = data
             .as_object()
             .ok_or_else(|| unprocessable(format!("document {id} is {}, not an object", kind_of(data))))?;
-        match self {
-            Command::Only { keys } => {
-                let values = keys
-                    .iter()
-                    .map(|k| fields.get(k).cloned().unwrap_or(Value::Null))
-                    .collect();
-                Ok(json!({ "values": Value::Array(values) }))
-            }
+        let too_large = || {
+            unprocessable(format!(
+                "the answer would be larger than {budget} bytes (EXDAAS_MAX_PAGE_BYTES); ask for fewer keys"
+            ))
+        };
+        let (open, close, values): (&str, &str, Vec<&Value>) = match self {
+            Command::Only { keys } => (
+                "{\"values\":[",
+                "]}",
+                keys.iter().map(|k| fields.get(k).unwrap_or(&Value::Null)).collect(),
+            ),
             Command::FilterBool { key, by } => {
                 let items = match fields.get(key) {
                     None => return Err(unprocessable(format!("document {id} has no field {key:?}"))),
@@ -214,9 +229,22 @@ impl Command {
                     item.get(by)
                         .is_some_and(|v| !matches!(v, Value::Null | Value::Bool(false)))
                 };
-                Ok(Value::Array(items.iter().filter(truthy).cloned().collect()))
+                ("[", "]", items.iter().filter(truthy).collect())
+            }
+        };
+        // Written value by value, never cloned, and stopped at the budget.
+        let mut answer = String::from(open);
+        for (i, value) in values.into_iter().enumerate() {
+            if i > 0 {
+                answer.push(',');
+            }
+            answer.push_str(&value.to_string());
+            if answer.len() > budget {
+                return Err(too_large());
             }
         }
+        answer.push_str(close);
+        Ok(answer)
     }
 }
 
@@ -232,9 +260,20 @@ fn bad_request(detail: impl Into<String>) -> LegacyError {
     LegacyError::new(StatusCode::BAD_REQUEST, detail)
 }
 
+/// An id sent as a string: an optional `-` and 1 to 18 digits, as the
+/// OpenAPI document says (so every such string is a 64-bit integer).
 fn parse_id(raw: &str) -> Result<i64, LegacyError> {
-    raw.parse()
-        .map_err(|_| bad_request(format!("id must be an integer, not {raw:?}")))
+    let digits = raw.strip_prefix('-').unwrap_or(raw);
+    let wrong = || {
+        bad_request(format!(
+            "id must be an integer, not {:?}",
+            super::payload::excerpt(raw, 64)
+        ))
+    };
+    if !(1..=18).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(wrong());
+    }
+    raw.parse().map_err(|_| wrong())
 }
 
 /// `Some(id)` for an integer or numeric string, `None` for null.
@@ -268,6 +307,23 @@ fn kind_of(value: &Value) -> &'static str {
 mod tests {
     use super::*;
 
+    /// Runs `cmd` on document 1 and reads its answer back.
+    fn run(cmd: &Command, data: &Value) -> Result<Value, LegacyError> {
+        cmd.run(1, data, 1 << 20)
+            .map(|text| serde_json::from_str(&text).expect("the answer is JSON"))
+    }
+
+    #[test]
+    fn an_answer_past_the_budget_is_refused() {
+        let cmd = Command::Only {
+            keys: vec!["big".into(); 100],
+        };
+        let data = json!({"big": "x".repeat(1000)});
+        assert!(cmd.run(1, &data, 200_000).is_ok());
+        let err = cmd.run(1, &data, 50_000).map_err(status).err();
+        assert_eq!(err.map(|e| e.0), Some(422));
+    }
+
     fn status(err: LegacyError) -> (u16, String) {
         (err.0.status.as_u16(), err.0.detail)
     }
@@ -278,7 +334,7 @@ mod tests {
             keys: vec!["color".into(), "size".into()],
         };
         assert_eq!(
-            cmd.run(1, &json!({"color": "blue"})).ok(),
+            run(&cmd, &json!({"color": "blue"})).ok(),
             Some(json!({"values": ["blue", null]}))
         );
     }
@@ -294,7 +350,7 @@ mod tests {
             {"name": "sea", "is_blue": "very"}, {"name": "rose"}, {"name": "ink", "is_blue": null}, 3
         ]});
         assert_eq!(
-            cmd.run(1, &data).ok(),
+            run(&cmd, &data).ok(),
             Some(json!([{"name": "sky", "is_blue": true}, {"name": "sea", "is_blue": "very"}]))
         );
     }
@@ -305,9 +361,9 @@ mod tests {
             key: "colors".into(),
             by: "is_blue".into(),
         };
-        assert_eq!(cmd.run(1, &json!({})).map_err(status).err().map(|e| e.0), Some(422));
+        assert_eq!(run(&cmd, &json!({})).map_err(status).err().map(|e| e.0), Some(422));
         assert_eq!(
-            cmd.run(1, &json!({"colors": 5})).map_err(status).err().map(|e| e.0),
+            run(&cmd, &json!({"colors": 5})).map_err(status).err().map(|e| e.0),
             Some(422)
         );
     }

@@ -72,6 +72,7 @@ pub fn openapi(store: &Store, options: &ApiOptions) -> OpenApiService<Apis, ()> 
             legacy::LegacyApi {
                 store: store.clone(),
                 access: access.clone(),
+                page_bytes: options.max_page_bytes,
             },
             docs::DocsApi {
                 store: store.clone(),
@@ -118,7 +119,7 @@ pub fn routes(store: &Store, options: &ApiOptions) -> impl Endpoint {
     let max_body_bytes = options.max_body_bytes;
     let access = options.access.clone();
     let metrics = options.metrics.clone();
-    let known_routes = std::sync::Arc::new(observe::Routes::from_spec(&generated, &metrics));
+    let known_routes = std::sync::Arc::new(observe::Routes::from_spec(&spec, &metrics));
     let cors = (!options.cors_origins.is_empty()).then(|| {
         let cors = Cors::new()
             .allow_methods([Method::GET, Method::PUT, Method::POST, Method::PATCH, Method::DELETE])

@@ -27,32 +27,26 @@ pub struct Routes {
 }
 
 impl Routes {
-    /// Reads every path of the OpenAPI document `spec` (JSON).
-    pub fn from_spec(spec: &str, metrics: &Metrics) -> Self {
-        let spec: serde_json::Value = serde_json::from_str(spec).unwrap_or_default();
-        let known = spec["paths"]
-            .as_object()
-            .map(|paths| {
-                paths
-                    .keys()
-                    .map(|template| {
-                        let mut next = 0;
-                        let pattern: Vec<String> = template
-                            .split('/')
-                            .map(|part| {
-                                if part.starts_with('{') && part.ends_with('}') {
-                                    next += 1;
-                                    format!(":param{}", next - 1)
-                                } else {
-                                    part.to_owned()
-                                }
-                            })
-                            .collect();
-                        (pattern.join("/"), metrics.route(template))
+    /// Every path of the OpenAPI document.
+    pub fn from_spec(spec: &super::spec::Spec, metrics: &Metrics) -> Self {
+        let known = spec
+            .templates()
+            .map(|template| {
+                let mut next = 0;
+                let pattern: Vec<String> = template
+                    .split('/')
+                    .map(|part| {
+                        if part.starts_with('{') && part.ends_with('}') {
+                            next += 1;
+                            format!(":param{}", next - 1)
+                        } else {
+                            part.to_owned()
+                        }
                     })
-                    .collect()
+                    .collect();
+                (pattern.join("/"), metrics.route(template))
             })
-            .unwrap_or_default();
+            .collect();
         Self {
             known,
             unrouted: metrics.route(UNROUTED),

@@ -18,9 +18,11 @@ pub const COLLECTION_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
 /// lookahead, which not every generator of test data reads).
 pub const ID_PATTERN: &str = r"^([A-Za-z0-9_~:@-][A-Za-z0-9._~:@-]{0,255}|\.[A-Za-z0-9_~:@-][A-Za-z0-9._~:@-]{0,254}|\.\.[A-Za-z0-9._~:@-]{1,254})$";
 
-/// Implements `Type` for a parameter that is a string with a pattern.
-macro_rules! string_param {
-    ($name:ident, $inner:ty, $type_name:literal, $pattern:expr, $max:expr, $description:literal) => {
+/// Implements `Type` for a type whose OpenAPI schema is `$schema`: the
+/// parameters parsed here, and the bodies that only document their schema
+/// (read as `serde_json::Value`).
+macro_rules! with_schema {
+    ($name:ident, $type_name:literal, $schema:expr) => {
         impl Type for $name {
             const IS_REQUIRED: bool = true;
             type RawValueType = Self;
@@ -31,13 +33,7 @@ macro_rules! string_param {
             }
 
             fn schema_ref() -> MetaSchemaRef {
-                MetaSchemaRef::Inline(Box::new(MetaSchema {
-                    description: Some($description),
-                    pattern: Some($pattern.to_owned()),
-                    min_length: Some(1),
-                    max_length: Some($max),
-                    ..MetaSchema::new("string")
-                }))
+                MetaSchemaRef::Inline(Box::new($schema))
             }
 
             fn as_raw_value(&self) -> Option<&Self::RawValueType> {
@@ -48,6 +44,23 @@ macro_rules! string_param {
                 Box::new(self.as_raw_value().into_iter())
             }
         }
+    };
+}
+
+/// A string parameter with a pattern, parsed into a domain type.
+macro_rules! string_param {
+    ($name:ident, $inner:ty, $type_name:literal, $pattern:expr, $max:expr, $description:literal) => {
+        with_schema!(
+            $name,
+            $type_name,
+            MetaSchema {
+                description: Some($description),
+                pattern: Some($pattern.to_owned()),
+                min_length: Some(1),
+                max_length: Some($max),
+                ..MetaSchema::new("string")
+            }
+        );
 
         impl ParseFromParameter for $name {
             fn parse_from_parameter(value: &str) -> ParseResult<Self> {
@@ -84,34 +97,27 @@ string_param!(
 /// An id of the original API: an integer.
 pub struct LegacyId(pub i64);
 
-impl Type for LegacyId {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = Self;
-    type RawElementValueType = Self;
-
-    fn name() -> Cow<'static, str> {
-        "integer(int64)".into()
-    }
-
-    fn schema_ref() -> MetaSchemaRef {
-        MetaSchemaRef::Inline(Box::new(MetaSchema::new_with_format("integer", "int64")))
-    }
-
-    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-        Some(self)
-    }
-
-    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-        Box::new(self.as_raw_value().into_iter())
-    }
-}
+with_schema!(
+    LegacyId,
+    "integer(int64)",
+    MetaSchema::new_with_format("integer", "int64")
+);
 
 impl ParseFromParameter for LegacyId {
     fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+        // An integer as written: digits with an optional `-`, no `+`.
+        let digits = value.strip_prefix('-').unwrap_or(value);
         value
             .parse()
+            .ok()
+            .filter(|_| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
             .map(Self)
-            .map_err(|_| ParseError::custom(format!("id must be an integer, not {value:?}")))
+            .ok_or_else(|| {
+                ParseError::custom(format!(
+                    "id must be an integer, not {:?}",
+                    super::payload::excerpt(value, 64)
+                ))
+            })
     }
 }
 
@@ -120,30 +126,14 @@ impl ParseFromParameter for LegacyId {
 /// (`400 {"message": "NOPE not supported"}`).
 pub struct CmdQuery(pub String);
 
-impl Type for CmdQuery {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = Self;
-    type RawElementValueType = Self;
-
-    fn name() -> Cow<'static, str> {
-        "cmd_query".into()
+with_schema!(
+    CmdQuery,
+    "cmd_query",
+    MetaSchema {
+        enum_items: vec![json!("ONLY"), json!("FILTER_BOOL")],
+        ..MetaSchema::new("string")
     }
-
-    fn schema_ref() -> MetaSchemaRef {
-        MetaSchemaRef::Inline(Box::new(MetaSchema {
-            enum_items: vec![json!("ONLY"), json!("FILTER_BOOL")],
-            ..MetaSchema::new("string")
-        }))
-    }
-
-    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-        Some(self)
-    }
-
-    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-        Box::new(self.as_raw_value().into_iter())
-    }
-}
+);
 
 impl ParseFromParameter for CmdQuery {
     fn parse_from_parameter(value: &str) -> ParseResult<Self> {
@@ -156,30 +146,14 @@ impl ParseFromParameter for CmdQuery {
 /// the route's own 400 saying how to confirm.
 pub struct Confirm(pub Option<String>);
 
-impl Type for Confirm {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = Self;
-    type RawElementValueType = Self;
-
-    fn name() -> Cow<'static, str> {
-        "confirm".into()
+with_schema!(
+    Confirm,
+    "confirm",
+    MetaSchema {
+        description: Some("The collection's name, repeated"),
+        ..MetaSchema::new("string")
     }
-
-    fn schema_ref() -> MetaSchemaRef {
-        MetaSchemaRef::Inline(Box::new(MetaSchema {
-            description: Some("The collection's name, repeated"),
-            ..MetaSchema::new("string")
-        }))
-    }
-
-    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-        Some(self)
-    }
-
-    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-        Box::new(self.as_raw_value().into_iter())
-    }
-}
+);
 
 impl ParseFromParameter for Confirm {
     fn parse_from_parameter(value: &str) -> ParseResult<Self> {
@@ -191,38 +165,10 @@ impl ParseFromParameter for Confirm {
     }
 }
 
-/// Implements `Type` for a body type that only documents its schema (the
-/// body itself is read as `serde_json::Value`).
-macro_rules! documented_body {
-    ($name:ident, $type_name:literal, $schema:expr) => {
-        impl Type for $name {
-            const IS_REQUIRED: bool = true;
-            type RawValueType = Self;
-            type RawElementValueType = Self;
-
-            fn name() -> Cow<'static, str> {
-                $type_name.into()
-            }
-
-            fn schema_ref() -> MetaSchemaRef {
-                MetaSchemaRef::Inline(Box::new($schema))
-            }
-
-            fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-                Some(self)
-            }
-
-            fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-                Box::new(self.as_raw_value().into_iter())
-            }
-        }
-    };
-}
-
 /// A document: any JSON value.
 pub struct AnyDocument;
 
-documented_body!(
+with_schema!(
     AnyDocument,
     "any_document",
     MetaSchema {
@@ -236,7 +182,7 @@ documented_body!(
 /// replaces the document).
 pub struct MergePatch;
 
-documented_body!(
+with_schema!(
     MergePatch,
     "merge_patch",
     MetaSchema {
@@ -267,12 +213,15 @@ fn legacy_id_schema(nullable: bool, description: &'static str) -> MetaSchemaRef 
 /// `POST /api` as JSON: `id` and `data`, both required.
 pub struct LegacyWrite;
 
-documented_body!(
+with_schema!(
     LegacyWrite,
     "legacy_write",
     MetaSchema {
-        description: Some("`id`: the document to upsert, or null to store under a fresh id. `data`: the document."),
-        required: vec!["id", "data"],
+        description: Some(
+            "`id`: the document to upsert, or null to store under a fresh id (or the query's `id`; one of the two \
+             is needed). `data`: the document."
+        ),
+        required: vec!["data"],
         properties: vec![
             (
                 "id",
@@ -288,7 +237,7 @@ documented_body!(
 /// `POST /api` as a form: `id` and `data` in bracket encoding.
 pub struct LegacyForm;
 
-documented_body!(
+with_schema!(
     LegacyForm,
     "legacy_form",
     MetaSchema {
@@ -296,9 +245,15 @@ documented_body!(
             "`id=7&data[color]=blue`: `data` in Rack/Plug bracket encoding (nested objects as `data[a][b]=x`, \
              lists as `data[a][]=x`), every value a string. A form cannot say null: its `id` is always an integer."
         ),
-        required: vec!["id", "data"],
+        required: vec!["data"],
         properties: vec![
-            ("id", legacy_id_schema(false, "The document to upsert")),
+            (
+                "id",
+                legacy_id_schema(
+                    false,
+                    "The document to upsert (or the query's `id`; one of the two is needed)"
+                )
+            ),
             (
                 "data",
                 MetaSchemaRef::Inline(Box::new(MetaSchema {
@@ -320,7 +275,7 @@ impl super::payload::FormFields for LegacyForm {
 /// reported, so the request takes any values.
 pub struct ImportLines;
 
-documented_body!(
+with_schema!(
     ImportLines,
     "import_lines",
     MetaSchema {

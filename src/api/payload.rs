@@ -302,6 +302,20 @@ impl<T: Type> ApiResponse for RawJson<T> {
     }
 }
 
+/// At most `max` bytes of `text` (cut at a character boundary, marked
+/// with `…`): how an error message quotes what a client sent, which can be
+/// as long as a body.
+pub fn excerpt(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 /// `s` as a JSON string literal.
 pub fn json_string(s: &str) -> String {
     Value::String(s.to_owned()).to_string()

@@ -9,10 +9,11 @@
 
 use serde_json::Value;
 
-/// One path of the document: its segments (`None` for a `{parameter}`) and
-/// the methods it takes, as an `Allow` header value.
+/// One path of the document: its template, its segments (`None` for a
+/// `{parameter}`) and the methods it takes, as an `Allow` header value.
 #[derive(Debug)]
 struct PathMethods {
+    template: String,
     segments: Vec<Option<String>>,
     allow: String,
 }
@@ -43,6 +44,7 @@ impl Spec {
                     methods.push("HEAD".into());
                 }
                 paths.push(PathMethods {
+                    template: template.clone(),
                     segments: template
                         .split('/')
                         .map(|part| (!(part.starts_with('{') && part.ends_with('}'))).then(|| part.to_owned()))
@@ -65,6 +67,12 @@ impl Spec {
     /// The document, as `/openapi.json` serves it.
     pub fn text(&self) -> &str {
         &self.text
+    }
+
+    /// Every path of the document as it writes it
+    /// (`/v1/collections/{collection}`).
+    pub fn templates(&self) -> impl Iterator<Item = &str> {
+        self.paths.iter().map(|p| p.template.as_str())
     }
 
     /// The methods `path` takes (`GET, HEAD, PUT`), if the document has it.

@@ -32,8 +32,8 @@ use cache::DocCache;
 #[cfg(feature = "fault-injection")]
 pub use faults::Fault;
 use ids::IdCounter;
-use ops::WriteOp;
 pub use ops::{Action, Expect, WriteOutcome, WriteResult};
+use ops::{ReadBudget, WriteOp};
 use placement::{Placement, ShardCount};
 pub use scan::{CollectionInfo, ListRequest, Listed, Page, MAX_PAGE};
 use shard::Shard;
@@ -76,6 +76,8 @@ pub struct StoreOptions {
     pub writer_queue_bytes: usize,
     /// Bytes of documents a listing page or an export chunk holds.
     pub page_bytes: usize,
+    /// The largest a document's text may be.
+    pub max_document_bytes: usize,
     /// How long a write waits for room in a full writer queue before 503.
     pub queue_wait: std::time::Duration,
     pub read_connections: u32,
@@ -96,6 +98,7 @@ impl From<&Settings> for StoreOptions {
             writer_queue: s.writer_queue,
             writer_queue_bytes: s.writer_queue_bytes,
             page_bytes: s.max_page_bytes,
+            max_document_bytes: s.max_body_bytes,
             queue_wait: s.writer_queue_wait,
             read_connections: s.read_connections,
             boot_check: s.boot_check,
@@ -189,6 +192,16 @@ pub enum StoreError {
     /// The client's document breaks a limit every document keeps.
     #[error("{reason}")]
     InvalidDocument { reason: String },
+    /// A request's gets and patches would read more stored documents than
+    /// one request may; this one was not read.
+    #[error(
+        "document {key} was not read: this request reads more than {limit} bytes of stored documents \
+         (EXDAAS_MAX_PAGE_BYTES); read it in a request of its own"
+    )]
+    TooMuchToRead { key: DocKey, limit: usize },
+    /// The document would be larger than a document may be.
+    #[error("document {key} would be {bytes} bytes; a document holds at most {limit} (EXDAAS_MAX_BODY_BYTES)")]
+    DocumentTooLarge { key: DocKey, bytes: usize, limit: usize },
     /// The operation cannot apply to the stored document as it is.
     #[error("{reason}")]
     Unprocessable { reason: String },
@@ -264,6 +277,8 @@ impl StoreError {
             StoreError::PreconditionFailed { .. }
             | StoreError::Busy { .. }
             | StoreError::InvalidDocument { .. }
+            | StoreError::DocumentTooLarge { .. }
+            | StoreError::TooMuchToRead { .. }
             | StoreError::Unprocessable { .. }
             | StoreError::IdsExhausted { .. } => self.to_string(),
         }
@@ -439,6 +454,7 @@ impl Store {
             expect,
             action,
             counted,
+            budget: None,
         };
         shard
             .submit(vec![op])
@@ -450,9 +466,12 @@ impl Store {
     /// Applies operations on documents of one collection. Those that land
     /// on the same shard are applied in order and commit in one transaction;
     /// across shards there is no ordering and no atomicity. Answers come
-    /// back in the order of `ops`.
+    /// back in the order of `ops`. Their gets and patches read at most
+    /// `EXDAAS_MAX_PAGE_BYTES` of large stored documents besides the first
+    /// (see `ReadBudget`); those past it answer `TooMuchToRead`.
     pub async fn write_many(&self, collection: &CollectionName, ops: Vec<(DocId, Expect, Action)>) -> Vec<WriteResult> {
         let total = ops.len();
+        let budget = Arc::new(ReadBudget::new(self.inner.page_bytes));
         let mut per_shard: Vec<(Vec<usize>, Vec<WriteOp>)> = vec![(Vec::new(), Vec::new()); self.inner.shards.len()];
         for (index, (id, expect, action)) in ops.into_iter().enumerate() {
             let counted = self.note_put(&id, &action);
@@ -466,6 +485,7 @@ impl Store {
                 expect,
                 action,
                 counted,
+                budget: Some(budget.clone()),
             });
         }
         let submitted = per_shard

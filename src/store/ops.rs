@@ -2,6 +2,7 @@
 //! applies, their preconditions, and the pure decision of one operation
 //! against a document's committed state (no I/O here, so it is unit-tested).
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -120,6 +121,49 @@ pub struct WriteOp {
     /// client's): the shard's record of where the counter restarts must
     /// cover it once it is stored.
     pub counted: bool,
+    /// What the request's gets and patches may read of large stored
+    /// documents, shared by its operations on every shard; `None` for a
+    /// request of one operation, which may always read its document.
+    pub budget: Option<Arc<ReadBudget>>,
+}
+
+/// Bytes of large stored documents one request's gets and patches may
+/// read, across all the shards its operations go to: its first read always
+/// goes ahead, the others while the budget lasts.
+#[derive(Debug)]
+pub struct ReadBudget {
+    limit: usize,
+    remaining: AtomicUsize,
+    started: AtomicBool,
+}
+
+impl ReadBudget {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            remaining: AtomicUsize::new(limit),
+            started: AtomicBool::new(false),
+        }
+    }
+
+    /// The budget it started with.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Takes `bytes` from the budget; `false` if they do not fit.
+    pub fn take(&self, bytes: usize) -> bool {
+        let first = !self.started.swap(true, Ordering::SeqCst);
+        self.remaining
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                match left.checked_sub(bytes) {
+                    Some(rest) => Some(rest),
+                    None if first => Some(0),
+                    None => None,
+                }
+            })
+            .is_ok()
+    }
 }
 
 /// What an operation did.
@@ -236,7 +280,19 @@ mod tests {
             expect,
             action,
             counted: false,
+            budget: None,
         }
+    }
+
+    #[test]
+    fn a_read_budget_lets_the_first_read_through_then_what_fits() {
+        let budget = ReadBudget::new(100);
+        assert!(budget.take(250), "the first read, however large");
+        assert!(!budget.take(1));
+        let budget = ReadBudget::new(100);
+        assert!(budget.take(60));
+        assert!(budget.take(40));
+        assert!(!budget.take(1));
     }
 
     fn put(data: &str) -> Action {

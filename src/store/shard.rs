@@ -248,11 +248,8 @@ impl Shard {
         let permits = u32::try_from(bytes.min(capacity)).unwrap_or(u32::MAX);
         match tokio::time::timeout_at(deadline, self.queue_bytes.clone().acquire_many_owned(permits)).await {
             Ok(Ok(room)) => Ok(room),
-            Ok(Err(_)) => Err(StoreError::Unavailable {
-                shard: self.index,
-                outage: Outage::Stopped,
-                reason: "its writer has stopped".into(),
-            }),
+            // The semaphore is never closed.
+            Ok(Err(_)) => Err(StoreError::Internal("the write queue's byte count was closed")),
             Err(_) => Err(self.busy()),
         }
     }
@@ -524,6 +521,7 @@ impl WriterSetup {
             file,
             cache: self.cache.clone(),
             batch_limit: self.options.writer_batch,
+            max_document_bytes: self.options.max_document_bytes,
             ids,
             ceilings: ids,
             may_expire,

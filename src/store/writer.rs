@@ -14,7 +14,7 @@
 //! file is still the one it opened, so a write to a deleted file is never
 //! acknowledged.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::cache::DocCache;
-use super::ops::{decide, Expect, WriteOp, WriteResult};
+use super::ops::{decide, Action, Expect, WriteOp, WriteResult};
 use super::shard::{FileIdentity, ShardStatus};
 use super::{Document, Outage, StoreError};
 use crate::domain::{CollectionName, DocId, DocKey};
@@ -132,6 +132,8 @@ pub struct Writer {
     pub file: FileIdentity,
     pub cache: DocCache,
     pub batch_limit: usize,
+    /// The largest a document's text may be (`EXDAAS_MAX_BODY_BYTES`).
+    pub max_document_bytes: usize,
     /// The shard's id bounds: the ceilings read at open, raised by every
     /// id written since.
     pub ids: IdBounds,
@@ -402,18 +404,40 @@ impl Writer {
     async fn apply(&mut self, groups: &[&[WriteOp]]) -> Result<Applied, StoreError> {
         let shard = self.shard;
         let now = now_millis();
-        let ops = || groups.iter().flat_map(|group| group.iter());
-        let mut state = self
-            .committed_state(ops())
+        let (mut state, refused) = self
+            .committed_state(groups)
             .await
             .map_err(|e| StoreError::from_sqlx(shard, e))?;
 
         let mut answers = Vec::with_capacity(groups.iter().map(|g| g.len()).sum());
         let mut changes: HashMap<DocKey, Change> = HashMap::new();
         let mut ids = self.ids;
-        for op in ops() {
+        let ops = groups
+            .iter()
+            .enumerate()
+            .flat_map(|(g, group)| group.iter().enumerate().map(move |(i, op)| ((g, i), op)));
+        for (at, op) in ops {
+            if refused.contains(&at) {
+                answers.push(Err(StoreError::TooMuchToRead {
+                    key: op.key.clone(),
+                    limit: op.budget.as_ref().map_or(0, |b| b.limit()),
+                }));
+                continue;
+            }
             let current = state.get(&op.key).and_then(Option::as_ref);
-            let (answer, new_state) = decide(op, current, now);
+            let (mut answer, mut new_state) = decide(op, current, now);
+            // A document may not outgrow the body limit, not even by patches
+            // that each fit in it.
+            if let Some(Some(doc)) = &new_state {
+                if doc.data.len() > self.max_document_bytes {
+                    answer = Err(StoreError::DocumentTooLarge {
+                        key: op.key.clone(),
+                        bytes: doc.data.len(),
+                        limit: self.max_document_bytes,
+                    });
+                    new_state = None;
+                }
+            }
             if let Some(new_state) = new_state {
                 if new_state.is_some() {
                     if let Some(n) = op.key.id.as_counter_value() {
@@ -455,16 +479,24 @@ impl Writer {
     }
 
     /// The committed row of every key the operations touch: from the cache,
-    /// from what the id counter guarantees, else from disk in one SELECT.
-    /// Reading outside the transaction is safe: this writer is the shard's
-    /// only one.
-    async fn committed_state<'a>(
+    /// from what the id counter guarantees, else from disk. Reading outside
+    /// the transaction is safe: this writer is the shard's only one.
+    ///
+    /// Memory stays bounded in bytes: a stored document's text is read only
+    /// when an operation needs it (a get or a patch; a put only to see
+    /// whether it changes anything, when the lengths match; a delete never),
+    /// and one request's gets and patches read large stored documents only
+    /// within the request's budget (see `ReadBudget`), whatever the shards.
+    /// The operations past it are answered without being applied (their
+    /// place in `groups` is in the returned set).
+    async fn committed_state(
         &mut self,
-        ops: impl Iterator<Item = &'a WriteOp>,
-    ) -> Result<HashMap<DocKey, Option<Document>>, sqlx::Error> {
+        groups: &[&[WriteOp]],
+    ) -> Result<(HashMap<DocKey, Option<Document>>, HashSet<(usize, usize)>), sqlx::Error> {
         let mut state: HashMap<DocKey, Option<Document>> = HashMap::new();
+        let mut refused = HashSet::new();
         let mut unknown: Vec<DocKey> = Vec::new();
-        for op in ops {
+        for op in groups.iter().flat_map(|group| group.iter()) {
             if state.contains_key(&op.key) {
                 continue;
             }
@@ -482,14 +514,55 @@ impl Writer {
             }
             state.insert(op.key.clone(), cached);
         }
-        if !unknown.is_empty() {
-            for (index, doc) in select_many(self.conn()?, &unknown).await? {
-                if let Some(key) = unknown.get(index) {
-                    state.insert(key.clone(), Some(doc));
+        if unknown.is_empty() {
+            return Ok((state, refused));
+        }
+        // Versions and sizes of every unknown row, with the text of small ones.
+        let mut untold: HashMap<DocKey, usize> = HashMap::new();
+        for row in select_many(self.conn()?, &unknown, SMALL_DOCUMENT).await? {
+            let Some(key) = unknown.get(row.index) else { continue };
+            if !row.whole {
+                untold.insert(key.clone(), row.bytes);
+            }
+            state.insert(key.clone(), Some(row.doc));
+        }
+        if untold.is_empty() {
+            return Ok((state, refused));
+        }
+        // Which large texts the operations need.
+        let mut wanted: HashSet<DocKey> = HashSet::new();
+        for (g, group) in groups.iter().enumerate() {
+            for (i, op) in group.iter().enumerate() {
+                let Some(&bytes) = untold.get(&op.key) else { continue };
+                match &op.action {
+                    Action::Delete => {}
+                    Action::Put { data, .. } => {
+                        if data.len() == bytes {
+                            wanted.insert(op.key.clone());
+                        }
+                    }
+                    Action::Read | Action::Patch { .. } => {
+                        if wanted.contains(&op.key) {
+                            continue;
+                        }
+                        if !op.budget.as_ref().is_none_or(|budget| budget.take(bytes)) {
+                            refused.insert((g, i));
+                            continue;
+                        }
+                        wanted.insert(op.key.clone());
+                    }
                 }
             }
         }
-        Ok(state)
+        if !wanted.is_empty() {
+            let wanted: Vec<DocKey> = wanted.into_iter().collect();
+            for (index, text) in select_texts(self.conn()?, &wanted).await? {
+                if let Some(Some(doc)) = wanted.get(index).and_then(|key| state.get_mut(key)) {
+                    doc.data = text;
+                }
+            }
+        }
+        Ok((state, refused))
     }
 
     /// Writes every changed key's final state (and, when an id passed one,
@@ -728,18 +801,68 @@ fn keys_param(keys: &[DocKey]) -> String {
     param
 }
 
-/// The committed rows among `keys`, as (index in `keys`, document).
-async fn select_many(conn: &mut SqliteConnection, keys: &[DocKey]) -> Result<Vec<(usize, Document)>, sqlx::Error> {
+/// Stored documents up to this size come with their row's first read; the
+/// text of larger ones is read only when an operation needs it.
+const SMALL_DOCUMENT: usize = 64 << 10;
+
+/// A committed row among the keys asked for.
+struct StoredRow {
+    /// Its index in the keys.
+    index: usize,
+    /// Its document: with its text if `whole`, else with an empty one.
+    doc: Document,
+    /// The size of its text.
+    bytes: usize,
+    whole: bool,
+}
+
+/// The committed rows among `keys`, with the text of those up to `small`
+/// bytes (the size of the others is in SQLite's record header: their text
+/// is not read).
+async fn select_many(
+    conn: &mut SqliteConnection,
+    keys: &[DocKey],
+    small: usize,
+) -> Result<Vec<StoredRow>, sqlx::Error> {
     let param = keys_param(keys);
     let rows = sqlx::query(
-        "SELECT k.key AS idx, d.version, d.updated_at, d.expires_at, d.data FROM json_each(?1) AS k \
+        "SELECT k.key AS idx, d.version, d.updated_at, d.expires_at, octet_length(d.data) AS bytes, \
+         CASE WHEN octet_length(d.data) <= ?2 THEN d.data ELSE '' END AS data FROM json_each(?1) AS k \
          JOIN documents AS d ON d.collection = k.value->>0 AND d.id = k.value->>1",
     )
     .bind(param)
+    .bind(i64::try_from(small).unwrap_or(i64::MAX))
     .fetch_all(&mut *conn)
     .await?;
     rows.iter()
-        .map(|row| Ok((row.try_get::<i64, _>("idx")? as usize, document_from_row(row)?)))
+        .map(|row| {
+            let bytes = usize::try_from(row.try_get::<i64, _>("bytes")?).unwrap_or(usize::MAX);
+            Ok(StoredRow {
+                index: row.try_get::<i64, _>("idx")? as usize,
+                doc: document_from_row(row)?,
+                bytes,
+                whole: bytes <= small,
+            })
+        })
+        .collect()
+}
+
+/// The text of the committed rows among `keys`, as (index in `keys`, text).
+async fn select_texts(conn: &mut SqliteConnection, keys: &[DocKey]) -> Result<Vec<(usize, Arc<str>)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT k.key AS idx, d.data FROM json_each(?1) AS k \
+         JOIN documents AS d ON d.collection = k.value->>0 AND d.id = k.value->>1",
+    )
+    .bind(keys_param(keys))
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get::<i64, _>("idx")? as usize,
+                Arc::from(row.try_get::<&str, _>("data")?),
+            ))
+        })
         .collect()
 }
 

@@ -141,7 +141,7 @@ async fn every_write_path_refuses_documents_past_the_depth_limit() {
 
 /// An anonymous create through each route that makes one: `POST /api` with
 /// `"id": null`, `POST /v1/collections/{c}/docs`, and an import line without
-/// id. Answers the ids they got.
+/// id. Answers the ids the first two got (an import reports no ids).
 async fn create_everywhere(app: &TestApp) -> Vec<u64> {
     let resp = app.post_api(json!({"id": null, "data": "anonymous"})).await;
     assert_eq!(resp.status(), 200, "POST /api with a null id");
@@ -338,4 +338,84 @@ async fn server_errors_show_clients_a_stable_message_and_the_log_an_id_with_the_
         .find(|line| line.contains(&error_id))
         .unwrap_or_else(|| panic!("no log line carries {error_id}:\n{log}"));
     assert!(line.contains("shard-0000.sqlite3"), "{line}");
+}
+
+#[tokio::test]
+async fn a_document_cannot_outgrow_the_body_limit_by_patches() {
+    let app = crate::helpers::spawn_app_with(&[("EXDAAS_MAX_BODY_BYTES", "4096")]).await;
+    assert_eq!(
+        app.put_doc("c", "grows", &json!({"a": "x".repeat(3000)}))
+            .await
+            .status(),
+        201
+    );
+    // Each patch fits in a body; what it would make of the document does not.
+    let resp = app.patch_doc("c", "grows", &json!({"b": "y".repeat(2000)})).await;
+    assert_eq!(resp.status(), 422);
+    let detail = json(resp).await["detail"].as_str().unwrap_or_default().to_owned();
+    assert!(detail.contains("4096"), "{detail}");
+    let doc = json(app.get_doc("c", "grows").await).await;
+    assert_eq!(
+        (doc["version"].clone(), doc["data"].get("b").is_none()),
+        (json!(1), true)
+    );
+}
+
+#[tokio::test]
+async fn a_commands_answer_is_bounded_in_keys_and_bytes() {
+    let app = crate::helpers::spawn_app_with(&[("EXDAAS_MAX_PAGE_BYTES", "65536")]).await;
+    assert_eq!(
+        app.post_api(json!({"id": 1, "data": {"big": "b".repeat(10_000)}}))
+            .await
+            .status(),
+        200
+    );
+    let keys = |n: usize| "&cmd%5Bkeys%5D%5B%5D=big".repeat(n);
+    let resp = app.get(&format!("/api/cmd?id=1&cmd%5Bquery%5D=ONLY{}", keys(5))).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(json(resp).await["values"].as_array().map(Vec::len), Some(5));
+    // The same field named often enough to outgrow the page budget.
+    let resp = app.get(&format!("/api/cmd?id=1&cmd%5Bquery%5D=ONLY{}", keys(10))).await;
+    assert_eq!(resp.status(), 422);
+    let resp = app
+        .get(&format!("/api/cmd?id=1&cmd%5Bquery%5D=ONLY{}", keys(1001)))
+        .await;
+    assert_eq!(resp.status(), 400, "more than 1000 keys");
+}
+
+#[tokio::test]
+async fn an_import_report_quotes_what_a_line_held_cut_short() {
+    let app = spawn_app().await;
+    let long_bad_id = format!("a b{}", "c".repeat(500_000));
+    let body = format!("{}\n", json!({"id": long_bad_id, "data": 1}));
+    let resp = send(
+        app.request(Method::POST, "/v1/collections/c/import")
+            .header("content-type", "application/x-ndjson")
+            .body(body),
+    )
+    .await;
+    let text = resp.text().await.expect("a report");
+    assert!(text.len() < 2000, "the report holds {} bytes", text.len());
+    let report: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(report["rejected_count"], 1);
+}
+
+#[tokio::test]
+async fn the_original_api_takes_the_id_from_the_query_too() {
+    // Phoenix merged query and body parameters.
+    let app = spawn_app().await;
+    let resp = send(
+        app.request(Method::POST, "/api?id=5")
+            .json(&json!({"data": {"q": true}})),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(json(resp).await, json!({"id": 5, "data": {"q": true}}));
+    // The body's id wins when both are there.
+    let resp = send(
+        app.request(Method::POST, "/api?id=6")
+            .json(&json!({"id": 7, "data": 1})),
+    )
+    .await;
+    assert_eq!(json(resp).await["id"], 7);
 }

@@ -148,3 +148,76 @@ async fn a_batch_answer_leaves_out_data_past_the_page_budget() {
     let full = json(app.get_doc("c", "big").await).await;
     assert_eq!(full["data"], doc);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_reading_many_large_documents_stays_within_the_page_budget() {
+    let folder = tempfile::tempdir().expect("temp dir");
+    let server = ServerProcess::start(
+        folder.path(),
+        &[
+            ("EXDAAS_MAX_PAGE_BYTES", "2097152"),
+            ("EXDAAS_CACHE_MIB", "0"),
+            ("EXDAAS_READ_CONNECTIONS", "1"),
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let count = 160;
+    let large = "z".repeat(256 << 10);
+    for n in 0..count {
+        let resp = client
+            .put(server.url(&format!("/v1/collections/many/docs/d{n:03}")))
+            .json(&json!(large))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(resp.status(), 201);
+    }
+    let pid = server.child.id().expect("running");
+    let batch = |op: &'static str| {
+        let ops: Vec<Value> = (0..count)
+            .map(|n| json!({"op": op, "id": format!("d{n:03}")}))
+            .collect();
+        client
+            .post(server.url("/v1/collections/many/batch"))
+            .json(&json!({ "ops": ops }))
+            .send()
+    };
+    // Once, so what any batch needs once is there before the measure.
+    let results: Value = batch("get").await.expect("sent").json().await.expect("JSON");
+    let statuses: Vec<u64> = results["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap_or(0))
+        .collect();
+    let read = statuses.iter().filter(|s| **s == 200).count();
+    assert!((7..=8).contains(&read), "2 MiB of 256 KiB documents: {statuses:?}");
+    assert!(statuses.iter().all(|s| matches!(s, 200 | 413)), "{statuses:?}");
+    let refused = &results["results"][count - 1];
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("request of its own"),
+        "{refused}"
+    );
+
+    let before = status_kib(pid, "VmRSS:");
+    reset_peak(pid);
+    assert_eq!(batch("get").await.expect("sent").status(), 200);
+    // Deletes read no text at all.
+    let deleted: Value = batch("delete").await.expect("sent").json().await.expect("JSON");
+    assert!(deleted["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .all(|r| r["status"] == 204));
+    let growth_mib = status_kib(pid, "VmHWM:").saturating_sub(before) / 1024;
+    eprintln!("a batch over 40 MiB of documents grew the server by {growth_mib} MiB");
+    // Without the budget, each batch read all 40 MiB of them.
+    assert!(
+        growth_mib <= 16,
+        "a batch over 40 MiB of documents grew the server by {growth_mib} MiB"
+    );
+}
