@@ -205,10 +205,16 @@ fn error_meta<T: Type>(content_type: &'static str, statuses: &[(u16, &'static st
                 description,
                 status: Some(status),
                 status_range: None,
-                content: vec![MetaMediaType {
-                    content_type,
-                    schema: T::schema_ref(),
-                }],
+                // The HTTP layer answers a URI it cannot read before any
+                // route runs, with no body.
+                content: if status == 414 {
+                    vec![]
+                } else {
+                    vec![MetaMediaType {
+                        content_type,
+                        schema: T::schema_ref(),
+                    }]
+                },
                 headers: vec![],
             })
             .collect(),
@@ -224,6 +230,7 @@ const ERROR_STATUSES: &[(u16, &str)] = &[
     (403, "The API key does not grant this on this collection"),
     (404, "No such document"),
     (413, "The body is larger than the configured limit"),
+    (414, "The URI is longer than the server reads (64 KiB); no body"),
     (415, "The body's content type is not one this endpoint reads"),
     (422, "The document does not have the shape the command needs"),
     (412, "A precondition (If-Match, If-None-Match, expected_version) failed"),
