@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use exdaas::domain::{CollectionName, DocId, DocKey};
-use exdaas::store::{Store, StoreOptions};
+use exdaas::store::Store;
 use exdaas::Settings;
 use serde_json::json;
 
@@ -77,7 +77,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(64);
-    let store = Store::open(StoreOptions::from(&settings)).await?;
+    let options = exdaas::app::store_options(&settings, std::sync::Arc::new(exdaas::stats::NoEvents));
+    let store = Store::open(options).await?;
     println!(
         "shards={} sync={} concurrency={concurrency}",
         settings.shards.get(),

@@ -11,6 +11,7 @@ use crate::api;
 use crate::api::auth::Access;
 use crate::config::{Settings, SettingsError};
 use crate::metrics::Metrics;
+use crate::stats::StoreEvents;
 use crate::store::{Store, StoreError, StoreOptions};
 
 /// Why the service could not start.
@@ -49,11 +50,7 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, BootError> {
         let metrics = Arc::new(Metrics::new());
-        let store = Store::open(StoreOptions {
-            metrics: metrics.store.clone(),
-            ..StoreOptions::from(&settings)
-        })
-        .await?;
+        let store = Store::open(store_options(&settings, metrics.clone())).await?;
         let addr = std::net::SocketAddr::new(settings.listen_addr, settings.port);
         let acceptor = match TcpListener::bind(addr).into_acceptor().await {
             Ok(acceptor) => acceptor,
@@ -120,6 +117,26 @@ impl Application {
         self.store.shutdown().await;
         tracing::info!("every writer drained; exiting");
         served
+    }
+}
+
+/// What the store is told of the settings: plain data, handed down, so the
+/// store does not read settings itself.
+pub fn store_options(settings: &Settings, events: Arc<dyn StoreEvents>) -> StoreOptions {
+    StoreOptions {
+        data_dir: settings.data_dir.clone(),
+        shards: settings.shards,
+        sync: settings.sync,
+        cache_bytes: settings.cache_bytes,
+        writer_batch: settings.writer_batch,
+        writer_queue: settings.writer_queue,
+        writer_queue_bytes: settings.writer_queue_bytes,
+        page_bytes: settings.max_page_bytes,
+        max_document_bytes: settings.max_body_bytes,
+        queue_wait: settings.writer_queue_wait,
+        read_connections: settings.read_connections,
+        boot_check: settings.boot_check,
+        events,
     }
 }
 

@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Settings, SETTINGS};
+use crate::domain::ShardCount;
 use crate::store::maintenance;
-use crate::store::placement::ShardCount;
 
 #[derive(Debug, Parser)]
 #[command(name = "exdaas", version, about = "A serialized, fault tolerant, self caching, self sharding JSON document database", after_long_help = settings_help(), after_help = settings_help())]

@@ -11,27 +11,9 @@ use std::time::Duration;
 
 use config::{Config, Environment, File, FileFormat};
 
-use crate::api::auth::ApiKey;
-use crate::store::placement::ShardCount;
-
-/// How hard a commit pushes data to the disk before it is acknowledged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SyncMode {
-    /// `synchronous=NORMAL`: survives a process crash; the last commits may be
-    /// lost on power loss or a kernel crash.
-    Normal,
-    /// `synchronous=FULL`: every acknowledged commit is on stable storage.
-    Full,
-}
-
-impl SyncMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SyncMode::Normal => "normal",
-            SyncMode::Full => "full",
-        }
-    }
-}
+use crate::domain::access::ApiKey;
+use crate::domain::ShardCount;
+pub use crate::domain::SyncMode;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod metrics;
+pub mod stats;
 pub mod store;
 pub mod telemetry;
 

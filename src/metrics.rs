@@ -1,10 +1,11 @@
 //! Prometheus metrics, served at `GET /metrics` in the text format.
 //!
-//! Counters and histograms are updated where things happen (the HTTP edge,
-//! the shard writers, the cache); gauges that describe state (cache size,
-//! queue depths, documents per shard) are read from the store at scrape
-//! time, so they cost nothing between scrapes. Labels are routes and shard
-//! numbers only: no collection names, ids or keys leave through here.
+//! Counters and histograms are updated where things happen: the HTTP edge
+//! calls [`RouteMetrics`], the store reports through [`StoreEvents`], which
+//! [`Metrics`] implements. Gauges that describe state (cache size, queue
+//! depths, documents per shard) come from a [`StoreSnapshot`] taken at
+//! scrape time, so they cost nothing between scrapes. Labels are routes and
+//! shard numbers only: no collection names, ids or keys leave through here.
 
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::store::Store;
+use crate::stats::{StoreEvents, StoreSnapshot};
 
 /// How long a scrape may reuse the documents-per-shard counts (each is a
 /// `count(*)` over a shard).
@@ -25,7 +26,13 @@ pub struct Metrics {
     registry: Registry,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
-    pub store: StoreMetrics,
+    cache_hits: IntCounter,
+    cache_misses: IntCounter,
+    batch_size: HistogramVec,
+    commit_seconds: HistogramVec,
+    /// Each shard's two histograms, resolved once so a commit does no label
+    /// lookup.
+    shard_handles: Vec<OnceLock<(Histogram, Histogram)>>,
     cache_entries: IntGauge,
     cache_bytes: IntGauge,
     queue_depth: IntGaugeVec,
@@ -34,39 +41,9 @@ pub struct Metrics {
     counted_at: Mutex<Option<Instant>>,
 }
 
-/// The metrics the store updates itself: cache hits and misses, and each
-/// writer's batch sizes and commit times.
-#[derive(Clone)]
-pub struct StoreMetrics {
-    pub cache_hits: IntCounter,
-    pub cache_misses: IntCounter,
-    batch_size: HistogramVec,
-    commit_seconds: HistogramVec,
-}
-
-/// One writer's handles, resolved once so a commit does no label lookup.
-#[derive(Clone)]
-pub struct ShardMetrics {
-    pub batch_size: Histogram,
-    pub commit_seconds: Histogram,
-}
-
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Metrics")
-    }
-}
-
-impl std::fmt::Debug for StoreMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("StoreMetrics")
-    }
-}
-
-impl Default for StoreMetrics {
-    /// Metrics that count but are not served (tools and benchmarks).
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -78,44 +55,24 @@ fn built<T>(metric: prometheus::Result<T>) -> T {
     }
 }
 
-impl StoreMetrics {
-    fn new() -> Self {
-        Self {
-            cache_hits: built(IntCounter::new(
-                "exdaas_cache_hits_total",
-                "Reads of one document answered from the cache.",
-            )),
-            cache_misses: built(IntCounter::new(
-                "exdaas_cache_misses_total",
-                "Reads of one document that went to the shard file.",
-            )),
-            batch_size: built(HistogramVec::new(
-                HistogramOpts::new(
-                    "exdaas_writer_batch_size",
-                    "Requests a shard writer committed together in one transaction.",
-                )
-                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
-                &["shard"],
-            )),
-            commit_seconds: built(HistogramVec::new(
-                HistogramOpts::new(
-                    "exdaas_writer_commit_duration_seconds",
-                    "Time a shard writer spent writing and committing one batch.",
-                )
-                .buckets(vec![
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-                ]),
-                &["shard"],
-            )),
+impl StoreEvents for Metrics {
+    fn cache_read(&self, hit: bool) {
+        if hit {
+            self.cache_hits.inc();
+        } else {
+            self.cache_misses.inc();
         }
     }
 
-    /// The handles of shard `index`'s writer.
-    pub fn shard(&self, index: usize) -> ShardMetrics {
-        let label = index.to_string();
-        ShardMetrics {
-            batch_size: self.batch_size.with_label_values(&[label.as_str()]),
-            commit_seconds: self.commit_seconds.with_label_values(&[label.as_str()]),
+    fn batch(&self, shard: usize, requests: usize) {
+        if let Some((batch_size, _)) = self.shard(shard) {
+            batch_size.observe(requests as f64);
+        }
+    }
+
+    fn commit(&self, shard: usize, seconds: f64) {
+        if let Some((_, commit_seconds)) = self.shard(shard) {
+            commit_seconds.observe(seconds);
         }
     }
 }
@@ -129,7 +86,6 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let store = StoreMetrics::new();
         let metrics = Self {
             http_requests: built(IntCounterVec::new(
                 Opts::new(
@@ -174,17 +130,43 @@ impl Metrics {
                 ),
                 &["shard"],
             )),
+            cache_hits: built(IntCounter::new(
+                "exdaas_cache_hits_total",
+                "Reads of one document answered from the cache.",
+            )),
+            cache_misses: built(IntCounter::new(
+                "exdaas_cache_misses_total",
+                "Reads of one document that went to the shard file.",
+            )),
+            batch_size: built(HistogramVec::new(
+                HistogramOpts::new(
+                    "exdaas_writer_batch_size",
+                    "Requests a shard writer committed together in one transaction.",
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
+                &["shard"],
+            )),
+            commit_seconds: built(HistogramVec::new(
+                HistogramOpts::new(
+                    "exdaas_writer_commit_duration_seconds",
+                    "Time a shard writer spent writing and committing one batch.",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                ]),
+                &["shard"],
+            )),
+            shard_handles: (0..crate::domain::ShardCount::MAX).map(|_| OnceLock::new()).collect(),
             counted_at: Mutex::new(None),
-            store,
             registry,
         };
         let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
             Box::new(metrics.http_requests.clone()),
             Box::new(metrics.http_duration.clone()),
-            Box::new(metrics.store.cache_hits.clone()),
-            Box::new(metrics.store.cache_misses.clone()),
-            Box::new(metrics.store.batch_size.clone()),
-            Box::new(metrics.store.commit_seconds.clone()),
+            Box::new(metrics.cache_hits.clone()),
+            Box::new(metrics.cache_misses.clone()),
+            Box::new(metrics.batch_size.clone()),
+            Box::new(metrics.commit_seconds.clone()),
             Box::new(metrics.cache_entries.clone()),
             Box::new(metrics.cache_bytes.clone()),
             Box::new(metrics.queue_depth.clone()),
@@ -219,13 +201,33 @@ impl Metrics {
         }
     }
 
-    /// The text a scrape gets: state gauges read from `store` now, and
-    /// everything counted so far.
-    pub async fn render(&self, store: &Store) -> String {
-        let (entries, bytes) = store.cache_usage().await;
-        self.cache_entries.set(gauge(entries));
-        self.cache_bytes.set(gauge(bytes));
-        for shard in store.shard_stats() {
+    /// Shard `index`'s histograms (batch size, commit time).
+    fn shard(&self, index: usize) -> Option<&(Histogram, Histogram)> {
+        let handles = self.shard_handles.get(index)?;
+        Some(handles.get_or_init(|| {
+            let label = index.to_string();
+            (
+                self.batch_size.with_label_values(&[label.as_str()]),
+                self.commit_seconds.with_label_values(&[label.as_str()]),
+            )
+        }))
+    }
+
+    /// Whether the next scrape should count the documents of every shard
+    /// (a `count(*)` over each): at most every 10 s.
+    pub fn documents_due(&self) -> bool {
+        self.counted_at
+            .lock()
+            .map(|at| at.is_none_or(|at| at.elapsed() >= DOCUMENT_COUNTS_MAX_AGE))
+            .unwrap_or(true)
+    }
+
+    /// The text a scrape gets: the state of `snapshot`, and everything
+    /// counted so far.
+    pub fn render(&self, snapshot: &StoreSnapshot) -> String {
+        self.cache_entries.set(gauge(snapshot.cache_entries));
+        self.cache_bytes.set(gauge(snapshot.cache_bytes));
+        for shard in &snapshot.shards {
             let label = shard.index.to_string();
             self.queue_depth
                 .with_label_values(&[label.as_str()])
@@ -234,19 +236,14 @@ impl Metrics {
                 .with_label_values(&[label.as_str()])
                 .set(i64::from(shard.ready));
         }
-        let stale = self
-            .counted_at
-            .lock()
-            .map(|at| at.is_none_or(|at| at.elapsed() >= DOCUMENT_COUNTS_MAX_AGE))
-            .unwrap_or(true);
-        if stale {
-            // A shard that cannot be counted right now keeps its last count.
-            for (index, count) in store.documents_per_shard().await.into_iter().enumerate() {
+        if let Some(documents) = &snapshot.documents {
+            // A shard that could not be counted now keeps its last count.
+            for (index, count) in documents.iter().enumerate() {
                 if let Some(count) = count {
                     let label = index.to_string();
                     self.shard_documents
                         .with_label_values(&[label.as_str()])
-                        .set(gauge(count));
+                        .set(gauge(*count));
                 }
             }
             if let Ok(mut at) = self.counted_at.lock() {

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
-use super::auth::{Access, Credentials, Scope};
+use super::auth::{Access, Credentials};
 use super::error::{Flavor, ProblemError};
 use super::ApiTags;
+use crate::domain::access::Scope;
 use crate::store::maintenance::Manifest;
 use crate::store::Store;
 

@@ -10,12 +10,13 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
-use super::auth::{Access, Credentials, Scope};
+use super::auth::{Access, Credentials};
 use super::docs::{bad_request, envelope_json, expiry, location, parse_id, parse_time};
 use super::error::{ApiError, Flavor, ProblemError};
 use super::params::{CollectionParam, Confirm};
 use super::payload::{excerpt, json_error, json_string, JsonBody, Ndjson, NdjsonBody, RawJson};
 use super::ApiTags;
+use crate::domain::access::Scope;
 use crate::domain::{CollectionName, DocId, DocKey};
 use crate::store::{Action, Expect, Store, StoreError, WriteOutcome};
 

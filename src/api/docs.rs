@@ -11,12 +11,13 @@ use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::auth::{Access, Credentials, Scope};
+use super::auth::{Access, Credentials};
 use super::conditional::{etag, EntityTags};
 use super::error::{Flavor, ProblemError};
 use super::params::{AnyDocument, CollectionParam, DocIdParam, MergePatch};
 use super::payload::{json_string, JsonBody, MergePatchBody, RawJson};
 use super::ApiTags;
+use crate::domain::access::Scope;
 use crate::domain::{CollectionName, DocId, DocKey};
 use crate::store::{Action, Document, Expect, ListRequest, Store, StoreError, WriteOutcome};
 

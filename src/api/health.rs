@@ -71,7 +71,8 @@ impl HealthApi {
     /// holds routes, shard numbers and counts, never collection names or data.
     #[oai(path = "/metrics", method = "get")]
     async fn metrics(&self) -> MetricsResponse {
-        MetricsResponse::Text(PlainText(self.metrics.render(&self.store).await))
+        let snapshot = self.store.snapshot(self.metrics.documents_due()).await;
+        MetricsResponse::Text(PlainText(self.metrics.render(&snapshot)))
     }
 
     /// Every shard is open and every writer running

@@ -10,11 +10,12 @@ use poem_openapi::types::Example;
 use poem_openapi::{ApiRequest, Object, OpenApi};
 use serde_json::{json, Value};
 
-use super::auth::{Access, Credentials, Scope};
+use super::auth::{Access, Credentials};
 use super::error::{Flavor, LegacyError};
 use super::params::{CmdQuery, LegacyForm, LegacyId, LegacyWrite};
 use super::payload::{FormBody, JsonBody, RawJson};
 use super::ApiTags;
+use crate::domain::access::Scope;
 use crate::domain::{CollectionName, DocId, DocKey};
 use crate::store::Store;
 

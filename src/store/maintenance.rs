@@ -27,9 +27,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
 
 use super::layout::{self, Layout};
-use super::placement::{Placement, ShardCount, BUCKETS, SCHEME};
+use super::placement::{Placement, BUCKETS, SCHEME};
 use super::shard::{read_identity, stamp_identity, APPLICATION_ID, MIGRATOR};
 use super::StoreError;
+use crate::domain::ShardCount;
 use crate::domain::{CollectionName, DocId, DocKey};
 
 pub const MANIFEST_FILE: &str = "manifest.json";

@@ -25,16 +25,17 @@ use std::time::Instant;
 use futures_util::TryStreamExt;
 use tokio::sync::watch;
 
-use crate::config::{Settings, SyncMode};
+use crate::domain::ShardCount;
+use crate::domain::SyncMode;
 use crate::domain::{CollectionName, DocId, DocKey, MAX_COUNTER_ID};
-use crate::metrics::StoreMetrics;
+use crate::stats::{ShardStats, StoreEvents, StoreSnapshot};
 use cache::DocCache;
 #[cfg(feature = "fault-injection")]
 pub use faults::Fault;
 use ids::IdCounter;
 pub use ops::{Action, Expect, WriteOutcome, WriteResult};
 use ops::{ReadBudget, WriteOp};
-use placement::{Placement, ShardCount};
+use placement::Placement;
 pub use scan::{CollectionInfo, ListRequest, Listed, Page, MAX_PAGE};
 use shard::Shard;
 pub use writer::now_millis;
@@ -83,28 +84,8 @@ pub struct StoreOptions {
     pub read_connections: u32,
     /// Check every shard's integrity at boot (reads each file whole).
     pub boot_check: bool,
-    /// Where cache hits and misses, batch sizes and commit times are counted.
-    pub metrics: StoreMetrics,
-}
-
-impl From<&Settings> for StoreOptions {
-    fn from(s: &Settings) -> Self {
-        Self {
-            data_dir: s.data_dir.clone(),
-            shards: s.shards,
-            sync: s.sync,
-            cache_bytes: s.cache_bytes,
-            writer_batch: s.writer_batch,
-            writer_queue: s.writer_queue,
-            writer_queue_bytes: s.writer_queue_bytes,
-            page_bytes: s.max_page_bytes,
-            max_document_bytes: s.max_body_bytes,
-            queue_wait: s.writer_queue_wait,
-            read_connections: s.read_connections,
-            boot_check: s.boot_check,
-            metrics: StoreMetrics::default(),
-        }
-    }
+    /// Where cache hits and misses, batch sizes and commit times go.
+    pub events: Arc<dyn StoreEvents>,
 }
 
 /// Why a shard cannot serve, in words fit for any client: no file paths,
@@ -321,15 +302,6 @@ pub struct ShardHealth {
     pub problem: Option<&'static str>,
 }
 
-/// What one shard is doing, for metrics.
-#[derive(Debug, Clone)]
-pub struct ShardStats {
-    pub index: usize,
-    pub ready: bool,
-    /// Requests waiting in its writer's queue.
-    pub queued: usize,
-}
-
 /// A cheap-to-clone handle to the open store.
 #[derive(Clone)]
 pub struct Store {
@@ -345,7 +317,7 @@ struct Inner {
     /// This process's hold of the data folder, released at shutdown.
     lock: std::sync::Mutex<Option<layout::FolderLock>>,
     data_dir: PathBuf,
-    metrics: StoreMetrics,
+    events: Arc<dyn StoreEvents>,
     /// Bytes of documents a listing page or an export chunk holds.
     page_bytes: usize,
 }
@@ -390,7 +362,7 @@ impl Store {
                 shutdown,
                 lock: std::sync::Mutex::new(Some(lock)),
                 data_dir: options.data_dir.clone(),
-                metrics: options.metrics.clone(),
+                events: options.events.clone(),
                 page_bytes: options.page_bytes,
             }),
         };
@@ -417,11 +389,7 @@ impl Store {
                 self.inner.cache.fill(key, move || shard.read_on(conn, key)).await?
             }
         };
-        if hit {
-            self.inner.metrics.cache_hits.inc();
-        } else {
-            self.inner.metrics.cache_misses.inc();
-        }
+        self.inner.events.cache_read(hit);
         // On the request's span, when traces are exported.
         tracing::Span::current().record("exdaas.cache.hit", hit);
         Ok(doc.filter(|doc| doc.is_live(writer::now_millis())))
@@ -595,8 +563,12 @@ impl Store {
         }
     }
 
-    pub fn shard_stats(&self) -> Vec<ShardStats> {
-        self.inner
+    /// The store's state for a scrape; with `count_documents`, a count of
+    /// every shard's live documents too (a `count(*)` each).
+    pub async fn snapshot(&self, count_documents: bool) -> StoreSnapshot {
+        let (cache_entries, cache_bytes) = self.inner.cache.usage().await;
+        let shards = self
+            .inner
             .shards
             .iter()
             .map(|s| ShardStats {
@@ -604,7 +576,18 @@ impl Store {
                 ready: s.is_ready(),
                 queued: s.queued(),
             })
-            .collect()
+            .collect();
+        let documents = if count_documents {
+            Some(self.documents_per_shard().await)
+        } else {
+            None
+        };
+        StoreSnapshot {
+            cache_entries,
+            cache_bytes,
+            shards,
+            documents,
+        }
     }
 
     pub fn health(&self) -> Vec<ShardHealth> {

@@ -6,29 +6,14 @@
 //! version. Buckets map to shards by `bucket % shard_count`. Each row keeps its
 //! bucket, so resharding moves whole buckets instead of rehashing documents.
 
-use crate::domain::DocKey;
+use crate::domain::{DocKey, ShardCount};
 
-/// Number of virtual buckets. Fixed forever for a data folder's scheme.
-pub const BUCKETS: u32 = 4096;
+/// Number of virtual buckets. Fixed forever for a data folder's scheme; a
+/// shard holds whole buckets, so it is also the most shards a folder has.
+pub const BUCKETS: u32 = ShardCount::MAX;
 
 /// Name of this scheme, recorded in every data folder it writes.
 pub const SCHEME: &str = "fnv1a64-splitmix64/4096-buckets/mod-shards";
-
-/// A valid shard count: 1 to [`BUCKETS`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ShardCount(u32);
-
-impl ShardCount {
-    pub const MAX: u32 = BUCKETS;
-
-    pub fn new(n: u32) -> Option<Self> {
-        (1..=Self::MAX).contains(&n).then_some(Self(n))
-    }
-
-    pub fn get(self) -> u32 {
-        self.0
-    }
-}
 
 /// The placement of keys on a fixed number of shards.
 #[derive(Debug, Clone, Copy)]

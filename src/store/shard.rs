@@ -26,7 +26,7 @@ use super::cache::DocCache;
 use super::ops::{WriteOp, WriteResult};
 use super::writer::{self, Exit, IdBounds, Job, Writer};
 use super::{Document, Outage, StoreError, StoreOptions};
-use crate::config::SyncMode;
+use crate::domain::SyncMode;
 use crate::domain::{CollectionName, DocKey};
 
 /// The shard schema, from `migrations/`, embedded at build time.
@@ -532,7 +532,7 @@ impl WriterSetup {
             writes: 0,
             #[cfg(feature = "fault-injection")]
             panic_after_commit: false,
-            metrics: self.options.metrics.shard(self.index),
+            events: self.options.events.clone(),
         })
     }
 

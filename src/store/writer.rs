@@ -28,7 +28,7 @@ use super::ops::{decide, Action, Expect, WriteOp, WriteResult};
 use super::shard::{FileIdentity, ShardStatus};
 use super::{Document, Outage, StoreError};
 use crate::domain::{CollectionName, DocId, DocKey};
-use crate::metrics::ShardMetrics;
+use crate::stats::StoreEvents;
 
 /// Work for a writer.
 pub enum Job {
@@ -153,7 +153,8 @@ pub struct Writer {
     /// A test asked for a panic after the next commit.
     #[cfg(feature = "fault-injection")]
     pub panic_after_commit: bool,
-    pub metrics: ShardMetrics,
+    /// Where batch sizes and commit times go.
+    pub events: Arc<dyn StoreEvents>,
 }
 
 impl Writer {
@@ -232,7 +233,7 @@ impl Writer {
                     for span in spans {
                         span.record("exdaas.batch.size", batch.len() as i64);
                     }
-                    self.metrics.batch_size.observe(batch.len() as f64);
+                    self.events.batch(self.shard, batch.len());
                     let committed = self.commit_batch(batch).await;
                     drop(rooms);
                     if let Err(err) = committed {
@@ -621,7 +622,7 @@ impl Writer {
         let conn = self.conn().map_err(|e| StoreError::from_sqlx(shard, e))?;
         let started = Instant::now();
         let written = sqlx::query(script).bind(batch).bind(texts).execute(conn).await;
-        self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+        self.events.commit(shard, started.elapsed().as_secs_f64());
         if let Err(err) = written {
             self.rollback().await;
             return Err(self.db_error(err));

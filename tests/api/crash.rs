@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use exdaas::domain::ShardCount;
 use exdaas::domain::{CollectionName, DocId, DocKey};
-use exdaas::store::placement::{Placement, ShardCount};
+use exdaas::store::placement::Placement;
 use serde_json::{json, Value};
 
 use crate::helpers::{json, ServerProcess};

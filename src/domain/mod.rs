@@ -3,6 +3,8 @@
 //! A `CollectionName` or `DocId` that exists is valid: the API builds them with
 //! `parse`, and everything below it can rely on the documented limits.
 
+pub mod access;
+
 use std::fmt;
 use std::sync::Arc;
 
@@ -202,6 +204,42 @@ pub fn measure(value: &serde_json::Value) -> JsonSize {
         }
     }
     size
+}
+
+/// A valid shard count: 1 to [`ShardCount::MAX`] (the placement's number of
+/// buckets: a shard holds whole buckets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardCount(u32);
+
+impl ShardCount {
+    pub const MAX: u32 = 4096;
+
+    pub fn new(n: u32) -> Option<Self> {
+        (1..=Self::MAX).contains(&n).then_some(Self(n))
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// How hard a commit pushes data to the disk before it is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// `synchronous=NORMAL`: survives a process crash; the last commits may be
+    /// lost on power loss or a kernel crash.
+    Normal,
+    /// `synchronous=FULL`: every acknowledged commit is on stable storage.
+    Full,
+}
+
+impl SyncMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncMode::Normal => "normal",
+            SyncMode::Full => "full",
+        }
+    }
 }
 
 /// Where a document lives: its collection and its id.

@@ -1,0 +1,45 @@
+//! What the store tells about itself, in plain data: the events it records
+//! as they happen ([`StoreEvents`]) and the state a scrape reads
+//! ([`StoreSnapshot`]). The store fills them and `metrics` renders them;
+//! neither imports the other, and this module imports neither.
+
+/// Events the store records as they happen. Cheap: called on hot paths.
+pub trait StoreEvents: Send + Sync + std::fmt::Debug {
+    /// A read of one document, answered from the cache (`hit`) or not.
+    fn cache_read(&self, hit: bool);
+    /// Shard `shard`'s writer took `requests` requests into one commit.
+    fn batch(&self, shard: usize, requests: usize);
+    /// Shard `shard`'s writer wrote and committed a batch in `seconds`.
+    fn commit(&self, shard: usize, seconds: f64);
+}
+
+/// Events that go nowhere: tools and benchmarks that serve no metrics.
+#[derive(Debug, Default)]
+pub struct NoEvents;
+
+impl StoreEvents for NoEvents {
+    fn cache_read(&self, _hit: bool) {}
+    fn batch(&self, _shard: usize, _requests: usize) {}
+    fn commit(&self, _shard: usize, _seconds: f64) {}
+}
+
+/// What one shard is doing.
+#[derive(Debug, Clone)]
+pub struct ShardStats {
+    pub index: usize,
+    /// Its file is open and its writer runs.
+    pub ready: bool,
+    /// Requests waiting in its writer's queue.
+    pub queued: usize,
+}
+
+/// The store's state at a scrape.
+#[derive(Debug, Clone, Default)]
+pub struct StoreSnapshot {
+    pub cache_entries: u64,
+    pub cache_bytes: u64,
+    pub shards: Vec<ShardStats>,
+    /// Live documents per shard, when counted for this scrape (`None` for
+    /// a shard that could not be counted).
+    pub documents: Option<Vec<Option<u64>>>,
+}
