@@ -11,7 +11,7 @@ use poem_openapi::types::Type;
 use poem_openapi::{ApiResponse, Object};
 use serde_json::json;
 
-use crate::store::StoreError;
+use crate::store::{ErrorKind, StoreError};
 
 /// Which API's error format to answer in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,14 +86,17 @@ impl ApiError {
             StoreError::InvalidDocument { .. } => StatusCode::BAD_REQUEST,
             StoreError::TooMuchToRead { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             StoreError::Unprocessable { .. } | StoreError::DocumentTooLarge { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            StoreError::Unavailable { .. }
-            | StoreError::Busy { .. }
-            | StoreError::ReadOnly { .. }
-            | StoreError::Corrupt { .. }
-            | StoreError::IdsExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            StoreError::DiskFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
-            StoreError::Database { .. }
-            | StoreError::DataFolder { .. }
+            StoreError::Unavailable { .. } | StoreError::Busy { .. } | StoreError::IdsExhausted { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            StoreError::Engine { error, .. } => match error.kind {
+                ErrorKind::Full => StatusCode::INSUFFICIENT_STORAGE,
+                ErrorKind::ReadOnly | ErrorKind::Damaged | ErrorKind::Unavailable | ErrorKind::Conflict => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                ErrorKind::Other => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            StoreError::DataFolder { .. }
             | StoreError::CorruptFile { .. }
             | StoreError::ShardCountMismatch { .. }
             | StoreError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -104,7 +107,12 @@ impl ApiError {
             Self::new(flavor, status, err.to_string())
         };
         // A restarting writer or a full queue clears up by itself.
-        if matches!(err, StoreError::Unavailable { .. } | StoreError::Busy { .. }) {
+        let retry = match &err {
+            StoreError::Unavailable { .. } | StoreError::Busy { .. } => true,
+            StoreError::Engine { error, .. } => matches!(error.kind, ErrorKind::Unavailable | ErrorKind::Conflict),
+            _ => false,
+        };
+        if retry {
             api_error.retry_after = Some(1);
         }
         api_error

@@ -74,7 +74,9 @@ impl Writer {
                 };
                 match pages {
                     Ok(pages) => format!("PRAGMA max_page_count = {pages}"),
-                    Err(e) => return Some(StoreError::from_sqlx(shard, e)).filter(StoreError::breaks_the_writer),
+                    Err(e) => {
+                        return Some(super::engine::sqlite::store_error(shard, e)).filter(StoreError::breaks_the_writer)
+                    }
                 }
             }
             Fault::ReadOnly => "PRAGMA query_only = 1".to_owned(),
@@ -87,7 +89,7 @@ impl Writer {
         };
         applied
             .err()
-            .map(|e| StoreError::from_sqlx(shard, e))
+            .map(|e| super::engine::sqlite::store_error(shard, e))
             .filter(StoreError::breaks_the_writer)
     }
 }

@@ -6,6 +6,7 @@
 //! backend is a second implementation of these few calls, not a rewrite.
 
 pub mod cache;
+pub mod engine;
 #[cfg(feature = "fault-injection")]
 mod faults;
 pub mod ids;
@@ -30,6 +31,7 @@ use crate::domain::SyncMode;
 use crate::domain::{CollectionName, DocId, DocKey, MAX_COUNTER_ID};
 use crate::stats::{ShardStats, StoreEvents, StoreSnapshot};
 use cache::DocCache;
+pub use engine::{EngineError, ErrorKind};
 #[cfg(feature = "fault-injection")]
 pub use faults::Fault;
 use ids::IdCounter;
@@ -144,18 +146,9 @@ pub enum StoreError {
     #[error("shard {shard} is overloaded: {} for {waited_ms} ms; retry later",
         if *reads { "every read connection stayed busy" } else { "its write queue stayed full" })]
     Busy { shard: usize, waited_ms: u64, reads: bool },
-    #[error("shard {shard}: the disk is full: {detail}")]
-    DiskFull { shard: usize, detail: String },
-    #[error("shard {shard}: its file cannot be written: {detail}")]
-    ReadOnly { shard: usize, detail: String },
-    #[error("shard {shard}: its file is damaged: {detail}")]
-    Corrupt { shard: usize, detail: String },
-    #[error("shard {shard}: database error: {source}")]
-    Database {
-        shard: usize,
-        #[source]
-        source: Arc<sqlx::Error>,
-    },
+    /// The engine failed on this shard.
+    #[error("shard {shard}: {error}")]
+    Engine { shard: usize, error: EngineError },
     #[error("DETS_ROOT={path:?} is unusable: {reason}")]
     DataFolder { path: PathBuf, reason: String },
     #[error("{path:?}: {reason}")]
@@ -193,51 +186,9 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// A database failure as what it means for the shard: a full disk, a
-    /// file that cannot be written, a damaged file, a broken connection, or
-    /// another error.
-    pub fn from_sqlx(shard: usize, err: sqlx::Error) -> Self {
-        // SQLite's primary result codes (the low byte of extended codes).
-        const SQLITE_READONLY: i32 = 8;
-        const SQLITE_IOERR: i32 = 10;
-        const SQLITE_CORRUPT: i32 = 11;
-        const SQLITE_FULL: i32 = 13;
-        const SQLITE_CANTOPEN: i32 = 14;
-        const SQLITE_NOTADB: i32 = 26;
-        match &err {
-            sqlx::Error::Database(db) => {
-                let code = db.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(0) & 0xff;
-                let detail = db.message().to_owned();
-                match code {
-                    SQLITE_FULL => StoreError::DiskFull { shard, detail },
-                    SQLITE_READONLY => StoreError::ReadOnly { shard, detail },
-                    SQLITE_CORRUPT | SQLITE_NOTADB => StoreError::Corrupt { shard, detail },
-                    SQLITE_IOERR | SQLITE_CANTOPEN => StoreError::Unavailable {
-                        shard,
-                        outage: Outage::WriterFailed,
-                        reason: format!("disk I/O failed: {detail}"),
-                    },
-                    _ => StoreError::Database {
-                        shard,
-                        source: Arc::new(err),
-                    },
-                }
-            }
-            sqlx::Error::Io(e) => StoreError::Unavailable {
-                shard,
-                outage: Outage::WriterFailed,
-                reason: format!("disk I/O failed: {e}"),
-            },
-            sqlx::Error::WorkerCrashed | sqlx::Error::PoolClosed => StoreError::Unavailable {
-                shard,
-                outage: Outage::WriterFailed,
-                reason: "its database connection is closed".into(),
-            },
-            _ => StoreError::Database {
-                shard,
-                source: Arc::new(err),
-            },
-        }
+    /// An engine failure on shard `shard`.
+    pub fn engine(shard: usize, error: EngineError) -> Self {
+        StoreError::Engine { shard, error }
     }
 
     /// What any client may read about this error: no file paths and no
@@ -247,10 +198,16 @@ impl StoreError {
             StoreError::Unavailable { shard, outage, .. } => {
                 format!("shard {shard} is unavailable: {}; retry later", outage.describe())
             }
-            StoreError::DiskFull { shard, .. } => format!("shard {shard}: {}", Outage::DiskFull.describe()),
-            StoreError::ReadOnly { shard, .. } => format!("shard {shard}: {}", Outage::ReadOnly.describe()),
-            StoreError::Corrupt { shard, .. } => format!("shard {shard}: {}", Outage::Damaged.describe()),
-            StoreError::Database { shard, .. } => format!("shard {shard} failed to read or write"),
+            StoreError::Engine { shard, error } => match error.kind {
+                ErrorKind::Unavailable | ErrorKind::Conflict => {
+                    format!(
+                        "shard {shard} is unavailable: {}; retry later",
+                        self.outage().describe()
+                    )
+                }
+                ErrorKind::Other => format!("shard {shard} failed to read or write"),
+                _ => format!("shard {shard}: {}", self.outage().describe()),
+            },
             StoreError::DataFolder { .. }
             | StoreError::CorruptFile { .. }
             | StoreError::ShardCountMismatch { .. }
@@ -269,9 +226,12 @@ impl StoreError {
     pub fn outage(&self) -> Outage {
         match self {
             StoreError::Unavailable { outage, .. } => *outage,
-            StoreError::DiskFull { .. } => Outage::DiskFull,
-            StoreError::ReadOnly { .. } => Outage::ReadOnly,
-            StoreError::Corrupt { .. } => Outage::Damaged,
+            StoreError::Engine { error, .. } => match error.kind {
+                ErrorKind::Full => Outage::DiskFull,
+                ErrorKind::ReadOnly => Outage::ReadOnly,
+                ErrorKind::Damaged => Outage::Damaged,
+                ErrorKind::Unavailable | ErrorKind::Conflict | ErrorKind::Other => Outage::WriterFailed,
+            },
             _ => Outage::WriterFailed,
         }
     }
@@ -279,7 +239,11 @@ impl StoreError {
     /// The shard's connection or file is broken: its writer must be
     /// restarted (opened anew) before it can write again.
     pub fn breaks_the_writer(&self) -> bool {
-        matches!(self, StoreError::Unavailable { .. } | StoreError::Corrupt { .. })
+        match self {
+            StoreError::Unavailable { .. } => true,
+            StoreError::Engine { error, .. } => matches!(error.kind, ErrorKind::Unavailable | ErrorKind::Damaged),
+            _ => false,
+        }
     }
 }
 
@@ -653,10 +617,7 @@ impl Store {
         let budget = (cache.capacity_bytes() / self.inner.shards.len() as u64) as usize;
         let mut loaded = 0u64;
         for shard in &self.inner.shards {
-            let db_error = |source| StoreError::Database {
-                shard: shard.index,
-                source: Arc::new(source),
-            };
+            let db_error = |source| engine::sqlite::store_error(shard.index, source);
             let mut rows = sqlx::query(
                 "SELECT collection, id, version, updated_at, expires_at, data FROM documents \
                      WHERE expires_at IS NULL OR expires_at > ?1 ORDER BY updated_at DESC",

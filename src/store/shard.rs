@@ -183,7 +183,7 @@ impl Shard {
             .min_connections(0)
             .connect_with(base_options(path).read_only(true))
             .await
-            .map_err(|e| StoreError::from_sqlx(index, e))?;
+            .map_err(|e| super::engine::sqlite::store_error(index, e))?;
 
         let (jobs_tx, jobs) = mpsc::channel(options.writer_queue);
         let status = setup.status.clone();
@@ -380,7 +380,7 @@ impl Shard {
                 waited_ms: self.queue_wait.as_millis() as u64,
                 reads: true,
             },
-            source => StoreError::from_sqlx(self.index, source),
+            source => super::engine::sqlite::store_error(self.index, source),
         }
     }
 
@@ -501,7 +501,7 @@ impl WriterSetup {
             sqlx::query_as("SELECT key, value FROM shard_meta WHERE key IN ('max_counter_id', 'counter_high')")
                 .fetch_all(&mut conn)
                 .await
-                .map_err(|e| StoreError::from_sqlx(self.index, e))?;
+                .map_err(|e| super::engine::sqlite::store_error(self.index, e))?;
         let bound = |name: &str| {
             let value = meta.iter().find(|(key, _)| key == name).map_or(0, |(_, value)| *value);
             u64::try_from(value).unwrap_or(0)
@@ -513,7 +513,7 @@ impl WriterSetup {
         let may_expire = sqlx::query("SELECT 1 FROM documents WHERE expires_at IS NOT NULL LIMIT 1")
             .fetch_optional(&mut conn)
             .await
-            .map_err(|e| StoreError::from_sqlx(self.index, e))?
+            .map_err(|e| super::engine::sqlite::store_error(self.index, e))?
             .is_some();
         Ok(Writer {
             shard: self.index,
@@ -587,7 +587,7 @@ impl WriterSetup {
             } => Ok(()),
             _ if stamp => stamp_identity(conn, self.folder_id, self.index)
                 .await
-                .map_err(|e| StoreError::from_sqlx(self.index, e)),
+                .map_err(|e| super::engine::sqlite::store_error(self.index, e)),
             _ => Err(self.corrupt("it records no data folder: it is not the file this server opened".into())),
         }
     }
@@ -618,7 +618,7 @@ impl WriterSetup {
         sqlx::query(&format!("PRAGMA application_id = {APPLICATION_ID}"))
             .execute(&mut *conn)
             .await
-            .map_err(|e| StoreError::from_sqlx(self.index, e))?;
+            .map_err(|e| super::engine::sqlite::store_error(self.index, e))?;
         Ok(())
     }
 }

@@ -353,7 +353,8 @@ impl Writer {
     /// disk or an unwritable file as the shard's problem until a commit
     /// succeeds again.
     fn refuse(&self, batch: Vec<(Vec<WriteOp>, oneshot::Sender<Vec<WriteResult>>)>, err: &StoreError) {
-        if matches!(err, StoreError::DiskFull { .. } | StoreError::ReadOnly { .. }) {
+        if matches!(err, StoreError::Engine { error, .. } if matches!(error.kind, super::ErrorKind::Full | super::ErrorKind::ReadOnly))
+        {
             self.status.set_problem(err.outage(), err.to_string());
         }
         for (ops, reply) in batch {
@@ -391,7 +392,7 @@ impl Writer {
     }
 
     fn db_error(&self, err: sqlx::Error) -> StoreError {
-        StoreError::from_sqlx(self.shard, err)
+        super::engine::sqlite::store_error(self.shard, err)
     }
 
     /// Applies the groups' operations in order, in one transaction.
@@ -408,7 +409,7 @@ impl Writer {
         let (mut state, refused) = self
             .committed_state(groups)
             .await
-            .map_err(|e| StoreError::from_sqlx(shard, e))?;
+            .map_err(|e| super::engine::sqlite::store_error(shard, e))?;
 
         let mut answers = Vec::with_capacity(groups.iter().map(|g| g.len()).sum());
         let mut changes: HashMap<DocKey, Change> = HashMap::new();
@@ -619,7 +620,7 @@ impl Writer {
             meta_value(bounds.stored),
             meta_value(bounds.counter)
         );
-        let conn = self.conn().map_err(|e| StoreError::from_sqlx(shard, e))?;
+        let conn = self.conn().map_err(|e| super::engine::sqlite::store_error(shard, e))?;
         let started = Instant::now();
         let written = sqlx::query(script).bind(batch).bind(texts).execute(conn).await;
         self.events.commit(shard, started.elapsed().as_secs_f64());
@@ -665,9 +666,9 @@ impl Writer {
         let keys = sqlx::query("SELECT collection, id FROM documents WHERE expires_at <= ?1 LIMIT ?2")
             .bind(now)
             .bind(SWEEP_LIMIT)
-            .fetch_all(self.conn().map_err(|e| StoreError::from_sqlx(shard, e))?)
+            .fetch_all(self.conn().map_err(|e| super::engine::sqlite::store_error(shard, e))?)
             .await
-            .map_err(|e| StoreError::from_sqlx(shard, e))?;
+            .map_err(|e| super::engine::sqlite::store_error(shard, e))?;
         let keys = keys_of(&keys, None);
         // Only rows still expired: one may have been rewritten since.
         let removed = self
@@ -685,9 +686,9 @@ impl Writer {
         let rows = sqlx::query("SELECT id FROM documents WHERE collection = ?1 LIMIT ?2")
             .bind(collection.as_str())
             .bind(limit)
-            .fetch_all(self.conn().map_err(|e| StoreError::from_sqlx(shard, e))?)
+            .fetch_all(self.conn().map_err(|e| super::engine::sqlite::store_error(shard, e))?)
             .await
-            .map_err(|e| StoreError::from_sqlx(shard, e))?;
+            .map_err(|e| super::engine::sqlite::store_error(shard, e))?;
         let keys = keys_of(&rows, Some(collection));
         self.delete_keys(&keys, "DELETE FROM documents WHERE (collection, id) IN (SELECT value->>0, value->>1 FROM json_each(?1)) AND ?2 = ?2", 0)
             .await
@@ -704,13 +705,13 @@ impl Writer {
         }
         let param = keys_param(keys);
         self.set_unpublished(keys.to_vec());
-        let conn = self.conn().map_err(|e| StoreError::from_sqlx(shard, e))?;
+        let conn = self.conn().map_err(|e| super::engine::sqlite::store_error(shard, e))?;
         let done = sqlx::query(sql)
             .bind(param)
             .bind(extra)
             .execute(conn)
             .await
-            .map_err(|e| StoreError::from_sqlx(shard, e))?;
+            .map_err(|e| super::engine::sqlite::store_error(shard, e))?;
         for key in keys {
             self.cache.committed(key, None, true).await;
         }
