@@ -5,8 +5,6 @@
 
 use std::time::Duration;
 
-use sqlx::Connection;
-
 use super::writer::Writer;
 use super::{Store, StoreError};
 
@@ -44,52 +42,42 @@ impl Store {
     }
 }
 
+/// The faults the engine makes itself: its connection breaks, or its
+/// storage answers as full or read-only (and back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineFault {
+    BreakConnection,
+    DiskFull,
+    ReadOnly,
+    Heal,
+}
+
 impl Writer {
     /// Applies a test's fault; an error if it broke the writer.
     pub(super) async fn inject(&mut self, fault: Fault) -> Option<StoreError> {
         tracing::warn!(shard = self.shard, ?fault, "injecting a fault");
         let shard = self.shard;
-        let sql = match fault {
+        let engine_fault = match fault {
             Fault::Panic => panic!("injected fault: shard {shard}'s writer panics"),
             Fault::PanicAfterCommit => {
                 self.panic_after_commit = true;
-                return None;
-            }
-            Fault::BreakConnection => {
-                if let Some(conn) = self.conn.take() {
-                    let _ = conn.close().await;
-                }
                 return None;
             }
             Fault::Stall(duration) => {
                 tokio::time::sleep(duration).await;
                 return None;
             }
-            // A page count capped at the current one is how SQLite reports a
-            // full disk: SQLITE_FULL on the next growth.
-            Fault::DiskFull => {
-                let pages = match self.conn() {
-                    Ok(conn) => sqlx::query_scalar::<_, i64>("PRAGMA page_count").fetch_one(conn).await,
-                    Err(e) => Err(e),
-                };
-                match pages {
-                    Ok(pages) => format!("PRAGMA max_page_count = {pages}"),
-                    Err(e) => {
-                        return Some(super::engine::sqlite::store_error(shard, e)).filter(StoreError::breaks_the_writer)
-                    }
-                }
-            }
-            Fault::ReadOnly => "PRAGMA query_only = 1".to_owned(),
-            Fault::Heal => "PRAGMA query_only = 0; PRAGMA max_page_count = 4294967294".to_owned(),
             Fault::HoldReads(_) => return None,
+            Fault::BreakConnection => EngineFault::BreakConnection,
+            Fault::DiskFull => EngineFault::DiskFull,
+            Fault::ReadOnly => EngineFault::ReadOnly,
+            Fault::Heal => EngineFault::Heal,
         };
-        let applied = match self.conn() {
-            Ok(conn) => sqlx::query(&sql).execute(conn).await.map(|_| ()),
-            Err(e) => Err(e),
-        };
-        applied
+        self.writes
+            .inject(engine_fault)
+            .await
             .err()
-            .map(|e| super::engine::sqlite::store_error(shard, e))
+            .map(|e| StoreError::engine(shard, e))
             .filter(StoreError::breaks_the_writer)
     }
 }

@@ -10,8 +10,7 @@ pub mod engine;
 #[cfg(feature = "fault-injection")]
 mod faults;
 pub mod ids;
-pub mod layout;
-pub mod maintenance;
+pub use engine::sqlite::{layout, maintenance};
 mod ops;
 mod patch;
 pub mod placement;
@@ -295,8 +294,13 @@ impl Store {
         let (shutdown, _) = watch::channel(false);
         let mut shards = Vec::with_capacity(options.shards.get() as usize);
         for index in 0..options.shards.get() as usize {
-            let path = layout.shard_path(&options.data_dir, index);
-            match Shard::open(index, &path, layout.id(), &options, cache.clone(), shutdown.subscribe()).await {
+            let file = engine::ShardFile {
+                index,
+                path: layout.shard_path(&options.data_dir, index),
+                folder_id: layout.id(),
+                sync: options.sync,
+            };
+            match Shard::open(file, &options, cache.clone(), shutdown.subscribe()).await {
                 Ok(shard) => shards.push(shard),
                 Err(err) => {
                     // Stop the writers already started before saying why.
@@ -349,8 +353,8 @@ impl Store {
                 // A connection first, waited for without holding the key's
                 // cache lock: the writer's post-commit update takes that lock,
                 // so a busy read pool must never make a commit wait.
-                let conn = shard.read_connection().await?;
-                self.inner.cache.fill(key, move || shard.read_on(conn, key)).await?
+                let slot = shard.read_slot().await?;
+                self.inner.cache.fill(key, move || slot.read(key)).await?
             }
         };
         self.inner.events.cache_read(hit);
@@ -497,7 +501,7 @@ impl Store {
             let to = from.saturating_add(SPAN).min(digits_end).min(MAX_COUNTER_ID + 1);
             let mut used = std::collections::BTreeSet::new();
             for shard in self.shards() {
-                used.extend(shard.counter_ids_between(collection, from, to - 1).await?);
+                used.extend(shard.reads().counter_ids_between(collection, from, to - 1).await?);
             }
             if let Some(free) = (from..to).find(|n| !used.contains(n)) {
                 return Ok(free);
@@ -617,24 +621,9 @@ impl Store {
         let budget = (cache.capacity_bytes() / self.inner.shards.len() as u64) as usize;
         let mut loaded = 0u64;
         for shard in &self.inner.shards {
-            let db_error = |source| engine::sqlite::store_error(shard.index, source);
-            let mut rows = sqlx::query(
-                "SELECT collection, id, version, updated_at, expires_at, data FROM documents \
-                     WHERE expires_at IS NULL OR expires_at > ?1 ORDER BY updated_at DESC",
-            )
-            .bind(writer::now_millis())
-            .fetch(shard.reads());
+            let mut rows = shard.reads().recent(writer::now_millis());
             let mut used = 0usize;
-            while let Some(row) = rows.try_next().await.map_err(db_error)? {
-                use sqlx::Row;
-                let (Ok(collection), Ok(id)) = (
-                    CollectionName::parse(row.try_get("collection").map_err(db_error)?),
-                    DocId::parse(row.try_get("id").map_err(db_error)?),
-                ) else {
-                    continue;
-                };
-                let key = DocKey::new(collection, id);
-                let doc = writer::document_from_row(&row).map_err(db_error)?;
+            while let Some((key, doc)) = rows.try_next().await? {
                 used += cache::weight(&key, &doc);
                 if used > budget {
                     break;

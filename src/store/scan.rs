@@ -11,10 +11,9 @@ use std::collections::{BTreeMap, VecDeque};
 
 use futures_util::future::{join_all, try_join_all};
 use futures_util::Stream;
-use sqlx::Row;
 
 use super::shard::Shard;
-use super::writer::{document_from_row, now_millis};
+use super::writer::now_millis;
 use super::{Document, Store, StoreError};
 use crate::domain::{CollectionName, DocId};
 
@@ -185,48 +184,27 @@ impl<'a> Merge<'a> {
 }
 
 /// Up to `limit` live entries of `collection` in `range`, in id order.
-/// The documents' sizes come from SQLite's record headers: their text is
-/// not read.
+/// The documents' sizes come from the engine: their text is not read.
 async fn fetch_entries(
     shard: &Shard,
     collection: &CollectionName,
     range: &IdRange,
     limit: usize,
 ) -> Result<Vec<Entry>, StoreError> {
-    let lower = match &range.from {
-        Some((_, true)) => "AND id >= ?2",
-        Some((_, false)) => "AND id > ?2",
-        None => "",
-    };
-    let upper = if range.to.is_some() { "AND id < ?3" } else { "" };
-    let sql = format!(
-        "SELECT id, version, updated_at, expires_at, '' AS data, octet_length(data) AS bytes \
-         FROM documents WHERE collection = ?1 {lower} {upper} \
-         AND (expires_at IS NULL OR expires_at > ?4) ORDER BY id LIMIT ?5"
-    );
-    let rows = sqlx::query(&sql)
-        .bind(collection.as_str())
-        .bind(range.from.as_ref().map(|(id, _)| id.as_str()))
-        .bind(range.to.as_deref())
-        .bind(now_millis())
-        .bind(limit as i64)
-        .fetch_all(shard.reads())
-        .await
-        .map_err(|e| shard.db_error(e))?;
-    rows.iter()
-        .map(|row| {
-            let id = row.try_get::<&str, _>("id").map_err(|e| shard.db_error(e))?;
-            let id = DocId::parse(id).map_err(|_| StoreError::Internal("a stored id is not a valid id"))?;
-            let doc = document_from_row(row).map_err(|e| shard.db_error(e))?;
-            let bytes = row.try_get::<i64, _>("bytes").map_err(|e| shard.db_error(e))?;
-            Ok(Entry {
-                id,
-                doc,
-                bytes: usize::try_from(bytes).unwrap_or(0),
-                shard: shard.index,
-            })
+    let from = range.from.as_ref().map(|(id, inclusive)| (id.as_str(), *inclusive));
+    let entries = shard
+        .reads()
+        .entries(collection, from, range.to.as_deref(), now_millis(), limit)
+        .await?;
+    Ok(entries
+        .into_iter()
+        .map(|(id, doc, bytes)| Entry {
+            id,
+            doc,
+            bytes,
+            shard: shard.index,
         })
-        .collect()
+        .collect())
 }
 
 /// The documents of `entries`, read now, in the entries' order. One that
@@ -243,25 +221,7 @@ async fn hydrate(store: &Store, collection: &CollectionName, entries: &[Entry]) 
         if ids.is_empty() {
             return Ok::<_, StoreError>(Vec::new());
         }
-        let list = serde_json::to_string(&ids).map_err(|_| StoreError::Internal("ids are JSON"))?;
-        let rows = sqlx::query(
-            "SELECT id, version, updated_at, expires_at, data FROM documents \
-             WHERE collection = ?1 AND id IN (SELECT value FROM json_each(?2)) \
-             AND (expires_at IS NULL OR expires_at > ?3)",
-        )
-        .bind(collection.as_str())
-        .bind(list)
-        .bind(now)
-        .fetch_all(shard.reads())
-        .await
-        .map_err(|e| shard.db_error(e))?;
-        rows.iter()
-            .map(|row| {
-                let id: String = row.try_get("id").map_err(|e| shard.db_error(e))?;
-                let doc = document_from_row(row).map_err(|e| shard.db_error(e))?;
-                Ok((id, doc))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()
+        shard.reads().documents(collection, &ids, now).await
     }))
     .await?;
     let mut found: std::collections::HashMap<String, Document> = per_shard.into_iter().flatten().collect();
@@ -379,60 +339,15 @@ impl Store {
     /// that cannot be read right now.
     pub async fn documents_per_shard(&self) -> Vec<Option<u64>> {
         let now = now_millis();
-        join_all(self.shards().iter().map(|shard| async move {
-            let mut tx = shard.reads().begin().await.ok()?;
-            let all: i64 = sqlx::query_scalar("SELECT count(*) FROM documents INDEXED BY documents_by_bucket")
-                .fetch_one(&mut *tx)
-                .await
-                .ok()?;
-            let expired: i64 = sqlx::query_scalar("SELECT count(*) FROM documents WHERE expires_at <= ?1")
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await
-                .ok()?;
-            let _ = tx.rollback().await;
-            u64::try_from(all - expired).ok()
-        }))
-        .await
+        join_all(self.shards().iter().map(|shard| shard.reads().count_live(now))).await
     }
 
     /// Every collection with its number of live documents, by name.
     pub async fn collections(&self) -> Result<Vec<CollectionInfo>, StoreError> {
         let now = now_millis();
-        let counts = try_join_all(self.shards().iter().map(|shard| async move {
-            // Both counts in one read transaction, so a sweep committing in
-            // between cannot skew them. The bucket index holds (bucket,
-            // collection, id): counting over it reads no document data.
-            // Expired rows not yet swept are found through the expiry index
-            // and taken off.
-            let db_error = |e| shard.db_error(e);
-            let mut tx = shard.reads().begin().await.map_err(db_error)?;
-            let all = sqlx::query(
-                "SELECT collection, count(*) AS n FROM documents INDEXED BY documents_by_bucket GROUP BY collection",
-            )
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_error)?;
-            let expired = sqlx::query(
-                "SELECT collection, count(*) AS n FROM documents WHERE expires_at <= ?1 GROUP BY collection",
-            )
-            .bind(now)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_error)?;
-            tx.rollback().await.map_err(db_error)?;
-            Ok::<_, StoreError>((all, expired))
-        }))
-        .await?;
         let mut totals: BTreeMap<String, i64> = BTreeMap::new();
-        for (all, expired) in counts {
-            for (rows, sign) in [(all, 1), (expired, -1)] {
-                for row in rows {
-                    let name: String = row.try_get("collection").unwrap_or_default();
-                    let n: i64 = row.try_get("n").unwrap_or(0);
-                    *totals.entry(name).or_default() += sign * n;
-                }
-            }
+        for shard in self.shards() {
+            shard.reads().add_collection_counts(now, &mut totals).await?;
         }
         Ok(totals
             .into_iter()

@@ -1,85 +1,33 @@
-//! A shard: one SQLite file in WAL mode, its supervised writer and its read
-//! pool.
+//! A shard: its supervised writer, its write queue and its reads, over the
+//! engine's file for it (`engine::sqlite`).
 //!
-//! Opening checks the file is an exdaas shard (not another program's
-//! database, not damaged) before anything is written to it. The writer runs
-//! under a supervisor, the original's one-for-one restart: if it panics or
-//! its connection breaks, what is queued gets a clear 503, the shard reports
-//! itself not ready, and a new writer is opened after a growing pause.
+//! The writer runs under a supervisor, the original's one-for-one restart:
+//! if it panics or its connection breaks, what is queued gets a clear 503,
+//! the shard reports itself not ready, and a new writer is opened after a
+//! growing pause.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use sqlx::pool::PoolConnection;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{ConnectOptions, Connection, Sqlite, SqliteConnection};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use super::cache::DocCache;
+use super::engine::{Opened, ReadSlot, ShardFile, ShardReads, ShardWrites};
 use super::ops::{WriteOp, WriteResult};
-use super::writer::{self, Exit, IdBounds, Job, Writer};
-use super::{Document, Outage, StoreError, StoreOptions};
-use crate::domain::SyncMode;
-use crate::domain::{CollectionName, DocKey};
-
-/// The shard schema, from `migrations/`, embedded at build time.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
-
-/// `PRAGMA application_id` of exdaas shard files ("exda"), so a foreign
-/// SQLite database is never mistaken for a shard.
-pub const APPLICATION_ID: i32 = 0x6578_6461;
-
-/// The largest the WAL file is left at after a checkpoint.
-const WAL_SIZE_LIMIT: i64 = 64 << 20;
+use super::writer::{Exit, Job, Writer};
+use super::{Outage, StoreError, StoreOptions};
+use crate::domain::CollectionName;
 
 /// Pauses between attempts to reopen a failed writer: doubling from the
 /// first to the last, so a broken disk does not become a busy loop.
 const FIRST_RESTART_DELAY: Duration = Duration::from_millis(100);
 const LONGEST_RESTART_DELAY: Duration = Duration::from_secs(5);
-
-/// Which file a path named when it was opened (device and inode), to notice
-/// it being deleted or replaced under a running server.
-#[derive(Debug, Clone)]
-pub struct FileIdentity {
-    pub path: PathBuf,
-    #[cfg(unix)]
-    id: Option<(u64, u64)>,
-}
-
-impl FileIdentity {
-    fn of(path: &Path) -> Self {
-        Self {
-            path: path.to_path_buf(),
-            #[cfg(unix)]
-            id: Self::current(path),
-        }
-    }
-
-    #[cfg(unix)]
-    fn current(path: &Path) -> Option<(u64, u64)> {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-    }
-
-    /// The path still names the file that was opened.
-    pub fn still_there(&self) -> bool {
-        #[cfg(unix)]
-        {
-            self.id.is_some() && Self::current(&self.path) == self.id
-        }
-        #[cfg(not(unix))]
-        {
-            self.path.exists()
-        }
-    }
-}
 
 /// Whether a shard can serve, for `/readyz`.
 #[derive(Debug, Default)]
@@ -126,10 +74,7 @@ impl ShardStatus {
 #[derive(Clone)]
 struct WriterSetup {
     index: usize,
-    path: PathBuf,
-    /// The data folder's identity, which the file must record (see
-    /// `layout`).
-    folder_id: u64,
+    file: ShardFile,
     options: StoreOptions,
     cache: DocCache,
     shutdown: watch::Receiver<bool>,
@@ -142,7 +87,7 @@ pub struct Shard {
     /// Bytes of documents the writer's queue may hold: jobs are bounded by
     /// bytes as well as by count, so large documents cannot pile up.
     queue_bytes: Arc<tokio::sync::Semaphore>,
-    reads: SqlitePool,
+    reads: ShardReads,
     status: Arc<ShardStatus>,
     supervisor: tokio::sync::Mutex<Option<JoinHandle<()>>>,
     /// How long a write waits for room in a full queue before a 503.
@@ -158,32 +103,27 @@ impl Shard {
     /// Opens (creating if needed) the shard file, checks it is an intact
     /// exdaas shard, applies migrations, and starts the supervised writer.
     pub async fn open(
-        index: usize,
-        path: &Path,
-        folder_id: u64,
+        file: ShardFile,
         options: &StoreOptions,
         cache: DocCache,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, StoreError> {
-        check_header(path)?;
+        let index = file.index;
         let setup = WriterSetup {
             index,
-            path: path.to_path_buf(),
-            folder_id,
+            file,
             options: options.clone(),
             cache,
             shutdown,
             status: Arc::new(ShardStatus::default()),
         };
-        let writer = setup.open_at_boot().await?;
+        let (writes, opened) = setup.file.open_at_boot(options.boot_check).await?;
+        let writer = setup.writer_on(writes, opened);
         let counter_high = writer.ids.counter;
-        let reads = SqlitePoolOptions::new()
-            .max_connections(options.read_connections)
-            .acquire_timeout(options.queue_wait)
-            .min_connections(0)
-            .connect_with(base_options(path).read_only(true))
-            .await
-            .map_err(|e| super::engine::sqlite::store_error(index, e))?;
+        let reads = setup
+            .file
+            .open_reads(options.read_connections, options.queue_wait)
+            .await?;
 
         let (jobs_tx, jobs) = mpsc::channel(options.writer_queue);
         let status = setup.status.clone();
@@ -280,8 +220,8 @@ impl Shard {
             return self.send(Job::Fault(fault)).await;
         };
         let mut held = Vec::new();
-        for _ in 0..self.reads.options().get_max_connections() {
-            held.push(self.read_connection().await?);
+        for _ in 0..self.reads.connections() {
+            held.push(self.read_slot().await?);
         }
         tokio::spawn(async move {
             tokio::time::sleep(duration).await;
@@ -330,58 +270,13 @@ impl Shard {
     }
 
     /// A read connection, waiting at most `queue_wait` for one (then a 503).
-    pub async fn read_connection(&self) -> Result<PoolConnection<Sqlite>, StoreError> {
-        self.reads.acquire().await.map_err(|e| self.db_error(e))
+    pub async fn read_slot(&self) -> Result<ReadSlot, StoreError> {
+        self.reads.reserve().await
     }
 
-    /// Reads the committed document at `key` from disk, on `conn`.
-    pub async fn read_on(
-        &self,
-        mut conn: PoolConnection<Sqlite>,
-        key: &DocKey,
-    ) -> Result<Option<Document>, StoreError> {
-        writer::select(&mut conn, key).await.map_err(|e| self.db_error(e))
-    }
-
-    /// The counter-shaped ids of `collection` stored here from `first` to
-    /// `last` (inclusive), two numbers with as many digits: ids of one
-    /// length sort as their numbers do, so the primary key finds them in
-    /// order.
-    pub async fn counter_ids_between(
-        &self,
-        collection: &CollectionName,
-        first: u64,
-        last: u64,
-    ) -> Result<Vec<u64>, StoreError> {
-        let (first, last) = (first.to_string(), last.to_string());
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM documents WHERE collection = ?1 AND id >= ?2 AND id <= ?3 \
-             AND length(id) = ?4 AND id NOT GLOB '*[^0-9]*'",
-        )
-        .bind(collection.as_str())
-        .bind(&first)
-        .bind(&last)
-        .bind(first.len() as i64)
-        .fetch_all(&self.reads)
-        .await
-        .map_err(|e| self.db_error(e))?;
-        Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
-    }
-
-    /// The read pool, for scans (listings, exports, cache warming).
-    pub fn reads(&self) -> &SqlitePool {
+    /// The shard's reads: scans, counts, the cache's warm-up.
+    pub fn reads(&self) -> &ShardReads {
         &self.reads
-    }
-
-    pub fn db_error(&self, source: sqlx::Error) -> StoreError {
-        match source {
-            sqlx::Error::PoolTimedOut => StoreError::Busy {
-                shard: self.index,
-                waited_ms: self.queue_wait.as_millis() as u64,
-                reads: true,
-            },
-            source => super::engine::sqlite::store_error(self.index, source),
-        }
     }
 
     pub fn is_ready(&self) -> bool {
@@ -405,256 +300,34 @@ impl Shard {
     }
 }
 
-/// Connection options shared by the writer and the readers.
-fn base_options(path: &Path) -> SqliteConnectOptions {
-    SqliteConnectOptions::new()
-        .filename(path)
-        .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(10))
-        .log_statements(tracing::log::LevelFilter::Trace)
-}
-
-/// An existing, non-empty shard file must start as every SQLite database
-/// does; anything else is not ours to open.
-fn check_header(path: &Path) -> Result<(), StoreError> {
-    use std::io::Read;
-    let mut header = [0u8; 16];
-    let read = match std::fs::File::open(path) {
-        Ok(mut file) => file.read(&mut header),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => Err(e),
-    };
-    match read {
-        Ok(0) => Ok(()),
-        Ok(n) if n == header.len() && &header == b"SQLite format 3\0" => Ok(()),
-        Ok(_) => Err(StoreError::CorruptFile {
-            path: path.to_path_buf(),
-            reason: "not an SQLite database (wrong header): not a shard exdaas wrote".into(),
-        }),
-        Err(e) => Err(StoreError::CorruptFile {
-            path: path.to_path_buf(),
-            reason: format!("cannot read it: {e}"),
-        }),
-    }
-}
-
 impl WriterSetup {
-    fn corrupt(&self, reason: String) -> StoreError {
-        StoreError::CorruptFile {
-            path: self.path.clone(),
-            reason,
-        }
-    }
-
-    /// Opens the write connection, checks the file, migrates it and starts
-    /// a writer on it: at boot, when the file may be created.
-    async fn open_at_boot(&self) -> Result<Writer, StoreError> {
-        let mut conn = self.connect(true).await?;
-        let checked = match self.check_ours(&mut conn).await {
-            Ok(()) => match self.check_integrity_and_migrate(&mut conn).await {
-                Ok(()) => self.check_identity(&mut conn, true).await,
-                Err(err) => Err(err),
-            },
-            Err(err) => Err(err),
-        };
-        if let Err(err) = checked {
-            let _ = conn.close().await;
-            return Err(err);
-        }
-        self.writer_on(conn).await
-    }
-
-    /// Opens a writer again after a failure. Never creates the file (an
-    /// empty one would silently stand in for the lost data) and does not
-    /// migrate (boot did).
-    async fn reopen(&self) -> Result<Writer, StoreError> {
-        let mut conn = self.connect(false).await?;
-        let checked = match self.check_ours(&mut conn).await {
-            Ok(()) => self.check_identity(&mut conn, false).await,
-            Err(err) => Err(err),
-        };
-        if let Err(err) = checked {
-            let _ = conn.close().await;
-            return Err(err);
-        }
-        self.writer_on(conn).await
-    }
-
-    async fn connect(&self, create: bool) -> Result<SqliteConnection, StoreError> {
-        base_options(&self.path)
-            .create_if_missing(create)
-            .pragma("cache_size", "-65536")
-            .pragma("temp_store", "memory")
-            .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string())
-            .synchronous(match self.options.sync {
-                SyncMode::Normal => SqliteSynchronous::Normal,
-                SyncMode::Full => SqliteSynchronous::Full,
-            })
-            .connect()
-            .await
-            .map_err(|e| self.corrupt(e.to_string()))
-    }
-
-    async fn writer_on(&self, mut conn: SqliteConnection) -> Result<Writer, StoreError> {
-        let file = FileIdentity::of(&self.path);
-        let meta: Vec<(String, i64)> =
-            sqlx::query_as("SELECT key, value FROM shard_meta WHERE key IN ('max_counter_id', 'counter_high')")
-                .fetch_all(&mut conn)
-                .await
-                .map_err(|e| super::engine::sqlite::store_error(self.index, e))?;
-        let bound = |name: &str| {
-            let value = meta.iter().find(|(key, _)| key == name).map_or(0, |(_, value)| *value);
-            u64::try_from(value).unwrap_or(0)
-        };
-        let ids = IdBounds {
-            stored: bound("max_counter_id"),
-            counter: bound("counter_high"),
-        };
-        let may_expire = sqlx::query("SELECT 1 FROM documents WHERE expires_at IS NOT NULL LIMIT 1")
-            .fetch_optional(&mut conn)
-            .await
-            .map_err(|e| super::engine::sqlite::store_error(self.index, e))?
-            .is_some();
-        Ok(Writer {
+    /// A writer over a freshly opened write connection.
+    fn writer_on(&self, writes: ShardWrites, opened: Opened) -> Writer {
+        Writer {
             shard: self.index,
-            conn: Some(conn),
-            file,
+            writes,
             cache: self.cache.clone(),
             batch_limit: self.options.writer_batch,
             max_document_bytes: self.options.max_document_bytes,
-            ids,
-            ceilings: ids,
-            may_expire,
+            ids: opened.ids,
+            ceilings: opened.ids,
+            may_expire: opened.may_expire,
             shutdown: self.shutdown.clone(),
             status: self.status.clone(),
             unpublished: Arc::new(Mutex::new(Vec::new())),
             commits: 0,
-            writes: 0,
+            writes_done: 0,
             #[cfg(feature = "fault-injection")]
             panic_after_commit: false,
             events: self.options.events.clone(),
-        })
-    }
-
-    /// Refuses a foreign database: one with tables that is not marked as
-    /// an exdaas shard (nor holds our schema from before the mark).
-    async fn check_ours(&self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
-        let application_id: i32 = sqlx::query_scalar("PRAGMA application_id")
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(|e| self.corrupt(format!("cannot read it: {e}")))?;
-        let tables: Vec<String> = sqlx::query_scalar("SELECT name FROM sqlite_schema WHERE type = 'table'")
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(|e| self.corrupt(format!("cannot read it: {e}")))?;
-        let has = |name: &str| tables.iter().any(|t| t == name);
-        let ours =
-            application_id == APPLICATION_ID || (application_id == 0 && has("documents") && has("_sqlx_migrations"));
-        if ours || tables.is_empty() {
-            Ok(())
-        } else {
-            Err(self.corrupt(format!(
-                "a foreign SQLite database (application_id {application_id:#x}, tables {}): not a shard exdaas wrote",
-                tables.join(", ")
-            )))
         }
     }
 
-    /// Refuses a shard file of another data folder, or of another shard of
-    /// this one: what it records must match the layout and its place. A
-    /// file from before identities existed takes them, when `stamp`.
-    async fn check_identity(&self, conn: &mut SqliteConnection, stamp: bool) -> Result<(), StoreError> {
-        let recorded = read_identity(conn)
-            .await
-            .map_err(|e| self.corrupt(format!("cannot read it: {e}")))?;
-        match recorded {
-            Identity {
-                folder_id: Some(folder),
-                ..
-            } if folder != self.folder_id => Err(self.corrupt(format!(
-                "it belongs to another data folder (it records folder {folder:#x}, {} names {:#x}): \
-                 put this folder's own shard file back, or restore the folder from a backup",
-                super::layout::LAYOUT_FILE,
-                self.folder_id
-            ))),
-            Identity { shard: Some(shard), .. } if shard != self.index as u64 => Err(self.corrupt(format!(
-                "it is shard {shard}'s file, found in shard {}'s place: files were renamed or swapped",
-                self.index
-            ))),
-            Identity {
-                folder_id: Some(_),
-                shard: Some(_),
-            } => Ok(()),
-            _ if stamp => stamp_identity(conn, self.folder_id, self.index)
-                .await
-                .map_err(|e| super::engine::sqlite::store_error(self.index, e)),
-            _ => Err(self.corrupt("it records no data folder: it is not the file this server opened".into())),
-        }
+    /// Opens the writer again after a failure (see `ShardFile::reopen`).
+    async fn reopen(&self) -> Result<Writer, StoreError> {
+        let (writes, opened) = self.file.reopen().await?;
+        Ok(self.writer_on(writes, opened))
     }
-
-    /// Checks the file's integrity (it reads the whole file, so only at
-    /// boot, and only if `EXDAAS_BOOT_CHECK` says so), then brings the schema
-    /// up to date and marks the file as an exdaas shard.
-    async fn check_integrity_and_migrate(&self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
-        if self.options.boot_check {
-            let started = std::time::Instant::now();
-            let verdict: Vec<String> = sqlx::query_scalar("PRAGMA quick_check")
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(|e| self.corrupt(format!("damaged: {e}")))?;
-            if verdict != ["ok"] {
-                return Err(self.corrupt(format!("damaged: {}", verdict.join("; "))));
-            }
-            tracing::debug!(
-                shard = self.index,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "integrity check passed"
-            );
-        }
-        MIGRATOR
-            .run(&mut *conn)
-            .await
-            .map_err(|e| self.corrupt(format!("cannot apply schema: {e}")))?;
-        sqlx::query(&format!("PRAGMA application_id = {APPLICATION_ID}"))
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| super::engine::sqlite::store_error(self.index, e))?;
-        Ok(())
-    }
-}
-
-/// Which folder and shard a shard file says it belongs to.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Identity {
-    pub folder_id: Option<u64>,
-    pub shard: Option<u64>,
-}
-
-/// The identity a shard file records in `shard_meta`.
-pub async fn read_identity(conn: &mut SqliteConnection) -> Result<Identity, sqlx::Error> {
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT key, value FROM shard_meta WHERE key IN ('folder_id', 'shard_index')")
-            .fetch_all(&mut *conn)
-            .await?;
-    let value = |name: &str| {
-        rows.iter()
-            .find(|(key, _)| key == name)
-            .and_then(|(_, value)| u64::try_from(*value).ok())
-    };
-    Ok(Identity {
-        folder_id: value("folder_id"),
-        shard: value("shard_index"),
-    })
-}
-
-/// Records in a shard file which folder and shard it belongs to.
-pub async fn stamp_identity(conn: &mut SqliteConnection, folder_id: u64, shard: usize) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT OR REPLACE INTO shard_meta (key, value) VALUES ('folder_id', ?1), ('shard_index', ?2)")
-        .bind(i64::try_from(folder_id).unwrap_or(i64::MAX))
-        .bind(shard as i64)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
 }
 
 /// Runs the shard's writer and, when it fails, restarts it: one-for-one,

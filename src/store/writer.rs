@@ -15,19 +15,18 @@
 //! acknowledged.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::{Connection, Row, SqliteConnection};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::cache::DocCache;
+use super::engine::{IdBounds, ShardWrites};
 use super::ops::{decide, Action, Expect, WriteOp, WriteResult};
-use super::shard::{FileIdentity, ShardStatus};
+use super::shard::ShardStatus;
 use super::{Document, Outage, StoreError};
-use crate::domain::{CollectionName, DocId, DocKey};
+use crate::domain::{CollectionName, DocKey};
 use crate::stats::StoreEvents;
 
 /// Work for a writer.
@@ -78,41 +77,6 @@ struct Applied {
     ceilings: IdBounds,
 }
 
-/// Two bounds on a shard's numeric ids, kept in `shard_meta`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct IdBounds {
-    /// Every counter-shaped id stored in the shard is at most this
-    /// (`max_counter_id`): a fresh id above it needs no read to know it is
-    /// free.
-    pub stored: u64,
-    /// Every id the counter handed out or moved past, stored here, is at
-    /// most this (`counter_high`): where the counter restarts.
-    pub counter: u64,
-}
-
-impl IdBounds {
-    fn max(self, other: IdBounds) -> IdBounds {
-        IdBounds {
-            stored: self.stored.max(other.stored),
-            counter: self.counter.max(other.counter),
-        }
-    }
-
-    /// Either bound passes its ceiling in `ceilings`.
-    fn exceeds(self, ceilings: IdBounds) -> bool {
-        self.stored > ceilings.stored || self.counter > ceilings.counter
-    }
-
-    /// Ceilings with a reserve above these bounds, never below `ceilings`.
-    fn reserved(self, ceilings: IdBounds) -> IdBounds {
-        IdBounds {
-            stored: self.stored.saturating_add(ID_RESERVE),
-            counter: self.counter.saturating_add(ID_RESERVE),
-        }
-        .max(ceilings)
-    }
-}
-
 /// A key's final state after a batch.
 #[derive(Debug)]
 struct Change {
@@ -125,11 +89,8 @@ struct Change {
 
 pub struct Writer {
     pub shard: usize,
-    /// `None` once the connection broke.
-    pub conn: Option<SqliteConnection>,
-    /// The shard file the connection opened, to notice it being deleted or
-    /// replaced under the running server.
-    pub file: FileIdentity,
+    /// The shard's one write connection, in the engine.
+    pub writes: ShardWrites,
     pub cache: DocCache,
     pub batch_limit: usize,
     /// The largest a document's text may be (`EXDAAS_MAX_BODY_BYTES`).
@@ -149,7 +110,7 @@ pub struct Writer {
     pub unpublished: Arc<Mutex<Vec<DocKey>>>,
     /// Commits and writes since start: their ratio is the mean group size.
     pub commits: u64,
-    pub writes: u64,
+    pub writes_done: u64,
     /// A test asked for a panic after the next commit.
     #[cfg(feature = "fault-injection")]
     pub panic_after_commit: bool,
@@ -265,14 +226,14 @@ impl Writer {
     }
 
     fn failed(&mut self, err: StoreError) -> Exit {
-        let (outage, reason) = if self.file.still_there() {
+        let (outage, reason) = if self.writes.still_there() {
             (err.outage(), err.to_string())
         } else {
             (
                 Outage::FileGone,
                 format!(
                     "its file {} was deleted or replaced while the server ran; restore it from a backup and restart the server",
-                    self.file.path.display()
+                    self.writes.file_name()
                 ),
             )
         };
@@ -280,35 +241,14 @@ impl Writer {
         Exit::Failed { outage, reason }
     }
 
-    /// The connection, or the error a broken one gives.
-    pub(super) fn conn(&mut self) -> Result<&mut SqliteConnection, sqlx::Error> {
-        self.conn.as_mut().ok_or(sqlx::Error::WorkerCrashed)
-    }
-
     async fn close(&mut self) {
-        let shard = self.shard;
-        if let Some(mut conn) = self.conn.take() {
-            // Every write is drained: the exact bounds replace the reserve,
-            // so a clean restart continues the sequence without a gap.
-            if let Err(e) = sqlx::query(
-                "UPDATE shard_meta SET value = CASE key WHEN 'max_counter_id' THEN ?1 ELSE ?2 END \
-                 WHERE key IN ('max_counter_id', 'counter_high')",
-            )
-            .bind(meta_value(self.ids.stored))
-            .bind(meta_value(self.ids.counter))
-            .execute(&mut conn)
-            .await
-            {
-                tracing::warn!(shard, error = %e, "recording the id ceiling failed");
-            }
-            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await {
-                tracing::warn!(shard, error = %e, "final WAL checkpoint failed");
-            }
-            if let Err(e) = conn.close().await {
-                tracing::warn!(shard, error = %e, "closing the write connection failed");
-            }
-        }
-        tracing::info!(shard, commits = self.commits, writes = self.writes, "writer stopped");
+        self.writes.close(self.ids).await;
+        tracing::info!(
+            shard = self.shard,
+            commits = self.commits,
+            writes = self.writes_done,
+            "writer stopped"
+        );
     }
 
     /// Commits a batch and answers each request. An error only when the
@@ -391,8 +331,8 @@ impl Writer {
         }
     }
 
-    fn db_error(&self, err: sqlx::Error) -> StoreError {
-        super::engine::sqlite::store_error(self.shard, err)
+    fn engine_error(&self, err: super::EngineError) -> StoreError {
+        StoreError::engine(self.shard, err)
     }
 
     /// Applies the groups' operations in order, in one transaction.
@@ -409,7 +349,7 @@ impl Writer {
         let (mut state, refused) = self
             .committed_state(groups)
             .await
-            .map_err(|e| super::engine::sqlite::store_error(shard, e))?;
+            .map_err(|e| StoreError::engine(shard, e))?;
 
         let mut answers = Vec::with_capacity(groups.iter().map(|g| g.len()).sum());
         let mut changes: HashMap<DocKey, Change> = HashMap::new();
@@ -471,7 +411,7 @@ impl Writer {
             self.set_unpublished(changes.keys().cloned().collect());
             self.persist(&changes, ids).await?
         };
-        self.writes += answers.len() as u64;
+        self.writes_done += answers.len() as u64;
         Ok(Applied {
             answers,
             changes,
@@ -494,7 +434,7 @@ impl Writer {
     async fn committed_state(
         &mut self,
         groups: &[&[WriteOp]],
-    ) -> Result<(HashMap<DocKey, Option<Document>>, HashSet<(usize, usize)>), sqlx::Error> {
+    ) -> Result<(HashMap<DocKey, Option<Document>>, HashSet<(usize, usize)>), super::EngineError> {
         let mut state: HashMap<DocKey, Option<Document>> = HashMap::new();
         let mut refused = HashSet::new();
         let mut unknown: Vec<DocKey> = Vec::new();
@@ -521,7 +461,7 @@ impl Writer {
         }
         // Versions and sizes of every unknown row, with the text of small ones.
         let mut untold: HashMap<DocKey, usize> = HashMap::new();
-        for row in select_many(self.conn()?, &unknown, SMALL_DOCUMENT).await? {
+        for row in self.writes.load(&unknown, SMALL_DOCUMENT).await? {
             let Some(key) = unknown.get(row.index) else { continue };
             if !row.whole {
                 untold.insert(key.clone(), row.bytes);
@@ -558,7 +498,7 @@ impl Writer {
         }
         if !wanted.is_empty() {
             let wanted: Vec<DocKey> = wanted.into_iter().collect();
-            for (index, text) in select_texts(self.conn()?, &wanted).await? {
+            for (index, text) in self.writes.load_texts(&wanted).await? {
                 if let Some(Some(doc)) = wanted.get(index).and_then(|key| state.get_mut(key)) {
                     doc.data = text;
                 }
@@ -568,74 +508,28 @@ impl Writer {
     }
 
     /// Writes every changed key's final state (and, when an id passed one,
-    /// raised id ceilings) in one transaction, sent to SQLite as one script.
-    /// If any part fails, the transaction is rolled back and nothing of it is
-    /// visible. Returns the id ceilings now on disk.
+    /// raised id ceilings) in one transaction. If any part fails, nothing
+    /// of it is visible. Returns the id ceilings now on disk.
     async fn persist(&mut self, changes: &HashMap<DocKey, Change>, ids: IdBounds) -> Result<IdBounds, StoreError> {
         let shard = self.shard;
-        // Row fields go as one JSON array; the documents' text goes as one
-        // blob that the rows slice by byte offset, so it is neither escaped
-        // here nor parsed by SQLite. Collection names and ids are plain ASCII
-        // without quotes or backslashes (see `domain`): no escaping either.
-        let mut upserts = String::from("[");
-        let mut texts: Vec<u8> = Vec::new();
-        let mut deletes = String::from("[");
-        for (key, change) in changes {
-            let list = if change.doc.is_some() {
-                &mut upserts
-            } else {
-                &mut deletes
-            };
-            if list.len() > 1 {
-                list.push(',');
-            }
-            let _ = write!(list, "[\"{}\",\"{}\"", key.collection, key.id);
-            if let Some(doc) = &change.doc {
-                let _ = write!(
-                    list,
-                    ",{},{},{},{},{},",
-                    change.bucket,
-                    doc.version,
-                    doc.updated_at_ms,
-                    texts.len() + 1,
-                    doc.data.len()
-                );
-                match doc.expires_at_ms {
-                    Some(at) => {
-                        let _ = write!(list, "{at}");
-                    }
-                    None => list.push_str("null"),
-                }
-                texts.extend_from_slice(doc.data.as_bytes());
-            }
-            list.push(']');
-        }
-        upserts.push(']');
-        deletes.push(']');
-        let ceilings = ids.exceeds(self.ceilings).then(|| ids.reserved(self.ceilings));
-        let script = write_script(upserts.len() > 2, deletes.len() > 2, ceilings.is_some());
-        let bounds = ceilings.unwrap_or_default();
-        let batch = format!(
-            "{{\"upsert\":{upserts},\"delete\":{deletes},\"max_counter_id\":{},\"counter_high\":{}}}",
-            meta_value(bounds.stored),
-            meta_value(bounds.counter)
-        );
-        let conn = self.conn().map_err(|e| super::engine::sqlite::store_error(shard, e))?;
+        let ceilings = ids
+            .exceeds(self.ceilings)
+            .then(|| ids.reserved(self.ceilings, ID_RESERVE));
         let started = Instant::now();
-        let written = sqlx::query(script).bind(batch).bind(texts).execute(conn).await;
+        let rows = changes
+            .iter()
+            .map(|(key, change)| (key, change.bucket, change.doc.as_ref()));
+        let written = self.writes.commit(rows, ceilings).await;
         self.events.commit(shard, started.elapsed().as_secs_f64());
-        if let Err(err) = written {
-            self.rollback().await;
-            return Err(self.db_error(err));
-        }
+        written.map_err(|e| self.engine_error(e))?;
         // Committed, but to the file this writer opened: if that was deleted
         // or replaced, the commit is lost at the next start, so it must not
         // be acknowledged.
-        if !self.file.still_there() {
+        if !self.writes.still_there() {
             return Err(StoreError::Unavailable {
                 shard: self.shard,
                 outage: Outage::FileGone,
-                reason: format!("its file {} was deleted or replaced", self.file.path.display()),
+                reason: format!("its file {} was deleted or replaced", self.writes.file_name()),
             });
         }
         self.commits += 1;
@@ -647,32 +541,17 @@ impl Writer {
         Ok(ceilings.unwrap_or(self.ceilings))
     }
 
-    /// Ends the transaction a failed script left open, so the connection is
-    /// clean for the next.
-    async fn rollback(&mut self) {
-        let shard = self.shard;
-        if let Ok(conn) = self.conn() {
-            if let Err(e) = sqlx::query("ROLLBACK").execute(conn).await {
-                tracing::debug!(shard, error = %e, "rollback after a failed commit");
-            }
-        }
-    }
-
     /// Removes up to `SWEEP_LIMIT` expired documents and drops them from the
     /// cache. Readers already treat them as gone; this reclaims the space.
     async fn sweep(&mut self) -> Result<u32, StoreError> {
-        let shard = self.shard;
         let now = now_millis();
-        let keys = sqlx::query("SELECT collection, id FROM documents WHERE expires_at <= ?1 LIMIT ?2")
-            .bind(now)
-            .bind(SWEEP_LIMIT)
-            .fetch_all(self.conn().map_err(|e| super::engine::sqlite::store_error(shard, e))?)
+        let keys = self
+            .writes
+            .expired_keys(now, SWEEP_LIMIT)
             .await
-            .map_err(|e| super::engine::sqlite::store_error(shard, e))?;
-        let keys = keys_of(&keys, None);
-        // Only rows still expired: one may have been rewritten since.
+            .map_err(|e| self.engine_error(e))?;
         let removed = self
-            .delete_keys(&keys, "DELETE FROM documents WHERE (collection, id) IN (SELECT value->>0, value->>1 FROM json_each(?1)) AND expires_at <= ?2", now)
+            .delete_and_evict(&keys, |writes, keys| Box::pin(writes.delete_expired(keys, now)))
             .await?;
         if removed > 0 {
             tracing::debug!(shard = self.shard, removed, "removed expired documents");
@@ -682,56 +561,38 @@ impl Writer {
 
     /// Deletes up to `limit` documents of `collection` in one transaction.
     async fn purge(&mut self, collection: &CollectionName, limit: u32) -> Result<u64, StoreError> {
-        let shard = self.shard;
-        let rows = sqlx::query("SELECT id FROM documents WHERE collection = ?1 LIMIT ?2")
-            .bind(collection.as_str())
-            .bind(limit)
-            .fetch_all(self.conn().map_err(|e| super::engine::sqlite::store_error(shard, e))?)
+        let keys = self
+            .writes
+            .collection_keys(collection, limit)
             .await
-            .map_err(|e| super::engine::sqlite::store_error(shard, e))?;
-        let keys = keys_of(&rows, Some(collection));
-        self.delete_keys(&keys, "DELETE FROM documents WHERE (collection, id) IN (SELECT value->>0, value->>1 FROM json_each(?1)) AND ?2 = ?2", 0)
+            .map_err(|e| self.engine_error(e))?;
+        self.delete_and_evict(&keys, |writes, keys| Box::pin(writes.delete_keys(keys)))
             .await
     }
 
-    /// Runs a DELETE of `keys` (passed as a JSON array of `[collection, id]`
-    /// in ?1, with `extra` in ?2), then evicts them from the cache. The keys
-    /// are marked unpublished first, so a writer dying in between still
-    /// gets them evicted.
-    async fn delete_keys(&mut self, keys: &[DocKey], sql: &str, extra: i64) -> Result<u64, StoreError> {
-        let shard = self.shard;
+    /// Runs `delete` on `keys`, then evicts them from the cache. The keys are
+    /// marked unpublished first, so a writer dying in between still gets
+    /// them evicted.
+    async fn delete_and_evict<F>(&mut self, keys: &[DocKey], delete: F) -> Result<u64, StoreError>
+    where
+        F: for<'a> FnOnce(
+            &'a mut ShardWrites,
+            &'a [DocKey],
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<u64, super::EngineError>> + Send + 'a>,
+        >,
+    {
         if keys.is_empty() {
             return Ok(0);
         }
-        let param = keys_param(keys);
         self.set_unpublished(keys.to_vec());
-        let conn = self.conn().map_err(|e| super::engine::sqlite::store_error(shard, e))?;
-        let done = sqlx::query(sql)
-            .bind(param)
-            .bind(extra)
-            .execute(conn)
-            .await
-            .map_err(|e| super::engine::sqlite::store_error(shard, e))?;
+        let done = delete(&mut self.writes, keys).await.map_err(|e| self.engine_error(e))?;
         for key in keys {
             self.cache.committed(key, None, true).await;
         }
         self.set_unpublished(Vec::new());
-        Ok(done.rows_affected())
+        Ok(done)
     }
-}
-
-/// The keys of rows with `id` (and `collection`, unless it is given).
-fn keys_of(rows: &[sqlx::sqlite::SqliteRow], collection: Option<&CollectionName>) -> Vec<DocKey> {
-    rows.iter()
-        .filter_map(|row| {
-            let collection = match collection {
-                Some(c) => c.clone(),
-                None => CollectionName::parse(row.try_get::<&str, _>("collection").ok()?).ok()?,
-            };
-            let id = DocId::parse(row.try_get::<&str, _>("id").ok()?).ok()?;
-            Some(DocKey::new(collection, id))
-        })
-        .collect()
 }
 
 /// Ids the ceiling is raised past the highest one written, so that a run
@@ -740,160 +601,9 @@ fn keys_of(rows: &[sqlx::sqlite::SqliteRow], collection: Option<&CollectionName>
 /// records the exact highest one.
 const ID_RESERVE: u64 = 1024;
 
-/// The commit script for the parts a batch needs. Parameters: ?1 the batch
-/// as a JSON object: `upsert`, the rows to write as `[collection, id,
-/// bucket, version, updated_at, offset, length, expires_at]`; `delete`, the
-/// keys to delete as `[collection, id]`; `max_counter_id` and
-/// `counter_high`, the new id ceilings. ?2 the documents' text the rows
-/// slice.
-///
-/// Every statement names ?1 (and only the first names ?2): sqlx binds a
-/// multi-statement query by counting the unnamed slots below each
-/// statement's highest parameter across statements, so a statement naming
-/// only, say, ?4 could leave it unbound (NULL).
-fn write_script(upsert: bool, delete: bool, raise_ceiling: bool) -> &'static str {
-    macro_rules! upsert {
-        () => {
-            "INSERT INTO documents (collection, id, bucket, version, updated_at, data, expires_at) \
-             SELECT value->>0, value->>1, value->>2, value->>3, value->>4, \
-             CAST(substr(?2, value->>5, value->>6) AS TEXT), value->>7 FROM json_each(?1, '$.upsert') WHERE true \
-             ON CONFLICT (collection, id) DO UPDATE SET version = excluded.version, \
-             updated_at = excluded.updated_at, data = excluded.data, expires_at = excluded.expires_at;"
-        };
-    }
-    macro_rules! delete {
-        () => {
-            "DELETE FROM documents WHERE (collection, id) IN \
-             (SELECT value->>0, value->>1 FROM json_each(?1, '$.delete'));"
-        };
-    }
-    macro_rules! ceiling {
-        () => {
-            "UPDATE shard_meta SET value = max(value, ?1 ->> ('$.' || key)) \
-             WHERE key IN ('max_counter_id', 'counter_high');"
-        };
-    }
-    macro_rules! script {
-        ($($part:expr),*) => { concat!("BEGIN IMMEDIATE;", $($part,)* "COMMIT;") };
-    }
-    match (upsert, delete, raise_ceiling) {
-        (true, true, true) => script!(upsert!(), delete!(), ceiling!()),
-        (true, true, false) => script!(upsert!(), delete!()),
-        (true, false, true) => script!(upsert!(), ceiling!()),
-        (true, false, false) => script!(upsert!()),
-        (false, true, true) => script!(delete!(), ceiling!()),
-        (false, true, false) => script!(delete!()),
-        (false, false, true) => script!(ceiling!()),
-        (false, false, false) => script!(),
-    }
-}
-
-/// `keys` as a JSON array of `[collection, id]` pairs, for `json_each`.
-/// Collection names and ids are plain ASCII without quotes or backslashes
-/// (see `domain`): nothing to escape.
-fn keys_param(keys: &[DocKey]) -> String {
-    let mut param = String::from("[");
-    for (i, key) in keys.iter().enumerate() {
-        if i > 0 {
-            param.push(',');
-        }
-        let _ = write!(param, "[\"{}\",\"{}\"]", key.collection, key.id);
-    }
-    param.push(']');
-    param
-}
-
 /// Stored documents up to this size come with their row's first read; the
 /// text of larger ones is read only when an operation needs it.
 const SMALL_DOCUMENT: usize = 64 << 10;
-
-/// A committed row among the keys asked for.
-struct StoredRow {
-    /// Its index in the keys.
-    index: usize,
-    /// Its document: with its text if `whole`, else with an empty one.
-    doc: Document,
-    /// The size of its text.
-    bytes: usize,
-    whole: bool,
-}
-
-/// The committed rows among `keys`, with the text of those up to `small`
-/// bytes (the size of the others is in SQLite's record header: their text
-/// is not read).
-async fn select_many(
-    conn: &mut SqliteConnection,
-    keys: &[DocKey],
-    small: usize,
-) -> Result<Vec<StoredRow>, sqlx::Error> {
-    let param = keys_param(keys);
-    let rows = sqlx::query(
-        "SELECT k.key AS idx, d.version, d.updated_at, d.expires_at, octet_length(d.data) AS bytes, \
-         CASE WHEN octet_length(d.data) <= ?2 THEN d.data ELSE '' END AS data FROM json_each(?1) AS k \
-         JOIN documents AS d ON d.collection = k.value->>0 AND d.id = k.value->>1",
-    )
-    .bind(param)
-    .bind(i64::try_from(small).unwrap_or(i64::MAX))
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            let bytes = usize::try_from(row.try_get::<i64, _>("bytes")?).unwrap_or(usize::MAX);
-            Ok(StoredRow {
-                index: row.try_get::<i64, _>("idx")? as usize,
-                doc: document_from_row(row)?,
-                bytes,
-                whole: bytes <= small,
-            })
-        })
-        .collect()
-}
-
-/// The text of the committed rows among `keys`, as (index in `keys`, text).
-async fn select_texts(conn: &mut SqliteConnection, keys: &[DocKey]) -> Result<Vec<(usize, Arc<str>)>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT k.key AS idx, d.data FROM json_each(?1) AS k \
-         JOIN documents AS d ON d.collection = k.value->>0 AND d.id = k.value->>1",
-    )
-    .bind(keys_param(keys))
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            Ok((
-                row.try_get::<i64, _>("idx")? as usize,
-                Arc::from(row.try_get::<&str, _>("data")?),
-            ))
-        })
-        .collect()
-}
-
-/// The committed row at `key`, read on the given connection (expired or not).
-pub async fn select(conn: &mut SqliteConnection, key: &DocKey) -> Result<Option<Document>, sqlx::Error> {
-    let row =
-        sqlx::query("SELECT version, updated_at, expires_at, data FROM documents WHERE collection = ?1 AND id = ?2")
-            .bind(key.collection.as_str())
-            .bind(key.id.as_str())
-            .fetch_optional(&mut *conn)
-            .await?;
-    row.map(|row| document_from_row(&row)).transpose()
-}
-
-/// A document from a row with `version`, `updated_at`, `expires_at`, `data`.
-pub fn document_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Document, sqlx::Error> {
-    Ok(Document {
-        version: row.try_get::<i64, _>("version")? as u64,
-        updated_at_ms: row.try_get("updated_at")?,
-        expires_at_ms: row.try_get("expires_at")?,
-        data: Arc::from(row.try_get::<&str, _>("data")?),
-    })
-}
-
-/// A bound as `shard_meta` stores it. Ids stay below 2^53 + the reserve
-/// (see `MAX_COUNTER_ID`), far inside SQLite's integers.
-fn meta_value(bound: u64) -> i64 {
-    i64::try_from(bound).unwrap_or(i64::MAX)
-}
 
 /// Wall-clock time in Unix milliseconds.
 pub fn now_millis() -> i64 {

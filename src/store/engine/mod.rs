@@ -7,6 +7,29 @@
 
 pub mod sqlite;
 
+use crate::store::Document;
+
+/// What the core holds of a shard, by what it is for. One engine today:
+/// these name its types. A second engine makes each an enum of both, with
+/// the same calls (see each type's methods: that is the engine's interface).
+///
+/// - [`ShardFile`]: what it takes to open a shard; opens its reads and
+///   (again, after a failure) its writes.
+/// - [`ShardWrites`]: the one write connection: `load`, `load_texts`,
+///   `commit` (rows and id ceilings in one transaction), `expired_keys`,
+///   `delete_expired`, `collection_keys`, `delete_keys`, `close`,
+///   `still_there`.
+/// - [`ShardReads`]: the read pool: `reserve` (a [`ReadSlot`] for one
+///   point read), `entries` and `documents` (listings, exports),
+///   `counter_ids_between`, `count_live`, `add_collection_counts`,
+///   `recent` (the cache's warm-up).
+/// - Capabilities of a data folder of files (backup, restore, check,
+///   reshard) are the SQLite engine's alone: `sqlite::maintenance`.
+pub type ShardFile = sqlite::ShardFile;
+pub type ShardWrites = sqlite::SqliteWrites;
+pub type ShardReads = sqlite::SqliteReads;
+pub type ReadSlot = sqlite::ReadSlot;
+
 /// What went wrong in the engine, as the core and the HTTP layer need to
 /// know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,4 +77,61 @@ impl EngineError {
             detail: detail.into(),
         }
     }
+}
+
+/// Two bounds on a shard's numeric ids, which the engine keeps with the
+/// shard's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IdBounds {
+    /// Every counter-shaped id stored in the shard is at most this
+    /// (`max_counter_id`): a fresh id above it needs no read to know it is
+    /// free.
+    pub stored: u64,
+    /// Every id the counter handed out or moved past, stored here, is at
+    /// most this (`counter_high`): where the counter restarts.
+    pub counter: u64,
+}
+
+impl IdBounds {
+    pub fn max(self, other: IdBounds) -> IdBounds {
+        IdBounds {
+            stored: self.stored.max(other.stored),
+            counter: self.counter.max(other.counter),
+        }
+    }
+
+    /// Either bound passes its ceiling in `ceilings`.
+    pub fn exceeds(self, ceilings: IdBounds) -> bool {
+        self.stored > ceilings.stored || self.counter > ceilings.counter
+    }
+
+    /// Ceilings `reserve` above these bounds, never below `ceilings`.
+    pub fn reserved(self, ceilings: IdBounds, reserve: u64) -> IdBounds {
+        IdBounds {
+            stored: self.stored.saturating_add(reserve),
+            counter: self.counter.saturating_add(reserve),
+        }
+        .max(ceilings)
+    }
+}
+
+/// A committed row the writer asked for.
+#[derive(Debug)]
+pub struct StoredRow {
+    /// Its index in the keys asked for.
+    pub index: usize,
+    /// Its document: with its text if `whole`, else with an empty one.
+    pub doc: Document,
+    /// The size of its text.
+    pub bytes: usize,
+    pub whole: bool,
+}
+
+/// What a shard's writer learns when it opens the shard.
+#[derive(Debug, Clone, Copy)]
+pub struct Opened {
+    /// The id bounds the shard recorded.
+    pub ids: IdBounds,
+    /// Some document may carry an expiry.
+    pub may_expire: bool,
 }

@@ -26,12 +26,12 @@ use sha2::{Digest, Sha256};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
 
+use super::files::{read_identity, stamp_identity, APPLICATION_ID, MIGRATOR};
 use super::layout::{self, Layout};
-use super::placement::{Placement, BUCKETS, SCHEME};
-use super::shard::{read_identity, stamp_identity, APPLICATION_ID, MIGRATOR};
-use super::StoreError;
 use crate::domain::ShardCount;
 use crate::domain::{CollectionName, DocId, DocKey};
+use crate::store::placement::{Placement, BUCKETS, SCHEME};
+use crate::store::StoreError;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 const MANIFEST_FORMAT: u32 = 1;

@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::placement::SCHEME;
-use super::StoreError;
 use crate::domain::ShardCount;
+use crate::store::placement::SCHEME;
+use crate::store::StoreError;
 
 pub const LAYOUT_FILE: &str = "exdaas-layout.json";
 pub const LOCK_FILE: &str = "exdaas.lock";

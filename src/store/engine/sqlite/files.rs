@@ -1,0 +1,328 @@
+//! A shard's SQLite file: opening it, and refusing one that is not this
+//! folder's shard (not SQLite, another program's database, another folder's
+//! or another shard's file, damaged), before anything is written to it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection, SqliteConnection};
+
+use super::super::{IdBounds, Opened};
+use super::reads::SqliteReads;
+use super::store_error;
+use super::writes::SqliteWrites;
+use crate::domain::SyncMode;
+use crate::store::StoreError;
+
+/// The shard schema, from `migrations/`, embedded at build time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+/// `PRAGMA application_id` of exdaas shard files ("exda"), so a foreign
+/// SQLite database is never mistaken for a shard.
+pub const APPLICATION_ID: i32 = 0x6578_6461;
+
+/// The largest the WAL file is left at after a checkpoint.
+const WAL_SIZE_LIMIT: i64 = 64 << 20;
+
+/// Which file a path named when it was opened (device and inode), to notice
+/// it being deleted or replaced under a running server.
+#[derive(Debug, Clone)]
+pub struct FileIdentity {
+    pub path: PathBuf,
+    #[cfg(unix)]
+    id: Option<(u64, u64)>,
+}
+
+impl FileIdentity {
+    pub fn of(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            #[cfg(unix)]
+            id: Self::current(path),
+        }
+    }
+
+    #[cfg(unix)]
+    fn current(path: &Path) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+
+    /// The path still names the file that was opened.
+    pub fn still_there(&self) -> bool {
+        #[cfg(unix)]
+        {
+            self.id.is_some() && Self::current(&self.path) == self.id
+        }
+        #[cfg(not(unix))]
+        {
+            self.path.exists()
+        }
+    }
+}
+
+/// A shard's file and what opening it takes.
+#[derive(Debug, Clone)]
+pub struct ShardFile {
+    pub index: usize,
+    pub path: PathBuf,
+    /// The data folder's identity, which the file must record.
+    pub folder_id: u64,
+    pub sync: SyncMode,
+}
+
+impl ShardFile {
+    /// The read pool of the shard: at most `connections` read-only
+    /// connections, a request waiting at most `wait` for one.
+    pub async fn open_reads(&self, connections: u32, wait: Duration) -> Result<SqliteReads, StoreError> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(connections)
+            .acquire_timeout(wait)
+            .min_connections(0)
+            .connect_with(base_options(&self.path).read_only(true))
+            .await
+            .map_err(|e| store_error(self.index, e))?;
+        Ok(SqliteReads::new(self.index, pool, wait))
+    }
+}
+
+/// Connection options shared by the writer and the readers.
+pub fn base_options(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(10))
+        .log_statements(tracing::log::LevelFilter::Trace)
+}
+
+/// An existing, non-empty shard file must start as every SQLite database
+/// does; anything else is not ours to open.
+pub fn check_header(path: &Path) -> Result<(), StoreError> {
+    use std::io::Read;
+    let mut header = [0u8; 16];
+    let read = match std::fs::File::open(path) {
+        Ok(mut file) => file.read(&mut header),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => Err(e),
+    };
+    match read {
+        Ok(0) => Ok(()),
+        Ok(n) if n == header.len() && &header == b"SQLite format 3\0" => Ok(()),
+        Ok(_) => Err(StoreError::CorruptFile {
+            path: path.to_path_buf(),
+            reason: "not an SQLite database (wrong header): not a shard exdaas wrote".into(),
+        }),
+        Err(e) => Err(StoreError::CorruptFile {
+            path: path.to_path_buf(),
+            reason: format!("cannot read it: {e}"),
+        }),
+    }
+}
+
+impl ShardFile {
+    fn corrupt(&self, reason: String) -> StoreError {
+        StoreError::CorruptFile {
+            path: self.path.clone(),
+            reason,
+        }
+    }
+
+    /// Opens the write connection, checks the file, migrates it: at boot,
+    /// when the file may be created. `boot_check`: check its integrity
+    /// first (reads it whole).
+    pub async fn open_at_boot(&self, boot_check: bool) -> Result<(SqliteWrites, Opened), StoreError> {
+        check_header(&self.path)?;
+        let mut conn = self.connect(true).await?;
+        let checked = match self.check_ours(&mut conn).await {
+            Ok(()) => match self.check_integrity_and_migrate(&mut conn, boot_check).await {
+                Ok(()) => self.check_identity(&mut conn, true).await,
+                Err(err) => Err(err),
+            },
+            Err(err) => Err(err),
+        };
+        if let Err(err) = checked {
+            let _ = conn.close().await;
+            return Err(err);
+        }
+        self.writer_on(conn).await
+    }
+
+    /// Opens the write connection again after a failure. Never creates the
+    /// file (an empty one would silently stand in for the lost data) and
+    /// does not migrate (boot did).
+    pub async fn reopen(&self) -> Result<(SqliteWrites, Opened), StoreError> {
+        let mut conn = self.connect(false).await?;
+        let checked = match self.check_ours(&mut conn).await {
+            Ok(()) => self.check_identity(&mut conn, false).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = checked {
+            let _ = conn.close().await;
+            return Err(err);
+        }
+        self.writer_on(conn).await
+    }
+
+    async fn connect(&self, create: bool) -> Result<SqliteConnection, StoreError> {
+        base_options(&self.path)
+            .create_if_missing(create)
+            .pragma("cache_size", "-65536")
+            .pragma("temp_store", "memory")
+            .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string())
+            .synchronous(match self.sync {
+                SyncMode::Normal => SqliteSynchronous::Normal,
+                SyncMode::Full => SqliteSynchronous::Full,
+            })
+            .connect()
+            .await
+            .map_err(|e| self.corrupt(e.to_string()))
+    }
+
+    async fn writer_on(&self, mut conn: SqliteConnection) -> Result<(SqliteWrites, Opened), StoreError> {
+        let file = FileIdentity::of(&self.path);
+        let meta: Vec<(String, i64)> =
+            sqlx::query_as("SELECT key, value FROM shard_meta WHERE key IN ('max_counter_id', 'counter_high')")
+                .fetch_all(&mut conn)
+                .await
+                .map_err(|e| store_error(self.index, e))?;
+        let bound = |name: &str| {
+            let value = meta.iter().find(|(key, _)| key == name).map_or(0, |(_, value)| *value);
+            u64::try_from(value).unwrap_or(0)
+        };
+        let ids = IdBounds {
+            stored: bound("max_counter_id"),
+            counter: bound("counter_high"),
+        };
+        let may_expire = sqlx::query("SELECT 1 FROM documents WHERE expires_at IS NOT NULL LIMIT 1")
+            .fetch_optional(&mut conn)
+            .await
+            .map_err(|e| store_error(self.index, e))?
+            .is_some();
+        Ok((SqliteWrites::new(self.index, conn, file), Opened { ids, may_expire }))
+    }
+
+    /// Refuses a foreign database: one with tables that is not marked as
+    /// an exdaas shard (nor holds our schema from before the mark).
+    async fn check_ours(&self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
+        let application_id: i32 = sqlx::query_scalar("PRAGMA application_id")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| self.corrupt(format!("cannot read it: {e}")))?;
+        let tables: Vec<String> = sqlx::query_scalar("SELECT name FROM sqlite_schema WHERE type = 'table'")
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| self.corrupt(format!("cannot read it: {e}")))?;
+        let has = |name: &str| tables.iter().any(|t| t == name);
+        let ours =
+            application_id == APPLICATION_ID || (application_id == 0 && has("documents") && has("_sqlx_migrations"));
+        if ours || tables.is_empty() {
+            Ok(())
+        } else {
+            Err(self.corrupt(format!(
+                "a foreign SQLite database (application_id {application_id:#x}, tables {}): not a shard exdaas wrote",
+                tables.join(", ")
+            )))
+        }
+    }
+
+    /// Refuses a shard file of another data folder, or of another shard of
+    /// this one: what it records must match the layout and its place. A
+    /// file from before identities existed takes them, when `stamp`.
+    async fn check_identity(&self, conn: &mut SqliteConnection, stamp: bool) -> Result<(), StoreError> {
+        let recorded = read_identity(conn)
+            .await
+            .map_err(|e| self.corrupt(format!("cannot read it: {e}")))?;
+        match recorded {
+            Identity {
+                folder_id: Some(folder),
+                ..
+            } if folder != self.folder_id => Err(self.corrupt(format!(
+                "it belongs to another data folder (it records folder {folder:#x}, {} names {:#x}): \
+                 put this folder's own shard file back, or restore the folder from a backup",
+                super::layout::LAYOUT_FILE,
+                self.folder_id
+            ))),
+            Identity { shard: Some(shard), .. } if shard != self.index as u64 => Err(self.corrupt(format!(
+                "it is shard {shard}'s file, found in shard {}'s place: files were renamed or swapped",
+                self.index
+            ))),
+            Identity {
+                folder_id: Some(_),
+                shard: Some(_),
+            } => Ok(()),
+            _ if stamp => stamp_identity(conn, self.folder_id, self.index)
+                .await
+                .map_err(|e| store_error(self.index, e)),
+            _ => Err(self.corrupt("it records no data folder: it is not the file this server opened".into())),
+        }
+    }
+
+    /// Checks the file's integrity (it reads the whole file, so only at
+    /// boot, and only if `EXDAAS_BOOT_CHECK` says so), then brings the schema
+    /// up to date and marks the file as an exdaas shard.
+    async fn check_integrity_and_migrate(
+        &self,
+        conn: &mut SqliteConnection,
+        boot_check: bool,
+    ) -> Result<(), StoreError> {
+        if boot_check {
+            let started = std::time::Instant::now();
+            let verdict: Vec<String> = sqlx::query_scalar("PRAGMA quick_check")
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(|e| self.corrupt(format!("damaged: {e}")))?;
+            if verdict != ["ok"] {
+                return Err(self.corrupt(format!("damaged: {}", verdict.join("; "))));
+            }
+            tracing::debug!(
+                shard = self.index,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "integrity check passed"
+            );
+        }
+        MIGRATOR
+            .run(&mut *conn)
+            .await
+            .map_err(|e| self.corrupt(format!("cannot apply schema: {e}")))?;
+        sqlx::query(&format!("PRAGMA application_id = {APPLICATION_ID}"))
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| store_error(self.index, e))?;
+        Ok(())
+    }
+}
+
+/// Which folder and shard a shard file says it belongs to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub folder_id: Option<u64>,
+    pub shard: Option<u64>,
+}
+
+/// The identity a shard file records in `shard_meta`.
+pub async fn read_identity(conn: &mut SqliteConnection) -> Result<Identity, sqlx::Error> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT key, value FROM shard_meta WHERE key IN ('folder_id', 'shard_index')")
+            .fetch_all(&mut *conn)
+            .await?;
+    let value = |name: &str| {
+        rows.iter()
+            .find(|(key, _)| key == name)
+            .and_then(|(_, value)| u64::try_from(*value).ok())
+    };
+    Ok(Identity {
+        folder_id: value("folder_id"),
+        shard: value("shard_index"),
+    })
+}
+
+/// Records in a shard file which folder and shard it belongs to.
+pub async fn stamp_identity(conn: &mut SqliteConnection, folder_id: u64, shard: usize) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT OR REPLACE INTO shard_meta (key, value) VALUES ('folder_id', ?1), ('shard_index', ?2)")
+        .bind(i64::try_from(folder_id).unwrap_or(i64::MAX))
+        .bind(shard as i64)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}

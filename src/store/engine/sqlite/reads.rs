@@ -1,0 +1,247 @@
+//! A shard's read pool: point reads for the cache, the scans of listings and
+//! exports, counts, and the cache's warm-up. Read-only connections, any
+//! number at once beside the writer (WAL).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+use sqlx::pool::PoolConnection;
+use sqlx::{Row, Sqlite, SqlitePool};
+
+use super::rows::{document_from_row, select};
+use super::store_error;
+use crate::domain::{CollectionName, DocId, DocKey};
+use crate::store::{Document, StoreError};
+
+/// The shard's read pool.
+pub struct SqliteReads {
+    shard: usize,
+    pool: SqlitePool,
+    /// How long a read waits for a free connection (reported in a 503).
+    wait: Duration,
+}
+
+/// A read connection, held before a read that must not wait for one
+/// later (the cache's fill).
+pub struct ReadSlot {
+    shard: usize,
+    conn: PoolConnection<Sqlite>,
+}
+
+impl ReadSlot {
+    /// The committed document at `key` (expired or not).
+    pub async fn read(mut self, key: &DocKey) -> Result<Option<Document>, StoreError> {
+        select(&mut self.conn, key)
+            .await
+            .map_err(|e| store_error(self.shard, e))
+    }
+}
+
+impl SqliteReads {
+    pub fn new(shard: usize, pool: SqlitePool, wait: Duration) -> Self {
+        Self { shard, pool, wait }
+    }
+
+    fn error(&self, err: sqlx::Error) -> StoreError {
+        match err {
+            sqlx::Error::PoolTimedOut => StoreError::Busy {
+                shard: self.shard,
+                waited_ms: self.wait.as_millis() as u64,
+                reads: true,
+            },
+            err => store_error(self.shard, err),
+        }
+    }
+
+    /// A read connection, waiting at most the configured time for one.
+    pub async fn reserve(&self) -> Result<ReadSlot, StoreError> {
+        let conn = self.pool.acquire().await.map_err(|e| self.error(e))?;
+        Ok(ReadSlot {
+            shard: self.shard,
+            conn,
+        })
+    }
+
+    /// How many read connections the pool holds at most.
+    pub fn connections(&self) -> u32 {
+        self.pool.options().get_max_connections()
+    }
+
+    /// The counter-shaped ids of `collection` stored here from `first` to
+    /// `last` (inclusive), two numbers with as many digits: ids of one
+    /// length sort as their numbers do, so the primary key finds them in
+    /// order.
+    pub async fn counter_ids_between(
+        &self,
+        collection: &CollectionName,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        let (first, last) = (first.to_string(), last.to_string());
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM documents WHERE collection = ?1 AND id >= ?2 AND id <= ?3 \
+             AND length(id) = ?4 AND id NOT GLOB '*[^0-9]*'",
+        )
+        .bind(collection.as_str())
+        .bind(&first)
+        .bind(&last)
+        .bind(first.len() as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.error(e))?;
+        Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
+    }
+
+    /// Up to `limit` documents of `collection` live at `now`, in id order,
+    /// after `from` (included if its flag says so) and before `to`: their
+    /// ids, versions and times, and the size of their text, which is not
+    /// read (it is in SQLite's record header).
+    pub async fn entries(
+        &self,
+        collection: &CollectionName,
+        from: Option<(&str, bool)>,
+        to: Option<&str>,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<(DocId, Document, usize)>, StoreError> {
+        let lower = match from {
+            Some((_, true)) => "AND id >= ?2",
+            Some((_, false)) => "AND id > ?2",
+            None => "",
+        };
+        let upper = if to.is_some() { "AND id < ?3" } else { "" };
+        let sql = format!(
+            "SELECT id, version, updated_at, expires_at, '' AS data, octet_length(data) AS bytes \
+             FROM documents WHERE collection = ?1 {lower} {upper} \
+             AND (expires_at IS NULL OR expires_at > ?4) ORDER BY id LIMIT ?5"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(collection.as_str())
+            .bind(from.map(|(id, _)| id))
+            .bind(to)
+            .bind(now)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.error(e))?;
+        rows.iter()
+            .map(|row| {
+                let id = row.try_get::<&str, _>("id").map_err(|e| self.error(e))?;
+                let id = DocId::parse(id).map_err(|_| StoreError::Internal("a stored id is not a valid id"))?;
+                let doc = document_from_row(row).map_err(|e| self.error(e))?;
+                let bytes = row.try_get::<i64, _>("bytes").map_err(|e| self.error(e))?;
+                Ok((id, doc, usize::try_from(bytes).unwrap_or(0)))
+            })
+            .collect()
+    }
+
+    /// The documents among `ids` of `collection` live at `now`, whole, by id.
+    pub async fn documents(
+        &self,
+        collection: &CollectionName,
+        ids: &[&str],
+        now: i64,
+    ) -> Result<Vec<(String, Document)>, StoreError> {
+        let list = serde_json::to_string(ids).map_err(|_| StoreError::Internal("ids are JSON"))?;
+        let rows = sqlx::query(
+            "SELECT id, version, updated_at, expires_at, data FROM documents \
+             WHERE collection = ?1 AND id IN (SELECT value FROM json_each(?2)) \
+             AND (expires_at IS NULL OR expires_at > ?3)",
+        )
+        .bind(collection.as_str())
+        .bind(list)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.error(e))?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("id").map_err(|e| self.error(e))?;
+                let doc = document_from_row(row).map_err(|e| self.error(e))?;
+                Ok((id, doc))
+            })
+            .collect()
+    }
+
+    /// Documents live at `now`; `None` if the shard cannot be read now.
+    pub async fn count_live(&self, now: i64) -> Option<u64> {
+        let mut tx = self.pool.begin().await.ok()?;
+        let all: i64 = sqlx::query_scalar("SELECT count(*) FROM documents INDEXED BY documents_by_bucket")
+            .fetch_one(&mut *tx)
+            .await
+            .ok()?;
+        let expired: i64 = sqlx::query_scalar("SELECT count(*) FROM documents WHERE expires_at <= ?1")
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .ok()?;
+        let _ = tx.rollback().await;
+        u64::try_from(all - expired).ok()
+    }
+
+    /// Live documents at `now` per collection, added to `totals`.
+    pub async fn add_collection_counts(&self, now: i64, totals: &mut BTreeMap<String, i64>) -> Result<(), StoreError> {
+        // Both counts in one read transaction, so a sweep committing in
+        // between cannot skew them. The bucket index holds (bucket,
+        // collection, id): counting over it reads no document data. Expired
+        // rows not yet swept are found through the expiry index and taken
+        // off.
+        let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
+        let all = sqlx::query(
+            "SELECT collection, count(*) AS n FROM documents INDEXED BY documents_by_bucket GROUP BY collection",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| self.error(e))?;
+        let expired =
+            sqlx::query("SELECT collection, count(*) AS n FROM documents WHERE expires_at <= ?1 GROUP BY collection")
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| self.error(e))?;
+        tx.rollback().await.map_err(|e| self.error(e))?;
+        for (rows, sign) in [(all, 1), (expired, -1)] {
+            for row in rows {
+                let name: String = row.try_get("collection").unwrap_or_default();
+                let n: i64 = row.try_get("n").unwrap_or(0);
+                *totals.entry(name).or_default() += sign * n;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every document live at `now`, most recently changed first: what the
+    /// cache is warmed with.
+    pub fn recent(&self, now: i64) -> BoxStream<'_, Result<(DocKey, Document), StoreError>> {
+        sqlx::query(
+            "SELECT collection, id, version, updated_at, expires_at, data FROM documents \
+             WHERE expires_at IS NULL OR expires_at > ?1 ORDER BY updated_at DESC",
+        )
+        .bind(now)
+        .fetch(&self.pool)
+        .map(move |row| {
+            let row = row.map_err(|e| self.error(e))?;
+            let (Ok(collection), Ok(id)) = (
+                CollectionName::parse(row.try_get("collection").map_err(|e| self.error(e))?),
+                DocId::parse(row.try_get("id").map_err(|e| self.error(e))?),
+            ) else {
+                return Ok(None);
+            };
+            let doc = document_from_row(&row).map_err(|e| self.error(e))?;
+            Ok(Some((DocKey::new(collection, id), doc)))
+        })
+        .try_filter_map(|item| std::future::ready(Ok(item)))
+        .boxed()
+    }
+
+    /// Closes the pool (at shutdown); reads after this fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.pool.is_closed()
+    }
+}

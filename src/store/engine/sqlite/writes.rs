@@ -1,0 +1,367 @@
+//! A shard's write connection: the SQL of the writer's loads and commits,
+//! of expiry sweeps and collection drops, and of a clean close. One writer
+//! task owns it (the store's core serializes every write to the shard).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use sqlx::{Connection, Row, SqliteConnection};
+
+use super::super::{EngineError, IdBounds, StoredRow};
+use super::engine_error;
+use super::files::FileIdentity;
+use super::rows::{document_from_row, keys_param};
+use crate::domain::{CollectionName, DocId, DocKey};
+use crate::store::Document;
+
+/// The shard's one write connection, and the file it opened.
+pub struct SqliteWrites {
+    shard: usize,
+    /// `None` once the connection broke.
+    conn: Option<SqliteConnection>,
+    /// The file the connection opened, to notice it being deleted or
+    /// replaced under the running server.
+    file: FileIdentity,
+}
+
+impl SqliteWrites {
+    pub fn new(shard: usize, conn: SqliteConnection, file: FileIdentity) -> Self {
+        Self {
+            shard,
+            conn: Some(conn),
+            file,
+        }
+    }
+
+    /// The connection, or the error a broken one gives.
+    fn conn(&mut self) -> Result<&mut SqliteConnection, EngineError> {
+        self.conn
+            .as_mut()
+            .ok_or_else(|| engine_error(sqlx::Error::WorkerCrashed))
+    }
+
+    /// The shard's file is still the one the connection opened (not deleted
+    /// or replaced): a commit to it survives a restart.
+    pub fn still_there(&self) -> bool {
+        self.file.still_there()
+    }
+
+    /// The file, as logs name it.
+    pub fn file_name(&self) -> String {
+        self.file.path.display().to_string()
+    }
+
+    /// The committed rows among `keys`, with the text of those up to
+    /// `small` bytes (the size of the others is in SQLite's record header:
+    /// their text is not read).
+    pub async fn load(&mut self, keys: &[DocKey], small: usize) -> Result<Vec<StoredRow>, EngineError> {
+        select_many(self.conn()?, keys, small).await.map_err(engine_error)
+    }
+
+    /// The text of the committed rows among `keys`, as (index in `keys`,
+    /// text).
+    pub async fn load_texts(&mut self, keys: &[DocKey]) -> Result<Vec<(usize, Arc<str>)>, EngineError> {
+        select_texts(self.conn()?, keys).await.map_err(engine_error)
+    }
+
+    /// Writes every change's final state (`None`: deleted) and, when given,
+    /// raised id ceilings, in one transaction sent to SQLite as one script.
+    /// If any part fails, the transaction is rolled back and nothing of it
+    /// is visible.
+    pub async fn commit<'a>(
+        &mut self,
+        changes: impl Iterator<Item = (&'a DocKey, u32, Option<&'a Document>)>,
+        ceilings: Option<IdBounds>,
+    ) -> Result<(), EngineError> {
+        // Row fields go as one JSON array; the documents' text goes as one
+        // blob that the rows slice by byte offset, so it is neither escaped
+        // here nor parsed by SQLite. Collection names and ids are plain ASCII
+        // without quotes or backslashes (see `domain`): no escaping either.
+        let mut upserts = String::from("[");
+        let mut texts: Vec<u8> = Vec::new();
+        let mut deletes = String::from("[");
+        for (key, bucket, doc) in changes {
+            let list = if doc.is_some() { &mut upserts } else { &mut deletes };
+            if list.len() > 1 {
+                list.push(',');
+            }
+            let _ = write!(list, "[\"{}\",\"{}\"", key.collection, key.id);
+            if let Some(doc) = doc {
+                let _ = write!(
+                    list,
+                    ",{},{},{},{},{},",
+                    bucket,
+                    doc.version,
+                    doc.updated_at_ms,
+                    texts.len() + 1,
+                    doc.data.len()
+                );
+                match doc.expires_at_ms {
+                    Some(at) => {
+                        let _ = write!(list, "{at}");
+                    }
+                    None => list.push_str("null"),
+                }
+                texts.extend_from_slice(doc.data.as_bytes());
+            }
+            list.push(']');
+        }
+        upserts.push(']');
+        deletes.push(']');
+        let script = write_script(upserts.len() > 2, deletes.len() > 2, ceilings.is_some());
+        let bounds = ceilings.unwrap_or_default();
+        let batch = format!(
+            "{{\"upsert\":{upserts},\"delete\":{deletes},\"max_counter_id\":{},\"counter_high\":{}}}",
+            meta_value(bounds.stored),
+            meta_value(bounds.counter)
+        );
+        let written = sqlx::query(script).bind(batch).bind(texts).execute(self.conn()?).await;
+        if let Err(err) = written {
+            // End the transaction the failed script left open, so the
+            // connection is clean for the next.
+            if let Ok(conn) = self.conn() {
+                if let Err(e) = sqlx::query("ROLLBACK").execute(conn).await {
+                    tracing::debug!(shard = self.shard, error = %e, "rollback after a failed commit");
+                }
+            }
+            return Err(engine_error(err));
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` keys of documents expired at `now`.
+    pub async fn expired_keys(&mut self, now: i64, limit: u32) -> Result<Vec<DocKey>, EngineError> {
+        let rows = sqlx::query("SELECT collection, id FROM documents WHERE expires_at <= ?1 LIMIT ?2")
+            .bind(now)
+            .bind(limit)
+            .fetch_all(self.conn()?)
+            .await
+            .map_err(engine_error)?;
+        Ok(keys_of(&rows, None))
+    }
+
+    /// Deletes those of `keys` still expired at `now` (one may have been
+    /// rewritten since); answers how many.
+    pub async fn delete_expired(&mut self, keys: &[DocKey], now: i64) -> Result<u64, EngineError> {
+        self.delete(
+            keys,
+            "DELETE FROM documents WHERE (collection, id) IN (SELECT value->>0, value->>1 FROM json_each(?1)) AND expires_at <= ?2",
+            now,
+        )
+        .await
+    }
+
+    /// Up to `limit` keys of `collection`'s documents.
+    pub async fn collection_keys(
+        &mut self,
+        collection: &CollectionName,
+        limit: u32,
+    ) -> Result<Vec<DocKey>, EngineError> {
+        let rows = sqlx::query("SELECT id FROM documents WHERE collection = ?1 LIMIT ?2")
+            .bind(collection.as_str())
+            .bind(limit)
+            .fetch_all(self.conn()?)
+            .await
+            .map_err(engine_error)?;
+        Ok(keys_of(&rows, Some(collection)))
+    }
+
+    /// Deletes `keys` in one transaction; answers how many.
+    pub async fn delete_keys(&mut self, keys: &[DocKey]) -> Result<u64, EngineError> {
+        self.delete(
+            keys,
+            "DELETE FROM documents WHERE (collection, id) IN (SELECT value->>0, value->>1 FROM json_each(?1)) AND ?2 = ?2",
+            0,
+        )
+        .await
+    }
+
+    /// Runs a DELETE of `keys` (a JSON array of `[collection, id]` in ?1,
+    /// with `extra` in ?2).
+    async fn delete(&mut self, keys: &[DocKey], sql: &str, extra: i64) -> Result<u64, EngineError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let done = sqlx::query(sql)
+            .bind(keys_param(keys))
+            .bind(extra)
+            .execute(self.conn()?)
+            .await
+            .map_err(engine_error)?;
+        Ok(done.rows_affected())
+    }
+
+    /// Records the exact id bounds (replacing the reserve, so a clean restart
+    /// continues the sequence without a gap), checkpoints the WAL and closes:
+    /// as the last connection, this removes the WAL file.
+    pub async fn close(&mut self, ids: IdBounds) {
+        let shard = self.shard;
+        let Some(mut conn) = self.conn.take() else { return };
+        if let Err(e) = sqlx::query(
+            "UPDATE shard_meta SET value = CASE key WHEN 'max_counter_id' THEN ?1 ELSE ?2 END \
+             WHERE key IN ('max_counter_id', 'counter_high')",
+        )
+        .bind(meta_value(ids.stored))
+        .bind(meta_value(ids.counter))
+        .execute(&mut conn)
+        .await
+        {
+            tracing::warn!(shard, error = %e, "recording the id ceiling failed");
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await {
+            tracing::warn!(shard, error = %e, "final WAL checkpoint failed");
+        }
+        if let Err(e) = conn.close().await {
+            tracing::warn!(shard, error = %e, "closing the write connection failed");
+        }
+    }
+
+    /// Test hooks: the connection breaks, or SQLite is made to answer as on
+    /// a full disk or a read-only file (and back).
+    #[cfg(feature = "fault-injection")]
+    pub async fn inject(&mut self, fault: crate::store::faults::EngineFault) -> Result<(), EngineError> {
+        use crate::store::faults::EngineFault;
+        let sql = match fault {
+            EngineFault::BreakConnection => {
+                if let Some(conn) = self.conn.take() {
+                    let _ = conn.close().await;
+                }
+                return Ok(());
+            }
+            // A page count capped at the current one is how SQLite reports a
+            // full disk: SQLITE_FULL on the next growth.
+            EngineFault::DiskFull => {
+                let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+                    .fetch_one(self.conn()?)
+                    .await
+                    .map_err(engine_error)?;
+                format!("PRAGMA max_page_count = {pages}")
+            }
+            EngineFault::ReadOnly => "PRAGMA query_only = 1".to_owned(),
+            EngineFault::Heal => "PRAGMA query_only = 0; PRAGMA max_page_count = 4294967294".to_owned(),
+        };
+        sqlx::query(&sql)
+            .execute(self.conn()?)
+            .await
+            .map(|_| ())
+            .map_err(engine_error)
+    }
+}
+
+/// The keys of rows with `id` (and `collection`, unless it is given).
+fn keys_of(rows: &[sqlx::sqlite::SqliteRow], collection: Option<&CollectionName>) -> Vec<DocKey> {
+    rows.iter()
+        .filter_map(|row| {
+            let collection = match collection {
+                Some(c) => c.clone(),
+                None => CollectionName::parse(row.try_get::<&str, _>("collection").ok()?).ok()?,
+            };
+            let id = DocId::parse(row.try_get::<&str, _>("id").ok()?).ok()?;
+            Some(DocKey::new(collection, id))
+        })
+        .collect()
+}
+
+/// The commit script for the parts a batch needs. Parameters: ?1 the batch
+/// as a JSON object: `upsert`, the rows to write as `[collection, id,
+/// bucket, version, updated_at, offset, length, expires_at]`; `delete`, the
+/// keys to delete as `[collection, id]`; `max_counter_id` and
+/// `counter_high`, the new id ceilings. ?2 the documents' text the rows
+/// slice.
+///
+/// Every statement names ?1 (and only the first names ?2): sqlx binds a
+/// multi-statement query by counting the unnamed slots below each
+/// statement's highest parameter across statements, so a statement naming
+/// only, say, ?4 could leave it unbound (NULL).
+fn write_script(upsert: bool, delete: bool, raise_ceiling: bool) -> &'static str {
+    macro_rules! upsert {
+        () => {
+            "INSERT INTO documents (collection, id, bucket, version, updated_at, data, expires_at) \
+             SELECT value->>0, value->>1, value->>2, value->>3, value->>4, \
+             CAST(substr(?2, value->>5, value->>6) AS TEXT), value->>7 FROM json_each(?1, '$.upsert') WHERE true \
+             ON CONFLICT (collection, id) DO UPDATE SET version = excluded.version, \
+             updated_at = excluded.updated_at, data = excluded.data, expires_at = excluded.expires_at;"
+        };
+    }
+    macro_rules! delete {
+        () => {
+            "DELETE FROM documents WHERE (collection, id) IN \
+             (SELECT value->>0, value->>1 FROM json_each(?1, '$.delete'));"
+        };
+    }
+    macro_rules! ceiling {
+        () => {
+            "UPDATE shard_meta SET value = max(value, ?1 ->> ('$.' || key)) \
+             WHERE key IN ('max_counter_id', 'counter_high');"
+        };
+    }
+    macro_rules! script {
+        ($($part:expr),*) => { concat!("BEGIN IMMEDIATE;", $($part,)* "COMMIT;") };
+    }
+    match (upsert, delete, raise_ceiling) {
+        (true, true, true) => script!(upsert!(), delete!(), ceiling!()),
+        (true, true, false) => script!(upsert!(), delete!()),
+        (true, false, true) => script!(upsert!(), ceiling!()),
+        (true, false, false) => script!(upsert!()),
+        (false, true, true) => script!(delete!(), ceiling!()),
+        (false, true, false) => script!(delete!()),
+        (false, false, true) => script!(ceiling!()),
+        (false, false, false) => script!(),
+    }
+}
+
+/// The committed rows among `keys`, with the text of those up to `small`
+/// bytes (the size of the others is in SQLite's record header: their text
+/// is not read).
+pub async fn select_many(
+    conn: &mut SqliteConnection,
+    keys: &[DocKey],
+    small: usize,
+) -> Result<Vec<StoredRow>, sqlx::Error> {
+    let param = keys_param(keys);
+    let rows = sqlx::query(
+        "SELECT k.key AS idx, d.version, d.updated_at, d.expires_at, octet_length(d.data) AS bytes, \
+         CASE WHEN octet_length(d.data) <= ?2 THEN d.data ELSE '' END AS data FROM json_each(?1) AS k \
+         JOIN documents AS d ON d.collection = k.value->>0 AND d.id = k.value->>1",
+    )
+    .bind(param)
+    .bind(i64::try_from(small).unwrap_or(i64::MAX))
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let bytes = usize::try_from(row.try_get::<i64, _>("bytes")?).unwrap_or(usize::MAX);
+            Ok(StoredRow {
+                index: row.try_get::<i64, _>("idx")? as usize,
+                doc: document_from_row(row)?,
+                bytes,
+                whole: bytes <= small,
+            })
+        })
+        .collect()
+}
+
+/// The text of the committed rows among `keys`, as (index in `keys`, text).
+pub async fn select_texts(conn: &mut SqliteConnection, keys: &[DocKey]) -> Result<Vec<(usize, Arc<str>)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT k.key AS idx, d.data FROM json_each(?1) AS k \
+         JOIN documents AS d ON d.collection = k.value->>0 AND d.id = k.value->>1",
+    )
+    .bind(keys_param(keys))
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get::<i64, _>("idx")? as usize,
+                Arc::from(row.try_get::<&str, _>("data")?),
+            ))
+        })
+        .collect()
+}
+
+/// A bound as `shard_meta` stores it. Ids stay below 2^53 + the reserve
+/// (see `MAX_COUNTER_ID`), far inside SQLite's integers.
+fn meta_value(bound: u64) -> i64 {
+    i64::try_from(bound).unwrap_or(i64::MAX)
+}
