@@ -101,6 +101,13 @@ impl Application {
     /// Serves until `stop` resolves; then stops accepting, finishes requests
     /// in flight, drains every writer and checkpoints the WAL.
     pub async fn run_until_stopped(self, stop: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        // Told first when the server stops, so waits on the change feed
+        // answer and its streams close instead of holding the drain.
+        let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
+        let stop = async move {
+            stop.await;
+            stopping.send_replace(true);
+        };
         let options = api::ApiOptions {
             max_body_bytes: self.settings.max_body_bytes,
             max_page_bytes: self.settings.max_page_bytes,
@@ -108,6 +115,8 @@ impl Application {
             cors_origins: self.settings.cors_origins.clone(),
             backup_dir: self.settings.backup_dir.clone(),
             metrics: self.metrics.clone(),
+            feed_max_subscribers: self.settings.feed_max_subscribers,
+            stopping: stopping_rx,
         };
         let routes = api::routes(&self.store, &options);
         let served = Server::new_with_acceptor(self.acceptor)
@@ -136,6 +145,8 @@ pub fn store_options(settings: &Settings, events: Arc<dyn StoreEvents>) -> Store
         queue_wait: settings.writer_queue_wait,
         read_connections: settings.read_connections,
         boot_check: settings.boot_check,
+        feed_retention: settings.feed_retention,
+        feed_max_entries: settings.feed_max_entries,
         events,
     }
 }

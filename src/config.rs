@@ -42,6 +42,12 @@ pub struct Settings {
     pub max_page_bytes: usize,
     pub read_connections: u32,
     pub boot_check: bool,
+    /// How long a shard keeps its change feed's entries...
+    pub feed_retention: Duration,
+    /// ...and how many at most.
+    pub feed_max_entries: u64,
+    /// Clients that may follow the change feed at once.
+    pub feed_max_subscribers: usize,
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
     pub backup_dir: PathBuf,
@@ -186,6 +192,24 @@ pub const SETTINGS: &[SettingDoc] = &[
         env: "EXDAAS_MAX_PAGE_BYTES",
         default: "8388608",
         meaning: "bytes of documents one listing page, batch answer or export chunk holds (at least one document)",
+    },
+    SettingDoc {
+        key: "feed_retention_hours",
+        env: "EXDAAS_FEED_RETENTION_HOURS",
+        default: "168",
+        meaning: "how long the change feed keeps an entry; a client further behind must start over (410)",
+    },
+    SettingDoc {
+        key: "feed_max_entries",
+        env: "EXDAAS_FEED_MAX_ENTRIES",
+        default: "1000000",
+        meaning: "most change-feed entries one shard keeps (the oldest go first)",
+    },
+    SettingDoc {
+        key: "feed_max_subscribers",
+        env: "EXDAAS_FEED_MAX_SUBSCRIBERS",
+        default: "256",
+        meaning: "clients that may wait on the change feed at once (long polls and streams; beyond: 503)",
     },
     SettingDoc {
         key: "boot_check",
@@ -375,6 +399,30 @@ impl Settings {
                 600_000,
                 "milliseconds from 1 to 600000",
             )? as u64),
+            feed_retention: Duration::from_secs(
+                ranged(
+                    "EXDAAS_FEED_RETENTION_HOURS",
+                    &raw("feed_retention_hours")?,
+                    1,
+                    24 * 365 * 10,
+                    "hours from 1 to 87600",
+                )? as u64
+                    * 3600,
+            ),
+            feed_max_entries: ranged(
+                "EXDAAS_FEED_MAX_ENTRIES",
+                &raw("feed_max_entries")?,
+                1000,
+                1_000_000_000,
+                "an integer from 1000 to 1000000000",
+            )? as u64,
+            feed_max_subscribers: ranged(
+                "EXDAAS_FEED_MAX_SUBSCRIBERS",
+                &raw("feed_max_subscribers")?,
+                1,
+                100_000,
+                "an integer from 1 to 100000",
+            )?,
             boot_check: match raw("boot_check")?.trim().to_ascii_lowercase().as_str() {
                 "quick" => true,
                 "off" => false,

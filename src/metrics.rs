@@ -39,6 +39,10 @@ pub struct Metrics {
     shard_up: IntGaugeVec,
     shard_documents: IntGaugeVec,
     counted_at: Mutex<Option<Instant>>,
+    /// Clients waiting on the change feed (long polls and streams).
+    pub feed_followers: IntGauge,
+    /// Change-feed entries sent, in pages and streams.
+    pub feed_changes_sent: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -156,11 +160,21 @@ impl Metrics {
                 ]),
                 &["shard"],
             )),
+            feed_followers: built(IntGauge::new(
+                "exdaas_feed_followers",
+                "Clients waiting on the change feed: long polls and event streams (bounded by EXDAAS_FEED_MAX_SUBSCRIBERS).",
+            )),
+            feed_changes_sent: built(IntCounter::new(
+                "exdaas_feed_changes_sent_total",
+                "Change-feed entries sent to clients, in pages and event streams.",
+            )),
             shard_handles: (0..crate::domain::ShardCount::MAX).map(|_| OnceLock::new()).collect(),
             counted_at: Mutex::new(None),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
+            Box::new(metrics.feed_followers.clone()),
+            Box::new(metrics.feed_changes_sent.clone()),
             Box::new(metrics.http_requests.clone()),
             Box::new(metrics.http_duration.clone()),
             Box::new(metrics.cache_hits.clone()),
@@ -271,8 +285,8 @@ fn method_label(method: &str) -> &'static str {
     ];
     STANDARD.into_iter().find(|known| *known == method).unwrap_or("OTHER")
 }
-const STATUSES: [u16; 18] = [
-    200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 412, 413, 415, 422, 500, 503, 504, 507,
+const STATUSES: [u16; 19] = [
+    200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 410, 412, 413, 415, 422, 500, 503, 504, 507,
 ];
 
 /// One route's request series, resolved on first use: counting a request

@@ -86,6 +86,7 @@ impl ApiError {
             StoreError::InvalidDocument { .. } => StatusCode::BAD_REQUEST,
             StoreError::TooMuchToRead { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             StoreError::Unprocessable { .. } | StoreError::DocumentTooLarge { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            StoreError::FeedGone { .. } => StatusCode::GONE,
             StoreError::Unavailable { .. } | StoreError::Busy { .. } | StoreError::IdsExhausted { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -282,6 +283,66 @@ impl ApiResponse for LegacyError {
 
     fn register(registry: &mut Registry) {
         LegacyErrorBody::register(registry);
+    }
+}
+
+/// What a change-feed route may answer besides success.
+const FEED_STATUSES: &[(u16, &str)] = &[
+    (400, "A parameter is invalid, or the cursor is not one this server gave"),
+    (
+        401,
+        "An API key is configured and the request has none, or an unknown one",
+    ),
+    (
+        403,
+        "The API key does not grant reading this collection (or, for the whole feed, every collection)",
+    ),
+    (
+        410,
+        "The cursor can no longer be followed: the feed no longer holds changes that old, or the data folder \
+         was restored or resharded since. Read the documents again and follow from since=now",
+    ),
+    (414, "The URI is longer than the server reads (64 KiB); no body"),
+    (
+        500,
+        "The store failed: a stable message and an `error_id`, which the server's log line carries with the details",
+    ),
+    (
+        503,
+        "Too many clients wait on the feed (EXDAAS_FEED_MAX_SUBSCRIBERS), or a shard cannot be read now (Retry-After)",
+    ),
+];
+
+/// Error of a change-feed route: `application/problem+json`, with the
+/// statuses a feed answers.
+#[derive(Debug)]
+pub struct FeedProblem(pub ApiError);
+
+impl From<ProblemError> for FeedProblem {
+    fn from(err: ProblemError) -> Self {
+        Self(err.0)
+    }
+}
+
+impl From<StoreError> for FeedProblem {
+    fn from(err: StoreError) -> Self {
+        Self(ApiError::from_store(Flavor::V1, err))
+    }
+}
+
+impl From<FeedProblem> for poem::Error {
+    fn from(err: FeedProblem) -> Self {
+        poem::Error::from(err.0)
+    }
+}
+
+impl ApiResponse for FeedProblem {
+    fn meta() -> MetaResponses {
+        error_meta::<Problem>("application/problem+json", FEED_STATUSES)
+    }
+
+    fn register(registry: &mut Registry) {
+        Problem::register(registry);
     }
 }
 

@@ -9,6 +9,7 @@ mod collections;
 mod conditional;
 mod docs;
 pub mod error;
+mod feed;
 mod health;
 mod legacy;
 mod observe;
@@ -36,6 +37,9 @@ pub enum ApiTags {
     Documents,
     /// v1: whole collections: batches, import and export, listing, dropping.
     Collections,
+    /// v1: the change feed: every committed change, as pages, long polls or
+    /// server-sent events.
+    Changes,
     /// Administration: backups.
     Admin,
     /// Liveness and readiness.
@@ -54,12 +58,17 @@ pub struct ApiOptions {
     /// Where backups taken over HTTP go.
     pub backup_dir: std::path::PathBuf,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Clients that may wait on the change feed at once.
+    pub feed_max_subscribers: usize,
+    /// Turns true when the server stops: feed waits end, streams close.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 type Apis = (
     legacy::LegacyApi,
     docs::DocsApi,
     collections::CollectionsApi,
+    feed::FeedApi,
     admin::AdminApi,
     health::HealthApi,
 );
@@ -83,6 +92,15 @@ pub fn openapi(store: &Store, options: &ApiOptions) -> OpenApiService<Apis, ()> 
                 access: access.clone(),
                 max_line_bytes: options.max_body_bytes,
                 page_bytes: options.max_page_bytes,
+            },
+            feed::FeedApi {
+                store: store.clone(),
+                access: access.clone(),
+                page_bytes: options.max_page_bytes,
+                followers: std::sync::Arc::new(tokio::sync::Semaphore::new(options.feed_max_subscribers)),
+                max_followers: options.feed_max_subscribers,
+                stopping: options.stopping.clone(),
+                metrics: options.metrics.clone(),
             },
             admin::AdminApi {
                 store: store.clone(),

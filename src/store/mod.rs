@@ -9,6 +9,7 @@ pub mod cache;
 pub mod engine;
 #[cfg(feature = "fault-injection")]
 mod faults;
+mod feed;
 pub mod ids;
 pub use engine::sqlite::{layout, maintenance};
 mod ops;
@@ -30,9 +31,10 @@ use crate::domain::SyncMode;
 use crate::domain::{CollectionName, DocId, DocKey, MAX_COUNTER_ID};
 use crate::stats::{ShardStats, StoreEvents, StoreSnapshot};
 use cache::DocCache;
-pub use engine::{EngineError, ErrorKind};
+pub use engine::{ChangeKind, EngineError, ErrorKind, FeedEntry};
 #[cfg(feature = "fault-injection")]
 pub use faults::Fault;
+pub use feed::{CursorError, FeedCursor, FeedItem, FeedPage, FeedRequest, FeedStart};
 use ids::IdCounter;
 pub use ops::{Action, Expect, WriteOutcome, WriteResult};
 use ops::{ReadBudget, WriteOp};
@@ -85,6 +87,10 @@ pub struct StoreOptions {
     pub read_connections: u32,
     /// Check every shard's integrity at boot (reads each file whole).
     pub boot_check: bool,
+    /// The change feed keeps entries this long...
+    pub feed_retention: std::time::Duration,
+    /// ...and at most this many per shard.
+    pub feed_max_entries: u64,
     /// Where cache hits and misses, batch sizes and commit times go.
     pub events: Arc<dyn StoreEvents>,
 }
@@ -180,6 +186,8 @@ pub enum StoreError {
     Unprocessable { reason: String },
     #[error("could not allocate a fresh id after {attempts} attempts")]
     IdsExhausted { attempts: u32 },
+    #[error("{reason}")]
+    FeedGone { reason: String },
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -217,6 +225,7 @@ impl StoreError {
             | StoreError::DocumentTooLarge { .. }
             | StoreError::TooMuchToRead { .. }
             | StoreError::Unprocessable { .. }
+            | StoreError::FeedGone { .. }
             | StoreError::IdsExhausted { .. } => self.to_string(),
         }
     }
@@ -283,6 +292,16 @@ struct Inner {
     events: Arc<dyn StoreEvents>,
     /// Bytes of documents a listing page or an export chunk holds.
     page_bytes: usize,
+    /// How long a read waits for a connection before 503.
+    queue_wait: std::time::Duration,
+    /// The folder's identity and layout generation: a feed cursor from
+    /// another is void.
+    folder_id: u64,
+    generation: u32,
+    /// Feed reads running at once, at most: a share of the read pool.
+    feed_reads: tokio::sync::Semaphore,
+    /// Told whenever any shard publishes feed entries.
+    feed_published: Arc<watch::Sender<u64>>,
 }
 
 impl Store {
@@ -292,6 +311,7 @@ impl Store {
         let (layout, lock) = layout::prepare(&options.data_dir, options.shards)?;
         let cache = DocCache::new(options.cache_bytes);
         let (shutdown, _) = watch::channel(false);
+        let feed_published = Arc::new(watch::Sender::new(0));
         let mut shards = Vec::with_capacity(options.shards.get() as usize);
         for index in 0..options.shards.get() as usize {
             let file = engine::ShardFile {
@@ -300,7 +320,15 @@ impl Store {
                 folder_id: layout.id(),
                 sync: options.sync,
             };
-            match Shard::open(file, &options, cache.clone(), shutdown.subscribe()).await {
+            match Shard::open(
+                file,
+                &options,
+                cache.clone(),
+                shutdown.subscribe(),
+                feed_published.clone(),
+            )
+            .await
+            {
                 Ok(shard) => shards.push(shard),
                 Err(err) => {
                     // Stop the writers already started before saying why.
@@ -332,6 +360,11 @@ impl Store {
                 data_dir: options.data_dir.clone(),
                 events: options.events.clone(),
                 page_bytes: options.page_bytes,
+                queue_wait: options.queue_wait,
+                folder_id: layout.id(),
+                generation: layout.generation,
+                feed_reads: tokio::sync::Semaphore::new((options.read_connections as usize / 2).max(1)),
+                feed_published,
             }),
         };
         if let Err(err) = store.warm_cache().await {

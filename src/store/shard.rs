@@ -20,7 +20,7 @@ use tracing::Instrument;
 use super::cache::DocCache;
 use super::engine::{Opened, ReadSlot, ShardFile, ShardReads, ShardWrites};
 use super::ops::{WriteOp, WriteResult};
-use super::writer::{Exit, Job, Writer};
+use super::writer::{Exit, FeedWriter, Job, Writer};
 use super::{Outage, StoreError, StoreOptions};
 use crate::domain::CollectionName;
 
@@ -79,6 +79,10 @@ struct WriterSetup {
     cache: DocCache,
     shutdown: watch::Receiver<bool>,
     status: Arc<ShardStatus>,
+    /// The feed's last committed entry, told by whichever writer runs.
+    feed_head: Arc<watch::Sender<u64>>,
+    /// Told whenever any shard publishes entries.
+    feed_published: Arc<watch::Sender<u64>>,
 }
 
 pub struct Shard {
@@ -93,6 +97,8 @@ pub struct Shard {
     /// How long a write waits for room in a full queue before a 503.
     queue_wait: Duration,
     queue_capacity_bytes: usize,
+    /// The feed's last committed entry: followers wait on it.
+    feed_head: watch::Receiver<u64>,
     /// Every id the counter handed out or moved past that is stored here
     /// was at most this when the shard was opened: where the counter
     /// restarts.
@@ -107,6 +113,7 @@ impl Shard {
         options: &StoreOptions,
         cache: DocCache,
         shutdown: watch::Receiver<bool>,
+        feed_published: Arc<watch::Sender<u64>>,
     ) -> Result<Self, StoreError> {
         let index = file.index;
         let setup = WriterSetup {
@@ -116,10 +123,13 @@ impl Shard {
             cache,
             shutdown,
             status: Arc::new(ShardStatus::default()),
+            feed_head: Arc::new(watch::Sender::new(0)),
+            feed_published,
         };
         let (writes, opened) = setup.file.open_at_boot(options.boot_check).await?;
         let writer = setup.writer_on(writes, opened);
         let counter_high = writer.ids.counter;
+        let feed_head = setup.feed_head.subscribe();
         let reads = setup
             .file
             .open_reads(options.read_connections, options.queue_wait)
@@ -137,6 +147,7 @@ impl Shard {
             supervisor: tokio::sync::Mutex::new(Some(supervisor)),
             queue_wait: options.queue_wait,
             queue_capacity_bytes: options.writer_queue_bytes,
+            feed_head,
             counter_high,
         })
     }
@@ -274,6 +285,11 @@ impl Shard {
         self.reads.reserve().await
     }
 
+    /// The feed's last entry published (committed, and in the cache).
+    pub fn published_seq(&self) -> u64 {
+        *self.feed_head.borrow()
+    }
+
     /// The shard's reads: scans, counts, the cache's warm-up.
     pub fn reads(&self) -> &ShardReads {
         &self.reads
@@ -303,6 +319,7 @@ impl Shard {
 impl WriterSetup {
     /// A writer over a freshly opened write connection.
     fn writer_on(&self, writes: ShardWrites, opened: Opened) -> Writer {
+        self.feed_head.send_replace(opened.last_seq);
         Writer {
             shard: self.index,
             writes,
@@ -320,6 +337,13 @@ impl WriterSetup {
             #[cfg(feature = "fault-injection")]
             panic_after_commit: false,
             events: self.options.events.clone(),
+            feed: FeedWriter {
+                last_seq: opened.last_seq,
+                head: self.feed_head.clone(),
+                published: self.feed_published.clone(),
+                retention: self.options.feed_retention,
+                keep: self.options.feed_max_entries,
+            },
         }
     }
 

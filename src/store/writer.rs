@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::cache::DocCache;
-use super::engine::{IdBounds, ShardWrites};
+use super::engine::{ChangeKind, FeedEntry, IdBounds, ShardWrites};
 use super::ops::{decide, Action, Expect, WriteOp, WriteResult};
 use super::shard::ShardStatus;
 use super::{Document, Outage, StoreError};
@@ -69,10 +69,77 @@ pub enum Exit {
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 const SWEEP_LIMIT: u32 = 512;
 
+/// How often a writer compacts its feed, and how many entries it removes
+/// in one go (a full pass comes back as soon as the queue is served).
+const COMPACT_INTERVAL: Duration = Duration::from_secs(60);
+const COMPACT_LIMIT: u64 = 10_000;
+
+/// A shard's side of the change feed, as its writer keeps it.
+pub struct FeedWriter {
+    /// The last sequence number committed.
+    pub last_seq: u64,
+    /// Told `last_seq` once a commit is published, so waiting readers
+    /// wake.
+    pub head: Arc<watch::Sender<u64>>,
+    /// Told of every publication, by every shard: what waiting readers
+    /// of the whole feed wait on.
+    pub published: Arc<watch::Sender<u64>>,
+    /// Entries older than this are compacted away...
+    pub retention: Duration,
+    /// ...and all but the last this many.
+    pub keep: u64,
+}
+
+impl FeedWriter {
+    /// Numbers the entries for `changes`, from the one after `last_seq`,
+    /// without taking the numbers: that happens with the commit
+    /// (`published`).
+    fn number(&self, changes: impl Iterator<Item = (DocKey, u64, ChangeKind)>, at_ms: i64) -> Vec<FeedEntry> {
+        changes
+            .zip(self.last_seq + 1..)
+            .map(|((key, version, kind), seq)| FeedEntry {
+                seq,
+                key,
+                version,
+                kind,
+                at_ms,
+            })
+            .collect()
+    }
+
+    /// Takes the numbers of committed `entries` and wakes the readers.
+    fn published(&mut self, entries: usize) {
+        if entries > 0 {
+            self.last_seq += entries as u64;
+            self.head.send_replace(self.last_seq);
+            self.published.send_modify(|count| *count = count.wrapping_add(1));
+        }
+    }
+}
+
+/// When the writer's chores are next due.
+struct Chores {
+    next_sweep: Instant,
+    next_compaction: Instant,
+}
+
+impl Chores {
+    /// The first one due (sweeps only when a document may expire).
+    fn next(&self, may_expire: bool) -> Instant {
+        if may_expire {
+            self.next_sweep.min(self.next_compaction)
+        } else {
+            self.next_compaction
+        }
+    }
+}
+
 /// Effects of a committed batch: what to put in the cache, what to answer.
 struct Applied {
     answers: Vec<WriteResult>,
     changes: HashMap<DocKey, Change>,
+    /// Feed entries committed with the changes.
+    entries: usize,
     ids: IdBounds,
     ceilings: IdBounds,
 }
@@ -85,6 +152,11 @@ struct Change {
     doc: Option<Document>,
     /// The key had a row on disk before the batch (even an expired one).
     row_existed: bool,
+    /// For a deletion, the version deleted.
+    version: u64,
+    /// Where the key was first changed in the batch: feed entries keep the
+    /// order of the requests.
+    order: usize,
 }
 
 pub struct Writer {
@@ -116,6 +188,7 @@ pub struct Writer {
     pub panic_after_commit: bool,
     /// Where batch sizes and commit times go.
     pub events: Arc<dyn StoreEvents>,
+    pub feed: FeedWriter,
 }
 
 impl Writer {
@@ -125,7 +198,12 @@ impl Writer {
     pub async fn run(&mut self, jobs: &mut mpsc::Receiver<Job>) -> Exit {
         self.status.writer_started();
         let mut closing = false;
-        let mut next_sweep = Instant::now();
+        // The feed is compacted at start too: a setting lowered since the
+        // last run takes effect at once.
+        let mut chores = Chores {
+            next_sweep: Instant::now(),
+            next_compaction: Instant::now(),
+        };
         let mut held: Option<Job> = None;
         loop {
             let first = match held.take() {
@@ -144,18 +222,10 @@ impl Writer {
                         Some(job) => job,
                         None => break,
                     },
-                    () = tokio::time::sleep_until(next_sweep), if self.may_expire && !closing => {
-                        let removed = match self.sweep().await {
-                            Ok(removed) => removed,
-                            Err(err) if err.breaks_the_writer() => return self.failed(err),
-                            Err(err) => {
-                                tracing::warn!(shard = self.shard, error = %err, "removing expired documents failed");
-                                0
-                            }
-                        };
-                        // A full sweep may have left more: come back as soon
-                        // as the queue is served.
-                        next_sweep = Instant::now() + if removed < SWEEP_LIMIT { SWEEP_INTERVAL } else { Duration::ZERO };
+                    () = tokio::time::sleep_until(chores.next(self.may_expire)), if !closing => {
+                        if let Err(exit) = self.chores(&mut chores).await {
+                            return exit;
+                        }
                         continue;
                     }
                 },
@@ -200,6 +270,13 @@ impl Writer {
                     if let Err(err) = committed {
                         return self.failed(err);
                     }
+                    // Chores come between batches even when the queue is
+                    // never empty.
+                    if !closing && Instant::now() >= chores.next(self.may_expire) {
+                        if let Err(exit) = self.chores(&mut chores).await {
+                            return exit;
+                        }
+                    }
                 }
                 Job::Purge {
                     collection,
@@ -223,6 +300,47 @@ impl Writer {
         }
         self.close().await;
         Exit::Stopped
+    }
+
+    /// Runs the chores that are due: removing expired documents, compacting
+    /// the feed. An `Err` when the writer broke and must end.
+    async fn chores(&mut self, chores: &mut Chores) -> Result<(), Exit> {
+        let now = Instant::now();
+        if self.may_expire && now >= chores.next_sweep {
+            let removed = match self.sweep().await {
+                Ok(removed) => removed,
+                Err(err) if err.breaks_the_writer() => return Err(self.failed(err)),
+                Err(err) => {
+                    tracing::warn!(shard = self.shard, error = %err, "removing expired documents failed");
+                    0
+                }
+            };
+            // A full sweep may have left more: come back as soon as the
+            // queue is served.
+            chores.next_sweep = Instant::now()
+                + if removed < SWEEP_LIMIT {
+                    SWEEP_INTERVAL
+                } else {
+                    Duration::ZERO
+                };
+        }
+        if now >= chores.next_compaction {
+            let removed = match self.compact().await {
+                Ok(removed) => removed,
+                Err(err) if err.breaks_the_writer() => return Err(self.failed(err)),
+                Err(err) => {
+                    tracing::warn!(shard = self.shard, error = %err, "compacting the change feed failed");
+                    0
+                }
+            };
+            chores.next_compaction = Instant::now()
+                + if removed < COMPACT_LIMIT {
+                    COMPACT_INTERVAL
+                } else {
+                    Duration::ZERO
+                };
+        }
+        Ok(())
     }
 
     fn failed(&mut self, err: StoreError) -> Exit {
@@ -318,6 +436,9 @@ impl Writer {
             self.cache.committed(&key, change.doc, change.row_existed).await;
         }
         self.set_unpublished(Vec::new());
+        // Readers of the feed wake only now, when what it names is in the
+        // cache too.
+        self.feed.published(applied.entries);
         let mut answers = applied.answers.into_iter();
         for (count, reply) in replies {
             // The client may have gone; its write is committed all the same.
@@ -389,15 +510,19 @@ impl Writer {
                         }
                     }
                 }
-                let row_existed = changes
+                let (row_existed, order) = changes
                     .get(&op.key)
-                    .map_or(current.is_some(), |change| change.row_existed);
+                    .map_or((current.is_some(), changes.len()), |change| {
+                        (change.row_existed, change.order)
+                    });
                 changes.insert(
                     op.key.clone(),
                     Change {
                         bucket: op.bucket,
                         doc: new_state.clone(),
                         row_existed,
+                        version: current.map_or(0, |doc| doc.version),
+                        order,
                     },
                 );
                 state.insert(op.key.clone(), new_state);
@@ -405,16 +530,17 @@ impl Writer {
             answers.push(answer);
         }
 
-        let ceilings = if changes.is_empty() {
-            self.ceilings
+        let (ceilings, entries) = if changes.is_empty() {
+            (self.ceilings, 0)
         } else {
             self.set_unpublished(changes.keys().cloned().collect());
-            self.persist(&changes, ids).await?
+            self.persist(&changes, ids, now).await?
         };
         self.writes_done += answers.len() as u64;
         Ok(Applied {
             answers,
             changes,
+            entries,
             ids,
             ceilings,
         })
@@ -507,19 +633,34 @@ impl Writer {
         Ok((state, refused))
     }
 
-    /// Writes every changed key's final state (and, when an id passed one,
-    /// raised id ceilings) in one transaction. If any part fails, nothing
-    /// of it is visible. Returns the id ceilings now on disk.
-    async fn persist(&mut self, changes: &HashMap<DocKey, Change>, ids: IdBounds) -> Result<IdBounds, StoreError> {
+    /// Writes every changed key's final state, one feed entry for each
+    /// (and, when an id passed one, raised id ceilings) in one transaction.
+    /// If any part fails, nothing of it is visible. Returns the id ceilings
+    /// now on disk and the number of feed entries committed.
+    async fn persist(
+        &mut self,
+        changes: &HashMap<DocKey, Change>,
+        ids: IdBounds,
+        now: i64,
+    ) -> Result<(IdBounds, usize), StoreError> {
         let shard = self.shard;
         let ceilings = ids
             .exceeds(self.ceilings)
             .then(|| ids.reserved(self.ceilings, ID_RESERVE));
+        let mut ordered: Vec<(&DocKey, &Change)> = changes.iter().collect();
+        ordered.sort_unstable_by_key(|(_, change)| change.order);
+        let feed = self.feed.number(
+            ordered.iter().map(|(key, change)| match &change.doc {
+                Some(doc) => ((*key).clone(), doc.version, ChangeKind::Written),
+                None => ((*key).clone(), change.version, ChangeKind::Deleted),
+            }),
+            now,
+        );
         let started = Instant::now();
-        let rows = changes
+        let rows = ordered
             .iter()
-            .map(|(key, change)| (key, change.bucket, change.doc.as_ref()));
-        let written = self.writes.commit(rows, ceilings).await;
+            .map(|(key, change)| (*key, change.bucket, change.doc.as_ref()));
+        let written = self.writes.commit(rows, &feed, ceilings).await;
         self.events.commit(shard, started.elapsed().as_secs_f64());
         written.map_err(|e| self.engine_error(e))?;
         // Committed, but to the file this writer opened: if that was deleted
@@ -538,21 +679,19 @@ impl Writer {
         if self.panic_after_commit {
             panic!("injected fault: shard {shard}'s writer panics after a commit");
         }
-        Ok(ceilings.unwrap_or(self.ceilings))
+        Ok((ceilings.unwrap_or(self.ceilings), feed.len()))
     }
 
     /// Removes up to `SWEEP_LIMIT` expired documents and drops them from the
-    /// cache. Readers already treat them as gone; this reclaims the space.
+    /// cache. Readers already treat them as gone; this reclaims the space
+    /// and tells the feed.
     async fn sweep(&mut self) -> Result<u32, StoreError> {
-        let now = now_millis();
-        let keys = self
+        let found = self
             .writes
-            .expired_keys(now, SWEEP_LIMIT)
+            .expired(now_millis(), SWEEP_LIMIT)
             .await
             .map_err(|e| self.engine_error(e))?;
-        let removed = self
-            .delete_and_evict(&keys, |writes, keys| Box::pin(writes.delete_expired(keys, now)))
-            .await?;
+        let removed = self.delete_and_evict(found, ChangeKind::Expired).await?;
         if removed > 0 {
             tracing::debug!(shard = self.shard, removed, "removed expired documents");
         }
@@ -561,37 +700,53 @@ impl Writer {
 
     /// Deletes up to `limit` documents of `collection` in one transaction.
     async fn purge(&mut self, collection: &CollectionName, limit: u32) -> Result<u64, StoreError> {
-        let keys = self
+        let found = self
             .writes
-            .collection_keys(collection, limit)
+            .in_collection(collection, limit)
             .await
             .map_err(|e| self.engine_error(e))?;
-        self.delete_and_evict(&keys, |writes, keys| Box::pin(writes.delete_keys(keys)))
-            .await
+        self.delete_and_evict(found, ChangeKind::Dropped).await
     }
 
-    /// Runs `delete` on `keys`, then evicts them from the cache. The keys are
-    /// marked unpublished first, so a writer dying in between still gets
-    /// them evicted.
-    async fn delete_and_evict<F>(&mut self, keys: &[DocKey], delete: F) -> Result<u64, StoreError>
-    where
-        F: for<'a> FnOnce(
-            &'a mut ShardWrites,
-            &'a [DocKey],
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<u64, super::EngineError>> + Send + 'a>,
-        >,
-    {
-        if keys.is_empty() {
+    /// Deletes the `found` documents with a feed entry of `kind` for each,
+    /// then evicts them from the cache. The keys are marked unpublished
+    /// first, so a writer dying in between still gets them evicted.
+    async fn delete_and_evict(&mut self, found: Vec<(DocKey, u64)>, kind: ChangeKind) -> Result<u64, StoreError> {
+        if found.is_empty() {
             return Ok(0);
         }
-        self.set_unpublished(keys.to_vec());
-        let done = delete(&mut self.writes, keys).await.map_err(|e| self.engine_error(e))?;
-        for key in keys {
-            self.cache.committed(key, None, true).await;
+        let feed = self.feed.number(
+            found.into_iter().map(|(key, version)| (key, version, kind)),
+            now_millis(),
+        );
+        self.set_unpublished(feed.iter().map(|entry| entry.key.clone()).collect());
+        let done = self
+            .writes
+            .delete_with_feed(&feed)
+            .await
+            .map_err(|e| self.engine_error(e))?;
+        for entry in &feed {
+            self.cache.committed(&entry.key, None, true).await;
         }
         self.set_unpublished(Vec::new());
+        self.feed.published(feed.len());
         Ok(done)
+    }
+
+    /// Removes feed entries past their retention, or beyond the count to
+    /// keep, at most `COMPACT_LIMIT` of them; answers how many.
+    async fn compact(&mut self) -> Result<u64, StoreError> {
+        let retention_ms = i64::try_from(self.feed.retention.as_millis()).unwrap_or(i64::MAX);
+        let before = now_millis().saturating_sub(retention_ms);
+        let removed = self
+            .writes
+            .compact_feed(before, self.feed.keep, COMPACT_LIMIT)
+            .await
+            .map_err(|e| self.engine_error(e))?;
+        if removed > 0 {
+            tracing::debug!(shard = self.shard, removed, "compacted the change feed");
+        }
+        Ok(removed)
     }
 }
 

@@ -11,6 +11,7 @@ mod crash;
 mod docs_api;
 mod expiry;
 mod faults;
+mod feed;
 mod helpers;
 mod hostile;
 mod legacy_api;

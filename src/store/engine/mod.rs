@@ -7,6 +7,7 @@
 
 pub mod sqlite;
 
+use crate::domain::DocKey;
 use crate::store::Document;
 
 /// What the core holds of a shard, by what it is for. One engine today:
@@ -134,4 +135,62 @@ pub struct Opened {
     pub ids: IdBounds,
     /// Some document may carry an expiry.
     pub may_expire: bool,
+    /// The feed's last sequence number (0: none yet).
+    pub last_seq: u64,
+}
+
+/// Why a document changed, as the change feed tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// Created or changed: `version` is its new version.
+    Written,
+    /// Deleted by a client.
+    Deleted,
+    /// Gone at its expiry.
+    Expired,
+    /// Deleted with its whole collection.
+    Dropped,
+}
+
+impl ChangeKind {
+    pub fn code(self) -> i64 {
+        match self {
+            ChangeKind::Written => 0,
+            ChangeKind::Deleted => 1,
+            ChangeKind::Expired => 2,
+            ChangeKind::Dropped => 3,
+        }
+    }
+
+    pub fn from_code(code: i64) -> Option<Self> {
+        match code {
+            0 => Some(ChangeKind::Written),
+            1 => Some(ChangeKind::Deleted),
+            2 => Some(ChangeKind::Expired),
+            3 => Some(ChangeKind::Dropped),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of a shard's change feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedEntry {
+    /// Its place in the shard's feed: rising by one, assigned by the writer
+    /// in the transaction of the change.
+    pub seq: u64,
+    pub key: DocKey,
+    /// The new version, or for a deletion the version deleted.
+    pub version: u64,
+    pub kind: ChangeKind,
+    /// When, in Unix milliseconds.
+    pub at_ms: i64,
+}
+
+/// A run of a shard's feed as a reader sees it.
+#[derive(Debug, Clone, Default)]
+pub struct FeedRun {
+    /// Every entry up to this one was compacted away.
+    pub floor: u64,
+    pub entries: Vec<FeedEntry>,
 }

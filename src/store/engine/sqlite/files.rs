@@ -199,7 +199,19 @@ impl ShardFile {
             .await
             .map_err(|e| store_error(self.index, e))?
             .is_some();
-        Ok((SqliteWrites::new(self.index, conn, file), Opened { ids, may_expire }))
+        let last_seq: i64 = sqlx::query_scalar(
+            "SELECT max(coalesce((SELECT max(seq) FROM changes), 0), \
+             (SELECT value FROM shard_meta WHERE key = 'feed_floor'))",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| store_error(self.index, e))?;
+        let opened = Opened {
+            ids,
+            may_expire,
+            last_seq: u64::try_from(last_seq).unwrap_or(0),
+        };
+        Ok((SqliteWrites::new(self.index, conn, file), opened))
     }
 
     /// Refuses a foreign database: one with tables that is not marked as

@@ -519,7 +519,15 @@ pub async fn reshard(root: &Path, to: ShardCount) -> Result<ReshardReport, Store
             let old_path = old.shard_path(root, source);
             move_buckets(&mut conn, &path, &old_path, &buckets).await?;
         }
-        for (key, ceiling) in &ceilings {
+        // The new shards' feeds start empty: with documents from before,
+        // `since=0` must not pass for their whole history (a floor above 0
+        // makes it answer 410).
+        let floor = i64::from(before.values().any(|&n| n > 0));
+        let meta = ceilings
+            .iter()
+            .map(|(key, value)| (key.as_str(), *value))
+            .chain([("feed_floor", floor)]);
+        for (key, ceiling) in meta {
             sqlx::query("UPDATE shard_meta SET value = ?1 WHERE key = ?2")
                 .bind(ceiling)
                 .bind(key)

@@ -10,6 +10,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use sqlx::pool::PoolConnection;
 use sqlx::{Row, Sqlite, SqlitePool};
 
+use super::super::{ChangeKind, FeedEntry, FeedRun};
 use super::rows::{document_from_row, select};
 use super::store_error;
 use crate::domain::{CollectionName, DocId, DocKey};
@@ -234,6 +235,63 @@ impl SqliteReads {
         })
         .try_filter_map(|item| std::future::ready(Ok(item)))
         .boxed()
+    }
+
+    /// Up to `limit` entries of the feed after `after` and up to `upto`,
+    /// of `collection` only (when given), with the feed's floor, read
+    /// together.
+    pub async fn feed(
+        &self,
+        after: u64,
+        upto: u64,
+        collection: Option<&CollectionName>,
+        limit: usize,
+    ) -> Result<FeedRun, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
+        let floor: i64 = sqlx::query_scalar("SELECT value FROM shard_meta WHERE key = 'feed_floor'")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| self.error(e))?;
+        let sql = match collection {
+            Some(_) => {
+                "SELECT seq, collection, id, version, kind, at FROM changes \
+                 WHERE collection = ?4 AND seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3"
+            }
+            None => {
+                "SELECT seq, collection, id, version, kind, at FROM changes \
+                 WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3"
+            }
+        };
+        let rows = sqlx::query(sql)
+            .bind(i64::try_from(after).unwrap_or(i64::MAX))
+            .bind(i64::try_from(upto).unwrap_or(i64::MAX))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(collection.map(CollectionName::as_str))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| self.error(e))?;
+        let _ = tx.rollback().await;
+        let entries = rows
+            .iter()
+            .filter_map(|row| {
+                let collection = CollectionName::parse(row.try_get::<&str, _>("collection").ok()?).ok()?;
+                let id = DocId::parse(row.try_get::<&str, _>("id").ok()?).ok()?;
+                Some(FeedEntry {
+                    seq: u64::try_from(row.try_get::<i64, _>("seq").ok()?).ok()?,
+                    key: DocKey::new(collection, id),
+                    version: u64::try_from(row.try_get::<i64, _>("version").ok()?).ok()?,
+                    kind: ChangeKind::from_code(row.try_get::<i64, _>("kind").ok()?)?,
+                    at_ms: row.try_get::<i64, _>("at").ok()?,
+                })
+            })
+            .collect::<Vec<_>>();
+        if entries.len() < rows.len() {
+            tracing::warn!(shard = self.shard, "feed entries that do not parse were skipped");
+        }
+        Ok(FeedRun {
+            floor: u64::try_from(floor).unwrap_or(0),
+            entries,
+        })
     }
 
     /// Closes the pool (at shutdown); reads after this fail.

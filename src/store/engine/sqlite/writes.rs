@@ -7,12 +7,20 @@ use std::sync::Arc;
 
 use sqlx::{Connection, Row, SqliteConnection};
 
-use super::super::{EngineError, IdBounds, StoredRow};
+use super::super::{EngineError, FeedEntry, IdBounds, StoredRow};
 use super::engine_error;
 use super::files::FileIdentity;
 use super::rows::{document_from_row, keys_param};
 use crate::domain::{CollectionName, DocId, DocKey};
 use crate::store::Document;
+
+/// The statement that records ?1's `feed` in the change feed.
+macro_rules! feed_insert {
+    () => {
+        "INSERT INTO changes (seq, collection, id, version, kind, at) \
+         SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5 FROM json_each(?1, '$.feed');"
+    };
+}
 
 /// The shard's one write connection, and the file it opened.
 pub struct SqliteWrites {
@@ -64,13 +72,14 @@ impl SqliteWrites {
         select_texts(self.conn()?, keys).await.map_err(engine_error)
     }
 
-    /// Writes every change's final state (`None`: deleted) and, when given,
-    /// raised id ceilings, in one transaction sent to SQLite as one script.
-    /// If any part fails, the transaction is rolled back and nothing of it
-    /// is visible.
+    /// Writes every change's final state (`None`: deleted), its feed
+    /// entries and, when given, raised id ceilings, in one transaction sent
+    /// to SQLite as one script. If any part fails, the transaction is rolled
+    /// back and nothing of it is visible.
     pub async fn commit<'a>(
         &mut self,
         changes: impl Iterator<Item = (&'a DocKey, u32, Option<&'a Document>)>,
+        feed: &[FeedEntry],
         ceilings: Option<IdBounds>,
     ) -> Result<(), EngineError> {
         // Row fields go as one JSON array; the documents' text goes as one
@@ -111,27 +120,22 @@ impl SqliteWrites {
         let script = write_script(upserts.len() > 2, deletes.len() > 2, ceilings.is_some());
         let bounds = ceilings.unwrap_or_default();
         let batch = format!(
-            "{{\"upsert\":{upserts},\"delete\":{deletes},\"max_counter_id\":{},\"counter_high\":{}}}",
+            "{{\"upsert\":{upserts},\"delete\":{deletes},\"feed\":{},\"max_counter_id\":{},\"counter_high\":{}}}",
+            feed_param(feed),
             meta_value(bounds.stored),
             meta_value(bounds.counter)
         );
         let written = sqlx::query(script).bind(batch).bind(texts).execute(self.conn()?).await;
         if let Err(err) = written {
-            // End the transaction the failed script left open, so the
-            // connection is clean for the next.
-            if let Ok(conn) = self.conn() {
-                if let Err(e) = sqlx::query("ROLLBACK").execute(conn).await {
-                    tracing::debug!(shard = self.shard, error = %e, "rollback after a failed commit");
-                }
-            }
+            self.rollback().await;
             return Err(engine_error(err));
         }
         Ok(())
     }
 
-    /// Up to `limit` keys of documents expired at `now`.
-    pub async fn expired_keys(&mut self, now: i64, limit: u32) -> Result<Vec<DocKey>, EngineError> {
-        let rows = sqlx::query("SELECT collection, id FROM documents WHERE expires_at <= ?1 LIMIT ?2")
+    /// Up to `limit` documents expired at `now`: their keys and versions.
+    pub async fn expired(&mut self, now: i64, limit: u32) -> Result<Vec<(DocKey, u64)>, EngineError> {
+        let rows = sqlx::query("SELECT collection, id, version FROM documents WHERE expires_at <= ?1 LIMIT ?2")
             .bind(now)
             .bind(limit)
             .fetch_all(self.conn()?)
@@ -140,24 +144,13 @@ impl SqliteWrites {
         Ok(keys_of(&rows, None))
     }
 
-    /// Deletes those of `keys` still expired at `now` (one may have been
-    /// rewritten since); answers how many.
-    pub async fn delete_expired(&mut self, keys: &[DocKey], now: i64) -> Result<u64, EngineError> {
-        self.delete(
-            keys,
-            "DELETE FROM documents WHERE (collection, id) IN (SELECT value->>0, value->>1 FROM json_each(?1)) AND expires_at <= ?2",
-            now,
-        )
-        .await
-    }
-
-    /// Up to `limit` keys of `collection`'s documents.
-    pub async fn collection_keys(
+    /// Up to `limit` documents of `collection`: their keys and versions.
+    pub async fn in_collection(
         &mut self,
         collection: &CollectionName,
         limit: u32,
-    ) -> Result<Vec<DocKey>, EngineError> {
-        let rows = sqlx::query("SELECT id FROM documents WHERE collection = ?1 LIMIT ?2")
+    ) -> Result<Vec<(DocKey, u64)>, EngineError> {
+        let rows = sqlx::query("SELECT id, version FROM documents WHERE collection = ?1 LIMIT ?2")
             .bind(collection.as_str())
             .bind(limit)
             .fetch_all(self.conn()?)
@@ -166,29 +159,73 @@ impl SqliteWrites {
         Ok(keys_of(&rows, Some(collection)))
     }
 
-    /// Deletes `keys` in one transaction; answers how many.
-    pub async fn delete_keys(&mut self, keys: &[DocKey]) -> Result<u64, EngineError> {
-        self.delete(
-            keys,
-            "DELETE FROM documents WHERE (collection, id) IN (SELECT value->>0, value->>1 FROM json_each(?1)) AND ?2 = ?2",
-            0,
-        )
-        .await
-    }
-
-    /// Runs a DELETE of `keys` (a JSON array of `[collection, id]` in ?1,
-    /// with `extra` in ?2).
-    async fn delete(&mut self, keys: &[DocKey], sql: &str, extra: i64) -> Result<u64, EngineError> {
-        if keys.is_empty() {
+    /// Deletes the documents of `feed` (as found by `expired` or
+    /// `in_collection`: this writer changed nothing since) and records
+    /// `feed`, in one transaction; answers how many were deleted.
+    pub async fn delete_with_feed(&mut self, feed: &[FeedEntry]) -> Result<u64, EngineError> {
+        if feed.is_empty() {
             return Ok(0);
         }
-        let done = sqlx::query(sql)
-            .bind(keys_param(keys))
-            .bind(extra)
-            .execute(self.conn()?)
+        let keys: Vec<DocKey> = feed.iter().map(|entry| entry.key.clone()).collect();
+        let batch = format!("{{\"delete\":{},\"feed\":{}}}", keys_param(&keys), feed_param(feed));
+        let script = concat!(
+            "BEGIN IMMEDIATE;",
+            "DELETE FROM documents WHERE (collection, id) IN \
+             (SELECT value->>0, value->>1 FROM json_each(?1, '$.delete'));",
+            feed_insert!(),
+            "COMMIT;"
+        );
+        let done = sqlx::query(script).bind(batch).execute(self.conn()?).await;
+        if let Err(err) = done {
+            self.rollback().await;
+            return Err(engine_error(err));
+        }
+        Ok(feed.len() as u64)
+    }
+
+    /// Removes the feed's entries older than `before_ms`, and beyond the
+    /// last `keep` ones, at most `limit` of them, raising the floor with
+    /// them (every entry up to it is gone) in one transaction; answers how
+    /// many went. Entries are numbered without gaps, so the floor moving by
+    /// `n` removes `n`; only the oldest `limit` are looked at for their age.
+    pub async fn compact_feed(&mut self, before_ms: i64, keep: u64, limit: u64) -> Result<u64, EngineError> {
+        const FLOOR: &str = "SELECT value FROM shard_meta WHERE key = 'feed_floor'";
+        let old: i64 = sqlx::query_scalar(FLOOR)
+            .fetch_one(self.conn()?)
             .await
             .map_err(engine_error)?;
-        Ok(done.rows_affected())
+        let script = "BEGIN IMMEDIATE;\
+             UPDATE shard_meta SET value = max(value, min(value + ?3, max( \
+               coalesce((SELECT max(seq) FROM (SELECT seq, at FROM changes ORDER BY seq LIMIT ?3) WHERE at < ?1), 0), \
+               coalesce((SELECT max(seq) FROM changes), 0) - ?2))) \
+             WHERE key = 'feed_floor';\
+             DELETE FROM changes WHERE seq <= (SELECT value FROM shard_meta WHERE key = 'feed_floor') AND ?1 = ?1;\
+             COMMIT;";
+        let done = sqlx::query(script)
+            .bind(before_ms)
+            .bind(i64::try_from(keep).unwrap_or(i64::MAX))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .execute(self.conn()?)
+            .await;
+        if let Err(err) = done {
+            self.rollback().await;
+            return Err(engine_error(err));
+        }
+        let new: i64 = sqlx::query_scalar(FLOOR)
+            .fetch_one(self.conn()?)
+            .await
+            .map_err(engine_error)?;
+        Ok(u64::try_from(new.saturating_sub(old)).unwrap_or(0))
+    }
+
+    /// Ends the transaction a failed script left open, so the connection is
+    /// clean for the next.
+    async fn rollback(&mut self) {
+        if let Ok(conn) = self.conn() {
+            if let Err(e) = sqlx::query("ROLLBACK").execute(conn).await {
+                tracing::debug!(shard = self.shard, error = %e, "rollback after a failed commit");
+            }
+        }
     }
 
     /// Records the exact id bounds (replacing the reserve, so a clean restart
@@ -248,8 +285,9 @@ impl SqliteWrites {
     }
 }
 
-/// The keys of rows with `id` (and `collection`, unless it is given).
-fn keys_of(rows: &[sqlx::sqlite::SqliteRow], collection: Option<&CollectionName>) -> Vec<DocKey> {
+/// The keys and versions of rows with `id` and `version` (and
+/// `collection`, unless it is given).
+fn keys_of(rows: &[sqlx::sqlite::SqliteRow], collection: Option<&CollectionName>) -> Vec<(DocKey, u64)> {
     rows.iter()
         .filter_map(|row| {
             let collection = match collection {
@@ -257,17 +295,41 @@ fn keys_of(rows: &[sqlx::sqlite::SqliteRow], collection: Option<&CollectionName>
                 None => CollectionName::parse(row.try_get::<&str, _>("collection").ok()?).ok()?,
             };
             let id = DocId::parse(row.try_get::<&str, _>("id").ok()?).ok()?;
-            Some(DocKey::new(collection, id))
+            let version = u64::try_from(row.try_get::<i64, _>("version").ok()?).ok()?;
+            Some((DocKey::new(collection, id), version))
         })
         .collect()
+}
+
+/// `feed` as a JSON array of `[seq, collection, id, version, kind, at]`.
+/// Collection names and ids need no escaping (see `domain`).
+fn feed_param(feed: &[FeedEntry]) -> String {
+    let mut param = String::from("[");
+    for (i, entry) in feed.iter().enumerate() {
+        if i > 0 {
+            param.push(',');
+        }
+        let _ = write!(
+            param,
+            "[{},\"{}\",\"{}\",{},{},{}]",
+            entry.seq,
+            entry.key.collection,
+            entry.key.id,
+            entry.version,
+            entry.kind.code(),
+            entry.at_ms
+        );
+    }
+    param.push(']');
+    param
 }
 
 /// The commit script for the parts a batch needs. Parameters: ?1 the batch
 /// as a JSON object: `upsert`, the rows to write as `[collection, id,
 /// bucket, version, updated_at, offset, length, expires_at]`; `delete`, the
-/// keys to delete as `[collection, id]`; `max_counter_id` and
-/// `counter_high`, the new id ceilings. ?2 the documents' text the rows
-/// slice.
+/// keys to delete as `[collection, id]`; `feed`, the feed's entries (see
+/// `feed_param`); `max_counter_id` and `counter_high`, the new id ceilings.
+/// ?2 the documents' text the rows slice.
 ///
 /// Every statement names ?1 (and only the first names ?2): sqlx binds a
 /// multi-statement query by counting the unnamed slots below each
@@ -296,7 +358,7 @@ fn write_script(upsert: bool, delete: bool, raise_ceiling: bool) -> &'static str
         };
     }
     macro_rules! script {
-        ($($part:expr),*) => { concat!("BEGIN IMMEDIATE;", $($part,)* "COMMIT;") };
+        ($($part:expr),*) => { concat!("BEGIN IMMEDIATE;", $($part,)* feed_insert!(), "COMMIT;") };
     }
     match (upsert, delete, raise_ceiling) {
         (true, true, true) => script!(upsert!(), delete!(), ceiling!()),

@@ -1,0 +1,524 @@
+//! The change feed over HTTP: a page at a time, a long poll, or a stream of
+//! server-sent events. Every change a client makes is in it, in the order
+//! each document's changes were committed, each with the cursor to resume
+//! after it (see `store::feed`).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream;
+use poem::http::StatusCode;
+use poem::web::sse::{Event, SSE};
+use poem::{IntoResponse, Response};
+use poem_openapi::param::{Header, Path, Query};
+use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, MetaSchema, MetaSchemaRef, Registry};
+use poem_openapi::types::Type;
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use super::auth::{Access, Credentials};
+use super::docs::{format_time, write_envelope, DocEnvelope};
+use super::error::{ApiError, FeedProblem, Flavor};
+use super::params::CollectionParam;
+use super::ApiTags;
+use crate::domain::access::Scope;
+use crate::domain::CollectionName;
+use crate::metrics::Metrics;
+use crate::store::{ChangeKind, Document, FeedCursor, FeedPage, FeedRequest, FeedStart, Store, StoreError, MAX_PAGE};
+
+/// Entries a page holds when the client does not say.
+const DEFAULT_LIMIT: usize = 100;
+/// How long a long poll waits when the client does not say: under the 30
+/// seconds after which common proxies (Heroku's router among them) give up.
+const DEFAULT_TIMEOUT_MS: u64 = 25_000;
+const MAX_TIMEOUT_MS: u64 = 300_000;
+/// A comment line this often keeps an idle event stream open through
+/// proxies, and shows a gone client (the write fails) within as long.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+
+pub struct FeedApi {
+    pub store: Store,
+    pub access: Access,
+    /// Bytes of documents one page (or one read of a stream) holds with
+    /// `include_docs` (`EXDAAS_MAX_PAGE_BYTES`).
+    pub page_bytes: usize,
+    /// One permit per client waiting on the feed
+    /// (`EXDAAS_FEED_MAX_SUBSCRIBERS`).
+    pub followers: Arc<Semaphore>,
+    pub max_followers: usize,
+    /// Turns true when the server stops: waits end, streams close.
+    pub stopping: watch::Receiver<bool>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// How the answer comes.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[oai(rename_all = "lowercase")]
+pub enum FeedMode {
+    /// A page of what the feed holds now (maybe empty).
+    #[default]
+    Normal,
+    /// A page as soon as there is at least one change, or an empty one
+    /// after `timeout`.
+    Longpoll,
+    /// Server-sent events (`text/event-stream`): each change as it is
+    /// committed, for as long as the client stays.
+    Eventsource,
+}
+
+/// Why a document changed.
+#[derive(Enum, Debug, Clone, Copy)]
+#[oai(rename_all = "lowercase")]
+pub enum ChangeKindName {
+    /// Created or changed: `version` is its new version.
+    Written,
+    /// Deleted by a client: `version` is the version deleted.
+    Deleted,
+    /// Removed at its expiry.
+    Expired,
+    /// Deleted with its whole collection.
+    Dropped,
+}
+
+/// One change of one document. A commit that changed a document several
+/// times (one batch) is one change, with its final state.
+#[derive(Object)]
+#[allow(dead_code)]
+pub struct Change {
+    collection: String,
+    id: String,
+    /// The document's new version or, for a removal, the version removed.
+    version: u64,
+    kind: ChangeKindName,
+    /// When it was committed (RFC 3339, UTC).
+    at: String,
+    /// With `include_docs`: the document as it is when the page is read
+    /// (its version may be newer than the change's), or `null` if it is
+    /// gone by then.
+    #[oai(nullable)]
+    doc: Option<DocEnvelope>,
+}
+
+/// A page of the feed.
+#[derive(Object)]
+#[allow(dead_code)]
+pub struct ChangesPage {
+    changes: Vec<Change>,
+    /// Pass back as `since` for what comes next.
+    cursor: String,
+    /// More changes are there already: ask again at once.
+    more: bool,
+}
+
+/// A page as JSON, or an event stream.
+pub enum ChangesResponse {
+    Page(Bytes),
+    Stream(Response),
+}
+
+impl IntoResponse for ChangesResponse {
+    fn into_response(self) -> Response {
+        match self {
+            ChangesResponse::Page(body) => Response::builder()
+                .content_type("application/json; charset=utf-8")
+                .body(body),
+            ChangesResponse::Stream(response) => response,
+        }
+    }
+}
+
+impl ApiResponse for ChangesResponse {
+    fn meta() -> MetaResponses {
+        MetaResponses {
+            responses: vec![MetaResponse {
+                description: "A page of changes (`feed=normal` or `longpoll`) or, with `feed=eventsource`, an \
+                              endless stream of `change` events, each with its cursor as `id` and a `Change` as \
+                              `data`, and a comment line every 15 seconds",
+                status: Some(200),
+                status_range: None,
+                content: vec![
+                    MetaMediaType {
+                        content_type: "application/json; charset=utf-8",
+                        schema: ChangesPage::schema_ref(),
+                    },
+                    MetaMediaType {
+                        content_type: "text/event-stream",
+                        schema: MetaSchemaRef::Inline(Box::new(MetaSchema {
+                            items: Some(Box::new(Change::schema_ref())),
+                            ..MetaSchema::new_with_format("array", "event-stream")
+                        })),
+                    },
+                ],
+                headers: vec![],
+            }],
+        }
+    }
+
+    fn register(registry: &mut Registry) {
+        ChangesPage::register(registry);
+        Change::register(registry);
+    }
+}
+
+/// What every feed route takes.
+struct Follow {
+    collection: Option<CollectionName>,
+    since: Option<String>,
+    last_event_id: Option<String>,
+    limit: Option<usize>,
+    mode: Option<FeedMode>,
+    timeout_ms: Option<u64>,
+    include_docs: Option<bool>,
+}
+
+#[OpenApi(prefix_path = "/v1", tag = "ApiTags::Changes")]
+impl FeedApi {
+    /// Follow every collection's changes
+    ///
+    /// Every committed change of every document, in the order each
+    /// document's changes were committed (across documents, by commit
+    /// time). Start with `since=now` (the default) for changes from now on,
+    /// or `since=0` for all the feed holds; pass each answer's `cursor`
+    /// back as `since`. The feed keeps changes for
+    /// `EXDAAS_FEED_RETENTION_HOURS` (default a week); a cursor older than
+    /// that answers 410: read the documents again, then follow from
+    /// `since=now`. Needs a key that reads every collection.
+    #[oai(path = "/changes", method = "get")]
+    #[allow(clippy::too_many_arguments)]
+    async fn all_changes(
+        &self,
+        auth: Credentials,
+        /// Where to start: `now`, `0` (everything the feed holds), or a
+        /// `cursor` from an earlier answer
+        #[oai(validator(max_length = 100000))]
+        since: Query<Option<String>>,
+        /// Page size: 1 to 1000, default 100
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<usize>>,
+        /// `normal` (default), `longpoll` or `eventsource`
+        feed: Query<Option<FeedMode>>,
+        /// `longpoll`: how long to wait for a change, in milliseconds (0 to
+        /// 300000, default 25000)
+        #[oai(validator(minimum(value = "0"), maximum(value = "300000")))]
+        timeout: Query<Option<u64>>,
+        /// Each change with its document as it is now
+        include_docs: Query<Option<bool>>,
+        /// `eventsource`: the last event's id, which a reconnecting
+        /// EventSource sends (it takes the place of `since`)
+        #[oai(name = "Last-Event-ID", validator(max_length = 100000))]
+        last_event_id: Header<Option<String>>,
+    ) -> Result<ChangesResponse, FeedProblem> {
+        let caller = self.access.caller(&auth, Flavor::V1).map_err(FeedProblem)?;
+        caller.allow(Scope::Read, None).map_err(FeedProblem)?;
+        self.follow(Follow {
+            collection: None,
+            since: since.0,
+            last_event_id: last_event_id.0,
+            limit: limit.0,
+            mode: feed.0,
+            timeout_ms: timeout.0,
+            include_docs: include_docs.0,
+        })
+        .await
+    }
+
+    /// Follow a collection's changes
+    ///
+    /// The collection's part of the feed (see `GET /v1/changes`): every
+    /// committed change of its documents, including their expiry and the
+    /// collection's drop.
+    #[oai(path = "/collections/:collection/changes", method = "get")]
+    #[allow(clippy::too_many_arguments)]
+    async fn collection_changes(
+        &self,
+        auth: Credentials,
+        collection: Path<CollectionParam>,
+        /// Where to start: `now`, `0` (everything the feed holds), or a
+        /// `cursor` from an earlier answer
+        #[oai(validator(max_length = 100000))]
+        since: Query<Option<String>>,
+        /// Page size: 1 to 1000, default 100
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<usize>>,
+        /// `normal` (default), `longpoll` or `eventsource`
+        feed: Query<Option<FeedMode>>,
+        /// `longpoll`: how long to wait for a change, in milliseconds (0 to
+        /// 300000, default 25000)
+        #[oai(validator(minimum(value = "0"), maximum(value = "300000")))]
+        timeout: Query<Option<u64>>,
+        /// Each change with its document as it is now
+        include_docs: Query<Option<bool>>,
+        /// `eventsource`: the last event's id, which a reconnecting
+        /// EventSource sends (it takes the place of `since`)
+        #[oai(name = "Last-Event-ID", validator(max_length = 100000))]
+        last_event_id: Header<Option<String>>,
+    ) -> Result<ChangesResponse, FeedProblem> {
+        let collection = collection.0 .0;
+        let caller = self.access.caller(&auth, Flavor::V1).map_err(FeedProblem)?;
+        caller.allow(Scope::Read, Some(&collection)).map_err(FeedProblem)?;
+        self.follow(Follow {
+            collection: Some(collection),
+            since: since.0,
+            last_event_id: last_event_id.0,
+            limit: limit.0,
+            mode: feed.0,
+            timeout_ms: timeout.0,
+            include_docs: include_docs.0,
+        })
+        .await
+    }
+}
+
+impl FeedApi {
+    async fn follow(&self, follow: Follow) -> Result<ChangesResponse, FeedProblem> {
+        let limit = follow.limit.unwrap_or(DEFAULT_LIMIT);
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(bad_request(format!("limit must be from 1 to {MAX_PAGE}, not {limit}")));
+        }
+        let timeout_ms = follow.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+        if timeout_ms > MAX_TIMEOUT_MS {
+            return Err(bad_request(format!(
+                "timeout must be from 0 to {MAX_TIMEOUT_MS} milliseconds, not {timeout_ms}"
+            )));
+        }
+        let mode = follow.mode.unwrap_or_default();
+        // A reconnecting EventSource says where it was in Last-Event-ID.
+        let resume = follow
+            .last_event_id
+            .filter(|id| !id.trim().is_empty() && mode == FeedMode::Eventsource);
+        let start = match resume.or(follow.since).as_deref().map(str::trim) {
+            None | Some("now") => FeedStart::Now,
+            Some("0") => FeedStart::Beginning,
+            Some(cursor) => FeedStart::After(cursor.parse::<FeedCursor>().map_err(|e| bad_request(e.to_string()))?),
+        };
+        let request = FeedRequest {
+            collection: follow.collection,
+            start,
+            limit,
+        };
+        let include_docs = follow.include_docs.unwrap_or(false);
+        match mode {
+            FeedMode::Normal => {
+                let page = self.store.changes(&request).await?;
+                self.page_response(page, include_docs).await
+            }
+            FeedMode::Longpoll => {
+                let _following = self.following()?;
+                let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+                let mut stopping = self.stopping.clone();
+                let page = self.store.next_changes(request, deadline, &mut stopping).await?;
+                self.page_response(page, include_docs).await
+            }
+            FeedMode::Eventsource => {
+                let following = self.following()?;
+                // The start is read now, so a bad or stale cursor is an
+                // HTTP error (410), not an empty stream.
+                let first = self.store.changes(&request).await?;
+                let stream = EventStream {
+                    store: self.store.clone(),
+                    request,
+                    include_docs,
+                    page_bytes: self.page_bytes,
+                    stopping: self.stopping.clone(),
+                    pending: VecDeque::new(),
+                    first: Some(first),
+                    metrics: self.metrics.clone(),
+                    _following: following,
+                };
+                let events = stream::unfold(stream, EventStream::next);
+                Ok(ChangesResponse::Stream(
+                    SSE::new(events).keep_alive(HEARTBEAT).into_response(),
+                ))
+            }
+        }
+    }
+
+    /// A place among the clients waiting on the feed, or a 503.
+    fn following(&self) -> Result<Following, FeedProblem> {
+        let permit = self.followers.clone().try_acquire_owned().map_err(|_| {
+            let mut err = ApiError::new(
+                Flavor::V1,
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{} clients already wait on the change feed (EXDAAS_FEED_MAX_SUBSCRIBERS); \
+                     retry later, or read it without waiting (feed=normal)",
+                    self.max_followers
+                ),
+            );
+            err.retry_after = Some(1);
+            FeedProblem(err)
+        })?;
+        self.metrics.feed_followers.inc();
+        Ok(Following {
+            _permit: permit,
+            metrics: self.metrics.clone(),
+        })
+    }
+
+    async fn page_response(&self, mut page: FeedPage, include_docs: bool) -> Result<ChangesResponse, FeedProblem> {
+        let changes = render_changes(&self.store, &mut page, include_docs, self.page_bytes).await?;
+        self.metrics.feed_changes_sent.inc_by(changes.len() as u64);
+        let mut body = String::with_capacity(64 + changes.iter().map(|c| c.len() + 1).sum::<usize>());
+        body.push_str("{\"changes\":[");
+        for (i, change) in changes.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(change);
+        }
+        body.push_str("],\"cursor\":\"");
+        body.push_str(&page.cursor.to_string());
+        body.push_str("\",\"more\":");
+        body.push_str(if page.more { "true" } else { "false" });
+        body.push('}');
+        Ok(ChangesResponse::Page(Bytes::from(body)))
+    }
+}
+
+/// A client's place among those waiting on the feed, given back when it
+/// goes (the answer sent, or the stream dropped).
+struct Following {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.metrics.feed_followers.dec();
+    }
+}
+
+/// An event stream's state between events.
+struct EventStream {
+    store: Store,
+    request: FeedRequest,
+    include_docs: bool,
+    page_bytes: usize,
+    stopping: watch::Receiver<bool>,
+    /// Events read and not yet sent.
+    pending: VecDeque<Event>,
+    /// The page read before the stream began.
+    first: Option<FeedPage>,
+    metrics: Arc<Metrics>,
+    _following: Following,
+}
+
+impl EventStream {
+    /// The next event, waiting for changes as long as it takes; `None`
+    /// ends the stream (the server stops, or the feed cannot be read: the
+    /// client's reconnection then hears why).
+    async fn next(mut self) -> Option<(Event, Self)> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                self.metrics.feed_changes_sent.inc();
+                return Some((event, self));
+            }
+            if *self.stopping.borrow() {
+                return None;
+            }
+            let page = match self.first.take() {
+                Some(page) => Ok(page),
+                None => {
+                    // Wait as long as it takes: the stream's heartbeat
+                    // shows a gone client meanwhile.
+                    let deadline = Instant::now() + Duration::from_secs(3600);
+                    let mut stopping = self.stopping.clone();
+                    self.store
+                        .next_changes(self.request.clone(), deadline, &mut stopping)
+                        .await
+                }
+            };
+            let read = match page {
+                Ok(mut page) => render_changes(&self.store, &mut page, self.include_docs, self.page_bytes)
+                    .await
+                    .map(|changes| (page, changes)),
+                Err(err) => Err(err),
+            };
+            let (page, changes) = match read {
+                Ok(read) => read,
+                Err(err) => {
+                    tracing::warn!(error = %err, "an event stream of the change feed ended");
+                    return None;
+                }
+            };
+            let mut at = page.start.clone();
+            for (item, change) in page.items.iter().zip(changes) {
+                at.after(item);
+                self.pending
+                    .push_back(Event::message(change).event_type("change").id(at.to_string()));
+            }
+            self.request.start = FeedStart::After(page.cursor);
+        }
+    }
+}
+
+/// Each change of `page` as JSON text, with its document when asked: as
+/// many as fit in `page_bytes` of documents (at least one), the page
+/// truncated to those.
+async fn render_changes(
+    store: &Store,
+    page: &mut FeedPage,
+    include_docs: bool,
+    page_bytes: usize,
+) -> Result<Vec<String>, StoreError> {
+    let mut changes = Vec::with_capacity(page.items.len());
+    let mut bytes = 0usize;
+    for item in &page.items {
+        let doc = if include_docs {
+            let doc = match item.entry.kind {
+                ChangeKind::Written => store.get(&item.entry.key).await?,
+                _ => None,
+            };
+            bytes += doc.as_ref().map_or(0, |doc| doc.data.len());
+            if bytes > page_bytes && !changes.is_empty() {
+                break;
+            }
+            Some(doc)
+        } else {
+            None
+        };
+        changes.push(change_json(item, doc.as_ref().map(Option::as_ref)));
+    }
+    page.truncate(changes.len());
+    Ok(changes)
+}
+
+/// One change as JSON text; `doc`: `None` leaves it out, `Some(None)` is
+/// `null`.
+fn change_json(item: &crate::store::FeedItem, doc: Option<Option<&Document>>) -> String {
+    use std::fmt::Write as _;
+    let entry = &item.entry;
+    let kind = match entry.kind {
+        ChangeKind::Written => "written",
+        ChangeKind::Deleted => "deleted",
+        ChangeKind::Expired => "expired",
+        ChangeKind::Dropped => "dropped",
+    };
+    let mut json = String::with_capacity(128 + doc.flatten().map_or(0, |d| d.data.len() + 160));
+    // Collection names and ids need no JSON escaping (see `domain`).
+    let _ = write!(
+        json,
+        "{{\"collection\":\"{}\",\"id\":\"{}\",\"version\":{},\"kind\":\"{kind}\",\"at\":\"{}\"",
+        entry.key.collection,
+        entry.key.id,
+        entry.version,
+        format_time(entry.at_ms),
+    );
+    match doc {
+        None => {}
+        Some(None) => json.push_str(",\"doc\":null"),
+        Some(Some(doc)) => {
+            json.push_str(",\"doc\":");
+            write_envelope(&mut json, &entry.key, doc, true);
+        }
+    }
+    json.push('}');
+    json
+}
+
+fn bad_request(detail: String) -> FeedProblem {
+    FeedProblem(ApiError::new(Flavor::V1, StatusCode::BAD_REQUEST, detail))
+}

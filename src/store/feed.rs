@@ -1,0 +1,371 @@
+//! The change feed, read across shards.
+//!
+//! Each shard's writer numbers the changes it commits (`seq`, rising by one)
+//! and records them in the same transaction as the changes themselves (see
+//! `writer.rs`), so the feed holds exactly what was acknowledged, in commit
+//! order, and survives a crash with it. A reader's place is a [`FeedCursor`]:
+//! the data folder and layout it was read from and, for each shard, the last
+//! entry it has seen. Pages merge the shards' runs by commit time, so one
+//! document's changes come in the order they were committed.
+//!
+//! Readers see an entry only once its writer has published it to the cache
+//! (the shard's `feed_head`): a document read for an entry is never older
+//! than the entry.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::engine::FeedEntry;
+use super::{Store, StoreError};
+use crate::domain::{CollectionName, ShardCount};
+
+/// Where a reader of the change feed stands: in which data folder and
+/// shard layout, after which entry of each shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedCursor {
+    folder: u64,
+    generation: u32,
+    positions: Vec<u64>,
+}
+
+/// A cursor that cannot be read: the client's mistake (a 400).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct CursorError(String);
+
+impl fmt::Display for FeedCursor {
+    /// `FOLDER-GENERATION-SEQ.SEQ...`: the folder's identity in hex, the
+    /// layout generation, then one position per shard.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}-{}-", self.folder, self.generation)?;
+        for (i, position) in self.positions.iter().enumerate() {
+            if i > 0 {
+                f.write_str(".")?;
+            }
+            write!(f, "{position}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for FeedCursor {
+    type Err = CursorError;
+
+    fn from_str(text: &str) -> Result<Self, CursorError> {
+        let bad = |why: &str| {
+            CursorError(format!(
+                "the cursor {:?} is not one this server gave: {why}",
+                shorten(text)
+            ))
+        };
+        let mut parts = text.splitn(3, '-');
+        let (Some(folder), Some(generation), Some(positions)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad("it has not the form FOLDER-GENERATION-POSITIONS"));
+        };
+        if folder.len() != 16 {
+            return Err(bad("its folder is not 16 hex digits"));
+        }
+        let folder = u64::from_str_radix(folder, 16).map_err(|_| bad("its folder is not 16 hex digits"))?;
+        let generation = generation.parse().map_err(|_| bad("its generation is not a number"))?;
+        let positions = positions
+            .split('.')
+            .map(|p| {
+                // Digits only: `parse` would take a sign too.
+                if p.is_empty() || p.len() > 20 || !p.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(bad("a position is not a number"));
+                }
+                p.parse::<u64>().map_err(|_| bad("a position is not a number"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if positions.len() > ShardCount::MAX as usize {
+            return Err(bad("it has more positions than a folder has shards"));
+        }
+        Ok(FeedCursor {
+            folder,
+            generation,
+            positions,
+        })
+    }
+}
+
+/// The start of a cursor's text, for a message about it.
+fn shorten(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+impl FeedCursor {
+    /// The cursor after `item`, from this one (the page's start): what a
+    /// client resuming right after that entry passes back.
+    pub fn after(&mut self, item: &FeedItem) {
+        if let Some(position) = self.positions.get_mut(item.shard) {
+            *position = item.entry.seq;
+        }
+    }
+}
+
+/// Where a read of the feed starts.
+#[derive(Debug, Clone)]
+pub enum FeedStart {
+    /// Every change the feed still holds: refused (gone) once the feed has
+    /// been compacted, since changes would be missing.
+    Beginning,
+    /// Only changes from now on.
+    Now,
+    /// After a cursor an earlier page gave.
+    After(FeedCursor),
+}
+
+/// A read of the feed.
+#[derive(Debug, Clone)]
+pub struct FeedRequest {
+    /// Only this collection's changes (`None`: every collection's).
+    pub collection: Option<CollectionName>,
+    pub start: FeedStart,
+    /// Most entries in the page.
+    pub limit: usize,
+}
+
+/// One entry of a page, with its shard.
+#[derive(Debug, Clone)]
+pub struct FeedItem {
+    pub shard: usize,
+    pub entry: FeedEntry,
+}
+
+/// A page of the feed.
+#[derive(Debug, Clone)]
+pub struct FeedPage {
+    /// Where the page starts: with [`FeedCursor::after`], each entry's own
+    /// cursor.
+    pub start: FeedCursor,
+    pub items: Vec<FeedItem>,
+    /// Where the next page starts.
+    pub cursor: FeedCursor,
+    /// Some shard holds entries past this page already.
+    pub more: bool,
+}
+
+impl FeedPage {
+    /// Keeps the first `n` items (to bound an answer's bytes); the cursor
+    /// then stands right after the last one kept of each shard that lost
+    /// some.
+    pub fn truncate(&mut self, n: usize) {
+        if n >= self.items.len() {
+            return;
+        }
+        let dropped: Vec<usize> = self.items[n..].iter().map(|item| item.shard).collect();
+        self.items.truncate(n);
+        let mut kept = self.start.clone();
+        for item in &self.items {
+            kept.after(item);
+        }
+        for shard in dropped {
+            self.cursor.positions[shard] = kept.positions[shard];
+        }
+        self.more = true;
+    }
+}
+
+/// How long a waiting reader lets commits gather after one wakes it, so a
+/// burst of commits costs one read, not one each.
+const GATHER: Duration = Duration::from_millis(5);
+
+impl Store {
+    /// A page of the feed: up to `limit` entries after the start.
+    pub async fn changes(&self, request: &FeedRequest) -> Result<FeedPage, StoreError> {
+        let start = self.feed_start(&request.start)?;
+        let shards = &self.inner.shards;
+        // Feed reads take at most a share of the read connections, however
+        // many clients follow the feed.
+        let _permit = tokio::time::timeout(self.inner.queue_wait, self.inner.feed_reads.acquire())
+            .await
+            .map_err(|_| StoreError::Busy {
+                shard: 0,
+                waited_ms: self.inner.queue_wait.as_millis() as u64,
+                reads: true,
+            })?
+            .map_err(|_| StoreError::Internal("the feed's read permits were closed"))?;
+        // Each shard's run past its position, up to what is published.
+        let mut runs: Vec<(Vec<FeedEntry>, bool, u64)> = Vec::with_capacity(shards.len());
+        for (index, shard) in shards.iter().enumerate() {
+            let position = start.positions[index];
+            let head = shard.published_seq();
+            if position > head {
+                return Err(StoreError::FeedGone {
+                    reason: format!(
+                        "the cursor is past the end of shard {index}'s feed ({position} > {head}): \
+                         the data folder was restored or replaced"
+                    ),
+                });
+            }
+            if position == head {
+                runs.push((Vec::new(), true, head));
+                continue;
+            }
+            let run = shard
+                .reads()
+                .feed(position, head, request.collection.as_ref(), request.limit + 1)
+                .await?;
+            if position < run.floor {
+                return Err(gone_behind(index, run.floor));
+            }
+            let mut entries = run.entries;
+            let exhausted = entries.len() <= request.limit;
+            entries.truncate(request.limit);
+            runs.push((entries, exhausted, head));
+        }
+        // Merge by commit time, each shard's run in its own order.
+        let mut taken = vec![0usize; runs.len()];
+        let mut items = Vec::new();
+        while items.len() < request.limit {
+            let next = runs
+                .iter()
+                .enumerate()
+                .filter_map(|(shard, (entries, _, _))| entries.get(taken[shard]).map(|entry| (entry.at_ms, shard)))
+                .min();
+            let Some((_, shard)) = next else { break };
+            let entry = runs[shard].0[taken[shard]].clone();
+            taken[shard] += 1;
+            items.push(FeedItem { shard, entry });
+        }
+        let mut cursor = start.clone();
+        let mut more = false;
+        for (shard, (entries, exhausted, head)) in runs.iter().enumerate() {
+            let all_taken = taken[shard] == entries.len();
+            cursor.positions[shard] = if all_taken && *exhausted {
+                // Nothing else up to the head is this reader's.
+                *head
+            } else {
+                more = true;
+                match taken[shard] {
+                    0 => start.positions[shard],
+                    n => entries[n - 1].seq,
+                }
+            };
+        }
+        Ok(FeedPage {
+            start,
+            items,
+            cursor,
+            more,
+        })
+    }
+
+    /// The next page of the feed with at least one entry, waiting for one
+    /// until `deadline` or until `stop` turns true; then the (empty) page
+    /// with the cursor moved past what the reader does not follow.
+    pub async fn next_changes(
+        &self,
+        mut request: FeedRequest,
+        deadline: Instant,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<FeedPage, StoreError> {
+        let mut published = self.inner.feed_published.subscribe();
+        loop {
+            published.borrow_and_update();
+            let page = self.changes(&request).await?;
+            if !page.items.is_empty() || Instant::now() >= deadline || *stop.borrow() {
+                return Ok(page);
+            }
+            request.start = FeedStart::After(page.cursor.clone());
+            tokio::select! {
+                changed = published.changed() => {
+                    if changed.is_err() {
+                        return Ok(page);
+                    }
+                    tokio::time::sleep(GATHER).await;
+                }
+                () = tokio::time::sleep_until(deadline) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// A cursor at the end of the feed: what `since=now` starts from.
+    pub fn feed_now(&self) -> FeedCursor {
+        FeedCursor {
+            folder: self.inner.folder_id,
+            generation: self.inner.generation,
+            positions: self.inner.shards.iter().map(|shard| shard.published_seq()).collect(),
+        }
+    }
+
+    fn feed_start(&self, start: &FeedStart) -> Result<FeedCursor, StoreError> {
+        match start {
+            FeedStart::Now => Ok(self.feed_now()),
+            FeedStart::Beginning => Ok(FeedCursor {
+                folder: self.inner.folder_id,
+                generation: self.inner.generation,
+                positions: vec![0; self.inner.shards.len()],
+            }),
+            FeedStart::After(cursor) => {
+                if cursor.folder != self.inner.folder_id
+                    || cursor.generation != self.inner.generation
+                    || cursor.positions.len() != self.inner.shards.len()
+                {
+                    return Err(StoreError::FeedGone {
+                        reason: "the cursor is from another data folder or shard layout (restored from a backup \
+                                 or resharded since): start over from since=now after reading the documents"
+                            .into(),
+                    });
+                }
+                Ok(cursor.clone())
+            }
+        }
+    }
+}
+
+fn gone_behind(shard: usize, floor: u64) -> StoreError {
+    StoreError::FeedGone {
+        reason: format!(
+            "the change feed no longer holds changes that old (shard {shard} keeps those after {floor}; \
+             see EXDAAS_FEED_RETENTION_HOURS and EXDAAS_FEED_MAX_ENTRIES): start over from since=now \
+             after reading the documents"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_read_back_as_written() {
+        let cursor = FeedCursor {
+            folder: 0x00ab_cdef_0123_4567,
+            generation: 2,
+            positions: vec![0, 17, u64::MAX],
+        };
+        let text = cursor.to_string();
+        assert_eq!(text, "00abcdef01234567-2-0.17.18446744073709551615");
+        assert_eq!(text.parse::<FeedCursor>().ok(), Some(cursor));
+    }
+
+    #[test]
+    fn malformed_cursors_are_refused_with_a_reason() {
+        for text in [
+            "",
+            "abc",
+            "00abcdef01234567-2-",
+            "00abcdef01234567-2-1..2",
+            "00abcdef01234567-2-+1",
+            "00abcdef01234567-x-1",
+            "00abcdef0123456-2-1",
+            "00abcdef01234567-2-99999999999999999999",
+            "00abcdef01234567-2-100000000000000000000",
+        ] {
+            let err = text.parse::<FeedCursor>().err();
+            assert!(
+                err.is_some_and(|e| e.to_string().contains("not one this server gave")),
+                "{text:?}"
+            );
+        }
+    }
+}
