@@ -37,3 +37,31 @@ def to_ndjson(ctx, value):
     if isinstance(value, list):
         return b"".join(json.dumps(item).encode() + b"\n" for item in value)
     return b"\xff" + json.dumps(value).encode() + b"\n"
+
+
+# Change-feed reads that wait: a long poll waits up to `timeout` (5 minutes
+# at most) and an event stream never ends. Fuzzing keeps every wait short,
+# as a stream is covered by the integration tests, so the run's time goes to
+# many requests rather than a few held ones. Only valid values are changed:
+# an invalid one must still be refused.
+_SHORT_WAIT_MS = 200
+
+
+def _valid_timeout(value):
+    try:
+        ms = int(value)
+    except (TypeError, ValueError):
+        return None
+    return ms if 0 <= ms <= 300_000 and str(value).strip().lstrip("+").isdigit() else None
+
+
+@schemathesis.hook
+def before_call(ctx, case, **kwargs):
+    if not case.operation.path.endswith("/changes") or not isinstance(case.query, dict):
+        return
+    if case.query.get("feed") == "eventsource":
+        case.query["feed"] = "longpoll"
+    if case.query.get("feed") == "longpoll":
+        ms = _valid_timeout(case.query.get("timeout", 25_000))
+        if ms is not None and ms > _SHORT_WAIT_MS:
+            case.query["timeout"] = _SHORT_WAIT_MS

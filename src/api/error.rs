@@ -214,9 +214,9 @@ fn error_meta<T: Type>(content_type: &'static str, statuses: &[(u16, &'static st
                 description,
                 status: Some(status),
                 status_range: None,
-                // The HTTP layer answers a URI it cannot read before any
-                // route runs, with no body.
-                content: if status == 414 {
+                // The HTTP layer answers a URI or headers it cannot read
+                // before any route runs, with no body.
+                content: if status == 414 || status == 431 {
                     vec![]
                 } else {
                     vec![MetaMediaType {
@@ -240,6 +240,7 @@ const ERROR_STATUSES: &[(u16, &str)] = &[
     (404, "No such document"),
     (413, "The body is larger than the configured limit"),
     (414, "The URI is longer than the server reads (64 KiB); no body"),
+    (431, "The request's headers are larger than the server reads; no body"),
     (415, "The body's content type is not one this endpoint reads"),
     (422, "The document does not have the shape the command needs"),
     (412, "A precondition (If-Match, If-None-Match, expected_version) failed"),
@@ -303,6 +304,7 @@ const FEED_STATUSES: &[(u16, &str)] = &[
          was restored or resharded since. Read the documents again and follow from since=now",
     ),
     (414, "The URI is longer than the server reads (64 KiB); no body"),
+    (431, "The request's headers are larger than the server reads; no body"),
     (
         500,
         "The store failed: a stable message and an `error_id`, which the server's log line carries with the details",

@@ -193,7 +193,10 @@ impl FeedApi {
         auth: Credentials,
         /// Where to start: `now`, `0` (everything the feed holds), or a
         /// `cursor` from an earlier answer
-        #[oai(validator(max_length = 100000))]
+        #[oai(validator(
+            max_length = 100000,
+            pattern = r"^(now|0|[0-9a-f]{16}-[0-9]{1,9}-[0-9]{1,19}(\.[0-9]{1,19})*)$"
+        ))]
         since: Query<Option<String>>,
         /// Page size: 1 to 1000, default 100
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
@@ -208,7 +211,13 @@ impl FeedApi {
         include_docs: Query<Option<bool>>,
         /// `eventsource`: the last event's id, which a reconnecting
         /// EventSource sends (it takes the place of `since`)
-        #[oai(name = "Last-Event-ID", validator(max_length = 100000))]
+        #[oai(
+            name = "Last-Event-ID",
+            validator(
+                max_length = 100000,
+                pattern = r"^([0-9a-f]{16}-[0-9]{1,9}-[0-9]{1,19}(\.[0-9]{1,19})*)?$"
+            )
+        )]
         last_event_id: Header<Option<String>>,
     ) -> Result<ChangesResponse, FeedProblem> {
         let caller = self.access.caller(&auth, Flavor::V1).map_err(FeedProblem)?;
@@ -238,7 +247,10 @@ impl FeedApi {
         collection: Path<CollectionParam>,
         /// Where to start: `now`, `0` (everything the feed holds), or a
         /// `cursor` from an earlier answer
-        #[oai(validator(max_length = 100000))]
+        #[oai(validator(
+            max_length = 100000,
+            pattern = r"^(now|0|[0-9a-f]{16}-[0-9]{1,9}-[0-9]{1,19}(\.[0-9]{1,19})*)$"
+        ))]
         since: Query<Option<String>>,
         /// Page size: 1 to 1000, default 100
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
@@ -253,7 +265,13 @@ impl FeedApi {
         include_docs: Query<Option<bool>>,
         /// `eventsource`: the last event's id, which a reconnecting
         /// EventSource sends (it takes the place of `since`)
-        #[oai(name = "Last-Event-ID", validator(max_length = 100000))]
+        #[oai(
+            name = "Last-Event-ID",
+            validator(
+                max_length = 100000,
+                pattern = r"^([0-9a-f]{16}-[0-9]{1,9}-[0-9]{1,19}(\.[0-9]{1,19})*)?$"
+            )
+        )]
         last_event_id: Header<Option<String>>,
     ) -> Result<ChangesResponse, FeedProblem> {
         let collection = collection.0 .0;

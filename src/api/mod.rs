@@ -196,10 +196,14 @@ async fn edge<E: Endpoint>(
             return Ok(Access::unauthorized(flavor).as_response());
         }
     }
-    // Conditional headers are ASCII (RFC 9110 8.8.3); one that is not must
-    // not pass for an absent one, which is what a route reading it as text
-    // would see.
-    for name in [poem::http::header::IF_MATCH, poem::http::header::IF_NONE_MATCH] {
+    // Conditional headers are ASCII (RFC 9110 8.8.3), as is an event
+    // stream's last id; one that is not must not pass for an absent one,
+    // which is what a route reading it as text would see.
+    for name in [
+        poem::http::header::IF_MATCH,
+        poem::http::header::IF_NONE_MATCH,
+        poem::http::HeaderName::from_static("last-event-id"),
+    ] {
         if req.headers().get(&name).is_some_and(|v| v.to_str().is_err()) {
             let flavor = error::Flavor::of_path(req.uri().path());
             let detail = format!("the {name} header holds bytes that are not visible ASCII");
