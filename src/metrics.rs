@@ -7,7 +7,8 @@
 //! scrape time, so they cost nothing between scrapes. Labels are routes and
 //! shard numbers only: no collection names, ids or keys leave through here.
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use prometheus::{
@@ -43,6 +44,67 @@ pub struct Metrics {
     pub feed_followers: IntGauge,
     /// Change-feed entries sent, in pages and streams.
     pub feed_changes_sent: IntCounter,
+    /// Where each event stream stands, for the slowest one's lag.
+    pub feed_lags: Arc<FeedLags>,
+    feed_slowest_lag: prometheus::Gauge,
+}
+
+/// How far behind the live event streams of the change feed are: for
+/// each, when the oldest change it has not been sent yet was committed.
+/// Each stream updates its own atomic; the list is locked only when a
+/// stream comes or goes and at scrape time.
+#[derive(Default)]
+pub struct FeedLags {
+    streams: Mutex<Vec<Arc<AtomicI64>>>,
+}
+
+/// A stream's place in [`FeedLags`], removed when it is dropped.
+pub struct StreamLag {
+    /// Unix milliseconds of the oldest change not yet sent; 0: none.
+    behind_since: Arc<AtomicI64>,
+    lags: Arc<FeedLags>,
+}
+
+impl FeedLags {
+    pub fn join(self: &Arc<Self>) -> StreamLag {
+        let behind_since = Arc::new(AtomicI64::new(0));
+        if let Ok(mut streams) = self.streams.lock() {
+            streams.push(behind_since.clone());
+        }
+        StreamLag {
+            behind_since,
+            lags: self.clone(),
+        }
+    }
+
+    /// Seconds since the oldest change some stream has not been sent was
+    /// committed (0: every stream is caught up).
+    fn slowest_seconds(&self, now_ms: i64) -> f64 {
+        let oldest = self.streams.lock().ok().and_then(|streams| {
+            streams
+                .iter()
+                .map(|since| since.load(Ordering::Relaxed))
+                .filter(|&since| since > 0)
+                .min()
+        });
+        oldest.map_or(0.0, |since| (now_ms - since).max(0) as f64 / 1000.0)
+    }
+}
+
+impl StreamLag {
+    /// The stream's oldest change not yet sent was committed at `at_ms`
+    /// (`None`: it has been sent everything).
+    pub fn behind_since(&self, at_ms: Option<i64>) {
+        self.behind_since.store(at_ms.unwrap_or(0).max(0), Ordering::Relaxed);
+    }
+}
+
+impl Drop for StreamLag {
+    fn drop(&mut self) {
+        if let Ok(mut streams) = self.lags.streams.lock() {
+            streams.retain(|since| !Arc::ptr_eq(since, &self.behind_since));
+        }
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -168,11 +230,17 @@ impl Metrics {
                 "exdaas_feed_changes_sent_total",
                 "Change-feed entries sent to clients, in pages and event streams.",
             )),
+            feed_lags: Arc::new(FeedLags::default()),
+            feed_slowest_lag: built(prometheus::Gauge::new(
+                "exdaas_feed_slowest_lag_seconds",
+                "How long ago the oldest change some event stream has not been sent yet was committed (0: all caught up).",
+            )),
             shard_handles: (0..crate::domain::ShardCount::MAX).map(|_| OnceLock::new()).collect(),
             counted_at: Mutex::new(None),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 14] = [
+            Box::new(metrics.feed_slowest_lag.clone()),
             Box::new(metrics.feed_followers.clone()),
             Box::new(metrics.feed_changes_sent.clone()),
             Box::new(metrics.http_requests.clone()),
@@ -240,6 +308,10 @@ impl Metrics {
     /// counted so far.
     pub fn render(&self, snapshot: &StoreSnapshot) -> String {
         self.cache_entries.set(gauge(snapshot.cache_entries));
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        self.feed_slowest_lag.set(self.feed_lags.slowest_seconds(now_ms));
         self.cache_bytes.set(gauge(snapshot.cache_bytes));
         for shard in &snapshot.shards {
             let label = shard.index.to_string();

@@ -39,29 +39,24 @@ def to_ndjson(ctx, value):
     return b"\xff" + json.dumps(value).encode() + b"\n"
 
 
-# Change-feed reads that wait: a long poll waits up to `timeout` (5 minutes
-# at most) and an event stream never ends. Fuzzing keeps every wait short,
-# as a stream is covered by the integration tests, so the run's time goes to
-# many requests rather than a few held ones. Only valid values are changed:
-# an invalid one must still be refused.
-_SHORT_WAIT_MS = 200
-
-
-def _valid_timeout(value):
-    try:
-        ms = int(value)
-    except (TypeError, ValueError):
-        return None
-    return ms if 0 <= ms <= 300_000 and str(value).strip().lstrip("+").isdigit() else None
+# Change-feed reads that wait: a long poll waits up to `wait` seconds (300
+# at most) and an event stream (`Accept: text/event-stream`) never ends.
+# Fuzzing keeps every wait short, as streams are covered by the integration
+# tests, so the run's time goes to many requests rather than a few held
+# ones. Only valid values are changed: an invalid one must still be refused.
+def _valid_wait(value):
+    text = str(value).strip()
+    return int(text) if text.isdigit() and int(text) <= 300 else None
 
 
 @schemathesis.hook
 def before_call(ctx, case, **kwargs):
-    if not case.operation.path.endswith("/changes") or not isinstance(case.query, dict):
+    if not case.operation.path.endswith("/changes"):
         return
-    if case.query.get("feed") == "eventsource":
-        case.query["feed"] = "longpoll"
-    if case.query.get("feed") == "longpoll":
-        ms = _valid_timeout(case.query.get("timeout", 25_000))
-        if ms is not None and ms > _SHORT_WAIT_MS:
-            case.query["timeout"] = _SHORT_WAIT_MS
+    if isinstance(case.headers, dict):
+        for name in [n for n in case.headers if n.lower() == "accept"]:
+            del case.headers[name]
+    if isinstance(case.query, dict) and "wait" in case.query:
+        wait = _valid_wait(case.query["wait"])
+        if wait is not None and wait > 1:
+            case.query["wait"] = 1

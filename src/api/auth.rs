@@ -128,6 +128,13 @@ impl Caller<'_> {
         ))
     }
 
+    /// What the caller may read: `Some(None)` every collection,
+    /// `Some(Some(list))` those, `None` nothing.
+    pub fn readable_collections(&self) -> Option<Option<Vec<CollectionName>>> {
+        let Some(key) = self.key else { return Some(None) };
+        (key.scope >= Scope::Read).then(|| key.collections.clone())
+    }
+
     /// Whether the caller may read `collection` (to filter listings).
     pub fn can_read(&self, collection: &CollectionName) -> bool {
         self.key.is_none_or(|key| key.may(Scope::Read, Some(collection)))

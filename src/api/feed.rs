@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::stream;
 use poem::http::StatusCode;
 use poem::web::sse::{Event, SSE};
-use poem::{IntoResponse, Response};
+use poem::{IntoResponse, Request, Response};
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, MetaSchema, MetaSchemaRef, Registry};
 use poem_openapi::types::Type;
@@ -26,15 +26,14 @@ use super::params::CollectionParam;
 use super::ApiTags;
 use crate::domain::access::Scope;
 use crate::domain::CollectionName;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StreamLag};
 use crate::store::{ChangeKind, Document, FeedCursor, FeedPage, FeedRequest, FeedStart, Store, StoreError, MAX_PAGE};
 
 /// Entries a page holds when the client does not say.
 const DEFAULT_LIMIT: usize = 100;
-/// How long a long poll waits when the client does not say: under the 30
-/// seconds after which common proxies (Heroku's router among them) give up.
-const DEFAULT_TIMEOUT_MS: u64 = 25_000;
-const MAX_TIMEOUT_MS: u64 = 300_000;
+/// The longest a long poll waits. Behind a proxy that gives up on a quiet
+/// request (Heroku's router after 30 seconds), ask for less.
+const MAX_WAIT_SECS: u64 = 300;
 /// A comment line this often keeps an idle event stream open through
 /// proxies, and shows a gone client (the write fails) within as long.
 const HEARTBEAT: Duration = Duration::from_secs(15);
@@ -52,21 +51,6 @@ pub struct FeedApi {
     /// Turns true when the server stops: waits end, streams close.
     pub stopping: watch::Receiver<bool>,
     pub metrics: Arc<Metrics>,
-}
-
-/// How the answer comes.
-#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[oai(rename_all = "lowercase")]
-pub enum FeedMode {
-    /// A page of what the feed holds now (maybe empty).
-    #[default]
-    Normal,
-    /// A page as soon as there is at least one change, or an empty one
-    /// after `timeout`.
-    Longpoll,
-    /// Server-sent events (`text/event-stream`): each change as it is
-    /// committed, for as long as the client stays.
-    Eventsource,
 }
 
 /// Why a document changed.
@@ -93,8 +77,9 @@ pub struct Change {
     /// The document's new version or, for a removal, the version removed.
     version: u64,
     kind: ChangeKindName,
-    /// When it was committed (RFC 3339, UTC).
-    at: String,
+    /// When it was committed (RFC 3339, UTC): for a write, the document's
+    /// `updated_at`.
+    updated_at: String,
     /// With `include_docs`: the document as it is when the page is read
     /// (its version may be newer than the change's), or `null` if it is
     /// gone by then.
@@ -134,9 +119,11 @@ impl ApiResponse for ChangesResponse {
     fn meta() -> MetaResponses {
         MetaResponses {
             responses: vec![MetaResponse {
-                description: "A page of changes (`feed=normal` or `longpoll`) or, with `feed=eventsource`, an \
-                              endless stream of `change` events, each with its cursor as `id` and a `Change` as \
-                              `data`, and a comment line every 15 seconds",
+                description: "A page of changes or, with `Accept: text/event-stream`, an endless stream of \
+                              `change` events, each with its cursor as `id` and a `Change` as `data`, and a \
+                              comment line every 15 seconds. A stream the server ends (it stops, or the feed \
+                              cannot be read) ends with an `end` event whose `data` is a Problem and whose `id`, \
+                              when there is one, is where to resume",
                 status: Some(200),
                 status_range: None,
                 content: vec![
@@ -165,31 +152,56 @@ impl ApiResponse for ChangesResponse {
 
 /// What every feed route takes.
 struct Follow {
-    collection: Option<CollectionName>,
+    /// `None`: every collection.
+    collections: Option<Vec<CollectionName>>,
+    prefix: Option<String>,
     since: Option<String>,
     last_event_id: Option<String>,
     limit: Option<usize>,
-    mode: Option<FeedMode>,
-    timeout_ms: Option<u64>,
+    wait: Option<u64>,
     include_docs: Option<bool>,
+    /// The client asked for `text/event-stream`.
+    stream: bool,
+}
+
+/// Whether the request's `Accept` asks for an event stream.
+fn wants_stream(request: &Request) -> bool {
+    request
+        .headers()
+        .get_all(poem::http::header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|media| {
+            media
+                .split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
+        })
 }
 
 #[OpenApi(prefix_path = "/v1", tag = "ApiTags::Changes")]
 impl FeedApi {
     /// Follow every collection's changes
     ///
-    /// Every committed change of every document, in the order each
-    /// document's changes were committed (across documents, by commit
-    /// time). Start with `since=now` (the default) for changes from now on,
-    /// or `since=0` for all the feed holds; pass each answer's `cursor`
-    /// back as `since`. The feed keeps changes for
-    /// `EXDAAS_FEED_RETENTION_HOURS` (default a week); a cursor older than
-    /// that answers 410: read the documents again, then follow from
-    /// `since=now`. Needs a key that reads every collection.
+    /// Every committed change (create, replace, patch, delete, expiry,
+    /// collection drop) of every collection the key may read, one entry per
+    /// document per commit, in the order each document's changes were
+    /// committed (across documents, by commit time). Three ways to read it:
+    /// a page (the default); a long poll (`wait`: answers as soon as there
+    /// is a change); or, with `Accept: text/event-stream`, server-sent
+    /// events, each with its cursor as `id` (a reconnecting EventSource
+    /// resumes with `Last-Event-ID`). Start with `since=now` (the default)
+    /// or `since=0` (all the feed holds) and pass each `cursor` back as
+    /// `since`. The feed keeps changes for `EXDAAS_FEED_RETENTION_HOURS`
+    /// (default a week) and at most `EXDAAS_FEED_MAX_ENTRIES` per shard; a
+    /// cursor older than that, or from before a restore or a reshard,
+    /// answers 410: read the documents again, then follow from `since=now`.
     #[oai(path = "/changes", method = "get")]
     #[allow(clippy::too_many_arguments)]
     async fn all_changes(
         &self,
+        request: &Request,
         auth: Credentials,
         /// Where to start: `now`, `0` (everything the feed holds), or a
         /// `cursor` from an earlier answer
@@ -201,15 +213,16 @@ impl FeedApi {
         /// Page size: 1 to 1000, default 100
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<usize>>,
-        /// `normal` (default), `longpoll` or `eventsource`
-        feed: Query<Option<FeedMode>>,
-        /// `longpoll`: how long to wait for a change, in milliseconds (0 to
-        /// 300000, default 25000)
-        #[oai(validator(minimum(value = "0"), maximum(value = "300000")))]
-        timeout: Query<Option<u64>>,
+        /// Only changes of ids that start with this
+        #[oai(validator(pattern = r"^[A-Za-z0-9._~:@-]{0,256}$"))]
+        prefix: Query<Option<String>>,
+        /// Long poll: wait up to this many seconds (0 to 300) for a change
+        /// when there is none yet
+        #[oai(validator(minimum(value = "0"), maximum(value = "300")))]
+        wait: Query<Option<u64>>,
         /// Each change with its document as it is now
         include_docs: Query<Option<bool>>,
-        /// `eventsource`: the last event's id, which a reconnecting
+        /// Event stream: the last event's id, which a reconnecting
         /// EventSource sends (it takes the place of `since`)
         #[oai(
             name = "Last-Event-ID",
@@ -221,15 +234,21 @@ impl FeedApi {
         last_event_id: Header<Option<String>>,
     ) -> Result<ChangesResponse, FeedProblem> {
         let caller = self.access.caller(&auth, Flavor::V1).map_err(FeedProblem)?;
-        caller.allow(Scope::Read, None).map_err(FeedProblem)?;
+        let Some(collections) = caller.readable_collections() else {
+            // Not even reading: the same refusal as for any read.
+            return Err(FeedProblem(caller.allow(Scope::Read, None).err().unwrap_or_else(
+                || ApiError::new(Flavor::V1, StatusCode::FORBIDDEN, "this API key does not grant reading"),
+            )));
+        };
         self.follow(Follow {
-            collection: None,
+            collections,
+            prefix: prefix.0,
             since: since.0,
             last_event_id: last_event_id.0,
             limit: limit.0,
-            mode: feed.0,
-            timeout_ms: timeout.0,
+            wait: wait.0,
             include_docs: include_docs.0,
+            stream: wants_stream(request),
         })
         .await
     }
@@ -237,12 +256,13 @@ impl FeedApi {
     /// Follow a collection's changes
     ///
     /// The collection's part of the feed (see `GET /v1/changes`): every
-    /// committed change of its documents, including their expiry and the
-    /// collection's drop.
+    /// committed change of its documents, their expiry and the
+    /// collection's drop included.
     #[oai(path = "/collections/:collection/changes", method = "get")]
     #[allow(clippy::too_many_arguments)]
     async fn collection_changes(
         &self,
+        request: &Request,
         auth: Credentials,
         collection: Path<CollectionParam>,
         /// Where to start: `now`, `0` (everything the feed holds), or a
@@ -255,15 +275,16 @@ impl FeedApi {
         /// Page size: 1 to 1000, default 100
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<usize>>,
-        /// `normal` (default), `longpoll` or `eventsource`
-        feed: Query<Option<FeedMode>>,
-        /// `longpoll`: how long to wait for a change, in milliseconds (0 to
-        /// 300000, default 25000)
-        #[oai(validator(minimum(value = "0"), maximum(value = "300000")))]
-        timeout: Query<Option<u64>>,
+        /// Only changes of ids that start with this
+        #[oai(validator(pattern = r"^[A-Za-z0-9._~:@-]{0,256}$"))]
+        prefix: Query<Option<String>>,
+        /// Long poll: wait up to this many seconds (0 to 300) for a change
+        /// when there is none yet
+        #[oai(validator(minimum(value = "0"), maximum(value = "300")))]
+        wait: Query<Option<u64>>,
         /// Each change with its document as it is now
         include_docs: Query<Option<bool>>,
-        /// `eventsource`: the last event's id, which a reconnecting
+        /// Event stream: the last event's id, which a reconnecting
         /// EventSource sends (it takes the place of `since`)
         #[oai(
             name = "Last-Event-ID",
@@ -278,13 +299,14 @@ impl FeedApi {
         let caller = self.access.caller(&auth, Flavor::V1).map_err(FeedProblem)?;
         caller.allow(Scope::Read, Some(&collection)).map_err(FeedProblem)?;
         self.follow(Follow {
-            collection: Some(collection),
+            collections: Some(vec![collection]),
+            prefix: prefix.0,
             since: since.0,
             last_event_id: last_event_id.0,
             limit: limit.0,
-            mode: feed.0,
-            timeout_ms: timeout.0,
+            wait: wait.0,
             include_docs: include_docs.0,
+            stream: wants_stream(request),
         })
         .await
     }
@@ -296,62 +318,58 @@ impl FeedApi {
         if !(1..=MAX_PAGE).contains(&limit) {
             return Err(bad_request(format!("limit must be from 1 to {MAX_PAGE}, not {limit}")));
         }
-        let timeout_ms = follow.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
-        if timeout_ms > MAX_TIMEOUT_MS {
+        let wait = follow.wait.unwrap_or(0);
+        if wait > MAX_WAIT_SECS {
             return Err(bad_request(format!(
-                "timeout must be from 0 to {MAX_TIMEOUT_MS} milliseconds, not {timeout_ms}"
+                "wait must be from 0 to {MAX_WAIT_SECS} seconds, not {wait}"
             )));
         }
-        let mode = follow.mode.unwrap_or_default();
         // A reconnecting EventSource says where it was in Last-Event-ID.
-        let resume = follow
-            .last_event_id
-            .filter(|id| !id.trim().is_empty() && mode == FeedMode::Eventsource);
+        let resume = follow.last_event_id.filter(|id| !id.trim().is_empty() && follow.stream);
         let start = match resume.or(follow.since).as_deref().map(str::trim) {
             None | Some("now") => FeedStart::Now,
             Some("0") => FeedStart::Beginning,
             Some(cursor) => FeedStart::After(cursor.parse::<FeedCursor>().map_err(|e| bad_request(e.to_string()))?),
         };
         let request = FeedRequest {
-            collection: follow.collection,
+            collections: follow.collections,
+            prefix: follow.prefix.filter(|p| !p.is_empty()),
             start,
             limit,
         };
         let include_docs = follow.include_docs.unwrap_or(false);
-        match mode {
-            FeedMode::Normal => {
-                let page = self.store.changes(&request).await?;
-                self.page_response(page, include_docs).await
-            }
-            FeedMode::Longpoll => {
-                let _following = self.following()?;
-                let deadline = Instant::now() + Duration::from_millis(timeout_ms);
-                let mut stopping = self.stopping.clone();
-                let page = self.store.next_changes(request, deadline, &mut stopping).await?;
-                self.page_response(page, include_docs).await
-            }
-            FeedMode::Eventsource => {
-                let following = self.following()?;
-                // The start is read now, so a bad or stale cursor is an
-                // HTTP error (410), not an empty stream.
-                let first = self.store.changes(&request).await?;
-                let stream = EventStream {
-                    store: self.store.clone(),
-                    request,
-                    include_docs,
-                    page_bytes: self.page_bytes,
-                    stopping: self.stopping.clone(),
-                    pending: VecDeque::new(),
-                    first: Some(first),
-                    metrics: self.metrics.clone(),
-                    _following: following,
-                };
-                let events = stream::unfold(stream, EventStream::next);
-                Ok(ChangesResponse::Stream(
-                    SSE::new(events).keep_alive(HEARTBEAT).into_response(),
-                ))
-            }
+        if follow.stream {
+            let following = self.following()?;
+            // The start is read now, so a bad or stale cursor is an HTTP
+            // error (410), not a stream that ends at once.
+            let first = self.store.changes(&request).await?;
+            let stream = EventStream {
+                store: self.store.clone(),
+                request,
+                include_docs,
+                page_bytes: self.page_bytes,
+                stopping: self.stopping.clone(),
+                pending: VecDeque::new(),
+                first: Some(first),
+                ended: false,
+                lag: self.metrics.feed_lags.join(),
+                metrics: self.metrics.clone(),
+                _following: following,
+            };
+            let events = stream::unfold(stream, EventStream::next);
+            return Ok(ChangesResponse::Stream(
+                SSE::new(events).keep_alive(HEARTBEAT).into_response(),
+            ));
         }
+        let page = if wait > 0 {
+            let _following = self.following()?;
+            let deadline = Instant::now() + Duration::from_secs(wait);
+            let mut stopping = self.stopping.clone();
+            self.store.next_changes(request, deadline, &mut stopping).await?
+        } else {
+            self.store.changes(&request).await?
+        };
+        self.page_response(page, include_docs).await
     }
 
     /// A place among the clients waiting on the feed, or a 503.
@@ -416,32 +434,47 @@ struct EventStream {
     include_docs: bool,
     page_bytes: usize,
     stopping: watch::Receiver<bool>,
-    /// Events read and not yet sent.
-    pending: VecDeque<Event>,
+    /// Events read and not yet sent, with their changes' commit times:
+    /// at most one page, read when the client has taken the last one, so a
+    /// slow client holds no more than that.
+    pending: VecDeque<(Event, i64)>,
     /// The page read before the stream began.
     first: Option<FeedPage>,
+    /// The final event was sent.
+    ended: bool,
+    lag: StreamLag,
     metrics: Arc<Metrics>,
     _following: Following,
 }
 
 impl EventStream {
     /// The next event, waiting for changes as long as it takes; `None`
-    /// ends the stream (the server stops, or the feed cannot be read: the
-    /// client's reconnection then hears why).
+    /// ends the stream, after a final `end` event saying why and, when the
+    /// client can, where to resume.
     async fn next(mut self) -> Option<(Event, Self)> {
         loop {
-            if let Some(event) = self.pending.pop_front() {
+            if let Some((event, _)) = self.pending.pop_front() {
                 self.metrics.feed_changes_sent.inc();
+                // Still behind by what is left of the page; caught up, as
+                // far as it knows, once the page is sent.
+                self.lag.behind_since(self.pending.front().map(|(_, at)| *at));
                 return Some((event, self));
             }
-            if *self.stopping.borrow() {
+            if self.ended {
                 return None;
+            }
+            if *self.stopping.borrow() {
+                let end = self.end(
+                    &StatusCode::SERVICE_UNAVAILABLE,
+                    "the server is stopping: reconnect to resume",
+                );
+                return Some((end, self));
             }
             let page = match self.first.take() {
                 Some(page) => Ok(page),
                 None => {
-                    // Wait as long as it takes: the stream's heartbeat
-                    // shows a gone client meanwhile.
+                    // Wait as long as it takes: the heartbeat shows a gone
+                    // client meanwhile.
                     let deadline = Instant::now() + Duration::from_secs(3600);
                     let mut stopping = self.stopping.clone();
                     self.store
@@ -459,16 +492,38 @@ impl EventStream {
                 Ok(read) => read,
                 Err(err) => {
                     tracing::warn!(error = %err, "an event stream of the change feed ended");
-                    return None;
+                    let error = ApiError::from_store(Flavor::V1, err);
+                    let end = self.end(&error.status, &error.detail);
+                    return Some((end, self));
                 }
             };
             let mut at = page.start.clone();
             for (item, change) in page.items.iter().zip(changes) {
                 at.after(item);
-                self.pending
-                    .push_back(Event::message(change).event_type("change").id(at.to_string()));
+                let event = Event::message(change).event_type("change").id(at.to_string());
+                self.pending.push_back((event, item.entry.at_ms));
+            }
+            if let Some((_, at_ms)) = self.pending.front() {
+                self.lag.behind_since(Some(*at_ms));
             }
             self.request.start = FeedStart::After(page.cursor);
+        }
+    }
+
+    /// The stream's last event: a Problem as its data and, unless the feed
+    /// can no longer be followed from here (410), the cursor to resume from.
+    fn end(&mut self, status: &StatusCode, detail: &str) -> Event {
+        self.ended = true;
+        let problem = serde_json::json!({
+            "type": "about:blank",
+            "title": status.canonical_reason().unwrap_or("Error"),
+            "status": status.as_u16(),
+            "detail": detail,
+        });
+        let event = Event::message(problem.to_string()).event_type("end");
+        match &self.request.start {
+            FeedStart::After(cursor) if *status != StatusCode::GONE => event.id(cursor.to_string()),
+            _ => event,
         }
     }
 }
@@ -519,7 +574,7 @@ fn change_json(item: &crate::store::FeedItem, doc: Option<Option<&Document>>) ->
     // Collection names and ids need no JSON escaping (see `domain`).
     let _ = write!(
         json,
-        "{{\"collection\":\"{}\",\"id\":\"{}\",\"version\":{},\"kind\":\"{kind}\",\"at\":\"{}\"",
+        "{{\"collection\":\"{}\",\"id\":\"{}\",\"version\":{},\"kind\":\"{kind}\",\"updated_at\":\"{}\"",
         entry.key.collection,
         entry.key.id,
         entry.version,

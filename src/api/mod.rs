@@ -141,7 +141,13 @@ pub fn routes(store: &Store, options: &ApiOptions) -> impl Endpoint {
     let cors = (!options.cors_origins.is_empty()).then(|| {
         let cors = Cors::new()
             .allow_methods([Method::GET, Method::PUT, Method::POST, Method::PATCH, Method::DELETE])
-            .allow_headers(["authorization", "content-type", "if-match", "if-none-match"])
+            .allow_headers([
+                "authorization",
+                "content-type",
+                "if-match",
+                "if-none-match",
+                "last-event-id",
+            ])
             .expose_headers(["etag", "location"])
             .max_age(3600);
         if options.cors_origins.iter().any(|o| o == "*") {

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::engine::FeedEntry;
+use super::engine::{FeedEntry, FeedFilter};
 use super::{Store, StoreError};
 use crate::domain::{CollectionName, ShardCount};
 
@@ -125,8 +125,10 @@ pub enum FeedStart {
 /// A read of the feed.
 #[derive(Debug, Clone)]
 pub struct FeedRequest {
-    /// Only this collection's changes (`None`: every collection's).
-    pub collection: Option<CollectionName>,
+    /// Only these collections' changes (`None`: every collection's).
+    pub collections: Option<Vec<CollectionName>>,
+    /// Only changes of ids that start with this.
+    pub prefix: Option<String>,
     pub start: FeedStart,
     /// Most entries in the page.
     pub limit: usize,
@@ -209,10 +211,11 @@ impl Store {
                 runs.push((Vec::new(), true, head));
                 continue;
             }
-            let run = shard
-                .reads()
-                .feed(position, head, request.collection.as_ref(), request.limit + 1)
-                .await?;
+            let filter = FeedFilter {
+                collections: request.collections.as_deref(),
+                prefix: request.prefix.as_deref(),
+            };
+            let run = shard.reads().feed(position, head, filter, request.limit + 1).await?;
             if position < run.floor {
                 return Err(gone_behind(index, run.floor));
             }

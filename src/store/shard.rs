@@ -127,7 +127,8 @@ impl Shard {
             feed_published,
         };
         let (writes, opened) = setup.file.open_at_boot(options.boot_check).await?;
-        let writer = setup.writer_on(writes, opened);
+        let mut writer = setup.writer_on(writes, opened);
+        writer.compact_at_open().await?;
         let counter_high = writer.ids.counter;
         let feed_head = setup.feed_head.subscribe();
         let reads = setup

@@ -198,11 +198,9 @@ impl Writer {
     pub async fn run(&mut self, jobs: &mut mpsc::Receiver<Job>) -> Exit {
         self.status.writer_started();
         let mut closing = false;
-        // The feed is compacted at start too: a setting lowered since the
-        // last run takes effect at once.
         let mut chores = Chores {
             next_sweep: Instant::now(),
-            next_compaction: Instant::now(),
+            next_compaction: Instant::now() + COMPACT_INTERVAL,
         };
         let mut held: Option<Job> = None;
         loop {
@@ -731,6 +729,18 @@ impl Writer {
         self.set_unpublished(Vec::new());
         self.feed.published(feed.len());
         Ok(done)
+    }
+
+    /// Compacts the feed before the shard serves, so a cursor the settings
+    /// no longer keep is refused from the first request on. A long backlog
+    /// (a lowered setting) is left, after a few passes, to the chores.
+    pub async fn compact_at_open(&mut self) -> Result<(), StoreError> {
+        for _ in 0..8 {
+            if self.compact().await? < COMPACT_LIMIT {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Removes feed entries past their retention, or beyond the count to

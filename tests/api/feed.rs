@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{json, send, spawn_app, spawn_app_on, spawn_app_with, ServerProcess, TestApp};
+use crate::helpers::{json, merge_patch, send, spawn_app, spawn_app_on, spawn_app_with, ServerProcess, TestApp};
 
 /// The cursor a fresh reader starts from.
 async fn cursor_now(app: &TestApp, path: &str) -> String {
@@ -99,7 +99,7 @@ async fn a_page_names_every_acknowledged_change_in_commit_order() {
         vec![change("orders/o-2", "written", 1), change("orders/o-3", "written", 1)]
     );
     for c in &changes {
-        assert!(c["at"].as_str().is_some_and(|at| at.ends_with('Z')), "{c}");
+        assert!(c["updated_at"].as_str().is_some_and(|at| at.ends_with('Z')), "{c}");
         assert!(c.get("doc").is_none(), "no document unless asked: {c}");
     }
 
@@ -170,17 +170,13 @@ async fn a_collection_feed_holds_its_writes_expiries_and_drop() {
 }
 
 #[tokio::test]
-async fn a_long_poll_answers_with_the_first_change_or_empty_after_its_timeout() {
+async fn a_long_poll_answers_with_the_first_change_or_empty_after_its_wait() {
     let app = spawn_app().await;
     let since = cursor_now(&app, "/v1/changes").await;
 
     let started = Instant::now();
-    let page = json(
-        app.get(&format!("/v1/changes?since={since}&feed=longpoll&timeout=300"))
-            .await,
-    )
-    .await;
-    assert!(started.elapsed() >= Duration::from_millis(300));
+    let page = json(app.get(&format!("/v1/changes?since={since}&wait=1")).await).await;
+    assert!(started.elapsed() >= Duration::from_secs(1));
     assert_eq!(page["changes"], json!([]));
     assert_eq!(page["cursor"], since.as_str(), "nothing passed: the same place");
 
@@ -193,10 +189,8 @@ async fn a_long_poll_answers_with_the_first_change_or_empty_after_its_timeout() 
     };
     let started = Instant::now();
     let page = json(
-        app.get(&format!(
-            "/v1/changes?since={since}&feed=longpoll&timeout=20000&include_docs=true"
-        ))
-        .await,
+        app.get(&format!("/v1/changes?since={since}&wait=20&include_docs=true"))
+            .await,
     )
     .await;
     assert!(
@@ -212,13 +206,27 @@ async fn a_long_poll_answers_with_the_first_change_or_empty_after_its_timeout() 
     app.stop().await;
 }
 
+#[tokio::test]
+async fn a_prefix_narrows_the_feed_to_matching_ids() {
+    let app = spawn_app().await;
+    let since = cursor_now(&app, "/v1/collections/logs/changes").await;
+    for id in ["web-1", "web-2", "db-1", "webhook"] {
+        app.put_doc("logs", id, &json!({})).await;
+    }
+    let (changes, _) = read_all(&app, "/v1/collections/logs/changes", &since, 100, "&prefix=web-").await;
+    let mut ids: Vec<_> = summary(&changes).into_iter().map(|(key, _, _)| key).collect();
+    ids.sort();
+    assert_eq!(ids, ["logs/web-1", "logs/web-2"]);
+    app.stop().await;
+}
+
 /// A reader of a `text/event-stream` answer.
 struct Events {
     resp: reqwest::Response,
     buffer: String,
 }
 
-/// One server-sent event: its id and its data as JSON.
+/// One server-sent event: its id, its type and its data as JSON.
 struct Event {
     id: String,
     kind: String,
@@ -226,8 +234,10 @@ struct Event {
 }
 
 impl Events {
+    /// Opens a stream with `Accept: text/event-stream`, resuming after
+    /// `last_event_id` when given.
     async fn open(client: &reqwest::Client, url: &str, last_event_id: Option<&str>) -> Self {
-        let mut request = client.get(url);
+        let mut request = client.get(url).header("Accept", "text/event-stream");
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id);
         }
@@ -241,7 +251,8 @@ impl Events {
         }
     }
 
-    /// The next event, or `None` if none comes within `wait`.
+    /// The next event, or `None` if none comes within `wait` or the stream
+    /// ends.
     async fn next(&mut self, wait: Duration) -> Option<Event> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -264,161 +275,284 @@ impl Events {
                 return Some(Event { id, kind, data });
             }
             let chunk = tokio::time::timeout_at(deadline, self.resp.chunk()).await.ok()?;
-            let chunk = chunk.expect("stream readable")?;
+            let chunk = chunk.ok()??;
             self.buffer.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
         }
     }
 }
 
+/// Deterministic random numbers, so a failure can be replayed.
+fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// `(kind, version)` of one change of one document.
+type Step = (String, u64);
+
+/// What one writer did to its own documents, acknowledged, in order.
+type Ledger = BTreeMap<String, Vec<Step>>;
+
+/// A writer of its own keys (`{prefix}-k*`, and write-once `{prefix}-e*`
+/// that expire): creates, replaces, patches, deletes, batches and short
+/// lives, each acknowledged change recorded in order.
+async fn storm_writer(client: reqwest::Client, base: String, prefix: String, steps: usize, seed: u64) -> Ledger {
+    const KEYS: u64 = 6;
+    let mut rng = seed;
+    let mut ledger = Ledger::new();
+    let mut live: BTreeMap<String, u64> = BTreeMap::new();
+    let docs = format!("{base}/v1/collections/storm/docs");
+    for step in 0..steps {
+        let id = format!("{prefix}-k{}", next_random(&mut rng) % KEYS);
+        let key = format!("storm/{id}");
+        match next_random(&mut rng) % 10 {
+            // A patch of a live document.
+            0 | 1 if live.contains_key(&id) => {
+                let resp = send(merge_patch(
+                    client.patch(format!("{docs}/{id}")),
+                    &json!({"step": step}),
+                ))
+                .await;
+                assert_eq!(resp.status(), 200);
+                let version = json(resp).await["version"].as_u64().expect("version");
+                live.insert(id, version);
+                ledger.entry(key).or_default().push(("written".into(), version));
+            }
+            // A delete of a live document.
+            2 if live.contains_key(&id) => {
+                let resp = send(client.delete(format!("{docs}/{id}"))).await;
+                assert_eq!(resp.status(), 204);
+                let version = live.remove(&id).expect("live");
+                ledger.entry(key).or_default().push(("deleted".into(), version));
+            }
+            // A batch over up to three of the writer's keys (several shards).
+            3 => {
+                let mut ids: Vec<String> = (0..3)
+                    .map(|_| format!("{prefix}-k{}", next_random(&mut rng) % KEYS))
+                    .collect();
+                ids.sort();
+                ids.dedup();
+                let ops: Vec<Value> = ids
+                    .iter()
+                    .map(|id| json!({"op": "put", "id": id, "data": {"step": step}}))
+                    .collect();
+                let resp = send(
+                    client
+                        .post(format!("{base}/v1/collections/storm/batch"))
+                        .json(&json!({ "ops": ops })),
+                )
+                .await;
+                assert_eq!(resp.status(), 200);
+                let answer = json(resp).await;
+                for (id, result) in ids.iter().zip(answer["results"].as_array().expect("results")) {
+                    let version = result["doc"]["version"].as_u64().or_else(|| result["version"].as_u64());
+                    let version = version.unwrap_or_else(|| panic!("a version in {result}"));
+                    live.insert(id.clone(), version);
+                    ledger
+                        .entry(format!("storm/{id}"))
+                        .or_default()
+                        .push(("written".into(), version));
+                }
+            }
+            // A document that lives one second, never touched again.
+            4 => {
+                let id = format!("{prefix}-e{step}");
+                let resp = send(client.put(format!("{docs}/{id}?ttl=1")).json(&json!({"brief": step}))).await;
+                assert_eq!(resp.status(), 201);
+                let steps = ledger.entry(format!("storm/{id}")).or_default();
+                steps.push(("written".into(), 1));
+                steps.push(("expired".into(), 1));
+            }
+            // A create or a replace.
+            _ => {
+                let resp = send(client.put(format!("{docs}/{id}")).json(&json!({"step": step}))).await;
+                assert!(resp.status().is_success(), "{}", resp.status());
+                let version = json(resp).await["version"].as_u64().expect("version");
+                live.insert(id, version);
+                ledger.entry(key).or_default().push(("written".into(), version));
+            }
+        }
+    }
+    ledger
+}
+
+/// A follower of the whole feed by event stream that drops its connection
+/// every few events and resumes with the last id it saw, as EventSource
+/// does, until it has seen `expected` changes. Each document's changes, in
+/// the order they came; every event id it was sent.
+async fn follow_with_reconnects(
+    client: reqwest::Client,
+    base: String,
+    since: String,
+    expected: usize,
+    seed: u64,
+) -> Ledger {
+    let mut seen = Ledger::new();
+    let mut count = 0;
+    let mut ids = HashSet::new();
+    let mut last_id: Option<String> = None;
+    let mut rng = seed;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while count < expected {
+        assert!(Instant::now() < deadline, "saw {count} of {expected} changes");
+        let url = match &last_id {
+            Some(_) => format!("{base}/v1/changes"),
+            None => format!("{base}/v1/changes?since={since}"),
+        };
+        let mut events = Events::open(&client, &url, last_id.as_deref()).await;
+        let take = 1 + next_random(&mut rng) % 60;
+        for _ in 0..take {
+            let Some(event) = events.next(Duration::from_secs(5)).await else {
+                break;
+            };
+            assert_eq!(event.kind, "change", "{}", event.data);
+            assert!(ids.insert(event.id.clone()), "event id {} came twice", event.id);
+            let key = format!(
+                "{}/{}",
+                event.data["collection"].as_str().expect("collection"),
+                event.data["id"].as_str().expect("id")
+            );
+            let step = (
+                event.data["kind"].as_str().expect("kind").to_owned(),
+                event.data["version"].as_u64().expect("version"),
+            );
+            seen.entry(key).or_default().push(step);
+            count += 1;
+            last_id = Some(event.id);
+        }
+    }
+    seen
+}
+
 #[tokio::test]
-async fn event_streams_resume_after_their_last_event_without_losing_or_repeating_a_change() {
-    const WRITERS: usize = 6;
-    const KEYS_PER_WRITER: usize = 8;
-    const WRITES_PER_WRITER: usize = 120;
+async fn a_storm_of_writers_reaches_every_reconnecting_stream_exactly_once_in_order() {
+    const WRITERS: u64 = 6;
+    const STEPS: usize = 80;
     let app = spawn_app().await;
     let since = cursor_now(&app, "/v1/changes").await;
 
-    // Writers on disjoint keys, so each acknowledged version is a commit of
-    // its own and must be in the feed exactly once.
-    let mut writers = Vec::new();
-    for w in 0..WRITERS {
-        let (client, base) = (app.client.clone(), app.address.clone());
-        writers.push(tokio::spawn(async move {
-            let mut acked: Vec<(String, u64)> = Vec::new();
-            for i in 0..WRITES_PER_WRITER {
-                let id = format!("w{w}-k{}", i % KEYS_PER_WRITER);
-                let resp = client
-                    .put(format!("{base}/v1/collections/storm/docs/{id}"))
-                    .json(&json!({"w": w, "i": i}))
-                    .send()
-                    .await
-                    .expect("put");
-                assert!(resp.status().is_success(), "{}", resp.status());
-                let body: Value = resp.json().await.expect("envelope");
-                acked.push((format!("storm/{id}"), body["version"].as_u64().expect("version")));
-            }
-            acked
-        }));
-    }
-
-    // Two followers; each drops its stream every few events and reconnects
-    // with the last id it saw, as EventSource does.
-    let expected_total = WRITERS * WRITES_PER_WRITER;
-    let mut followers = Vec::new();
-    for f in 0..2u64 {
-        let (client, base) = (app.client.clone(), app.address.clone());
-        let since = since.clone();
-        followers.push(tokio::spawn(async move {
-            let mut seen: Vec<(String, u64)> = Vec::new();
-            let mut ids = HashSet::new();
-            let mut last_id: Option<String> = None;
-            let mut rng = 0x2545_F491_4F6C_DD1D_u64 ^ (f + 1);
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while seen.len() < expected_total {
-                assert!(
-                    Instant::now() < deadline,
-                    "follower {f} saw {} of {expected_total}",
-                    seen.len()
-                );
-                let path = match &last_id {
-                    Some(_) => "/v1/changes?feed=eventsource".to_owned(),
-                    None => format!("/v1/changes?feed=eventsource&since={since}"),
-                };
-                let mut events = Events::open(&client, &format!("{base}{path}"), last_id.as_deref()).await;
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                let take = 1 + (rng % 97) as usize;
-                for _ in 0..take {
-                    let Some(event) = events.next(Duration::from_secs(5)).await else {
-                        break;
-                    };
-                    assert_eq!(event.kind, "change");
-                    assert!(ids.insert(event.id.clone()), "event id {} came twice", event.id);
-                    let key = format!(
-                        "{}/{}",
-                        event.data["collection"].as_str().expect("collection"),
-                        event.data["id"].as_str().expect("id")
-                    );
-                    assert_eq!(event.data["kind"], "written");
-                    seen.push((key, event.data["version"].as_u64().expect("version")));
-                    last_id = Some(event.id);
-                }
-            }
-            seen
-        }));
-    }
-
-    let mut acked: Vec<(String, u64)> = Vec::new();
+    // Writers on disjoint documents: each acknowledged change of a document
+    // is a commit of its own, so each must be in the feed once, in order.
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (client, base) = (app.client.clone(), app.address.clone());
+            tokio::spawn(storm_writer(
+                client,
+                base,
+                format!("w{w}"),
+                STEPS,
+                0x9E37_79B9_7F4A_7C15 ^ (w + 1),
+            ))
+        })
+        .collect();
+    let mut acked = Ledger::new();
     for writer in writers {
         acked.extend(writer.await.expect("writer"));
     }
-    acked.sort();
+    let expected: usize = acked.values().map(Vec::len).sum();
+
+    // Three followers, started while the last expiries are still due.
+    let followers: Vec<_> = (0..3u64)
+        .map(|f| {
+            let (client, base, since) = (app.client.clone(), app.address.clone(), since.clone());
+            tokio::spawn(follow_with_reconnects(
+                client,
+                base,
+                since,
+                expected,
+                0x2545_F491_4F6C_DD1D ^ (f + 1),
+            ))
+        })
+        .collect();
     for follower in followers {
         let seen = follower.await.expect("follower");
-        // Each document's versions in commit order: rising by one.
-        let mut per_key: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-        for (key, version) in &seen {
-            per_key.entry(key.as_str()).or_default().push(*version);
+        for (key, steps) in &acked {
+            assert_eq!(
+                seen.get(key),
+                Some(steps),
+                "{key}: every acknowledged change, in order, once"
+            );
         }
-        for (key, versions) in &per_key {
-            let expected: Vec<u64> = (1..=versions.len() as u64).collect();
-            assert_eq!(versions, &expected, "{key}'s changes in order, none lost or repeated");
-        }
-        let mut seen = seen;
-        seen.sort();
-        assert_eq!(seen, acked, "exactly the acknowledged writes");
+        assert_eq!(seen.len(), acked.len(), "no change the writers did not make");
     }
     app.stop().await;
 }
 
 #[tokio::test]
-async fn a_cursor_survives_sigkill_and_every_acknowledged_write_is_in_the_feed() {
+async fn a_stream_resumes_after_sigkill_and_restart_missing_nothing_acknowledged() {
     let folder = tempfile::tempdir().expect("temp dir");
     let server = ServerProcess::start(folder.path(), &[]).await;
-    let client = reqwest::Client::new();
-    let page: Value = client
-        .get(server.url("/v1/changes?since=now"))
-        .send()
-        .await
-        .expect("feed")
-        .json()
-        .await
-        .expect("page");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let base = server.url("");
+    let page: Value = json(send(client.get(format!("{base}/v1/changes?since=now"))).await).await;
     let since = page["cursor"].as_str().expect("cursor").to_owned();
-    let mut tasks = Vec::new();
-    for t in 0..4 {
-        let (client, url) = (client.clone(), server.url(""));
-        tasks.push(tokio::spawn(async move {
-            let mut acked = Vec::new();
-            for i in 0..60 {
-                let id = format!("t{t}-{i}");
-                let resp = client
-                    .put(format!("{url}/v1/collections/kill/docs/{id}"))
-                    .json(&json!({"i": i}))
-                    .send()
-                    .await
-                    .expect("put");
-                assert_eq!(resp.status(), 201);
-                acked.push(format!("kill/{id}"));
+
+    // A follower reads while four writers write documents once each.
+    let follower = {
+        let (client, url) = (client.clone(), format!("{base}/v1/changes?since={since}"));
+        tokio::spawn(async move {
+            let mut events = Events::open(&client, &url, None).await;
+            let mut seen = Vec::new();
+            let mut last_id = None;
+            while let Some(event) = events.next(Duration::from_secs(3)).await {
+                if event.kind != "change" {
+                    break;
+                }
+                seen.push(event.data["id"].as_str().expect("id").to_owned());
+                last_id = Some(event.id);
             }
-            acked
-        }));
-    }
-    let mut acked = Vec::new();
-    for task in tasks {
-        acked.extend(task.await.expect("writer"));
-    }
+            (seen, last_id)
+        })
+    };
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let (client, base) = (client.clone(), base.clone());
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0.. {
+                    let id = format!("t{t}-{i}");
+                    let sent = client
+                        .put(format!("{base}/v1/collections/kill/docs/{id}"))
+                        .json(&json!({"i": i}))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(resp) if resp.status() == 201 => acked.push(id),
+                        _ => return acked,
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
     let mut server = server;
     server.signal("KILL");
     server.wait().await;
+    let mut acked = Vec::new();
+    for writer in writers {
+        acked.extend(writer.await.expect("writer"));
+    }
+    let (mut seen, last_id) = follower.await.expect("follower");
+    assert!(!acked.is_empty(), "writes were acknowledged before the kill");
 
+    // Restarted on the same folder, the stream resumes where it stopped.
     let app = spawn_app_on(folder.path(), &[]).await;
-    let (changes, _) = read_all(&app, "/v1/collections/kill/changes", &since, 1000, "").await;
-    let mut seen: Vec<String> = summary(&changes).into_iter().map(|(key, _, _)| key).collect();
-    seen.sort();
-    acked.sort();
-    assert_eq!(seen, acked, "every acknowledged write, once");
+    let resume = last_id.unwrap_or_else(|| since.clone());
+    let mut events = Events::open(&app.client, &app.url("/v1/changes"), Some(&resume)).await;
+    while let Some(event) = events.next(Duration::from_secs(2)).await {
+        seen.push(event.data["id"].as_str().expect("id").to_owned());
+    }
+    let unique: HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "no change twice");
+    for id in &acked {
+        assert!(unique.contains(id), "acknowledged {id} is in the feed");
+    }
     app.stop().await;
 }
 
@@ -447,6 +581,13 @@ async fn a_cursor_the_feed_cannot_follow_any_more_is_gone() {
             "says how to start over: {problem}"
         );
     }
+    // So does a stream, before it begins.
+    let refused = send(
+        app.request(Method::GET, &format!("/v1/changes?since={oldest}"))
+            .header("Accept", "text/event-stream"),
+    )
+    .await;
+    assert_eq!(refused.status(), 410);
     // A recent cursor still reads.
     let recent = cursor_now(&app, "/v1/changes").await;
     app.put_doc("many", "late", &json!({})).await;
@@ -500,8 +641,9 @@ async fn feed_requests_are_checked_and_waiting_clients_are_bounded() {
         ("since=0000000000000001-0-1.2.3.4.5.6.7.8.9.10", 410),
         ("limit=0", 400),
         ("limit=1001", 400),
-        ("feed=sometimes", 400),
-        ("feed=longpoll&timeout=300001", 400),
+        ("wait=301", 400),
+        ("wait=-1", 400),
+        ("prefix=a%20b", 400),
         ("include_docs=maybe", 400),
     ] {
         let resp = app.get(&format!("/v1/changes?{query}")).await;
@@ -520,8 +662,8 @@ async fn feed_requests_are_checked_and_waiting_clients_are_bounded() {
 
     // One client may wait; the next hears 503 with Retry-After, and may
     // still read without waiting.
-    let mut stream = Events::open(&app.client, &app.url("/v1/changes?feed=eventsource"), None).await;
-    let refused = app.get("/v1/changes?feed=longpoll&timeout=100").await;
+    let mut stream = Events::open(&app.client, &app.url("/v1/changes"), None).await;
+    let refused = app.get("/v1/changes?wait=1").await;
     assert_eq!(refused.status(), 503);
     assert!(refused.headers().contains_key("retry-after"));
     assert!(json(refused).await["detail"]
@@ -531,6 +673,10 @@ async fn feed_requests_are_checked_and_waiting_clients_are_bounded() {
     app.put_doc("x", "1", &json!({})).await;
     let event = stream.next(Duration::from_secs(5)).await.expect("an event");
     assert_eq!(event.data["id"], "1");
+    let metrics = app.get("/metrics").await.text().await.expect("metrics");
+    assert!(metrics.contains("exdaas_feed_followers 1"), "{metrics}");
+    assert!(metrics.contains("exdaas_feed_changes_sent_total 1"), "{metrics}");
+    assert!(metrics.contains("exdaas_feed_slowest_lag_seconds 0"), "{metrics}");
     app.stop().await;
 }
 
@@ -539,49 +685,55 @@ async fn a_key_follows_only_the_collections_it_reads() {
     let reader = "read:0123456789abcdef-reader:users";
     let admin = "admin:0123456789abcdef-admin";
     let app = spawn_app_with(&[("EXDAAS_API_KEYS", &format!("{reader};{admin}"))]).await;
-    let get = |path: &str, key: &str| {
-        app.request(Method::GET, path)
-            .header("Authorization", format!("Bearer {key}"))
+    let get = |path: String, key: &'static str| {
+        app.request(Method::GET, &path)
+            .header("Authorization", format!("Bearer 0123456789abcdef-{key}"))
             .send()
     };
-    assert_eq!(
-        get("/v1/collections/users/changes", "0123456789abcdef-reader")
+    let since = json(get("/v1/changes".into(), "admin").await.expect("sent")).await["cursor"]
+        .as_str()
+        .expect("cursor")
+        .to_owned();
+    for (collection, id) in [("users", "u1"), ("orders", "o1")] {
+        let resp = app
+            .request(Method::PUT, &format!("/v1/collections/{collection}/docs/{id}"))
+            .header("Authorization", "Bearer 0123456789abcdef-admin")
+            .json(&json!({}))
+            .send()
             .await
-            .expect("sent")
-            .status(),
-        200
-    );
-    assert_eq!(
-        get("/v1/collections/orders/changes", "0123456789abcdef-reader")
-            .await
-            .expect("sent")
-            .status(),
-        403
-    );
-    assert_eq!(
-        get("/v1/changes", "0123456789abcdef-reader")
-            .await
-            .expect("sent")
-            .status(),
-        403
-    );
-    assert_eq!(
-        get("/v1/changes", "0123456789abcdef-admin")
-            .await
-            .expect("sent")
-            .status(),
-        200
-    );
+            .expect("sent");
+        assert_eq!(resp.status(), 201);
+    }
+    let ids = |page: Value| -> Vec<String> {
+        summary(page["changes"].as_array().expect("changes"))
+            .into_iter()
+            .map(|(key, _, _)| key)
+            .collect()
+    };
+    // The whole feed holds only what the key reads.
+    let page = json(get(format!("/v1/changes?since={since}"), "reader").await.expect("sent")).await;
+    assert_eq!(ids(page), ["users/u1"]);
+    let mut all = ids(json(get(format!("/v1/changes?since={since}"), "admin").await.expect("sent")).await);
+    all.sort();
+    assert_eq!(all, ["orders/o1", "users/u1"]);
+    let users = get("/v1/collections/users/changes".into(), "reader")
+        .await
+        .expect("sent");
+    assert_eq!(users.status(), 200);
+    let orders = get("/v1/collections/orders/changes".into(), "reader")
+        .await
+        .expect("sent");
+    assert_eq!(orders.status(), 403);
     assert_eq!(app.get("/v1/changes").await.status(), 401);
     app.stop().await;
 }
 
 #[tokio::test]
-async fn stopping_the_server_ends_long_polls_and_event_streams_at_once() {
+async fn stopping_the_server_ends_long_polls_and_streams_with_where_to_resume() {
     let app = spawn_app().await;
-    let mut stream = Events::open(&app.client, &app.url("/v1/changes?feed=eventsource"), None).await;
+    let mut stream = Events::open(&app.client, &app.url("/v1/changes"), None).await;
     let poll = {
-        let (client, url) = (app.client.clone(), app.url("/v1/changes?feed=longpoll&timeout=300000"));
+        let (client, url) = (app.client.clone(), app.url("/v1/changes?wait=300"));
         tokio::spawn(async move { client.get(url).send().await.expect("long poll") })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -594,5 +746,9 @@ async fn stopping_the_server_ends_long_polls_and_event_streams_at_once() {
     );
     let answered = poll.await.expect("long poll");
     assert_eq!(answered.status(), 200, "the long poll answered with what it had");
+    let end = stream.next(Duration::from_secs(2)).await.expect("a final event");
+    assert_eq!(end.kind, "end");
+    assert_eq!(end.data["status"], 503);
+    assert!(!end.id.is_empty(), "it says where to resume");
     assert!(stream.next(Duration::from_secs(2)).await.is_none(), "the stream ended");
 }

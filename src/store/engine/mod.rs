@@ -17,13 +17,15 @@ use crate::store::Document;
 /// - [`ShardFile`]: what it takes to open a shard; opens its reads and
 ///   (again, after a failure) its writes.
 /// - [`ShardWrites`]: the one write connection: `load`, `load_texts`,
-///   `commit` (rows and id ceilings in one transaction), `expired_keys`,
-///   `delete_expired`, `collection_keys`, `delete_keys`, `close`,
-///   `still_there`.
+///   `commit` (rows, their feed entries and id ceilings in one
+///   transaction), `expired` and `in_collection` (what a sweep or a drop
+///   removes), `delete_with_feed`, `compact_feed`, `close`, `still_there`.
+///   [`Opened`] is what opening it reads: id bounds, the feed's last entry.
 /// - [`ShardReads`]: the read pool: `reserve` (a [`ReadSlot`] for one
-///   point read), `entries` and `documents` (listings, exports),
-///   `counter_ids_between`, `count_live`, `add_collection_counts`,
-///   `recent` (the cache's warm-up).
+///   point read), `entries` and `documents` (listings, exports), `feed`
+///   (a run of the change feed with its floor), `counter_ids_between`,
+///   `count_live`, `add_collection_counts`, `recent` (the cache's
+///   warm-up).
 /// - Capabilities of a data folder of files (backup, restore, check,
 ///   reshard) are the SQLite engine's alone: `sqlite::maintenance`.
 pub type ShardFile = sqlite::ShardFile;
@@ -185,6 +187,15 @@ pub struct FeedEntry {
     pub kind: ChangeKind,
     /// When, in Unix milliseconds.
     pub at_ms: i64,
+}
+
+/// Which entries of the feed a reader follows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FeedFilter<'a> {
+    /// Only these collections' (`None`: every one's).
+    pub collections: Option<&'a [crate::domain::CollectionName]>,
+    /// Only ids that start with this.
+    pub prefix: Option<&'a str>,
 }
 
 /// A run of a shard's feed as a reader sees it.

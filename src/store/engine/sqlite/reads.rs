@@ -10,7 +10,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use sqlx::pool::PoolConnection;
 use sqlx::{Row, Sqlite, SqlitePool};
 
-use super::super::{ChangeKind, FeedEntry, FeedRun};
+use super::super::{ChangeKind, FeedEntry, FeedFilter, FeedRun};
 use super::rows::{document_from_row, select};
 use super::store_error;
 use crate::domain::{CollectionName, DocId, DocKey};
@@ -237,14 +237,13 @@ impl SqliteReads {
         .boxed()
     }
 
-    /// Up to `limit` entries of the feed after `after` and up to `upto`,
-    /// of `collection` only (when given), with the feed's floor, read
-    /// together.
+    /// Up to `limit` entries of the feed after `after` and up to `upto`
+    /// that `filter` lets through, with the feed's floor, read together.
     pub async fn feed(
         &self,
         after: u64,
         upto: u64,
-        collection: Option<&CollectionName>,
+        filter: FeedFilter<'_>,
         limit: usize,
     ) -> Result<FeedRun, StoreError> {
         let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
@@ -252,21 +251,31 @@ impl SqliteReads {
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| self.error(e))?;
-        let sql = match collection {
-            Some(_) => {
-                "SELECT seq, collection, id, version, kind, at FROM changes \
-                 WHERE collection = ?4 AND seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3"
-            }
-            None => {
-                "SELECT seq, collection, id, version, kind, at FROM changes \
-                 WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3"
-            }
+        // One collection goes by the (collection, seq) index; several, or
+        // none, by seq.
+        let (collections, by_collection) = match filter.collections {
+            None => (None, ""),
+            Some([one]) => (Some(one.as_str().to_owned()), "collection = ?4 AND"),
+            Some(many) => (
+                Some(serde_json::Value::from(many.iter().map(CollectionName::as_str).collect::<Vec<_>>()).to_string()),
+                "collection IN (SELECT value FROM json_each(?4)) AND",
+            ),
         };
-        let rows = sqlx::query(sql)
+        let by_prefix = if filter.prefix.is_some() {
+            "AND substr(id, 1, length(?5)) = ?5"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT seq, collection, id, version, kind, at FROM changes \
+             WHERE {by_collection} seq > ?1 AND seq <= ?2 {by_prefix} ORDER BY seq LIMIT ?3"
+        );
+        let rows = sqlx::query(&sql)
             .bind(i64::try_from(after).unwrap_or(i64::MAX))
             .bind(i64::try_from(upto).unwrap_or(i64::MAX))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .bind(collection.map(CollectionName::as_str))
+            .bind(collections)
+            .bind(filter.prefix)
             .fetch_all(&mut *tx)
             .await
             .map_err(|e| self.error(e))?;
