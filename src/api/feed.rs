@@ -37,6 +37,8 @@ const MAX_WAIT_SECS: u64 = 300;
 /// A comment line this often keeps an idle event stream open through
 /// proxies, and shows a gone client (the write fails) within as long.
 const HEARTBEAT: Duration = Duration::from_secs(15);
+/// How long a stream pauses when the feed's reads are all taken.
+const BUSY_PAUSE: Duration = Duration::from_millis(50);
 
 pub struct FeedApi {
     pub store: Store,
@@ -210,7 +212,8 @@ impl FeedApi {
             pattern = r"^(now|0|[0-9a-f]{16}-[0-9]{1,9}-[0-9]{1,19}(\.[0-9]{1,19})*)$"
         ))]
         since: Query<Option<String>>,
-        /// Page size: 1 to 1000, default 100
+        /// Page size: 1 to 1000, default 100 (an event stream reads up to
+        /// 1000 at a time)
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<usize>>,
         /// Only changes of ids that start with this
@@ -272,7 +275,8 @@ impl FeedApi {
             pattern = r"^(now|0|[0-9a-f]{16}-[0-9]{1,9}-[0-9]{1,19}(\.[0-9]{1,19})*)$"
         ))]
         since: Query<Option<String>>,
-        /// Page size: 1 to 1000, default 100
+        /// Page size: 1 to 1000, default 100 (an event stream reads up to
+        /// 1000 at a time)
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<usize>>,
         /// Only changes of ids that start with this
@@ -314,7 +318,11 @@ impl FeedApi {
 
 impl FeedApi {
     async fn follow(&self, follow: Follow) -> Result<ChangesResponse, FeedProblem> {
-        let limit = follow.limit.unwrap_or(DEFAULT_LIMIT);
+        // A stream reads as much as a page may hold at once: its client
+        // takes events one by one anyway.
+        let limit = follow
+            .limit
+            .unwrap_or(if follow.stream { MAX_PAGE } else { DEFAULT_LIMIT });
         if !(1..=MAX_PAGE).contains(&limit) {
             return Err(bad_request(format!("limit must be from 1 to {MAX_PAGE}, not {limit}")));
         }
@@ -490,6 +498,12 @@ impl EventStream {
             };
             let (page, changes) = match read {
                 Ok(read) => read,
+                // Feed reads are busy (many followers at once): a stream has
+                // no answer to keep waiting, so it waits its turn.
+                Err(StoreError::Busy { .. }) => {
+                    tokio::time::sleep(BUSY_PAUSE).await;
+                    continue;
+                }
                 Err(err) => {
                     tracing::warn!(error = %err, "an event stream of the change feed ended");
                     let error = ApiError::from_store(Flavor::V1, err);

@@ -175,6 +175,74 @@ impl FeedPage {
     }
 }
 
+/// The last entries a shard's writer published, kept in memory: readers
+/// near the head (every live follower, usually) are served from here
+/// without reading the file, however many they are. Bounded by count; the
+/// entries share their keys' text with the cache.
+pub struct RecentFeed {
+    entries: std::sync::Mutex<std::collections::VecDeque<FeedEntry>>,
+    capacity: usize,
+}
+
+impl RecentFeed {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            entries: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(capacity)),
+            capacity,
+        }
+    }
+
+    /// Appends what a commit published. Entries are kept without gaps: a
+    /// run that does not follow the last one (a writer restarted after a
+    /// commit it could not publish) starts the memory over.
+    pub fn push(&self, published: &[FeedEntry]) {
+        let Some(first) = published.first() else { return };
+        let Ok(mut entries) = self.entries.lock() else { return };
+        if entries.back().is_some_and(|last| last.seq + 1 != first.seq) {
+            entries.clear();
+        }
+        let room = self.capacity.saturating_sub(published.len());
+        while entries.len() > room {
+            entries.pop_front();
+        }
+        let skip = published.len().saturating_sub(self.capacity);
+        entries.extend(published[skip..].iter().cloned());
+    }
+
+    /// Up to `limit` entries after `after` and up to `upto` that `filter`
+    /// lets through, or `None` when the memory does not reach back to
+    /// `after` (the file must be read).
+    fn read(&self, after: u64, upto: u64, filter: FeedFilter<'_>, limit: usize) -> Option<Vec<FeedEntry>> {
+        let entries = self.entries.lock().ok()?;
+        let first = entries.front()?.seq;
+        // It must hold the whole run: a restarted writer's head may be past
+        // what reached the memory.
+        if first > after + 1 || entries.back()?.seq < upto {
+            return None;
+        }
+        let start = usize::try_from(after + 1 - first).ok()?;
+        Some(
+            entries
+                .range(start.min(entries.len())..)
+                .take_while(|entry| entry.seq <= upto)
+                .filter(|entry| filter.admits(entry))
+                .take(limit)
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
+impl FeedFilter<'_> {
+    fn admits(&self, entry: &FeedEntry) -> bool {
+        self.collections
+            .is_none_or(|collections| collections.contains(&entry.key.collection))
+            && self
+                .prefix
+                .is_none_or(|prefix| entry.key.id.as_str().starts_with(prefix))
+    }
+}
+
 /// How long a waiting reader lets commits gather after one wakes it, so a
 /// burst of commits costs one read, not one each.
 const GATHER: Duration = Duration::from_millis(5);
@@ -184,16 +252,9 @@ impl Store {
     pub async fn changes(&self, request: &FeedRequest) -> Result<FeedPage, StoreError> {
         let start = self.feed_start(&request.start)?;
         let shards = &self.inner.shards;
-        // Feed reads take at most a share of the read connections, however
-        // many clients follow the feed.
-        let _permit = tokio::time::timeout(self.inner.queue_wait, self.inner.feed_reads.acquire())
-            .await
-            .map_err(|_| StoreError::Busy {
-                shard: 0,
-                waited_ms: self.inner.queue_wait.as_millis() as u64,
-                reads: true,
-            })?
-            .map_err(|_| StoreError::Internal("the feed's read permits were closed"))?;
+        // Reads of the files take at most a share of the read connections,
+        // however many clients follow the feed.
+        let mut permit = None;
         // Each shard's run past its position, up to what is published.
         let mut runs: Vec<(Vec<FeedEntry>, bool, u64)> = Vec::with_capacity(shards.len());
         for (index, shard) in shards.iter().enumerate() {
@@ -215,11 +276,19 @@ impl Store {
                 collections: request.collections.as_deref(),
                 prefix: request.prefix.as_deref(),
             };
-            let run = shard.reads().feed(position, head, filter, request.limit + 1).await?;
-            if position < run.floor {
-                return Err(gone_behind(index, run.floor));
-            }
-            let mut entries = run.entries;
+            let mut entries = match shard.recent_feed().read(position, head, filter, request.limit + 1) {
+                Some(entries) => entries,
+                None => {
+                    if permit.is_none() {
+                        permit = Some(self.feed_read_permit().await?);
+                    }
+                    let run = shard.reads().feed(position, head, filter, request.limit + 1).await?;
+                    if position < run.floor {
+                        return Err(gone_behind(index, run.floor));
+                    }
+                    run.entries
+                }
+            };
             let exhausted = entries.len() <= request.limit;
             entries.truncate(request.limit);
             runs.push((entries, exhausted, head));
@@ -259,6 +328,18 @@ impl Store {
             cursor,
             more,
         })
+    }
+
+    /// A turn to read the feed from the files.
+    async fn feed_read_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, StoreError> {
+        tokio::time::timeout(self.inner.queue_wait, self.inner.feed_reads.acquire())
+            .await
+            .map_err(|_| StoreError::Busy {
+                shard: 0,
+                waited_ms: self.inner.queue_wait.as_millis() as u64,
+                reads: true,
+            })?
+            .map_err(|_| StoreError::Internal("the feed's read permits were closed"))
     }
 
     /// The next page of the feed with at least one entry, waiting for one
@@ -349,6 +430,57 @@ mod tests {
         let text = cursor.to_string();
         assert_eq!(text, "00abcdef01234567-2-0.17.18446744073709551615");
         assert_eq!(text.parse::<FeedCursor>().ok(), Some(cursor));
+    }
+
+    fn entries(collection: &str, seqs: std::ops::RangeInclusive<u64>) -> Vec<FeedEntry> {
+        seqs.map(|seq| FeedEntry {
+            seq,
+            key: crate::domain::DocKey::new(
+                CollectionName::parse(collection).expect("name"),
+                crate::domain::DocId::parse(&format!("d{seq}")).expect("id"),
+            ),
+            version: 1,
+            kind: crate::store::ChangeKind::Written,
+            at_ms: seq as i64,
+        })
+        .collect()
+    }
+
+    fn seqs(read: Option<Vec<FeedEntry>>) -> Option<Vec<u64>> {
+        read.map(|entries| entries.iter().map(|e| e.seq).collect())
+    }
+
+    #[test]
+    fn recent_entries_serve_only_what_they_reach_back_to() {
+        let recent = RecentFeed::new(4);
+        let all = FeedFilter::default();
+        assert_eq!(seqs(recent.read(0, 0, all, 10)), None, "empty: read the file");
+        recent.push(&entries("a", 1..=3));
+        assert_eq!(seqs(recent.read(0, 3, all, 10)), Some(vec![1, 2, 3]));
+        assert_eq!(
+            seqs(recent.read(1, 2, all, 10)),
+            Some(vec![2]),
+            "up to what is published"
+        );
+        assert_eq!(
+            seqs(recent.read(1, 5, all, 10)),
+            None,
+            "a head past the memory: read the file"
+        );
+        recent.push(&entries("b", 4..=6));
+        // Only the last four are kept: 1 and 2 are gone from memory.
+        assert_eq!(seqs(recent.read(0, 6, all, 10)), None);
+        assert_eq!(seqs(recent.read(2, 6, all, 2)), Some(vec![3, 4]));
+        let only_b = [CollectionName::parse("b").expect("name")];
+        let filter = FeedFilter {
+            collections: Some(&only_b),
+            prefix: None,
+        };
+        assert_eq!(seqs(recent.read(2, 6, filter, 10)), Some(vec![4, 5, 6]));
+        // A run that does not follow the last starts over.
+        recent.push(&entries("a", 9..=9));
+        assert_eq!(seqs(recent.read(6, 9, all, 10)), None);
+        assert_eq!(seqs(recent.read(8, 9, all, 10)), Some(vec![9]));
     }
 
     #[test]

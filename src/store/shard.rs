@@ -19,6 +19,7 @@ use tracing::Instrument;
 
 use super::cache::DocCache;
 use super::engine::{Opened, ReadSlot, ShardFile, ShardReads, ShardWrites};
+use super::feed::RecentFeed;
 use super::ops::{WriteOp, WriteResult};
 use super::writer::{Exit, FeedWriter, Job, Writer};
 use super::{Outage, StoreError, StoreOptions};
@@ -28,6 +29,10 @@ use crate::domain::CollectionName;
 /// first to the last, so a broken disk does not become a busy loop.
 const FIRST_RESTART_DELAY: Duration = Duration::from_millis(100);
 const LONGEST_RESTART_DELAY: Duration = Duration::from_secs(5);
+
+/// Feed entries kept in memory across all shards, for readers near the
+/// head (about 100 bytes each besides the keys, which the cache shares).
+const RECENT_FEED_ENTRIES: usize = 65_536;
 
 /// Whether a shard can serve, for `/readyz`.
 #[derive(Debug, Default)]
@@ -83,6 +88,8 @@ struct WriterSetup {
     feed_head: Arc<watch::Sender<u64>>,
     /// Told whenever any shard publishes entries.
     feed_published: Arc<watch::Sender<u64>>,
+    /// The last entries published, for readers near the head.
+    recent_feed: Arc<RecentFeed>,
 }
 
 pub struct Shard {
@@ -99,6 +106,7 @@ pub struct Shard {
     queue_capacity_bytes: usize,
     /// The feed's last committed entry: followers wait on it.
     feed_head: watch::Receiver<u64>,
+    recent_feed: Arc<RecentFeed>,
     /// Every id the counter handed out or moved past that is stored here
     /// was at most this when the shard was opened: where the counter
     /// restarts.
@@ -125,12 +133,16 @@ impl Shard {
             status: Arc::new(ShardStatus::default()),
             feed_head: Arc::new(watch::Sender::new(0)),
             feed_published,
+            recent_feed: Arc::new(RecentFeed::new(
+                (RECENT_FEED_ENTRIES / options.shards.get() as usize).max(1024),
+            )),
         };
         let (writes, opened) = setup.file.open_at_boot(options.boot_check).await?;
         let mut writer = setup.writer_on(writes, opened);
         writer.compact_at_open().await?;
         let counter_high = writer.ids.counter;
         let feed_head = setup.feed_head.subscribe();
+        let recent_feed = setup.recent_feed.clone();
         let reads = setup
             .file
             .open_reads(options.read_connections, options.queue_wait)
@@ -149,6 +161,7 @@ impl Shard {
             queue_wait: options.queue_wait,
             queue_capacity_bytes: options.writer_queue_bytes,
             feed_head,
+            recent_feed,
             counter_high,
         })
     }
@@ -286,6 +299,11 @@ impl Shard {
         self.reads.reserve().await
     }
 
+    /// The last entries published, for readers near the head.
+    pub fn recent_feed(&self) -> &RecentFeed {
+        &self.recent_feed
+    }
+
     /// The feed's last entry published (committed, and in the cache).
     pub fn published_seq(&self) -> u64 {
         *self.feed_head.borrow()
@@ -342,6 +360,7 @@ impl WriterSetup {
                 last_seq: opened.last_seq,
                 head: self.feed_head.clone(),
                 published: self.feed_published.clone(),
+                recent: self.recent_feed.clone(),
                 retention: self.options.feed_retention,
                 keep: self.options.feed_max_entries,
             },

@@ -84,6 +84,8 @@ pub struct FeedWriter {
     /// Told of every publication, by every shard: what waiting readers
     /// of the whole feed wait on.
     pub published: Arc<watch::Sender<u64>>,
+    /// The last entries published, kept in memory for readers.
+    pub recent: Arc<super::feed::RecentFeed>,
     /// Entries older than this are compacted away...
     pub retention: Duration,
     /// ...and all but the last this many.
@@ -108,9 +110,10 @@ impl FeedWriter {
     }
 
     /// Takes the numbers of committed `entries` and wakes the readers.
-    fn published(&mut self, entries: usize) {
-        if entries > 0 {
-            self.last_seq += entries as u64;
+    fn published(&mut self, entries: &[FeedEntry]) {
+        if let Some(last) = entries.last() {
+            self.recent.push(entries);
+            self.last_seq = last.seq;
             self.head.send_replace(self.last_seq);
             self.published.send_modify(|count| *count = count.wrapping_add(1));
         }
@@ -139,7 +142,7 @@ struct Applied {
     answers: Vec<WriteResult>,
     changes: HashMap<DocKey, Change>,
     /// Feed entries committed with the changes.
-    entries: usize,
+    entries: Vec<FeedEntry>,
     ids: IdBounds,
     ceilings: IdBounds,
 }
@@ -436,7 +439,7 @@ impl Writer {
         self.set_unpublished(Vec::new());
         // Readers of the feed wake only now, when what it names is in the
         // cache too.
-        self.feed.published(applied.entries);
+        self.feed.published(&applied.entries);
         let mut answers = applied.answers.into_iter();
         for (count, reply) in replies {
             // The client may have gone; its write is committed all the same.
@@ -529,7 +532,7 @@ impl Writer {
         }
 
         let (ceilings, entries) = if changes.is_empty() {
-            (self.ceilings, 0)
+            (self.ceilings, Vec::new())
         } else {
             self.set_unpublished(changes.keys().cloned().collect());
             self.persist(&changes, ids, now).await?
@@ -640,7 +643,7 @@ impl Writer {
         changes: &HashMap<DocKey, Change>,
         ids: IdBounds,
         now: i64,
-    ) -> Result<(IdBounds, usize), StoreError> {
+    ) -> Result<(IdBounds, Vec<FeedEntry>), StoreError> {
         let shard = self.shard;
         let ceilings = ids
             .exceeds(self.ceilings)
@@ -677,7 +680,7 @@ impl Writer {
         if self.panic_after_commit {
             panic!("injected fault: shard {shard}'s writer panics after a commit");
         }
-        Ok((ceilings.unwrap_or(self.ceilings), feed.len()))
+        Ok((ceilings.unwrap_or(self.ceilings), feed))
     }
 
     /// Removes up to `SWEEP_LIMIT` expired documents and drops them from the
@@ -727,7 +730,7 @@ impl Writer {
             self.cache.committed(&entry.key, None, true).await;
         }
         self.set_unpublished(Vec::new());
-        self.feed.published(feed.len());
+        self.feed.published(&feed);
         Ok(done)
     }
 
