@@ -116,6 +116,7 @@ impl Application {
             backup_dir: self.settings.backup_dir.clone(),
             metrics: self.metrics.clone(),
             feed_max_subscribers: self.settings.feed_max_subscribers,
+            feed_heartbeat: self.settings.feed_heartbeat,
             stopping: stopping_rx,
         };
         let routes = api::routes(&self.store, &options);

@@ -48,6 +48,8 @@ pub struct Settings {
     pub feed_max_entries: u64,
     /// Clients that may follow the change feed at once.
     pub feed_max_subscribers: usize,
+    /// How often a quiet event stream sends a comment line.
+    pub feed_heartbeat: Duration,
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
     pub backup_dir: PathBuf,
@@ -210,6 +212,12 @@ pub const SETTINGS: &[SettingDoc] = &[
         env: "EXDAAS_FEED_MAX_SUBSCRIBERS",
         default: "256",
         meaning: "clients that may wait on the change feed at once (long polls and streams; beyond: 503)",
+    },
+    SettingDoc {
+        key: "feed_heartbeat_seconds",
+        env: "EXDAAS_FEED_HEARTBEAT_SECONDS",
+        default: "15",
+        meaning: "seconds between comment lines on a quiet event stream (under your proxies' idle timeout)",
     },
     SettingDoc {
         key: "boot_check",
@@ -423,6 +431,13 @@ impl Settings {
                 100_000,
                 "an integer from 1 to 100000",
             )?,
+            feed_heartbeat: Duration::from_secs(ranged(
+                "EXDAAS_FEED_HEARTBEAT_SECONDS",
+                &raw("feed_heartbeat_seconds")?,
+                1,
+                300,
+                "seconds from 1 to 300",
+            )? as u64),
             boot_check: match raw("boot_check")?.trim().to_ascii_lowercase().as_str() {
                 "quick" => true,
                 "off" => false,

@@ -3,14 +3,13 @@
 //! each document's changes were committed, each with the cursor to resume
 //! after it (see `store::feed`).
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream;
+use futures_util::{stream, StreamExt};
 use poem::http::StatusCode;
-use poem::web::sse::{Event, SSE};
+use poem::web::sse::Event;
 use poem::{IntoResponse, Request, Response};
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, MetaSchema, MetaSchemaRef, Registry};
@@ -34,9 +33,6 @@ const DEFAULT_LIMIT: usize = 100;
 /// The longest a long poll waits. Behind a proxy that gives up on a quiet
 /// request (Heroku's router after 30 seconds), ask for less.
 const MAX_WAIT_SECS: u64 = 300;
-/// A comment line this often keeps an idle event stream open through
-/// proxies, and shows a gone client (the write fails) within as long.
-const HEARTBEAT: Duration = Duration::from_secs(15);
 /// How long a stream pauses when the feed's reads are all taken.
 const BUSY_PAUSE: Duration = Duration::from_millis(50);
 
@@ -50,6 +46,10 @@ pub struct FeedApi {
     /// (`EXDAAS_FEED_MAX_SUBSCRIBERS`).
     pub followers: Arc<Semaphore>,
     pub max_followers: usize,
+    /// A comment line this often keeps a quiet event stream open through
+    /// proxies, and shows a gone client (the write fails) within as long
+    /// (`EXDAAS_FEED_HEARTBEAT_SECONDS`).
+    pub heartbeat: Duration,
     /// Turns true when the server stops: waits end, streams close.
     pub stopping: watch::Receiver<bool>,
     pub metrics: Arc<Metrics>,
@@ -356,17 +356,23 @@ impl FeedApi {
                 request,
                 include_docs,
                 page_bytes: self.page_bytes,
+                heartbeat: self.heartbeat,
                 stopping: self.stopping.clone(),
-                pending: VecDeque::new(),
                 first: Some(first),
+                sent: None,
                 ended: false,
                 lag: self.metrics.feed_lags.join(),
                 metrics: self.metrics.clone(),
                 _following: following,
             };
-            let events = stream::unfold(stream, EventStream::next);
+            let chunks = stream::unfold(stream, EventStream::next).map(Ok::<_, std::io::Error>);
             return Ok(ChangesResponse::Stream(
-                SSE::new(events).keep_alive(HEARTBEAT).into_response(),
+                Response::builder()
+                    .content_type("text/event-stream")
+                    .header("Cache-Control", "no-cache")
+                    // nginx and its kin: pass each event on at once.
+                    .header("X-Accel-Buffering", "no")
+                    .body(poem::Body::from_bytes_stream(chunks)),
             ));
         }
         let page = if wait > 0 {
@@ -435,19 +441,22 @@ impl Drop for Following {
     }
 }
 
-/// An event stream's state between events.
+/// An event stream's state between pages. Each page of the feed goes out
+/// as one chunk of events (framed by poem's `Event`), read when the client
+/// has taken the last one: a slow client holds no more than a page of the
+/// server's memory.
 struct EventStream {
     store: Store,
     request: FeedRequest,
     include_docs: bool,
     page_bytes: usize,
+    heartbeat: Duration,
     stopping: watch::Receiver<bool>,
-    /// Events read and not yet sent, with their changes' commit times:
-    /// at most one page, read when the client has taken the last one, so a
-    /// slow client holds no more than that.
-    pending: VecDeque<(Event, i64)>,
     /// The page read before the stream began.
     first: Option<FeedPage>,
+    /// A page chunk was handed out; once the client takes it, the stream
+    /// is behind since this commit time (`None`: caught up).
+    sent: Option<Option<i64>>,
     /// The final event was sent.
     ended: bool,
     lag: StreamLag,
@@ -455,19 +464,20 @@ struct EventStream {
     _following: Following,
 }
 
+/// A comment line: keeps a quiet stream open through proxies, and shows a
+/// gone client (the write fails).
+const HEARTBEAT_LINE: &[u8] = b":\n\n";
+
 impl EventStream {
-    /// The next event, waiting for changes as long as it takes; `None`
-    /// ends the stream, after a final `end` event saying why and, when the
-    /// client can, where to resume.
-    async fn next(mut self) -> Option<(Event, Self)> {
+    /// The next chunk: a page of `change` events, a heartbeat after
+    /// the heartbeat's time without one, or a final `end` event saying why the
+    /// stream ends and, when the client can, where to resume; `None` after
+    /// that.
+    async fn next(mut self) -> Option<(Bytes, Self)> {
+        if let Some(behind) = self.sent.take() {
+            self.lag.behind_since(behind);
+        }
         loop {
-            if let Some((event, _)) = self.pending.pop_front() {
-                self.metrics.feed_changes_sent.inc();
-                // Still behind by what is left of the page; caught up, as
-                // far as it knows, once the page is sent.
-                self.lag.behind_since(self.pending.front().map(|(_, at)| *at));
-                return Some((event, self));
-            }
             if self.ended {
                 return None;
             }
@@ -481,9 +491,7 @@ impl EventStream {
             let page = match self.first.take() {
                 Some(page) => Ok(page),
                 None => {
-                    // Wait as long as it takes: the heartbeat shows a gone
-                    // client meanwhile.
-                    let deadline = Instant::now() + Duration::from_secs(3600);
+                    let deadline = Instant::now() + self.heartbeat;
                     let mut stopping = self.stopping.clone();
                     self.store
                         .next_changes(self.request.clone(), deadline, &mut stopping)
@@ -511,22 +519,30 @@ impl EventStream {
                     return Some((end, self));
                 }
             };
+            self.request.start = FeedStart::After(page.cursor.clone());
+            let (Some(first), Some(last)) = (page.items.first(), page.items.last()) else {
+                if *self.stopping.borrow() {
+                    continue;
+                }
+                return Some((Bytes::from_static(HEARTBEAT_LINE), self));
+            };
+            self.lag.behind_since(Some(first.entry.at_ms));
+            self.sent = Some(page.more.then_some(last.entry.at_ms));
+            let mut chunk = String::with_capacity(changes.iter().map(|c| c.len() + 96).sum());
             let mut at = page.start.clone();
             for (item, change) in page.items.iter().zip(changes) {
                 at.after(item);
                 let event = Event::message(change).event_type("change").id(at.to_string());
-                self.pending.push_back((event, item.entry.at_ms));
+                chunk.push_str(&event.to_string());
             }
-            if let Some((_, at_ms)) = self.pending.front() {
-                self.lag.behind_since(Some(*at_ms));
-            }
-            self.request.start = FeedStart::After(page.cursor);
+            self.metrics.feed_changes_sent.inc_by(page.items.len() as u64);
+            return Some((Bytes::from(chunk), self));
         }
     }
 
     /// The stream's last event: a Problem as its data and, unless the feed
     /// can no longer be followed from here (410), the cursor to resume from.
-    fn end(&mut self, status: &StatusCode, detail: &str) -> Event {
+    fn end(&mut self, status: &StatusCode, detail: &str) -> Bytes {
         self.ended = true;
         let problem = serde_json::json!({
             "type": "about:blank",
@@ -535,10 +551,11 @@ impl EventStream {
             "detail": detail,
         });
         let event = Event::message(problem.to_string()).event_type("end");
-        match &self.request.start {
+        let event = match &self.request.start {
             FeedStart::After(cursor) if *status != StatusCode::GONE => event.id(cursor.to_string()),
             _ => event,
-        }
+        };
+        Bytes::from(event.to_string())
     }
 }
 

@@ -60,6 +60,8 @@ pub struct ApiOptions {
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Clients that may wait on the change feed at once.
     pub feed_max_subscribers: usize,
+    /// How often a quiet event stream sends a comment line.
+    pub feed_heartbeat: std::time::Duration,
     /// Turns true when the server stops: feed waits end, streams close.
     pub stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -99,6 +101,7 @@ pub fn openapi(store: &Store, options: &ApiOptions) -> OpenApiService<Apis, ()> 
                 page_bytes: options.max_page_bytes,
                 followers: std::sync::Arc::new(tokio::sync::Semaphore::new(options.feed_max_subscribers)),
                 max_followers: options.feed_max_subscribers,
+                heartbeat: options.feed_heartbeat,
                 stopping: options.stopping.clone(),
                 metrics: options.metrics.clone(),
             },

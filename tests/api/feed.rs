@@ -752,3 +752,40 @@ async fn stopping_the_server_ends_long_polls_and_streams_with_where_to_resume() 
     assert!(!end.id.is_empty(), "it says where to resume");
     assert!(stream.next(Duration::from_secs(2)).await.is_none(), "the stream ended");
 }
+
+#[tokio::test]
+async fn a_quiet_stream_sends_heartbeats_and_still_delivers_what_comes_after() {
+    let app = spawn_app_with(&[("EXDAAS_FEED_HEARTBEAT_SECONDS", "1")]).await;
+    let resp = send(
+        app.client
+            .get(app.url("/v1/changes"))
+            .header("Accept", "text/event-stream"),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["cache-control"],
+        "no-cache",
+        "proxies must not cache a stream"
+    );
+    let mut stream = Events {
+        resp,
+        buffer: String::new(),
+    };
+    // Nothing changes for a while: comment lines keep the connection open.
+    let mut heartbeats = 0;
+    let quiet_until = tokio::time::Instant::now() + Duration::from_millis(2500);
+    while let Ok(chunk) = tokio::time::timeout_at(quiet_until, stream.resp.chunk()).await {
+        let chunk = chunk.expect("the stream stays open").expect("the stream has not ended");
+        assert_eq!(&chunk[..], b":\n\n", "a quiet stream sends only heartbeats");
+        heartbeats += 1;
+    }
+    assert!(heartbeats >= 2, "{heartbeats} heartbeats in 2.5 s at one a second");
+    let put = app.put_doc("quiet", "a", &json!({"n": 1})).await;
+    assert!(put.status().is_success(), "{}", put.status());
+    let event = stream
+        .next(Duration::from_secs(5))
+        .await
+        .expect("the change after the quiet");
+    assert_eq!((event.kind.as_str(), &event.data["id"]), ("change", &json!("a")));
+}
