@@ -10,6 +10,7 @@ use poem::Server;
 use crate::api;
 use crate::api::auth::Access;
 use crate::config::{Settings, SettingsError};
+use crate::listener::StalledPeersClosed;
 use crate::metrics::Metrics;
 use crate::stats::StoreEvents;
 use crate::store::{Store, StoreError, StoreOptions};
@@ -120,7 +121,8 @@ impl Application {
             stopping: stopping_rx,
         };
         let routes = api::routes(&self.store, &options);
-        let served = Server::new_with_acceptor(self.acceptor)
+        let acceptor = StalledPeersClosed::new(self.acceptor, self.settings.send_timeout);
+        let served = Server::new_with_acceptor(acceptor)
             .run_with_graceful_shutdown(routes, stop, Some(self.settings.shutdown_timeout))
             .await;
         tracing::info!("stopped accepting requests; draining writers");

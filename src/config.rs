@@ -51,6 +51,8 @@ pub struct Settings {
     /// How often a quiet event stream sends a comment line.
     pub feed_heartbeat: Duration,
     pub shutdown_timeout: Duration,
+    /// A connection whose peer takes no bytes for this long is closed.
+    pub send_timeout: Duration,
     pub log_format: LogFormat,
     pub backup_dir: PathBuf,
     /// Empty: the API is open to everyone, as the original was.
@@ -214,8 +216,8 @@ pub const SETTINGS: &[SettingDoc] = &[
         meaning: "clients that may wait on the change feed at once (long polls and streams; beyond: 503)",
     },
     SettingDoc {
-        key: "feed_heartbeat_seconds",
-        env: "EXDAAS_FEED_HEARTBEAT_SECONDS",
+        key: "feed_heartbeat_secs",
+        env: "EXDAAS_FEED_HEARTBEAT_SECS",
         default: "15",
         meaning: "seconds between comment lines on a quiet event stream (under your proxies' idle timeout)",
     },
@@ -236,6 +238,12 @@ pub const SETTINGS: &[SettingDoc] = &[
         env: "EXDAAS_SHUTDOWN_TIMEOUT_SECS",
         default: "30",
         meaning: "how long SIGTERM waits for requests in flight",
+    },
+    SettingDoc {
+        key: "send_timeout_secs",
+        env: "EXDAAS_SEND_TIMEOUT_SECS",
+        default: "60",
+        meaning: "a connection whose client takes no bytes of an answer for this long is closed",
     },
     SettingDoc {
         key: "backup_dir",
@@ -432,8 +440,8 @@ impl Settings {
                 "an integer from 1 to 100000",
             )?,
             feed_heartbeat: Duration::from_secs(ranged(
-                "EXDAAS_FEED_HEARTBEAT_SECONDS",
-                &raw("feed_heartbeat_seconds")?,
+                "EXDAAS_FEED_HEARTBEAT_SECS",
+                &raw("feed_heartbeat_secs")?,
                 1,
                 300,
                 "seconds from 1 to 300",
@@ -456,6 +464,13 @@ impl Settings {
                 0,
                 3600,
                 "seconds from 0 to 3600",
+            )? as u64),
+            send_timeout: Duration::from_secs(ranged(
+                "EXDAAS_SEND_TIMEOUT_SECS",
+                &raw("send_timeout_secs")?,
+                1,
+                3600,
+                "seconds from 1 to 3600",
             )? as u64),
             log_format: match raw("log_format")?.trim().to_ascii_lowercase().as_str() {
                 "text" => LogFormat::Text,

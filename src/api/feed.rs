@@ -48,7 +48,7 @@ pub struct FeedApi {
     pub max_followers: usize,
     /// A comment line this often keeps a quiet event stream open through
     /// proxies, and shows a gone client (the write fails) within as long
-    /// (`EXDAAS_FEED_HEARTBEAT_SECONDS`).
+    /// (`EXDAAS_FEED_HEARTBEAT_SECS`).
     pub heartbeat: Duration,
     /// Turns true when the server stops: waits end, streams close.
     pub stopping: watch::Receiver<bool>,

@@ -755,7 +755,7 @@ async fn stopping_the_server_ends_long_polls_and_streams_with_where_to_resume() 
 
 #[tokio::test]
 async fn a_quiet_stream_sends_heartbeats_and_still_delivers_what_comes_after() {
-    let app = spawn_app_with(&[("EXDAAS_FEED_HEARTBEAT_SECONDS", "1")]).await;
+    let app = spawn_app_with(&[("EXDAAS_FEED_HEARTBEAT_SECS", "1")]).await;
     let resp = send(
         app.client
             .get(app.url("/v1/changes"))
@@ -788,4 +788,50 @@ async fn a_quiet_stream_sends_heartbeats_and_still_delivers_what_comes_after() {
         .await
         .expect("the change after the quiet");
     assert_eq!((event.kind.as_str(), &event.data["id"]), ("change", &json!("a")));
+}
+
+#[tokio::test]
+async fn a_stream_whose_client_stops_reading_is_closed_and_gives_back_its_place() {
+    let app = spawn_app_with(&[("EXDAAS_FEED_MAX_SUBSCRIBERS", "1"), ("EXDAAS_SEND_TIMEOUT_SECS", "2")]).await;
+    // A follower that asks for documents and then never reads a byte.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("a small receive buffer");
+    let addr = app.address.trim_start_matches("http://").parse().expect("address");
+    let mut stalled = socket.connect(addr).await.expect("connect");
+    let head = "GET /v1/changes?include_docs=true HTTP/1.1\r\nHost: exdaas\r\nAccept: text/event-stream\r\n\r\n";
+    tokio::io::AsyncWriteExt::write_all(&mut stalled, head.as_bytes())
+        .await
+        .expect("request sent");
+    let waiting = || async { app.get("/v1/changes?wait=1").await.status() };
+    let mut held = false;
+    for _ in 0..50 {
+        held = waiting().await == 503;
+        if held {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(held, "the stalled stream holds the only follower's place");
+    // Far more than the socket buffers take: the server's writes stall.
+    let big = "x".repeat(256 * 1024);
+    for i in 0..64 {
+        let put = app.put_doc("big", &format!("d{i}"), &json!({ "blob": big })).await;
+        assert!(put.status().is_success(), "{}", put.status());
+    }
+    let started = Instant::now();
+    loop {
+        let status = waiting().await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the stalled client still holds its place after {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Other clients were served all along, and still are.
+    assert_eq!(app.get_doc("big", "d0").await.status(), 200);
 }
