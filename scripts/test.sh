@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The bootstrapping test script, as in the original: makes sure what the tests
 # need is here, then checks formatting, lints (Rust, and the shipping files
-# through scripts/lint.sh, which installs its linters), runs every test, and
-# fuzzes the release server's API with schemathesis (scripts/api-fuzz.sh).
+# through scripts/lint.sh, which installs its linters), runs every test on
+# SQLite and the integration suite again on a private PostgreSQL
+# (scripts/postgres.sh installs and starts one), and fuzzes the release
+# server's API with schemathesis (scripts/api-fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,10 +29,23 @@ cargo clippy --all-targets -- -D warnings
 echo "==> scripts/lint.sh (Dockerfile, Kubernetes manifests, workflows, shell scripts)"
 ./scripts/lint.sh
 
-echo "==> cargo test"
+echo "==> cargo test (SQLite: shard files in temporary data folders)"
 log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
+pgdata=""
+# shellcheck disable=SC2317 # called by the EXIT trap
+cleanup() {
+    rm -f "$log"
+    if [ -n "$pgdata" ]; then ./scripts/postgres.sh stop "$pgdata"; fi
+}
+trap cleanup EXIT
 cargo test --all-targets 2>&1 | tee "$log"
+
+echo "==> the integration suite again, on a private PostgreSQL (scripts/postgres.sh)"
+pg_env="$(./scripts/postgres.sh start)"
+eval "$pg_env"
+pgdata="$EXDAAS_TEST_PGDATA"
+EXDAAS_TEST_DATABASE_URL="$EXDAAS_TEST_DATABASE_URL" cargo test --test api 2>&1 | tee -a "$log"
+unset EXDAAS_TEST_DATABASE_URL
 
 echo "==> the release binary carries no test-only hooks"
 cargo build --release

@@ -33,6 +33,7 @@ impl BootError {
             BootError::Settings(_)
             | BootError::Store(StoreError::DataFolder { .. })
             | BootError::Store(StoreError::ShardCountMismatch { .. })
+            | BootError::Store(StoreError::Database { .. })
             | BootError::Store(StoreError::CorruptFile { .. }) => 2,
             _ => 1,
         }
@@ -80,7 +81,17 @@ impl Application {
                 .map(|c| c.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(","));
             tracing::info!(key = %key.label(), scope = key.scope.as_str(), collections = collections.as_deref().unwrap_or("all"), "API key configured");
         }
-        tracing::info!(%addr, port, shards = settings.shards.get(), data_dir = %settings.data_dir.display(), sync = settings.sync.as_str(), "exdaas listening");
+        match &settings.database_url {
+            None => {
+                tracing::info!(%addr, port, engine = "sqlite", shards = settings.shards.get(), data_dir = %settings.data_dir.display(), sync = settings.sync.as_str(), "exdaas listening")
+            }
+            Some(url) => {
+                tracing::info!(%addr, port, engine = "postgresql", shards = settings.shards.get(), database = %crate::config::redact_url(url), "exdaas listening");
+                if !settings.ignored.is_empty() {
+                    tracing::warn!(ignored = %settings.ignored.join(", "), "these settings are for the data folder's files and mean nothing with EXDAAS_DATABASE_URL; they are ignored");
+                }
+            }
+        }
         Ok(Self {
             settings,
             store,
@@ -137,6 +148,7 @@ impl Application {
 pub fn store_options(settings: &Settings, events: Arc<dyn StoreEvents>) -> StoreOptions {
     StoreOptions {
         data_dir: settings.data_dir.clone(),
+        database_url: settings.database_url.clone(),
         shards: settings.shards,
         sync: settings.sync,
         cache_bytes: settings.cache_bytes,

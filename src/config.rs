@@ -28,6 +28,12 @@ pub struct Settings {
     pub listen_addr: IpAddr,
     pub port: u16,
     pub data_dir: PathBuf,
+    /// A PostgreSQL-protocol database (`postgres://…`) instead of the data
+    /// folder's files.
+    pub database_url: Option<String>,
+    /// Settings that were set but mean nothing on the chosen engine, for
+    /// the boot to name.
+    pub ignored: Vec<&'static str>,
     pub shards: ShardCount,
     pub cache_bytes: u64,
     pub max_body_bytes: usize,
@@ -136,6 +142,12 @@ pub const SETTINGS: &[SettingDoc] = &[
         env: "DETS_ROOT",
         default: "./data",
         meaning: "data folder (created if missing)",
+    },
+    SettingDoc {
+        key: "database_url",
+        env: "EXDAAS_DATABASE_URL",
+        default: "",
+        meaning: "postgres://… : keep the documents in a PostgreSQL-protocol database instead of DETS_ROOT (any number of replicas may share it)",
     },
     SettingDoc {
         key: "shard_limit",
@@ -286,6 +298,20 @@ pub enum SettingsError {
     File { path: String, reason: String },
 }
 
+/// `url` without its password, fit for an error message or a log.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &credentials[..colon], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
 impl Settings {
     /// Reads the settings from this process's environment.
     pub fn load() -> Result<Self, SettingsError> {
@@ -343,6 +369,29 @@ impl Settings {
                 "an IP address such as 0.0.0.0 or ::1",
             )?,
             port: parse("PORT", &raw("port")?, "a TCP port from 0 to 65535")?,
+            database_url: {
+                let url = raw("database_url")?;
+                let url = url.trim();
+                if url.is_empty() {
+                    None
+                } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                    Some(url.to_owned())
+                } else {
+                    return Err(invalid(
+                        "EXDAAS_DATABASE_URL",
+                        &redact_url(url),
+                        "a postgres:// or postgresql:// URL",
+                    ));
+                }
+            },
+            ignored: if raw("database_url")?.trim().is_empty() {
+                Vec::new()
+            } else {
+                ["DETS_ROOT", "EXDAAS_SYNC", "EXDAAS_BOOT_CHECK"]
+                    .into_iter()
+                    .filter(|name| env.contains_key(*name))
+                    .collect()
+            },
             data_dir: {
                 let dir = raw("dets_root")?;
                 if dir.trim().is_empty() {
@@ -611,5 +660,28 @@ mod tests {
         let path = path.to_string_lossy().into_owned();
         let s = Settings::from_env(env(&[("EXDAAS_CONFIG", &path), ("PORT", "6000")])).expect("valid");
         assert_eq!((s.shards.get(), s.port), (8, 6000));
+    }
+
+    #[test]
+    fn a_database_url_chooses_postgresql_and_names_what_it_ignores() {
+        let s = Settings::from_env(env(&[
+            ("EXDAAS_DATABASE_URL", "postgres://exdaas:secret@db:5432/exdaas"),
+            ("DETS_ROOT", "/data"),
+        ]))
+        .expect("valid");
+        assert_eq!(
+            s.database_url.as_deref(),
+            Some("postgres://exdaas:secret@db:5432/exdaas")
+        );
+        assert_eq!(s.ignored, vec!["DETS_ROOT"]);
+        assert!(Settings::from_env(env(&[])).expect("valid").database_url.is_none());
+        let err = Settings::from_env(env(&[("EXDAAS_DATABASE_URL", "mysql://root:hunter2@db/x")]))
+            .expect_err("not PostgreSQL")
+            .to_string();
+        assert!(
+            err.contains("EXDAAS_DATABASE_URL") && err.contains("postgres://"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "the password stays out of messages: {err}");
     }
 }

@@ -47,6 +47,9 @@ pub struct Metrics {
     /// Where each event stream stands, for the slowest one's lag.
     pub feed_lags: Arc<FeedLags>,
     feed_slowest_lag: prometheus::Gauge,
+    /// Transactions run again after the engine refused them for a
+    /// concurrent one (a shared database).
+    conflict_retries: IntCounter,
 }
 
 /// How far behind the live event streams of the change feed are: for
@@ -141,6 +144,10 @@ impl StoreEvents for Metrics {
             commit_seconds.observe(seconds);
         }
     }
+
+    fn conflict_retried(&self, _shard: usize) {
+        self.conflict_retries.inc();
+    }
 }
 
 impl Default for Metrics {
@@ -230,6 +237,10 @@ impl Metrics {
                 "exdaas_feed_changes_sent_total",
                 "Change-feed entries sent to clients, in pages and event streams.",
             )),
+            conflict_retries: built(IntCounter::new(
+                "exdaas_transaction_retries_total",
+                "Write transactions run again because the database refused them for a concurrent one (40001, 40P01).",
+            )),
             feed_lags: Arc::new(FeedLags::default()),
             feed_slowest_lag: built(prometheus::Gauge::new(
                 "exdaas_feed_slowest_lag_seconds",
@@ -239,7 +250,8 @@ impl Metrics {
             counted_at: Mutex::new(None),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 14] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
+            Box::new(metrics.conflict_retries.clone()),
             Box::new(metrics.feed_slowest_lag.clone()),
             Box::new(metrics.feed_followers.clone()),
             Box::new(metrics.feed_changes_sent.clone()),

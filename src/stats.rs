@@ -11,6 +11,9 @@ pub trait StoreEvents: Send + Sync + std::fmt::Debug {
     fn batch(&self, shard: usize, requests: usize);
     /// Shard `shard`'s writer wrote and committed a batch in `seconds`.
     fn commit(&self, shard: usize, seconds: f64);
+    /// Shard `shard`'s writer ran a transaction again: the engine refused
+    /// it for a concurrent one.
+    fn conflict_retried(&self, shard: usize);
 }
 
 /// Events that go nowhere: tools and benchmarks that serve no metrics.
@@ -21,6 +24,7 @@ impl StoreEvents for NoEvents {
     fn cache_read(&self, _hit: bool) {}
     fn batch(&self, _shard: usize, _requests: usize) {}
     fn commit(&self, _shard: usize, _seconds: f64) {}
+    fn conflict_retried(&self, _shard: usize) {}
 }
 
 /// What one shard is doing.

@@ -98,6 +98,7 @@ impl ApiError {
                 ErrorKind::Other => StatusCode::INTERNAL_SERVER_ERROR,
             },
             StoreError::DataFolder { .. }
+            | StoreError::Database { .. }
             | StoreError::CorruptFile { .. }
             | StoreError::ShardCountMismatch { .. }
             | StoreError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -71,6 +71,9 @@ impl Document {
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     pub data_dir: PathBuf,
+    /// A PostgreSQL-protocol database to keep the documents in, instead of
+    /// the files of `data_dir`.
+    pub database_url: Option<String>,
     pub shards: ShardCount,
     pub sync: SyncMode,
     pub cache_bytes: u64,
@@ -158,6 +161,9 @@ pub enum StoreError {
     DataFolder { path: PathBuf, reason: String },
     #[error("{path:?}: {reason}")]
     CorruptFile { path: PathBuf, reason: String },
+    /// The database (EXDAAS_DATABASE_URL) cannot be used.
+    #[error("the database: {reason}")]
+    Database { reason: String },
     #[error(
         "data folder {path:?} was written with SHARD_LIMIT={on_disk}, but SHARD_LIMIT={configured} is set; \
          start with SHARD_LIMIT={on_disk}, or move the folder to {configured} shards with \
@@ -217,6 +223,7 @@ impl StoreError {
             },
             StoreError::DataFolder { .. }
             | StoreError::CorruptFile { .. }
+            | StoreError::Database { .. }
             | StoreError::ShardCountMismatch { .. }
             | StoreError::Internal(_) => "the store failed".to_owned(),
             StoreError::PreconditionFailed { .. }
@@ -308,18 +315,45 @@ impl Store {
     /// Checks the data folder, opens every shard, starts the writers and warms
     /// the cache from disk.
     pub async fn open(options: StoreOptions) -> Result<Self, StoreError> {
-        let (layout, lock) = layout::prepare(&options.data_dir, options.shards)?;
+        let (files, origin, lock) = match &options.database_url {
+            None => {
+                let (layout, lock) = layout::prepare(&options.data_dir, options.shards)?;
+                let files = (0..options.shards.get() as usize)
+                    .map(|index| {
+                        engine::ShardFile::Sqlite(engine::sqlite::ShardFile {
+                            index,
+                            path: layout.shard_path(&options.data_dir, index),
+                            folder_id: layout.id(),
+                            sync: options.sync,
+                        })
+                    })
+                    .collect::<Vec<_>>();
+                (files, (layout.id(), layout.generation), Some((layout, lock)))
+            }
+            Some(url) => {
+                // Each shard's reads, its writer, and room for the feed's
+                // and the migrations' own.
+                let connections = options.shards.get() * (options.read_connections + 1) + 2;
+                let database = Arc::new(
+                    engine::postgres::PgDatabase::open(url, options.shards.get(), connections, options.queue_wait)
+                        .await?,
+                );
+                let files = (0..options.shards.get() as usize)
+                    .map(|index| {
+                        engine::ShardFile::Postgres(engine::postgres::PgShard {
+                            index,
+                            database: database.clone(),
+                        })
+                    })
+                    .collect::<Vec<_>>();
+                (files, (database.id, 1), None)
+            }
+        };
         let cache = DocCache::new(options.cache_bytes);
         let (shutdown, _) = watch::channel(false);
         let feed_published = Arc::new(watch::Sender::new(0));
-        let mut shards = Vec::with_capacity(options.shards.get() as usize);
-        for index in 0..options.shards.get() as usize {
-            let file = engine::ShardFile {
-                index,
-                path: layout.shard_path(&options.data_dir, index),
-                folder_id: layout.id(),
-                sync: options.sync,
-            };
+        let mut shards = Vec::with_capacity(files.len());
+        for file in files {
             match Shard::open(
                 file,
                 &options,
@@ -340,14 +374,19 @@ impl Store {
                 }
             }
         }
-        let created = layout::shards_created(&options.data_dir, &layout);
-        if let Err(err) = created {
-            let _ = shutdown.send(true);
-            for shard in &shards {
-                shard.close().await;
+        let lock = match lock {
+            Some((layout, lock)) => {
+                if let Err(err) = layout::shards_created(&options.data_dir, &layout) {
+                    let _ = shutdown.send(true);
+                    for shard in &shards {
+                        shard.close().await;
+                    }
+                    return Err(err);
+                }
+                Some(lock)
             }
-            return Err(err);
-        }
+            None => None,
+        };
         let highest_id = shards.iter().map(|s| s.counter_high).max().unwrap_or(0);
         let store = Store {
             inner: Arc::new(Inner {
@@ -356,13 +395,13 @@ impl Store {
                 cache,
                 ids: IdCounter::starting_after(highest_id),
                 shutdown,
-                lock: std::sync::Mutex::new(Some(lock)),
+                lock: std::sync::Mutex::new(lock),
                 data_dir: options.data_dir.clone(),
                 events: options.events.clone(),
                 page_bytes: options.page_bytes,
                 queue_wait: options.queue_wait,
-                folder_id: layout.id(),
-                generation: layout.generation,
+                folder_id: origin.0,
+                generation: origin.1,
                 feed_reads: tokio::sync::Semaphore::new((options.read_connections as usize / 2).max(1)),
                 feed_published,
             }),

@@ -123,7 +123,7 @@ impl Shard {
         shutdown: watch::Receiver<bool>,
         feed_published: Arc<watch::Sender<u64>>,
     ) -> Result<Self, StoreError> {
-        let index = file.index;
+        let index = file.index();
         let setup = WriterSetup {
             index,
             file,
@@ -338,6 +338,7 @@ impl Shard {
 impl WriterSetup {
     /// A writer over a freshly opened write connection.
     fn writer_on(&self, writes: ShardWrites, opened: Opened) -> Writer {
+        let in_memory = !writes.shared();
         self.feed_head.send_replace(opened.last_seq);
         Writer {
             shard: self.index,
@@ -357,6 +358,9 @@ impl WriterSetup {
             panic_after_commit: false,
             events: self.options.events.clone(),
             feed: FeedWriter {
+                // Where other processes write the shard too, entries this
+                // one publishes are not the whole run: none go in memory.
+                in_memory,
                 last_seq: opened.last_seq,
                 head: self.feed_head.clone(),
                 published: self.feed_published.clone(),

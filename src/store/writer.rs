@@ -76,6 +76,9 @@ const COMPACT_LIMIT: u64 = 10_000;
 
 /// A shard's side of the change feed, as its writer keeps it.
 pub struct FeedWriter {
+    /// Published entries go to `recent` (only where this writer makes every
+    /// entry of its shard).
+    pub in_memory: bool,
     /// The last sequence number committed.
     pub last_seq: u64,
     /// Told `last_seq` once a commit is published, so waiting readers
@@ -112,7 +115,9 @@ impl FeedWriter {
     /// Takes the numbers of committed `entries` and wakes the readers.
     fn published(&mut self, entries: &[FeedEntry]) {
         if let Some(last) = entries.last() {
-            self.recent.push(entries);
+            if self.in_memory {
+                self.recent.push(entries);
+            }
             self.last_seq = last.seq;
             self.head.send_replace(self.last_seq);
             self.published.send_modify(|count| *count = count.wrapping_add(1));
@@ -361,7 +366,7 @@ impl Writer {
     }
 
     async fn close(&mut self) {
-        self.writes.close(self.ids).await;
+        self.writes.close(self.ids, self.ceilings).await;
         tracing::info!(
             shard = self.shard,
             commits = self.commits,
@@ -378,7 +383,7 @@ impl Writer {
         batch: Vec<(Vec<WriteOp>, oneshot::Sender<Vec<WriteResult>>)>,
     ) -> Result<(), StoreError> {
         let groups: Vec<&[WriteOp]> = batch.iter().map(|(ops, _)| ops.as_slice()).collect();
-        let err = match self.apply(&groups).await {
+        let err = match self.apply_retrying(&groups).await {
             Ok(applied) => {
                 let replies = batch.into_iter().map(|(ops, reply)| (ops.len(), reply));
                 self.finish(applied, replies).await;
@@ -393,7 +398,7 @@ impl Writer {
         tracing::warn!(shard = self.shard, error = %err, requests = batch.len(), "batch failed; retrying its requests one by one");
         let mut requests = batch.into_iter();
         while let Some((ops, reply)) = requests.next() {
-            match self.apply(&[ops.as_slice()]).await {
+            match self.apply_retrying(&[ops.as_slice()]).await {
                 Ok(applied) => self.finish(applied, [(ops.len(), reply)]).await,
                 Err(err) => {
                     let broken = err.breaks_the_writer();
@@ -457,6 +462,38 @@ impl Writer {
         StoreError::engine(self.shard, err)
     }
 
+    /// Where other processes write the shard too: opens the transaction
+    /// that holds it, and takes what is committed as this writer's state
+    /// (feed head, id bounds). Nothing where this writer is the only one.
+    async fn begin(&mut self) -> Result<(), StoreError> {
+        let fresh = self.writes.begin().await.map_err(|e| self.engine_error(e))?;
+        if let Some(fresh) = fresh {
+            // The row holds ceilings, not exact ids: `ids` stays what this
+            // writer wrote, and only the ceilings are taken.
+            self.feed.last_seq = fresh.last_seq;
+            self.ceilings = fresh.ids;
+        }
+        Ok(())
+    }
+
+    /// `apply`, run again whole (after a pause that grows) while the engine
+    /// refuses it for a concurrent transaction: distributed engines ask
+    /// their clients to retry so, and a client should never see it.
+    async fn apply_retrying(&mut self, groups: &[&[WriteOp]]) -> Result<Applied, StoreError> {
+        let mut pause = Duration::from_millis(2);
+        for _ in 0..CONFLICT_RETRIES {
+            match self.apply(groups).await {
+                Err(StoreError::Engine { error, .. }) if error.kind == super::ErrorKind::Conflict => {
+                    self.events.conflict_retried(self.shard);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                other => return other,
+            }
+        }
+        self.apply(groups).await
+    }
+
     /// Applies the groups' operations in order, in one transaction.
     /// Per-operation refusals (a failed precondition) are answers; only
     /// database failures abort the whole.
@@ -467,6 +504,7 @@ impl Writer {
     /// are plain Rust.
     async fn apply(&mut self, groups: &[&[WriteOp]]) -> Result<Applied, StoreError> {
         let shard = self.shard;
+        self.begin().await?;
         let now = now_millis();
         let (mut state, refused) = self
             .committed_state(groups)
@@ -532,6 +570,7 @@ impl Writer {
         }
 
         let (ceilings, entries) = if changes.is_empty() {
+            self.writes.release().await;
             (self.ceilings, Vec::new())
         } else {
             self.set_unpublished(changes.keys().cloned().collect());
@@ -571,9 +610,12 @@ impl Writer {
             }
             // Every counter-shaped id stored in this shard is at most
             // `ids.stored`, so a fresh id above it needs no read.
-            let surely_absent =
-                op.expect == Expect::Absent && op.key.id.as_counter_value().is_some_and(|n| n > self.ids.stored);
-            let cached = if surely_absent {
+            // Where other processes write too, only the database knows.
+            let shared = self.writes.shared();
+            let surely_absent = !shared
+                && op.expect == Expect::Absent
+                && op.key.id.as_counter_value().is_some_and(|n| n > self.ids.stored);
+            let cached = if surely_absent || shared {
                 None
             } else {
                 self.cache.get(&op.key).await
@@ -687,6 +729,7 @@ impl Writer {
     /// cache. Readers already treat them as gone; this reclaims the space
     /// and tells the feed.
     async fn sweep(&mut self) -> Result<u32, StoreError> {
+        self.begin().await?;
         let found = self
             .writes
             .expired(now_millis(), SWEEP_LIMIT)
@@ -701,6 +744,7 @@ impl Writer {
 
     /// Deletes up to `limit` documents of `collection` in one transaction.
     async fn purge(&mut self, collection: &CollectionName, limit: u32) -> Result<u64, StoreError> {
+        self.begin().await?;
         let found = self
             .writes
             .in_collection(collection, limit)
@@ -714,6 +758,7 @@ impl Writer {
     /// first, so a writer dying in between still gets them evicted.
     async fn delete_and_evict(&mut self, found: Vec<(DocKey, u64)>, kind: ChangeKind) -> Result<u64, StoreError> {
         if found.is_empty() {
+            self.writes.release().await;
             return Ok(0);
         }
         let feed = self.feed.number(
@@ -768,6 +813,10 @@ impl Writer {
 /// of in every commit. A crash can skip up to this many ids; a clean stop
 /// records the exact highest one.
 const ID_RESERVE: u64 = 1024;
+
+/// Times a transaction refused for a concurrent one is run again before
+/// its error is the answer.
+const CONFLICT_RETRIES: u32 = 8;
 
 /// Stored documents up to this size come with their row's first read; the
 /// text of larger ones is read only when an operation needs it.

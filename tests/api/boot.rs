@@ -3,6 +3,8 @@
 
 use std::process::Command;
 
+use crate::helpers::skip_on_postgres;
+
 /// Runs the binary over a fresh data folder until it exits.
 fn run_exdaas(env: &[(&str, &str)]) -> (Option<i32>, String) {
     let data = tempfile::tempdir().expect("temp dir");
@@ -115,6 +117,9 @@ async fn a_shard_file_that_is_not_a_database_stops_the_start() {
 
 #[tokio::test]
 async fn a_foreign_database_in_place_of_a_shard_stops_the_start() {
+    if skip_on_postgres("the data folder's shard files and their lock") {
+        return;
+    }
     use sqlx::{ConnectOptions, Connection};
     let folder = written_folder(10).await;
     let shard = folder.path().join("shard-0002.sqlite3");
@@ -148,6 +153,9 @@ async fn a_foreign_database_in_place_of_a_shard_stops_the_start() {
 
 #[tokio::test]
 async fn a_damaged_shard_file_stops_the_start() {
+    if skip_on_postgres("the data folder's shard files and their lock") {
+        return;
+    }
     let folder = written_folder(300).await;
     let shard = folder.path().join("shard-0003.sqlite3");
     let mut bytes = std::fs::read(&shard).expect("read");
@@ -162,6 +170,9 @@ async fn a_damaged_shard_file_stops_the_start() {
 
 #[tokio::test]
 async fn a_shard_file_beyond_the_shard_count_stops_the_start() {
+    if skip_on_postgres("the data folder's shard files and their lock") {
+        return;
+    }
     let folder = written_folder(4).await;
     std::fs::copy(
         folder.path().join("shard-0000.sqlite3"),
@@ -174,6 +185,9 @@ async fn a_shard_file_beyond_the_shard_count_stops_the_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_server_on_the_same_folder_is_refused() {
+    if skip_on_postgres("the data folder's shard files and their lock") {
+        return;
+    }
     let folder = tempfile::tempdir().expect("temp dir");
     let mut first = crate::helpers::ServerProcess::start(folder.path(), &[]).await;
     let (code, stderr) = run_on(folder.path(), &[]);
@@ -189,6 +203,9 @@ async fn a_second_server_on_the_same_folder_is_refused() {
 
 #[tokio::test]
 async fn a_missing_shard_file_stops_the_start_instead_of_hiding_its_documents() {
+    if skip_on_postgres("the data folder's shard files and their lock") {
+        return;
+    }
     let folder = written_folder(40).await;
     std::fs::remove_file(folder.path().join("shard-0002.sqlite3")).expect("remove the shard");
     let (code, stderr) = run_on(folder.path(), &[]);
@@ -201,6 +218,9 @@ async fn a_missing_shard_file_stops_the_start_instead_of_hiding_its_documents() 
 
 #[tokio::test]
 async fn a_shard_file_of_another_folder_or_another_shard_stops_the_start() {
+    if skip_on_postgres("the data folder's shard files and their lock") {
+        return;
+    }
     let folder = written_folder(10).await;
     let other = written_folder(10).await;
     let shard = folder.path().join("shard-0001.sqlite3");
@@ -224,6 +244,9 @@ async fn a_shard_file_of_another_folder_or_another_shard_stops_the_start() {
 
 #[tokio::test]
 async fn a_folder_from_before_identities_boots_and_takes_one() {
+    if skip_on_postgres("the data folder's shard files and their lock") {
+        return;
+    }
     use sqlx::{ConnectOptions, Connection};
     let folder = written_folder(10).await;
     // What an older server left: no identity in the layout or the shards.
@@ -266,6 +289,9 @@ async fn a_folder_from_before_identities_boots_and_takes_one() {
 
 #[tokio::test]
 async fn a_first_boot_cut_short_before_every_shard_existed_boots_again() {
+    if skip_on_postgres("the data folder's shard files and their lock") {
+        return;
+    }
     let folder = tempfile::tempdir().expect("temp dir");
     let app = crate::helpers::spawn_app_on(folder.path(), &[]).await;
     app.stop().await;

@@ -24,6 +24,56 @@ pub struct TestApp {
     _folder: Option<TempDir>,
 }
 
+/// The engine the suite runs against: a PostgreSQL-protocol database when
+/// `EXDAAS_TEST_DATABASE_URL` is set (scripts/test.sh starts one), else
+/// SQLite files.
+pub fn on_postgres() -> bool {
+    std::env::var("EXDAAS_TEST_DATABASE_URL").is_ok_and(|url| !url.is_empty())
+}
+
+/// On PostgreSQL, the database standing for data folder `dir`: one per
+/// folder, created on first use, so a restart over the same folder finds
+/// the same data.
+pub fn database_for(dir: &Path) -> Option<String> {
+    use std::hash::{Hash, Hasher};
+    static CREATED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let admin = std::env::var("EXDAAS_TEST_DATABASE_URL")
+        .ok()
+        .filter(|url| !url.is_empty())?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    dir.hash(&mut hasher);
+    let name = format!("exdaas_test_{:016x}", hasher.finish());
+    let (base, _) = admin.rsplit_once('/').expect("a database URL ends with /name");
+    let url = format!("{base}/{name}");
+    let mut created = CREATED.lock().expect("created databases");
+    if !created.contains(&name) {
+        let statement = format!("CREATE DATABASE {name}");
+        // A thread of its own: callers may be inside a runtime or not.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .expect("the test database answers");
+                match sqlx::query(&statement).execute(&mut conn).await {
+                    Ok(_) => {}
+                    // Made by an earlier run over the same path.
+                    Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+                    Err(e) => panic!("{statement}: {e}"),
+                }
+            })
+        })
+        .join()
+        .expect("database created");
+        created.push(name);
+    }
+    Some(url)
+}
+
 /// Settings for a test server over `dir`, plus `extra` environment.
 pub fn test_settings(dir: &Path, extra: &[(&str, &str)]) -> Settings {
     let mut env: HashMap<String, String> = [
@@ -36,6 +86,9 @@ pub fn test_settings(dir: &Path, extra: &[(&str, &str)]) -> Settings {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     env.insert("DETS_ROOT".into(), dir.to_string_lossy().into_owned());
+    if let Some(url) = database_for(dir) {
+        env.insert("EXDAAS_DATABASE_URL".into(), url);
+    }
     for (k, v) in extra {
         env.insert(k.to_string(), v.to_string());
     }
@@ -212,9 +265,39 @@ pub fn doc_path(collection: &str, id: &str) -> String {
     format!("/v1/collections/{collection}/docs/{id}")
 }
 
-/// Rows of `collection` in each shard file of `dir`, read from disk with a
-/// read-only connection (expired rows included): what the server really keeps.
+/// True, after saying so, when the suite runs on PostgreSQL and the test is
+/// about what only the data folder's files have (`why`): the test ends there.
+pub fn skip_on_postgres(why: &str) -> bool {
+    let skip = on_postgres();
+    if skip {
+        eprintln!("not on PostgreSQL: {why}");
+    }
+    skip
+}
+
+/// Rows of `collection` in each shard of `dir` (a shard file, or on
+/// PostgreSQL a shard of the database standing for `dir`), read beside the
+/// server (expired rows included): what the server really keeps.
 pub async fn rows_on_disk(dir: &Path, collection: &str) -> Vec<i64> {
+    if let Some(url) = database_for(dir) {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&url).await.expect("the database answers");
+        let shards: i64 = sqlx::query_scalar("SELECT value FROM exdaas_meta WHERE key = 'shards'")
+            .fetch_one(&mut conn)
+            .await
+            .expect("shard count");
+        let mut counts = vec![0; usize::try_from(shards).expect("a count")];
+        let rows: Vec<(i32, i64)> =
+            sqlx::query_as("SELECT shard, count(*) FROM exdaas_documents WHERE collection = $1 GROUP BY shard")
+                .bind(collection)
+                .fetch_all(&mut conn)
+                .await
+                .expect("count rows");
+        for (shard, n) in rows {
+            counts[usize::try_from(shard).expect("a shard")] = n;
+        }
+        return counts;
+    }
     use sqlx::sqlite::SqliteConnectOptions;
     use sqlx::{ConnectOptions, Connection};
     let mut shards: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -268,6 +351,9 @@ impl ServerProcess {
             .env("RUST_LOG", "info")
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
+        if let Some(url) = database_for(dir) {
+            command.env("EXDAAS_DATABASE_URL", url);
+        }
         for (k, v) in extra {
             command.env(k, v);
         }

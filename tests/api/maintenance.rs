@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{json, send, spawn_app_on, spawn_app_with, TestApp};
+use crate::helpers::{json, send, skip_on_postgres, spawn_app_on, spawn_app_with, TestApp};
 
 /// What one run of the `exdaas` binary said.
 struct Run {
@@ -103,6 +103,9 @@ fn shard_files(root: &Path) -> Vec<PathBuf> {
 
 #[tokio::test]
 async fn a_backup_taken_under_load_restores_every_acknowledged_document() {
+    if skip_on_postgres("backup, restore, check and reshard are the data folder's commands") {
+        return;
+    }
     let data = tempfile::tempdir().expect("temp dir");
     let app = spawn_app_on(data.path(), &[]).await;
     import_docs(&app, "things", 500).await;
@@ -206,6 +209,9 @@ async fn a_backup_taken_under_load_restores_every_acknowledged_document() {
 
 #[tokio::test]
 async fn restore_refuses_a_folder_in_use_a_damaged_backup_and_a_partial_one() {
+    if skip_on_postgres("backup, restore, check and reshard are the data folder's commands") {
+        return;
+    }
     let data = tempfile::tempdir().expect("temp dir");
     let app = spawn_app_on(data.path(), &[]).await;
     import_docs(&app, "things", 50).await;
@@ -270,6 +276,9 @@ fn copy_folder(from: &Path, to: &Path) {
 
 #[tokio::test]
 async fn check_finds_a_document_in_the_wrong_shard() {
+    if skip_on_postgres("backup, restore, check and reshard are the data folder's commands") {
+        return;
+    }
     use sqlx::{ConnectOptions, Connection};
     let data = tempfile::tempdir().expect("temp dir");
     let app = spawn_app_on(data.path(), &[]).await;
@@ -320,6 +329,9 @@ async fn check_finds_a_document_in_the_wrong_shard() {
 
 #[tokio::test]
 async fn reshard_moves_every_document_and_the_server_boots_with_the_new_count() {
+    if skip_on_postgres("backup, restore, check and reshard are the data folder's commands") {
+        return;
+    }
     let data = tempfile::tempdir().expect("temp dir");
     let app = spawn_app_on(data.path(), &[]).await;
     import_docs(&app, "things", 2000).await;
@@ -361,6 +373,9 @@ async fn reshard_moves_every_document_and_the_server_boots_with_the_new_count() 
 
 #[tokio::test]
 async fn reshard_refuses_while_the_server_runs_and_bad_counts() {
+    if skip_on_postgres("backup, restore, check and reshard are the data folder's commands") {
+        return;
+    }
     let data = tempfile::tempdir().expect("temp dir");
     let app = spawn_app_on(data.path(), &[]).await;
     import_docs(&app, "things", 10).await;
@@ -378,6 +393,9 @@ async fn reshard_refuses_while_the_server_runs_and_bad_counts() {
 
 #[tokio::test]
 async fn a_reshard_killed_midway_leaves_a_folder_that_serves_everything() {
+    if skip_on_postgres("backup, restore, check and reshard are the data folder's commands") {
+        return;
+    }
     const DOCS: usize = 20_000;
     let data = tempfile::tempdir().expect("temp dir");
     let app = spawn_app_on(data.path(), &[]).await;
@@ -436,6 +454,9 @@ const KEYS: &str = "admin:admin-key-0123456789;write:writer-key-0123456789;\
 
 #[tokio::test]
 async fn admins_take_backups_over_http() {
+    if skip_on_postgres("backup, restore, check and reshard are the data folder's commands") {
+        return;
+    }
     let backups = tempfile::tempdir().expect("temp dir");
     let backup_dir = backups.path().to_str().expect("utf-8").to_string();
     let app = spawn_app_with(&[("EXDAAS_API_KEYS", KEYS), ("EXDAAS_BACKUP_DIR", &backup_dir)]).await;
@@ -488,6 +509,9 @@ async fn admins_take_backups_over_http() {
 
 #[tokio::test]
 async fn archive_scripts_pack_a_backup_of_dets_root_while_it_serves() {
+    if skip_on_postgres("backup, restore, check and reshard are the data folder's commands") {
+        return;
+    }
     let data = tempfile::tempdir().expect("temp dir");
     let app = spawn_app_on(data.path(), &[]).await;
     import_docs(&app, "things", 20).await;
@@ -555,6 +579,9 @@ async fn archive_scripts_pack_a_backup_of_dets_root_while_it_serves() {
 /// (here on one runtime thread) keeps answering while it runs.
 #[tokio::test]
 async fn a_backup_over_http_does_not_stall_other_requests() {
+    if skip_on_postgres("backup, restore, check and reshard are the data folder's commands") {
+        return;
+    }
     let backups = tempfile::tempdir().expect("temp dir");
     let backup_dir = backups.path().to_string_lossy().into_owned();
     let app = crate::helpers::spawn_app_with(&[

@@ -5,33 +5,270 @@
 //! The core talks to it through a few calls and hears back only the kinds
 //! of failure below, never the engine's own types.
 
+pub mod postgres;
 pub mod sqlite;
 
-use crate::domain::DocKey;
-use crate::store::Document;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// What the core holds of a shard, by what it is for. One engine today:
-/// these name its types. A second engine makes each an enum of both, with
-/// the same calls (see each type's methods: that is the engine's interface).
+use futures_util::stream::BoxStream;
+
+use crate::domain::{CollectionName, DocId, DocKey};
+use crate::store::{Document, StoreError};
+
+/// Calls the same method on whichever engine's value it is.
+macro_rules! dispatch {
+    ($value:expr, $inner:ident => $call:expr) => {
+        match $value {
+            Self::Sqlite($inner) => $call,
+            Self::Postgres($inner) => $call,
+        }
+    };
+}
+
+/// What the core holds of a shard, by what it is for; each an enum of the
+/// engines, with the same calls (the engine's interface):
 ///
 /// - [`ShardFile`]: what it takes to open a shard; opens its reads and
 ///   (again, after a failure) its writes.
-/// - [`ShardWrites`]: the one write connection: `load`, `load_texts`,
-///   `commit` (rows, their feed entries and id ceilings in one
-///   transaction), `expired` and `in_collection` (what a sweep or a drop
-///   removes), `delete_with_feed`, `compact_feed`, `close`, `still_there`.
-///   [`Opened`] is what opening it reads: id bounds, the feed's last entry.
+/// - [`ShardWrites`]: the one write connection of this process for the
+///   shard: `begin` (the committed state, where other processes may write
+///   too), `load`, `load_texts`, `commit` (rows, their feed entries and id
+///   ceilings in one transaction), `expired` and `in_collection` (what a
+///   sweep or a drop removes), `delete_with_feed`, `compact_feed`,
+///   `release`, `close`, `still_there`. [`Opened`] is what opening reads.
 /// - [`ShardReads`]: the read pool: `reserve` (a [`ReadSlot`] for one
-///   point read), `entries` and `documents` (listings, exports), `feed`
-///   (a run of the change feed with its floor), `counter_ids_between`,
-///   `count_live`, `add_collection_counts`, `recent` (the cache's
-///   warm-up).
+///   point read), `entries` and `documents` (listings, exports), `feed`,
+///   `counter_ids_between`, `count_live`, `add_collection_counts`, `recent`
+///   (the cache's warm-up).
 /// - Capabilities of a data folder of files (backup, restore, check,
 ///   reshard) are the SQLite engine's alone: `sqlite::maintenance`.
-pub type ShardFile = sqlite::ShardFile;
-pub type ShardWrites = sqlite::SqliteWrites;
-pub type ShardReads = sqlite::SqliteReads;
-pub type ReadSlot = sqlite::ReadSlot;
+#[derive(Clone)]
+pub enum ShardFile {
+    Sqlite(sqlite::ShardFile),
+    Postgres(postgres::PgShard),
+}
+
+impl ShardFile {
+    pub fn index(&self) -> usize {
+        dispatch!(self, f => f.index)
+    }
+
+    /// The engine's name, for traces and logs.
+    pub fn engine_name(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres(_) => "postgresql",
+        }
+    }
+
+    /// Opens the shard's writes at boot (creating and migrating it if it
+    /// must; `boot_check`: check its integrity first).
+    pub async fn open_at_boot(&self, boot_check: bool) -> Result<(ShardWrites, Opened), StoreError> {
+        match self {
+            Self::Sqlite(f) => f
+                .open_at_boot(boot_check)
+                .await
+                .map(|(w, o)| (ShardWrites::Sqlite(w), o)),
+            Self::Postgres(f) => f.open().await.map(|(w, o)| (ShardWrites::Postgres(w), o)),
+        }
+    }
+
+    /// Opens the writes again after a failure.
+    pub async fn reopen(&self) -> Result<(ShardWrites, Opened), StoreError> {
+        match self {
+            Self::Sqlite(f) => f.reopen().await.map(|(w, o)| (ShardWrites::Sqlite(w), o)),
+            Self::Postgres(f) => f.open().await.map(|(w, o)| (ShardWrites::Postgres(w), o)),
+        }
+    }
+
+    pub async fn open_reads(&self, connections: u32, wait: Duration) -> Result<ShardReads, StoreError> {
+        match self {
+            Self::Sqlite(f) => f.open_reads(connections, wait).await.map(ShardReads::Sqlite),
+            Self::Postgres(f) => Ok(ShardReads::Postgres(f.reads(connections, wait))),
+        }
+    }
+}
+
+pub enum ShardWrites {
+    Sqlite(sqlite::SqliteWrites),
+    Postgres(postgres::PgWrites),
+}
+
+impl ShardWrites {
+    /// Other processes may write this shard too (the database's replicas):
+    /// what this one cached or counted may be behind, so every transaction
+    /// starts from `begin`.
+    pub fn shared(&self) -> bool {
+        matches!(self, Self::Postgres(_))
+    }
+
+    /// Where writes are shared: opens a transaction holding the shard (its
+    /// writers on every replica take turns) and answers what is committed
+    /// now. `None` where this process is the only writer.
+    pub async fn begin(&mut self) -> Result<Option<Opened>, EngineError> {
+        match self {
+            Self::Sqlite(_) => Ok(None),
+            Self::Postgres(w) => w.begin().await.map(Some),
+        }
+    }
+
+    /// Ends what `begin` opened, without a change.
+    pub async fn release(&mut self) {
+        if let Self::Postgres(w) = self {
+            w.release().await;
+        }
+    }
+
+    pub fn still_there(&self) -> bool {
+        dispatch!(self, w => w.still_there())
+    }
+
+    pub fn file_name(&self) -> String {
+        dispatch!(self, w => w.file_name())
+    }
+
+    pub async fn load(&mut self, keys: &[DocKey], small: usize) -> Result<Vec<StoredRow>, EngineError> {
+        dispatch!(self, w => w.load(keys, small).await)
+    }
+
+    pub async fn load_texts(&mut self, keys: &[DocKey]) -> Result<Vec<(usize, Arc<str>)>, EngineError> {
+        dispatch!(self, w => w.load_texts(keys).await)
+    }
+
+    pub async fn commit<'a>(
+        &mut self,
+        changes: impl Iterator<Item = (&'a DocKey, u32, Option<&'a Document>)>,
+        feed: &[FeedEntry],
+        ceilings: Option<IdBounds>,
+    ) -> Result<(), EngineError> {
+        dispatch!(self, w => w.commit(changes, feed, ceilings).await)
+    }
+
+    pub async fn expired(&mut self, now: i64, limit: u32) -> Result<Vec<(DocKey, u64)>, EngineError> {
+        dispatch!(self, w => w.expired(now, limit).await)
+    }
+
+    pub async fn in_collection(
+        &mut self,
+        collection: &CollectionName,
+        limit: u32,
+    ) -> Result<Vec<(DocKey, u64)>, EngineError> {
+        dispatch!(self, w => w.in_collection(collection, limit).await)
+    }
+
+    pub async fn delete_with_feed(&mut self, feed: &[FeedEntry]) -> Result<u64, EngineError> {
+        dispatch!(self, w => w.delete_with_feed(feed).await)
+    }
+
+    pub async fn compact_feed(&mut self, before_ms: i64, keep: u64, limit: u64) -> Result<u64, EngineError> {
+        dispatch!(self, w => w.compact_feed(before_ms, keep, limit).await)
+    }
+
+    /// Records the exact id bounds `ids` in place of the reserved
+    /// `ceilings` (where nobody else raised them since) and closes.
+    pub async fn close(&mut self, ids: IdBounds, ceilings: IdBounds) {
+        match self {
+            Self::Sqlite(w) => w.close(ids).await,
+            Self::Postgres(w) => w.close(ids, ceilings).await,
+        }
+    }
+
+    #[cfg(feature = "fault-injection")]
+    pub async fn inject(&mut self, fault: crate::store::faults::EngineFault) -> Result<(), EngineError> {
+        dispatch!(self, w => w.inject(fault).await)
+    }
+}
+
+pub enum ShardReads {
+    Sqlite(sqlite::SqliteReads),
+    Postgres(postgres::PgReads),
+}
+
+pub enum ReadSlot {
+    Sqlite(sqlite::ReadSlot),
+    Postgres(postgres::PgReadSlot),
+}
+
+impl ReadSlot {
+    /// The committed document at `key` (expired or not).
+    pub async fn read(self, key: &DocKey) -> Result<Option<Document>, StoreError> {
+        dispatch!(self, slot => slot.read(key).await)
+    }
+}
+
+impl ShardReads {
+    pub async fn reserve(&self) -> Result<ReadSlot, StoreError> {
+        match self {
+            Self::Sqlite(r) => r.reserve().await.map(ReadSlot::Sqlite),
+            Self::Postgres(r) => r.reserve().await.map(ReadSlot::Postgres),
+        }
+    }
+
+    pub fn connections(&self) -> u32 {
+        dispatch!(self, r => r.connections())
+    }
+
+    pub async fn counter_ids_between(
+        &self,
+        collection: &CollectionName,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        dispatch!(self, r => r.counter_ids_between(collection, first, last).await)
+    }
+
+    pub async fn entries(
+        &self,
+        collection: &CollectionName,
+        from: Option<(&str, bool)>,
+        to: Option<&str>,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<(DocId, Document, usize)>, StoreError> {
+        dispatch!(self, r => r.entries(collection, from, to, now, limit).await)
+    }
+
+    pub async fn documents(
+        &self,
+        collection: &CollectionName,
+        ids: &[&str],
+        now: i64,
+    ) -> Result<Vec<(String, Document)>, StoreError> {
+        dispatch!(self, r => r.documents(collection, ids, now).await)
+    }
+
+    pub async fn count_live(&self, now: i64) -> Option<u64> {
+        dispatch!(self, r => r.count_live(now).await)
+    }
+
+    pub async fn add_collection_counts(&self, now: i64, totals: &mut BTreeMap<String, i64>) -> Result<(), StoreError> {
+        dispatch!(self, r => r.add_collection_counts(now, totals).await)
+    }
+
+    pub fn recent(&self, now: i64) -> BoxStream<'_, Result<(DocKey, Document), StoreError>> {
+        dispatch!(self, r => r.recent(now))
+    }
+
+    pub async fn feed(
+        &self,
+        after: u64,
+        upto: u64,
+        filter: FeedFilter<'_>,
+        limit: usize,
+    ) -> Result<FeedRun, StoreError> {
+        dispatch!(self, r => r.feed(after, upto, filter, limit).await)
+    }
+
+    pub async fn close(&self) {
+        dispatch!(self, r => r.close().await)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        dispatch!(self, r => r.is_closed())
+    }
+}
 
 /// What went wrong in the engine, as the core and the HTTP layer need to
 /// know it.

@@ -1,0 +1,211 @@
+//! The PostgreSQL-protocol engine: every exdaas replica on one database
+//! (PostgreSQL; written for CockroachDB, YugabyteDB and Citus too, within
+//! the portable subset of `docs/postgres-portability`).
+//!
+//! Shards are rows of one set of tables, not files: a shard's writers, on
+//! any replica, lock its row of `exdaas_shards` first in each transaction,
+//! so its changes are numbered in commit order and the core's decisions
+//! (preconditions, ids) are made on what is committed.
+
+mod error;
+mod reads;
+mod writes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Row};
+
+pub use error::engine_error;
+pub use reads::{PgReadSlot, PgReads};
+pub use writes::PgWrites;
+
+use super::{EngineError, ErrorKind, Opened};
+use crate::store::StoreError;
+
+/// How long a replica may hold the migration lease before another takes it
+/// over (a replica killed while migrating).
+const MIGRATION_LEASE: Duration = Duration::from_secs(60);
+
+/// The database every shard lives in.
+pub struct PgDatabase {
+    pub pool: PgPool,
+    /// The database's identity: feed cursors from another are void.
+    pub id: u64,
+}
+
+impl PgDatabase {
+    /// Connects, applies the migrations (one replica at a time, under a
+    /// lease row rather than advisory locks, which CockroachDB lacks), and
+    /// checks the database was made for `shards` shards (recording it if new).
+    pub async fn open(url: &str, shards: u32, connections: u32, wait: Duration) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| StoreError::Database {
+            reason: format!("EXDAAS_DATABASE_URL is not a PostgreSQL URL: {e}"),
+        })?;
+        let options = options.application_name("exdaas");
+        let pool = PgPoolOptions::new()
+            .max_connections(connections)
+            .min_connections(0)
+            .acquire_timeout(wait.max(Duration::from_secs(5)))
+            .connect_with(options)
+            .await
+            .map_err(|e| unavailable("cannot connect to the database", e))?;
+        migrate(&pool).await?;
+        let id = identity(&pool, shards).await?;
+        Ok(Self { pool, id })
+    }
+}
+
+fn unavailable(what: &str, err: sqlx::Error) -> StoreError {
+    StoreError::Database {
+        reason: format!("{what}: {}", engine_error(err)),
+    }
+}
+
+/// Runs the migrations under a lease: an `exdaas_migration_lease` row taken
+/// with `INSERT ... ON CONFLICT ... DO UPDATE ... WHERE` (expired leases
+/// only), released at the end.
+async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    let fail = |e| unavailable("cannot migrate the database", e);
+    sqlx::query("CREATE TABLE IF NOT EXISTS exdaas_migration_lease (id INT PRIMARY KEY, holder TEXT NOT NULL, until_ms BIGINT NOT NULL)")
+        .execute(pool)
+        .await
+        .map_err(fail)?;
+    let holder = format!("{:016x}", random_u64()?);
+    let lease_ms = MIGRATION_LEASE.as_millis() as i64;
+    let started = std::time::Instant::now();
+    loop {
+        let now = crate::store::writer::now_millis();
+        let took: Option<String> = sqlx::query_scalar(
+            "INSERT INTO exdaas_migration_lease (id, holder, until_ms) VALUES (1, $1, $2) \
+             ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms \
+             WHERE exdaas_migration_lease.until_ms < $3 RETURNING holder",
+        )
+        .bind(&holder)
+        .bind(now + lease_ms)
+        .bind(now)
+        .fetch_optional(pool)
+        .await
+        .map_err(fail)?;
+        if took.as_deref() == Some(holder.as_str()) {
+            break;
+        }
+        if started.elapsed() > MIGRATION_LEASE * 2 {
+            return Err(StoreError::Database {
+                reason: "another replica has been migrating the database for two minutes".into(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The schema, from `migrations/postgres`; the lease above stands for
+    // sqlx's advisory lock.
+    let mut migrator = sqlx::migrate!("migrations/postgres");
+    migrator.set_locking(false);
+    let migrated = migrator.run(pool).await;
+    let released = sqlx::query("DELETE FROM exdaas_migration_lease WHERE id = 1 AND holder = $1")
+        .bind(&holder)
+        .execute(pool)
+        .await;
+    migrated.map_err(|e| StoreError::Database {
+        reason: format!("cannot migrate the database: {e}"),
+    })?;
+    released.map_err(fail)?;
+    Ok(())
+}
+
+/// The database's identity, created on first use with its shard count and
+/// one row per shard; a database made for another shard count is refused.
+async fn identity(pool: &PgPool, shards: u32) -> Result<u64, StoreError> {
+    let fail = |e| unavailable("cannot read the database's identity", e);
+    let id = i64::from_ne_bytes(random_u64()?.to_ne_bytes()) & i64::MAX;
+    sqlx::query(
+        "INSERT INTO exdaas_meta (key, value) VALUES ('database_id', $1), ('shards', $2) ON CONFLICT (key) DO NOTHING",
+    )
+    .bind(id)
+    .bind(i64::from(shards))
+    .execute(pool)
+    .await
+    .map_err(fail)?;
+    sqlx::query("INSERT INTO exdaas_shards (shard) SELECT s FROM generate_series(0, $1 - 1) AS s ON CONFLICT (shard) DO NOTHING")
+        .bind(i32::try_from(shards).unwrap_or(i32::MAX))
+        .execute(pool)
+        .await
+        .map_err(fail)?;
+    let rows = sqlx::query("SELECT key, value FROM exdaas_meta WHERE key IN ('database_id', 'shards')")
+        .fetch_all(pool)
+        .await
+        .map_err(fail)?;
+    let value = |name: &str| {
+        rows.iter()
+            .find(|row| row.try_get::<&str, _>("key").ok() == Some(name))
+            .and_then(|row| row.try_get::<i64, _>("value").ok())
+    };
+    let (Some(id), Some(recorded)) = (value("database_id"), value("shards")) else {
+        return Err(StoreError::Database {
+            reason: "the database's exdaas_meta lacks its identity".into(),
+        });
+    };
+    if recorded != i64::from(shards) {
+        return Err(StoreError::Database {
+            reason: format!(
+                "the database was made with SHARD_LIMIT={recorded}, but SHARD_LIMIT={shards} is set; \
+                 start with SHARD_LIMIT={recorded}"
+            ),
+        });
+    }
+    Ok(u64::try_from(id).unwrap_or(0))
+}
+
+fn random_u64() -> Result<u64, StoreError> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|_| StoreError::Internal("no randomness for an identity"))?;
+    Ok(u64::from_ne_bytes(bytes))
+}
+
+/// One shard of the database, as the core opens it.
+#[derive(Clone)]
+pub struct PgShard {
+    pub index: usize,
+    pub database: Arc<PgDatabase>,
+}
+
+impl PgShard {
+    /// The shard's write connection and what it recorded.
+    pub async fn open(&self) -> Result<(PgWrites, Opened), StoreError> {
+        let conn = self
+            .database
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| StoreError::engine(self.index, engine_error(e)))?;
+        let mut writes = PgWrites::new(self.index, conn.detach());
+        let opened = writes
+            .read_shard()
+            .await
+            .map_err(|e| StoreError::engine(self.index, e))?;
+        Ok((writes, opened))
+    }
+
+    pub fn reads(&self, connections: u32, wait: Duration) -> PgReads {
+        PgReads::new(self.index, self.database.pool.clone(), connections, wait)
+    }
+}
+
+/// A shard's feed floor, last entry and id bounds, as its row holds them.
+pub(crate) fn opened_from(row: &sqlx::postgres::PgRow) -> Result<Opened, EngineError> {
+    let get = |name: &str| {
+        row.try_get::<i64, _>(name)
+            .map(|v| u64::try_from(v).unwrap_or(0))
+            .map_err(|e| EngineError::new(ErrorKind::Other, e.to_string()))
+    };
+    Ok(Opened {
+        ids: super::IdBounds {
+            stored: get("max_counter_id")?,
+            counter: get("counter_high")?,
+        },
+        // Another replica may have written documents that expire.
+        may_expire: true,
+        last_seq: get("last_seq")?,
+    })
+}

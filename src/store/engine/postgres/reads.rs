@@ -1,0 +1,332 @@
+//! A shard's reads on the database: point reads for the cache, the scans
+//! of listings and exports, counts, the cache's warm-up and the feed. The
+//! pool is the database's; each shard takes at most its share of it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres, Row};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::super::{ChangeKind, FeedEntry, FeedFilter, FeedRun};
+use super::engine_error;
+use crate::domain::{CollectionName, DocId, DocKey};
+use crate::store::{Document, StoreError};
+
+pub struct PgReads {
+    shard: usize,
+    pool: PgPool,
+    /// This shard's share of the pool (`EXDAAS_READ_CONNECTIONS`).
+    slots: Arc<Semaphore>,
+    connections: u32,
+    wait: Duration,
+}
+
+/// A read connection, held before a read that must not wait for one later.
+pub struct PgReadSlot {
+    shard: usize,
+    conn: PoolConnection<Postgres>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl PgReadSlot {
+    /// The committed document at `key` (expired or not).
+    pub async fn read(mut self, key: &DocKey) -> Result<Option<Document>, StoreError> {
+        let row = sqlx::query(
+            "SELECT version, updated_at, expires_at, data FROM exdaas_documents WHERE collection = $1 AND id = $2",
+        )
+        .bind(key.collection.as_str())
+        .bind(key.id.as_str())
+        .fetch_optional(&mut *self.conn)
+        .await
+        .map_err(|e| StoreError::engine(self.shard, engine_error(e)))?;
+        row.map(|row| document_from_row(&row))
+            .transpose()
+            .map_err(|e| StoreError::engine(self.shard, engine_error(e)))
+    }
+}
+
+/// A document from a row with `version`, `updated_at`, `expires_at`, `data`.
+pub fn document_from_row(row: &sqlx::postgres::PgRow) -> Result<Document, sqlx::Error> {
+    Ok(Document {
+        version: u64::try_from(row.try_get::<i64, _>("version")?).unwrap_or(0),
+        updated_at_ms: row.try_get("updated_at")?,
+        expires_at_ms: row.try_get("expires_at")?,
+        data: Arc::from(row.try_get::<&str, _>("data")?),
+    })
+}
+
+impl PgReads {
+    pub fn new(shard: usize, pool: PgPool, connections: u32, wait: Duration) -> Self {
+        Self {
+            shard,
+            pool,
+            slots: Arc::new(Semaphore::new(connections as usize)),
+            connections,
+            wait,
+        }
+    }
+
+    fn shard_param(&self) -> i32 {
+        i32::try_from(self.shard).unwrap_or(i32::MAX)
+    }
+
+    fn busy(&self) -> StoreError {
+        StoreError::Busy {
+            shard: self.shard,
+            waited_ms: self.wait.as_millis() as u64,
+            reads: true,
+        }
+    }
+
+    fn error(&self, err: sqlx::Error) -> StoreError {
+        match err {
+            sqlx::Error::PoolTimedOut => self.busy(),
+            err => StoreError::engine(self.shard, engine_error(err)),
+        }
+    }
+
+    /// A read connection, waiting at most the configured time for one.
+    pub async fn reserve(&self) -> Result<PgReadSlot, StoreError> {
+        let slot = match tokio::time::timeout(self.wait, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(slot)) => slot,
+            _ => return Err(self.busy()),
+        };
+        let conn = self.pool.acquire().await.map_err(|e| self.error(e))?;
+        Ok(PgReadSlot {
+            shard: self.shard,
+            conn,
+            _slot: slot,
+        })
+    }
+
+    pub fn connections(&self) -> u32 {
+        self.connections
+    }
+
+    /// The counter-shaped ids of `collection` stored in this shard from
+    /// `first` to `last` (inclusive), two numbers with as many digits.
+    pub async fn counter_ids_between(
+        &self,
+        collection: &CollectionName,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        let (first, last) = (first.to_string(), last.to_string());
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM exdaas_documents WHERE collection = $1 AND id >= $2 \
+             AND id <= $3 AND length(id) = $4 AND shard = $5",
+        )
+        .bind(collection.as_str())
+        .bind(&first)
+        .bind(&last)
+        .bind(first.len() as i32)
+        .bind(self.shard_param())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.error(e))?;
+        Ok(ids
+            .iter()
+            .filter(|id| id.bytes().all(|b| b.is_ascii_digit()))
+            .filter_map(|id| id.parse().ok())
+            .collect())
+    }
+
+    /// Up to `limit` documents of `collection` in this shard live at `now`,
+    /// in id order (bytewise), after `from` (included if its flag says so)
+    /// and before `to`: ids, versions, times and text sizes.
+    pub async fn entries(
+        &self,
+        collection: &CollectionName,
+        from: Option<(&str, bool)>,
+        to: Option<&str>,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<(DocId, Document, usize)>, StoreError> {
+        let lower = match from {
+            Some((_, true)) => "AND id >= $2",
+            Some((_, false)) => "AND id > $2",
+            None => "AND $2::text IS NULL",
+        };
+        let upper = if to.is_some() {
+            "AND id < $3"
+        } else {
+            "AND $3::text IS NULL"
+        };
+        let sql = format!(
+            "SELECT id, version, updated_at, expires_at, '' AS data, octet_length(data) AS bytes \
+             FROM exdaas_documents WHERE collection = $1 AND shard = $6 {lower} {upper} \
+             AND (expires_at IS NULL OR expires_at > $4) ORDER BY id LIMIT $5"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(collection.as_str())
+            .bind(from.map(|(id, _)| id))
+            .bind(to)
+            .bind(now)
+            .bind(limit as i64)
+            .bind(self.shard_param())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.error(e))?;
+        rows.iter()
+            .map(|row| {
+                let id = row.try_get::<&str, _>("id").map_err(|e| self.error(e))?;
+                let id = DocId::parse(id).map_err(|_| StoreError::Internal("a stored id is not a valid id"))?;
+                let doc = document_from_row(row).map_err(|e| self.error(e))?;
+                let bytes = row.try_get::<i32, _>("bytes").map_err(|e| self.error(e))?;
+                Ok((id, doc, usize::try_from(bytes).unwrap_or(0)))
+            })
+            .collect()
+    }
+
+    /// The documents among `ids` of `collection` live at `now`, whole, by id.
+    pub async fn documents(
+        &self,
+        collection: &CollectionName,
+        ids: &[&str],
+        now: i64,
+    ) -> Result<Vec<(String, Document)>, StoreError> {
+        let ids: Vec<String> = ids.iter().map(|id| (*id).to_owned()).collect();
+        let rows = sqlx::query(
+            "SELECT id, version, updated_at, expires_at, data FROM exdaas_documents \
+             WHERE collection = $1 AND id = ANY($2::text[]) AND (expires_at IS NULL OR expires_at > $3)",
+        )
+        .bind(collection.as_str())
+        .bind(ids)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.error(e))?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("id").map_err(|e| self.error(e))?;
+                let doc = document_from_row(row).map_err(|e| self.error(e))?;
+                Ok((id, doc))
+            })
+            .collect()
+    }
+
+    /// Documents of this shard live at `now`; `None` if it cannot be read.
+    pub async fn count_live(&self, now: i64) -> Option<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM exdaas_documents WHERE shard = $1 AND (expires_at IS NULL OR expires_at > $2)",
+        )
+        .bind(self.shard_param())
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .ok()?;
+        u64::try_from(n).ok()
+    }
+
+    /// Live documents of this shard at `now` per collection, added to `totals`.
+    pub async fn add_collection_counts(&self, now: i64, totals: &mut BTreeMap<String, i64>) -> Result<(), StoreError> {
+        let rows = sqlx::query(
+            "SELECT collection, count(*) AS n FROM exdaas_documents \
+             WHERE shard = $1 AND (expires_at IS NULL OR expires_at > $2) GROUP BY collection",
+        )
+        .bind(self.shard_param())
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.error(e))?;
+        for row in rows {
+            let name: String = row.try_get("collection").unwrap_or_default();
+            let n: i64 = row.try_get("n").unwrap_or(0);
+            *totals.entry(name).or_default() += n;
+        }
+        Ok(())
+    }
+
+    /// Every document of this shard live at `now`, most recently changed
+    /// first: what the cache is warmed with.
+    pub fn recent(&self, now: i64) -> BoxStream<'_, Result<(DocKey, Document), StoreError>> {
+        sqlx::query(
+            "SELECT collection, id, version, updated_at, expires_at, data FROM exdaas_documents \
+             WHERE shard = $2 AND (expires_at IS NULL OR expires_at > $1) ORDER BY updated_at DESC",
+        )
+        .bind(now)
+        .bind(self.shard_param())
+        .fetch(&self.pool)
+        .map(move |row| {
+            let row = row.map_err(|e| self.error(e))?;
+            let (Ok(collection), Ok(id)) = (
+                CollectionName::parse(row.try_get("collection").map_err(|e| self.error(e))?),
+                DocId::parse(row.try_get("id").map_err(|e| self.error(e))?),
+            ) else {
+                return Ok(None);
+            };
+            let doc = document_from_row(&row).map_err(|e| self.error(e))?;
+            Ok(Some((DocKey::new(collection, id), doc)))
+        })
+        .try_filter_map(|item| std::future::ready(Ok(item)))
+        .boxed()
+    }
+
+    /// Up to `limit` entries of this shard's feed after `after` and up to
+    /// `upto` that `filter` lets through, with the feed's floor, read in
+    /// one statement (one snapshot).
+    pub async fn feed(
+        &self,
+        after: u64,
+        upto: u64,
+        filter: FeedFilter<'_>,
+        limit: usize,
+    ) -> Result<FeedRun, StoreError> {
+        let collections: Option<Vec<String>> = filter
+            .collections
+            .map(|many| many.iter().map(|c| c.as_str().to_owned()).collect());
+        let rows = sqlx::query(
+            "SELECT s.feed_floor, c.seq, c.collection, c.id, c.version, c.kind, c.at FROM exdaas_shards AS s \
+             LEFT JOIN LATERAL (SELECT seq, collection, id, version, kind, at FROM exdaas_changes \
+               WHERE shard = $1 AND seq > $2 AND seq <= $3 \
+               AND ($5::text[] IS NULL OR collection = ANY($5::text[])) \
+               AND ($6::text IS NULL OR left(id, length($6)) = $6) ORDER BY seq LIMIT $4) AS c ON true \
+             WHERE s.shard = $1",
+        )
+        .bind(self.shard_param())
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(i64::try_from(upto).unwrap_or(i64::MAX))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(collections)
+        .bind(filter.prefix)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.error(e))?;
+        let floor = rows
+            .first()
+            .and_then(|row| row.try_get::<i64, _>("feed_floor").ok())
+            .unwrap_or(0);
+        let entries = rows
+            .iter()
+            .filter_map(|row| {
+                let seq = row.try_get::<Option<i64>, _>("seq").ok()??;
+                let collection = CollectionName::parse(row.try_get::<&str, _>("collection").ok()?).ok()?;
+                let id = DocId::parse(row.try_get::<&str, _>("id").ok()?).ok()?;
+                Some(FeedEntry {
+                    seq: u64::try_from(seq).ok()?,
+                    key: DocKey::new(collection, id),
+                    version: u64::try_from(row.try_get::<i64, _>("version").ok()?).ok()?,
+                    kind: ChangeKind::from_code(i64::from(row.try_get::<i16, _>("kind").ok()?))?,
+                    at_ms: row.try_get::<i64, _>("at").ok()?,
+                })
+            })
+            .collect();
+        Ok(FeedRun {
+            floor: u64::try_from(floor).unwrap_or(0),
+            entries,
+        })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.pool.is_closed()
+    }
+}

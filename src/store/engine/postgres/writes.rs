@@ -1,0 +1,500 @@
+//! A shard's writes on the database: every transaction first locks the
+//! shard's row, so writers of the shard on every replica take turns, and
+//! what they read in the transaction is what they commit over.
+
+use std::sync::Arc;
+
+use sqlx::{Connection, PgConnection, Row};
+
+use super::super::{EngineError, ErrorKind, FeedEntry, IdBounds, Opened, StoredRow};
+use super::{engine_error, opened_from};
+use crate::domain::{CollectionName, DocId, DocKey};
+use crate::store::Document;
+
+/// The shard's write connection.
+pub struct PgWrites {
+    shard: usize,
+    /// `None` once the connection broke.
+    conn: Option<PgConnection>,
+    /// A transaction is open (and holds the shard's row).
+    in_transaction: bool,
+}
+
+const LOCK_SHARD: &str = "SELECT last_seq, max_counter_id, counter_high FROM exdaas_shards WHERE shard = $1 FOR UPDATE";
+
+impl PgWrites {
+    pub fn new(shard: usize, conn: PgConnection) -> Self {
+        Self {
+            shard,
+            conn: Some(conn),
+            in_transaction: false,
+        }
+    }
+
+    fn conn(&mut self) -> Result<&mut PgConnection, EngineError> {
+        self.conn
+            .as_mut()
+            .ok_or_else(|| EngineError::new(ErrorKind::Unavailable, "its database connection is closed"))
+    }
+
+    fn shard_param(&self) -> i32 {
+        i32::try_from(self.shard).unwrap_or(i32::MAX)
+    }
+
+    /// What the shard's row holds, read without a lock (at open).
+    pub async fn read_shard(&mut self) -> Result<Opened, EngineError> {
+        let shard = self.shard_param();
+        let row = sqlx::query("SELECT last_seq, max_counter_id, counter_high FROM exdaas_shards WHERE shard = $1")
+            .bind(shard)
+            .fetch_one(self.conn()?)
+            .await
+            .map_err(engine_error)?;
+        opened_from(&row)
+    }
+
+    /// Begins a transaction holding the shard's row, and answers what it
+    /// holds now: other replicas may have written since.
+    pub async fn begin(&mut self) -> Result<Opened, EngineError> {
+        if self.in_transaction {
+            self.rollback().await;
+        }
+        let shard = self.shard_param();
+        let conn = self.conn()?;
+        sqlx::query("BEGIN").execute(&mut *conn).await.map_err(engine_error)?;
+        self.in_transaction = true;
+        let row = sqlx::query(LOCK_SHARD).bind(shard).fetch_one(self.conn()?).await;
+        match row {
+            Ok(row) => opened_from(&row),
+            Err(err) => Err(self.failed(err).await),
+        }
+    }
+
+    /// Ends an open transaction without a change.
+    pub async fn release(&mut self) {
+        if self.in_transaction {
+            self.rollback().await;
+        }
+    }
+
+    async fn rollback(&mut self) {
+        self.in_transaction = false;
+        if let Ok(conn) = self.conn() {
+            if let Err(e) = sqlx::query("ROLLBACK").execute(conn).await {
+                tracing::debug!(error = %e, "rollback");
+            }
+        }
+    }
+
+    /// Rolls back after `err`; a connection that broke is dropped.
+    async fn failed(&mut self, err: sqlx::Error) -> EngineError {
+        let err = engine_error(err);
+        if err.kind == ErrorKind::Unavailable {
+            self.conn = None;
+            self.in_transaction = false;
+        } else {
+            self.rollback().await;
+        }
+        err
+    }
+
+    pub fn still_there(&self) -> bool {
+        true
+    }
+
+    pub fn file_name(&self) -> String {
+        format!("the database's shard {}", self.shard)
+    }
+
+    /// The committed rows among `keys`, with the text of those up to
+    /// `small` bytes.
+    pub async fn load(&mut self, keys: &[DocKey], small: usize) -> Result<Vec<StoredRow>, EngineError> {
+        let (collections, ids) = key_arrays(keys);
+        let rows = sqlx::query(
+            "SELECT k.idx, d.version, d.updated_at, d.expires_at, octet_length(d.data) AS bytes, \
+             CASE WHEN octet_length(d.data) <= $3 THEN d.data ELSE '' END AS data \
+             FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(collection, id, idx) \
+             JOIN exdaas_documents AS d ON d.collection = k.collection AND d.id = k.id",
+        )
+        .bind(collections)
+        .bind(ids)
+        .bind(i64::try_from(small).unwrap_or(i64::MAX))
+        .fetch_all(self.conn()?)
+        .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(err) => return Err(self.failed(err).await),
+        };
+        rows.iter()
+            .map(|row| {
+                let bytes =
+                    usize::try_from(row.try_get::<i32, _>("bytes").map_err(engine_error)?).unwrap_or(usize::MAX);
+                Ok(StoredRow {
+                    index: usize::try_from(row.try_get::<i64, _>("idx").map_err(engine_error)? - 1).unwrap_or(0),
+                    doc: super::reads::document_from_row(row).map_err(engine_error)?,
+                    bytes,
+                    whole: bytes <= small,
+                })
+            })
+            .collect()
+    }
+
+    /// The text of the committed rows among `keys`, as (index in `keys`, text).
+    pub async fn load_texts(&mut self, keys: &[DocKey]) -> Result<Vec<(usize, Arc<str>)>, EngineError> {
+        let (collections, ids) = key_arrays(keys);
+        let rows = sqlx::query(
+            "SELECT k.idx, d.data FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(collection, id, idx) \
+             JOIN exdaas_documents AS d ON d.collection = k.collection AND d.id = k.id",
+        )
+        .bind(collections)
+        .bind(ids)
+        .fetch_all(self.conn()?)
+        .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(err) => return Err(self.failed(err).await),
+        };
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    usize::try_from(row.try_get::<i64, _>("idx").map_err(engine_error)? - 1).unwrap_or(0),
+                    Arc::from(row.try_get::<&str, _>("data").map_err(engine_error)?),
+                ))
+            })
+            .collect()
+    }
+
+    /// Writes every change's final state (`None`: deleted), its feed
+    /// entries and, when given, raised id ceilings, and commits the
+    /// transaction `begin` opened (one is opened if none is).
+    pub async fn commit<'a>(
+        &mut self,
+        changes: impl Iterator<Item = (&'a DocKey, u32, Option<&'a Document>)>,
+        feed: &[FeedEntry],
+        ceilings: Option<IdBounds>,
+    ) -> Result<(), EngineError> {
+        let mut up = Upserts::default();
+        let (mut del_collections, mut del_ids) = (Vec::new(), Vec::new());
+        for (key, bucket, doc) in changes {
+            match doc {
+                Some(doc) => up.push(key, bucket, doc),
+                None => {
+                    del_collections.push(key.collection.as_str().to_owned());
+                    del_ids.push(key.id.as_str().to_owned());
+                }
+            }
+        }
+        if !self.in_transaction {
+            self.begin().await?;
+        }
+        let shard = self.shard_param();
+        let done = self.write(shard, up, del_collections, del_ids, feed, ceilings).await;
+        if let Err(err) = done {
+            return Err(self.failed(err).await);
+        }
+        self.in_transaction = false;
+        Ok(())
+    }
+
+    async fn write(
+        &mut self,
+        shard: i32,
+        up: Upserts,
+        del_collections: Vec<String>,
+        del_ids: Vec<String>,
+        feed: &[FeedEntry],
+        ceilings: Option<IdBounds>,
+    ) -> Result<(), sqlx::Error> {
+        let conn = self.conn.as_mut().ok_or(sqlx::Error::WorkerCrashed)?;
+        if !up.collections.is_empty() {
+            sqlx::query(
+                "INSERT INTO exdaas_documents (collection, id, shard, bucket, version, updated_at, expires_at, data) \
+                 SELECT c, i, $8, b, v, u, e, d FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], \
+                 $5::bigint[], $6::bigint[], $7::text[]) AS r(c, i, b, v, u, e, d) \
+                 ON CONFLICT (collection, id) DO UPDATE SET version = excluded.version, \
+                 updated_at = excluded.updated_at, expires_at = excluded.expires_at, data = excluded.data",
+            )
+            .bind(&up.collections)
+            .bind(&up.ids)
+            .bind(&up.buckets)
+            .bind(&up.versions)
+            .bind(&up.updated)
+            .bind(&up.expires)
+            .bind(&up.data)
+            .bind(shard)
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !del_collections.is_empty() {
+            delete_keys(conn, &del_collections, &del_ids).await?;
+        }
+        insert_feed(conn, shard, feed).await?;
+        let ceilings = ceilings.unwrap_or_default();
+        sqlx::query(
+            "UPDATE exdaas_shards SET last_seq = greatest(last_seq, $2), \
+             max_counter_id = greatest(max_counter_id, $3), counter_high = greatest(counter_high, $4) WHERE shard = $1",
+        )
+        .bind(shard)
+        .bind(feed.last().map_or(0, |e| bound(e.seq)))
+        .bind(bound(ceilings.stored))
+        .bind(bound(ceilings.counter))
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("COMMIT").execute(&mut *conn).await?;
+        Ok(())
+    }
+
+    /// Up to `limit` documents of the shard expired at `now`.
+    pub async fn expired(&mut self, now: i64, limit: u32) -> Result<Vec<(DocKey, u64)>, EngineError> {
+        let shard = self.shard_param();
+        let rows = sqlx::query(
+            "SELECT collection, id, version FROM exdaas_documents WHERE shard = $1 AND expires_at <= $2 LIMIT $3",
+        )
+        .bind(shard)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(self.conn()?)
+        .await;
+        match rows {
+            Ok(rows) => Ok(keys_of(&rows, None)),
+            Err(err) => Err(self.failed(err).await),
+        }
+    }
+
+    /// Up to `limit` documents of `collection` in the shard.
+    pub async fn in_collection(
+        &mut self,
+        collection: &CollectionName,
+        limit: u32,
+    ) -> Result<Vec<(DocKey, u64)>, EngineError> {
+        let shard = self.shard_param();
+        let rows =
+            sqlx::query("SELECT id, version FROM exdaas_documents WHERE shard = $1 AND collection = $2 LIMIT $3")
+                .bind(shard)
+                .bind(collection.as_str())
+                .bind(i64::from(limit))
+                .fetch_all(self.conn()?)
+                .await;
+        match rows {
+            Ok(rows) => Ok(keys_of(&rows, Some(collection))),
+            Err(err) => Err(self.failed(err).await),
+        }
+    }
+
+    /// Deletes the documents of `feed` and records `feed`, committing the
+    /// transaction `begin` opened.
+    pub async fn delete_with_feed(&mut self, feed: &[FeedEntry]) -> Result<u64, EngineError> {
+        if feed.is_empty() {
+            self.release().await;
+            return Ok(0);
+        }
+        if !self.in_transaction {
+            self.begin().await?;
+        }
+        let shard = self.shard_param();
+        let collections: Vec<String> = feed.iter().map(|e| e.key.collection.as_str().to_owned()).collect();
+        let ids: Vec<String> = feed.iter().map(|e| e.key.id.as_str().to_owned()).collect();
+        let last = feed.last().map_or(0, |e| bound(e.seq));
+        let done = async {
+            let conn = self.conn.as_mut().ok_or(sqlx::Error::WorkerCrashed)?;
+            delete_keys(conn, &collections, &ids).await?;
+            insert_feed(conn, shard, feed).await?;
+            sqlx::query("UPDATE exdaas_shards SET last_seq = greatest(last_seq, $2) WHERE shard = $1")
+                .bind(shard)
+                .bind(last)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("COMMIT").execute(&mut *conn).await?;
+            Ok::<_, sqlx::Error>(())
+        }
+        .await;
+        if let Err(err) = done {
+            return Err(self.failed(err).await);
+        }
+        self.in_transaction = false;
+        Ok(feed.len() as u64)
+    }
+
+    /// Removes the feed's entries older than `before_ms` and beyond the
+    /// last `keep`, at most `limit`, raising the floor with them.
+    pub async fn compact_feed(&mut self, before_ms: i64, keep: u64, limit: u64) -> Result<u64, EngineError> {
+        self.begin().await?;
+        let shard = self.shard_param();
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let done = async {
+            let conn = self.conn.as_mut().ok_or(sqlx::Error::WorkerCrashed)?;
+            let row = sqlx::query(
+                "SELECT s.feed_floor AS old, greatest(s.feed_floor, least(s.feed_floor + $4, greatest( \
+                   coalesce((SELECT max(seq) FROM (SELECT seq, at FROM exdaas_changes WHERE shard = $1 \
+                     ORDER BY seq LIMIT $4) AS o WHERE at < $2), 0), \
+                   s.last_seq - $3))) AS new \
+                 FROM exdaas_shards AS s WHERE s.shard = $1",
+            )
+            .bind(shard)
+            .bind(before_ms)
+            .bind(keep)
+            .bind(limit)
+            .fetch_one(&mut *conn)
+            .await?;
+            let (old, new): (i64, i64) = (row.try_get("old")?, row.try_get("new")?);
+            if new > old {
+                sqlx::query("DELETE FROM exdaas_changes WHERE shard = $1 AND seq <= $2")
+                    .bind(shard)
+                    .bind(new)
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query("UPDATE exdaas_shards SET feed_floor = $2 WHERE shard = $1")
+                    .bind(shard)
+                    .bind(new)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            sqlx::query("COMMIT").execute(&mut *conn).await?;
+            Ok::<_, sqlx::Error>(u64::try_from(new - old).unwrap_or(0))
+        }
+        .await;
+        match done {
+            Ok(n) => {
+                self.in_transaction = false;
+                Ok(n)
+            }
+            Err(err) => Err(self.failed(err).await),
+        }
+    }
+
+    /// Records the exact id bounds `ids` in place of the reserve, if the
+    /// row still holds the `ceilings` this writer left there (no other
+    /// replica raised them since), so a clean restart continues without a
+    /// gap; then closes the connection.
+    pub async fn close(&mut self, ids: IdBounds, ceilings: IdBounds) {
+        self.release().await;
+        let shard = self.shard_param();
+        if let Ok(conn) = self.conn() {
+            let lowered = sqlx::query(
+                "UPDATE exdaas_shards SET max_counter_id = $2, counter_high = $3 \
+                 WHERE shard = $1 AND max_counter_id = $4 AND counter_high = $5",
+            )
+            .bind(shard)
+            .bind(bound(ids.stored))
+            .bind(bound(ids.counter))
+            .bind(bound(ceilings.stored))
+            .bind(bound(ceilings.counter))
+            .execute(conn)
+            .await;
+            if let Err(e) = lowered {
+                tracing::warn!(shard, error = %e, "recording the id bounds failed");
+            }
+        }
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.close().await;
+        }
+    }
+
+    /// Test hooks: the connection breaks, or the session refuses writes.
+    #[cfg(feature = "fault-injection")]
+    pub async fn inject(&mut self, fault: crate::store::faults::EngineFault) -> Result<(), EngineError> {
+        use crate::store::faults::EngineFault;
+        let sql = match fault {
+            EngineFault::BreakConnection => {
+                self.conn = None;
+                self.in_transaction = false;
+                return Ok(());
+            }
+            EngineFault::ReadOnly | EngineFault::DiskFull => "SET default_transaction_read_only = on",
+            EngineFault::Heal => "SET default_transaction_read_only = off",
+        };
+        sqlx::query(sql)
+            .execute(self.conn()?)
+            .await
+            .map(|_| ())
+            .map_err(engine_error)
+    }
+}
+
+/// Rows to upsert, as column arrays for `unnest`.
+#[derive(Default)]
+struct Upserts {
+    collections: Vec<String>,
+    ids: Vec<String>,
+    buckets: Vec<i32>,
+    versions: Vec<i64>,
+    updated: Vec<i64>,
+    expires: Vec<Option<i64>>,
+    data: Vec<String>,
+}
+
+impl Upserts {
+    fn push(&mut self, key: &DocKey, bucket: u32, doc: &Document) {
+        self.collections.push(key.collection.as_str().to_owned());
+        self.ids.push(key.id.as_str().to_owned());
+        self.buckets.push(i32::try_from(bucket).unwrap_or(i32::MAX));
+        self.versions.push(bound(doc.version));
+        self.updated.push(doc.updated_at_ms);
+        self.expires.push(doc.expires_at_ms);
+        self.data.push(doc.data.to_string());
+    }
+}
+
+async fn delete_keys(conn: &mut PgConnection, collections: &[String], ids: &[String]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "DELETE FROM exdaas_documents AS d USING unnest($1::text[], $2::text[]) AS k(collection, id) \
+         WHERE d.collection = k.collection AND d.id = k.id",
+    )
+    .bind(collections)
+    .bind(ids)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+async fn insert_feed(conn: &mut PgConnection, shard: i32, feed: &[FeedEntry]) -> Result<(), sqlx::Error> {
+    if feed.is_empty() {
+        return Ok(());
+    }
+    let seqs: Vec<i64> = feed.iter().map(|e| bound(e.seq)).collect();
+    let collections: Vec<String> = feed.iter().map(|e| e.key.collection.as_str().to_owned()).collect();
+    let ids: Vec<String> = feed.iter().map(|e| e.key.id.as_str().to_owned()).collect();
+    let versions: Vec<i64> = feed.iter().map(|e| bound(e.version)).collect();
+    let kinds: Vec<i16> = feed.iter().map(|e| e.kind.code() as i16).collect();
+    let at: Vec<i64> = feed.iter().map(|e| e.at_ms).collect();
+    sqlx::query(
+        "INSERT INTO exdaas_changes (shard, seq, collection, id, version, kind, at) \
+         SELECT $1, s, c, i, v, k, a FROM unnest($2::bigint[], $3::text[], $4::text[], $5::bigint[], \
+         $6::smallint[], $7::bigint[]) AS r(s, c, i, v, k, a)",
+    )
+    .bind(shard)
+    .bind(seqs)
+    .bind(collections)
+    .bind(ids)
+    .bind(versions)
+    .bind(kinds)
+    .bind(at)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+fn key_arrays(keys: &[DocKey]) -> (Vec<String>, Vec<String>) {
+    keys.iter()
+        .map(|k| (k.collection.as_str().to_owned(), k.id.as_str().to_owned()))
+        .unzip()
+}
+
+fn keys_of(rows: &[sqlx::postgres::PgRow], collection: Option<&CollectionName>) -> Vec<(DocKey, u64)> {
+    rows.iter()
+        .filter_map(|row| {
+            let collection = match collection {
+                Some(c) => c.clone(),
+                None => CollectionName::parse(row.try_get::<&str, _>("collection").ok()?).ok()?,
+            };
+            let id = DocId::parse(row.try_get::<&str, _>("id").ok()?).ok()?;
+            let version = u64::try_from(row.try_get::<i64, _>("version").ok()?).ok()?;
+            Some((DocKey::new(collection, id), version))
+        })
+        .collect()
+}
+
+/// A count or bound as a BIGINT.
+fn bound(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
