@@ -149,6 +149,7 @@ pub fn store_options(settings: &Settings, events: Arc<dyn StoreEvents>) -> Store
     StoreOptions {
         data_dir: settings.data_dir.clone(),
         database_url: settings.database_url.clone(),
+        replica_poll: settings.replica_poll,
         shards: settings.shards,
         sync: settings.sync,
         cache_bytes: settings.cache_bytes,

@@ -31,6 +31,8 @@ pub struct Settings {
     /// A PostgreSQL-protocol database (`postgres://…`) instead of the data
     /// folder's files.
     pub database_url: Option<String>,
+    /// How often a replica on a shared database looks for the others' writes.
+    pub replica_poll: Duration,
     /// Settings that were set but mean nothing on the chosen engine, for
     /// the boot to name.
     pub ignored: Vec<&'static str>,
@@ -147,7 +149,13 @@ pub const SETTINGS: &[SettingDoc] = &[
         key: "database_url",
         env: "EXDAAS_DATABASE_URL",
         default: "",
-        meaning: "postgres://… : keep the documents in a PostgreSQL-protocol database instead of DETS_ROOT (any number of replicas may share it)",
+        meaning: "postgres://… : keep the documents in a PostgreSQL-protocol database instead of DETS_ROOT",
+    },
+    SettingDoc {
+        key: "replica_poll_ms",
+        env: "EXDAAS_REPLICA_POLL_MS",
+        default: "100",
+        meaning: "with EXDAAS_DATABASE_URL: how often each replica looks for the others' writes (how long its cache may serve a document another replica changed)",
     },
     SettingDoc {
         key: "shard_limit",
@@ -384,6 +392,13 @@ impl Settings {
                     ));
                 }
             },
+            replica_poll: Duration::from_millis(ranged(
+                "EXDAAS_REPLICA_POLL_MS",
+                &raw("replica_poll_ms")?,
+                10,
+                60_000,
+                "milliseconds from 10 to 60000",
+            )? as u64),
             ignored: if raw("database_url")?.trim().is_empty() {
                 Vec::new()
             } else {

@@ -529,7 +529,10 @@ impl CollectionsApi {
         for (number, id, action) in chunk.drain(..) {
             let (id, expect) = match id {
                 Some(id) => (id, Expect::Any),
-                None => (self.store.allocate_id(), Expect::Absent),
+                None => match self.store.allocate_id().await {
+                    Ok(id) => (id, Expect::Absent),
+                    Err(e) => return Err(e.into()),
+                },
             };
             numbers.push(number);
             ops.push((id, expect, action));

@@ -224,9 +224,23 @@ impl DocsApi {
         /// Versions the client holds: `"3"` (304 if still current)
         #[oai(name = "If-None-Match")]
         if_none_match: Header<Option<String>>,
+        /// `no-cache`: read what is committed now, past the cache (which,
+        /// with several replicas on one database, may be behind by up to
+        /// `EXDAAS_REPLICA_POLL_MS`)
+        #[oai(name = "Cache-Control")]
+        cache_control: Header<Option<String>>,
     ) -> Result<GetResponse, ProblemError> {
         let key = self.authorized_key(&auth, Scope::Read, collection.0 .0, id.0 .0)?;
-        let doc = self.store.get(&key).await?.ok_or_else(|| not_found(&key))?;
+        let fresh = cache_control
+            .0
+            .as_deref()
+            .is_some_and(|value| value.split(',').any(|d| d.trim().eq_ignore_ascii_case("no-cache")));
+        let doc = if fresh {
+            self.store.get_fresh(&key).await?
+        } else {
+            self.store.get(&key).await?
+        };
+        let doc = doc.ok_or_else(|| not_found(&key))?;
         if let Some(tags) = present(if_none_match.0) {
             if EntityTags::parse(&tags, true).matches(doc.version) {
                 return Ok(GetResponse::NotModified(etag(doc.version)));

@@ -110,6 +110,37 @@ impl DocCache {
         }
     }
 
+    /// Another process changed the document of `entry` (or this one did:
+    /// its own entries come by too): the entry leaves the cache unless it
+    /// holds exactly the state `entry` names (same version and time).
+    pub async fn changed_elsewhere(&self, entry: &crate::store::FeedEntry) {
+        let Some(cache) = &self.inner else { return };
+        let written = entry.kind == crate::store::ChangeKind::Written;
+        cache
+            .entry_by_ref(&entry.key)
+            .and_compute_with(|existing| async move {
+                match existing {
+                    Some(cached)
+                        if written
+                            && cached.value().version == entry.version
+                            && cached.value().updated_at_ms == entry.at_ms =>
+                    {
+                        Op::Nop
+                    }
+                    Some(_) => Op::Remove,
+                    None => Op::Nop,
+                }
+            })
+            .await;
+    }
+
+    /// Forgets everything.
+    pub fn clear(&self) {
+        if let Some(cache) = &self.inner {
+            cache.invalidate_all();
+        }
+    }
+
     /// Fills the cache at boot, before any request or write can race with it.
     pub async fn warm(&self, key: DocKey, doc: Document) {
         if let Some(cache) = &self.inner {

@@ -71,9 +71,70 @@ impl IdCounter {
         true
     }
 
+    /// The id `next` would hand out: where the counter is shared, the
+    /// floor of the ids this process takes from blocks (past every id a
+    /// client wrote near it, and past where it restarted).
+    pub fn peek(&self) -> u64 {
+        self.next.load(Ordering::Relaxed)
+    }
+
     /// Makes the next fresh id at least `id` (past ids found taken).
     pub fn skip_to(&self, id: u64) {
         self.next.fetch_max(id, Ordering::Relaxed);
+    }
+}
+
+/// Where several processes share the counter (a shared database): each
+/// takes blocks of ids from the database and hands them out, so no two
+/// processes ever hand out the same id.
+pub struct IdBlocks {
+    source: crate::store::engine::SharedIds,
+    /// What is left of this process's block.
+    left: std::sync::Mutex<std::ops::RangeInclusive<u64>>,
+    /// One refill at a time.
+    refill: tokio::sync::Mutex<()>,
+    /// Where the counter starts on a new database.
+    highest_used: u64,
+}
+
+/// Ids one block holds.
+pub const ID_BLOCK: u64 = 256;
+
+impl IdBlocks {
+    /// No block yet: the first fresh id takes one.
+    pub fn new(source: crate::store::engine::SharedIds, highest_used: u64) -> Self {
+        Self {
+            source,
+            left: std::sync::Mutex::new(std::ops::RangeInclusive::new(1, 0)),
+            refill: tokio::sync::Mutex::new(()),
+            highest_used,
+        }
+    }
+
+    fn take(&self) -> Option<u64> {
+        let mut left = self.left.lock().ok()?;
+        let next = left.next()?;
+        Some(next)
+    }
+
+    /// A fresh id, at least `at_least` (past ids found taken).
+    pub async fn next(&self, at_least: u64) -> Result<u64, crate::store::StoreError> {
+        loop {
+            if let Some(n) = self.take() {
+                if n >= at_least {
+                    return Ok(n);
+                }
+                continue;
+            }
+            let _refill = self.refill.lock().await;
+            if self.left.lock().is_ok_and(|left| !left.is_empty()) {
+                continue;
+            }
+            let (first, last) = self.source.reserve(ID_BLOCK, at_least, self.highest_used).await?;
+            if let Ok(mut left) = self.left.lock() {
+                *left = first..=last.min(MAX_COUNTER_ID);
+            }
+        }
     }
 }
 

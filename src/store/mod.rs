@@ -15,6 +15,7 @@ pub use engine::sqlite::{layout, maintenance};
 mod ops;
 mod patch;
 pub mod placement;
+mod replicas;
 mod scan;
 mod shard;
 mod writer;
@@ -74,6 +75,9 @@ pub struct StoreOptions {
     /// A PostgreSQL-protocol database to keep the documents in, instead of
     /// the files of `data_dir`.
     pub database_url: Option<String>,
+    /// Where the database is shared: how often the other processes' writes
+    /// are looked for (the cache's staleness bound).
+    pub replica_poll: std::time::Duration,
     pub shards: ShardCount,
     pub sync: SyncMode,
     pub cache_bytes: u64,
@@ -292,6 +296,8 @@ struct Inner {
     shards: Vec<Shard>,
     cache: DocCache,
     ids: IdCounter,
+    /// Where the counter is shared (a shared database): blocks of it.
+    id_blocks: Option<ids::IdBlocks>,
     shutdown: watch::Sender<bool>,
     /// This process's hold of the data folder, released at shutdown.
     lock: std::sync::Mutex<Option<layout::FolderLock>>,
@@ -315,7 +321,7 @@ impl Store {
     /// Checks the data folder, opens every shard, starts the writers and warms
     /// the cache from disk.
     pub async fn open(options: StoreOptions) -> Result<Self, StoreError> {
-        let (files, origin, lock) = match &options.database_url {
+        let (files, origin, lock, shared_ids) = match &options.database_url {
             None => {
                 let (layout, lock) = layout::prepare(&options.data_dir, options.shards)?;
                 let files = (0..options.shards.get() as usize)
@@ -328,7 +334,7 @@ impl Store {
                         })
                     })
                     .collect::<Vec<_>>();
-                (files, (layout.id(), layout.generation), Some((layout, lock)))
+                (files, (layout.id(), layout.generation), Some((layout, lock)), None)
             }
             Some(url) => {
                 // Each shard's reads, its writer, and room for the feed's
@@ -346,7 +352,8 @@ impl Store {
                         })
                     })
                     .collect::<Vec<_>>();
-                (files, (database.id, 1), None)
+                let shared_ids = engine::SharedIds::Postgres(database.clone());
+                (files, (database.id, 1), None, Some(shared_ids))
             }
         };
         let cache = DocCache::new(options.cache_bytes);
@@ -394,6 +401,7 @@ impl Store {
                 shards,
                 cache,
                 ids: IdCounter::starting_after(highest_id),
+                id_blocks: shared_ids.map(|source| ids::IdBlocks::new(source, highest_id)),
                 shutdown,
                 lock: std::sync::Mutex::new(lock),
                 data_dir: options.data_dir.clone(),
@@ -409,6 +417,9 @@ impl Store {
         if let Err(err) = store.warm_cache().await {
             store.shutdown().await;
             return Err(err);
+        }
+        if store.inner.shards.iter().any(|shard| shard.shared) {
+            tokio::spawn(replicas::follow(store.clone(), options.replica_poll));
         }
         Ok(store)
     }
@@ -432,6 +443,16 @@ impl Store {
         self.inner.events.cache_read(hit);
         // On the request's span, when traces are exported.
         tracing::Span::current().record("exdaas.cache.hit", hit);
+        Ok(doc.filter(|doc| doc.is_live(writer::now_millis())))
+    }
+
+    /// The document at `key` as committed now, read from the engine past
+    /// the cache: where other processes write too (a shared database), the
+    /// cache may be behind by up to `EXDAAS_REPLICA_POLL_MS`.
+    pub async fn get_fresh(&self, key: &DocKey) -> Result<Option<Document>, StoreError> {
+        let slot = self.shard_for(key).read_slot().await?;
+        let doc = slot.read(key).await?;
+        self.inner.events.cache_read(false);
         Ok(doc.filter(|doc| doc.is_live(writer::now_millis())))
     }
 
@@ -534,14 +555,16 @@ impl Store {
         // Each retry skips a whole run of taken ids, so only clients racing
         // for the very ids the counter is handing out can make it retry.
         const ATTEMPTS: u32 = 64;
+        let mut at_least = 0;
         for _ in 0..ATTEMPTS {
-            let n = self.inner.ids.next();
+            let n = self.next_counter_id(at_least).await?;
             let id = DocId::from_counter(n);
             let key = DocKey::new(collection.clone(), id.clone());
             match self.write(key, Expect::Absent, put.clone()).await {
                 Err(StoreError::PreconditionFailed { .. }) => {
                     let free = self.next_free_counter_id(collection, n).await?;
                     self.inner.ids.skip_to(free);
+                    at_least = free;
                 }
                 other => return Ok((id, into_stored(other?)?)),
             }
@@ -552,8 +575,22 @@ impl Store {
     /// A fresh id from the counter, for a document written later (an
     /// import line without an id). Write it with [`Expect::Absent`], and on
     /// a failed precondition fall back to [`Store::create_with`].
-    pub fn allocate_id(&self) -> DocId {
-        DocId::from_counter(self.inner.ids.next())
+    pub async fn allocate_id(&self) -> Result<DocId, StoreError> {
+        Ok(DocId::from_counter(self.next_counter_id(0).await?))
+    }
+
+    /// The counter's next id (at least `at_least` where the counter is
+    /// shared: past ids found taken).
+    async fn next_counter_id(&self, at_least: u64) -> Result<u64, StoreError> {
+        match &self.inner.id_blocks {
+            Some(blocks) => {
+                let n = blocks.next(at_least.max(self.inner.ids.peek())).await?;
+                // So a restart continues past it, like the unshared counter.
+                self.inner.ids.skip_to(n.saturating_add(1));
+                Ok(n)
+            }
+            None => Ok(self.inner.ids.next()),
+        }
     }
 
     /// The first counter id after `taken` that no document of `collection`

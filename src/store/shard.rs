@@ -106,6 +106,10 @@ pub struct Shard {
     queue_capacity_bytes: usize,
     /// The feed's last committed entry: followers wait on it.
     feed_head: watch::Receiver<u64>,
+    /// Moves it when other processes' entries are found (see `replicas`).
+    feed_head_tx: Arc<watch::Sender<u64>>,
+    /// Other processes write this shard too (a shared database).
+    pub shared: bool,
     recent_feed: Arc<RecentFeed>,
     /// Every id the counter handed out or moved past that is stored here
     /// was at most this when the shard was opened: where the counter
@@ -142,6 +146,8 @@ impl Shard {
         writer.compact_at_open().await?;
         let counter_high = writer.ids.counter;
         let feed_head = setup.feed_head.subscribe();
+        let feed_head_tx = setup.feed_head.clone();
+        let shared = writer.writes.shared();
         let recent_feed = setup.recent_feed.clone();
         let reads = setup
             .file
@@ -161,6 +167,8 @@ impl Shard {
             queue_wait: options.queue_wait,
             queue_capacity_bytes: options.writer_queue_bytes,
             feed_head,
+            feed_head_tx,
+            shared,
             recent_feed,
             counter_high,
         })
@@ -309,6 +317,11 @@ impl Shard {
         *self.feed_head.borrow()
     }
 
+    /// Entries up to `seq` are committed (found by following the feed).
+    pub fn advance_head(&self, seq: u64) {
+        advance(&self.feed_head_tx, seq);
+    }
+
     /// The shard's reads: scans, counts, the cache's warm-up.
     pub fn reads(&self) -> &ShardReads {
         &self.reads
@@ -333,6 +346,18 @@ impl Shard {
             }
         }
     }
+}
+
+/// Moves `head` up to `seq`, never down: a writer and the follower of
+/// other replicas both move it.
+pub fn advance(head: &watch::Sender<u64>, seq: u64) {
+    head.send_if_modified(|current| {
+        let moved = seq > *current;
+        if moved {
+            *current = seq;
+        }
+        moved
+    });
 }
 
 impl WriterSetup {

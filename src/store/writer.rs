@@ -119,7 +119,7 @@ impl FeedWriter {
                 self.recent.push(entries);
             }
             self.last_seq = last.seq;
-            self.head.send_replace(self.last_seq);
+            super::shard::advance(&self.head, self.last_seq);
             self.published.send_modify(|count| *count = count.wrapping_add(1));
         }
     }

@@ -21,6 +21,7 @@ mod memory;
 mod model;
 mod observe;
 mod patch;
+mod replicas;
 mod restart;
 mod shutdown;
 mod transfer;

@@ -181,6 +181,25 @@ impl ShardWrites {
     }
 }
 
+/// The id counter's blocks where several processes share it.
+#[derive(Clone)]
+pub enum SharedIds {
+    Postgres(Arc<postgres::PgDatabase>),
+}
+
+impl SharedIds {
+    /// Reserves `count` ids after every id reserved before, from at least
+    /// `at_least` (and past `highest_used` on a new store): first and last.
+    pub async fn reserve(&self, count: u64, at_least: u64, highest_used: u64) -> Result<(u64, u64), StoreError> {
+        match self {
+            Self::Postgres(db) => db
+                .reserve_ids(count, at_least, highest_used)
+                .await
+                .map_err(|e| StoreError::engine(0, e)),
+        }
+    }
+}
+
 pub enum ShardReads {
     Sqlite(sqlite::SqliteReads),
     Postgres(postgres::PgReads),

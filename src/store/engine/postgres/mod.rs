@@ -157,6 +157,27 @@ async fn identity(pool: &PgPool, shards: u32) -> Result<u64, StoreError> {
     Ok(u64::try_from(id).unwrap_or(0))
 }
 
+impl PgDatabase {
+    /// Reserves `count` ids of the counter for this process, after every id
+    /// reserved before (by any replica) and at least from `at_least`:
+    /// answers the first and the last. The row starts past `highest_used`.
+    pub async fn reserve_ids(&self, count: u64, at_least: u64, highest_used: u64) -> Result<(u64, u64), EngineError> {
+        let count = i64::try_from(count).unwrap_or(i64::MAX);
+        let last: i64 = sqlx::query_scalar(
+            "INSERT INTO exdaas_meta (key, value) VALUES ('id_block', greatest($2, $3 - 1) + $1) \
+             ON CONFLICT (key) DO UPDATE SET value = greatest(exdaas_meta.value, $3 - 1) + $1 RETURNING value",
+        )
+        .bind(count)
+        .bind(i64::try_from(highest_used).unwrap_or(i64::MAX))
+        .bind(i64::try_from(at_least).unwrap_or(i64::MAX))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(engine_error)?;
+        let last = u64::try_from(last).unwrap_or(0);
+        Ok((last.saturating_sub(u64::try_from(count).unwrap_or(0)) + 1, last))
+    }
+}
+
 fn random_u64() -> Result<u64, StoreError> {
     let mut bytes = [0u8; 8];
     getrandom::fill(&mut bytes).map_err(|_| StoreError::Internal("no randomness for an identity"))?;

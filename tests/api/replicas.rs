@@ -1,0 +1,227 @@
+//! Several exdaas processes on one PostgreSQL database act as one service:
+//! a conditional write has one winner whatever replica it goes through,
+//! anonymous ids never collide, a change made through one replica stops
+//! being served stale by the others within `EXDAAS_REPLICA_POLL_MS`, and
+//! the feed read through any replica holds every replica's writes. Only on
+//! PostgreSQL: a data folder has one process.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::helpers::{json, on_postgres, send, spawn_app_on, TestApp};
+
+/// Three replicas on one database, each following the others every 50 ms.
+async fn replicas() -> Option<(tempfile::TempDir, Vec<TestApp>)> {
+    if !on_postgres() {
+        eprintln!("only on PostgreSQL: a data folder has one process");
+        return None;
+    }
+    let folder = tempfile::tempdir().expect("temp dir");
+    let settings = [("EXDAAS_REPLICA_POLL_MS", "50")];
+    let mut apps = Vec::new();
+    for _ in 0..3 {
+        apps.push(spawn_app_on(folder.path(), &settings).await);
+    }
+    Some((folder, apps))
+}
+
+#[tokio::test]
+async fn a_change_through_one_replica_reaches_the_others_caches_within_the_poll() {
+    let Some((_folder, apps)) = replicas().await else {
+        return;
+    };
+    let (a, b) = (&apps[0], &apps[1]);
+    assert_eq!(a.put_doc("users", "alice", &json!({"n": 1})).await.status(), 201);
+    // b reads it, and so caches it.
+    assert_eq!(json(b.get_doc("users", "alice").await).await["data"], json!({"n": 1}));
+    let mut worst = Duration::ZERO;
+    for n in 2..12 {
+        assert_eq!(a.put_doc("users", "alice", &json!({ "n": n })).await.status(), 200);
+        let changed = Instant::now();
+        // Past the cache, at once.
+        let fresh = send(
+            b.request(Method::GET, "/v1/collections/users/docs/alice")
+                .header("Cache-Control", "no-cache"),
+        )
+        .await;
+        assert_eq!(
+            json(fresh).await["data"],
+            json!({ "n": n }),
+            "no-cache reads what is committed"
+        );
+        // Through the cache, within the poll.
+        loop {
+            if json(b.get_doc("users", "alice").await).await["data"] == json!({ "n": n }) {
+                break;
+            }
+            assert!(
+                changed.elapsed() < Duration::from_secs(2),
+                "b still serves the old version after 2 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        worst = worst.max(changed.elapsed());
+    }
+    eprintln!("worst staleness with a 50 ms poll: {worst:?}");
+    // A deletion reaches them too.
+    assert_eq!(a.delete_doc("users", "alice").await.status(), 204);
+    let deleted = Instant::now();
+    while b.get_doc("users", "alice").await.status() != 404 {
+        assert!(
+            deleted.elapsed() < Duration::from_secs(2),
+            "b still serves a deleted document"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn if_match_races_across_replicas_have_exactly_one_winner() {
+    let Some((_folder, apps)) = replicas().await else {
+        return;
+    };
+    assert_eq!(apps[0].put_doc("race", "doc", &json!({"round": 0})).await.status(), 201);
+    for round in 1..=20u64 {
+        // Every replica tries to move the document from the version before.
+        let attempts = apps.iter().enumerate().map(|(i, app)| {
+            let request = app
+                .request(Method::PUT, "/v1/collections/race/docs/doc")
+                .header("If-Match", format!("\"{round}\""))
+                .json(&json!({ "round": round, "by": i }));
+            send(request)
+        });
+        let statuses: Vec<u16> = futures_util::future::join_all(attempts)
+            .await
+            .iter()
+            .map(|r| r.status().as_u16())
+            .collect();
+        let won = statuses.iter().filter(|s| **s == 200).count();
+        let lost = statuses.iter().filter(|s| **s == 412).count();
+        assert_eq!((won, lost), (1, apps.len() - 1), "round {round}: {statuses:?}");
+    }
+    let doc = json(apps[2].get_doc("race", "doc").await).await;
+    assert_eq!(doc["version"], 21);
+}
+
+#[tokio::test]
+async fn anonymous_ids_from_every_replica_never_collide() {
+    let Some((_folder, apps)) = replicas().await else {
+        return;
+    };
+    let writers = apps.iter().enumerate().map(|(r, app)| async move {
+        let mut ids = Vec::new();
+        for i in 0..60 {
+            let body = json(app.post_api(json!({"id": null, "data": {"replica": r, "i": i}})).await).await;
+            let id = body["id"].as_u64().unwrap_or_else(|| panic!("a fresh id, not {body}"));
+            ids.push((id, r, i));
+        }
+        ids
+    });
+    let all: Vec<(u64, usize, i32)> = futures_util::future::join_all(writers)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let distinct: HashSet<u64> = all.iter().map(|(id, _, _)| *id).collect();
+    assert_eq!(distinct.len(), all.len(), "two writes got the same id");
+    // And none overwrote another: each reads back as written.
+    for (id, r, i) in &all {
+        let body = json(apps[0].get_api(&id.to_string()).await).await;
+        assert_eq!(body["data"], json!({"replica": r, "i": i}), "id {id}");
+    }
+}
+
+#[tokio::test]
+async fn the_feed_through_any_replica_holds_every_replicas_writes_in_order() {
+    let Some((_folder, apps)) = replicas().await else {
+        return;
+    };
+    let since = json(apps[0].get("/v1/changes?since=now").await).await["cursor"]
+        .as_str()
+        .expect("a cursor")
+        .to_owned();
+    // A long poll on one replica wakes for a write through another.
+    let poll = {
+        let (client, url) = (
+            apps[2].client.clone(),
+            apps[2].url(&format!("/v1/changes?since={since}&wait=10")),
+        );
+        tokio::spawn(async move { client.get(url).send().await.expect("long poll") })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    assert_eq!(apps[0].put_doc("feed", "first", &json!({})).await.status(), 201);
+    let woke = json(poll.await.expect("long poll")).await;
+    assert_eq!(woke["changes"][0]["id"], "first");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "woke after {:?}",
+        started.elapsed()
+    );
+
+    // Writers on every replica, on shared keys: each acknowledged version
+    // appears once, in order.
+    let writers = apps.iter().enumerate().map(|(r, app)| async move {
+        let mut acked: Vec<(String, u64)> = Vec::new();
+        for i in 0..40 {
+            let id = format!("k{}", (i + r) % 7);
+            let resp = app.put_doc("feed", &id, &json!({ "r": r, "i": i })).await;
+            assert!(resp.status().is_success(), "{}", resp.status());
+            acked.push((id, json(resp).await["version"].as_u64().expect("a version")));
+        }
+        acked
+    });
+    let acked: Vec<(String, u64)> = futures_util::future::join_all(writers)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut expected: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (id, version) in acked {
+        expected.entry(id).or_default().push(version);
+    }
+    for versions in expected.values_mut() {
+        versions.sort_unstable();
+    }
+    // Each replica names a change once it has followed it (within the
+    // poll): read on from the cursor until all are there.
+    for reader in &apps {
+        let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        let mut cursor = since.clone();
+        let started = Instant::now();
+        while seen != expected {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "after 5 s the feed still lacks some: {seen:?}"
+            );
+            let page = json(
+                reader
+                    .get(&format!("/v1/collections/feed/changes?since={cursor}&limit=50"))
+                    .await,
+            )
+            .await;
+            for change in page["changes"].as_array().expect("changes") {
+                let id = change["id"].as_str().expect("id");
+                if id != "first" {
+                    seen.entry(id.to_owned())
+                        .or_default()
+                        .push(change["version"].as_u64().expect("version"));
+                }
+            }
+            cursor = page["cursor"].as_str().expect("cursor").to_owned();
+            for (id, versions) in &seen {
+                let wanted = expected.get(id).map(Vec::as_slice).unwrap_or_default();
+                assert!(
+                    wanted.starts_with(versions),
+                    "{id}: {versions:?} is not a prefix of the acknowledged {wanted:?}"
+                );
+            }
+            if page["more"] == Value::Bool(false) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
