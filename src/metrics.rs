@@ -50,6 +50,8 @@ pub struct Metrics {
     /// Transactions run again after the engine refused them for a
     /// concurrent one (a shared database).
     conflict_retries: IntCounter,
+    /// The shared database's pool: connections open, idle and at most.
+    database_connections: IntGaugeVec,
 }
 
 /// How far behind the live event streams of the change feed are: for
@@ -241,6 +243,13 @@ impl Metrics {
                 "exdaas_transaction_retries_total",
                 "Write transactions run again because the database refused them for a concurrent one (40001, 40P01).",
             )),
+            database_connections: built(IntGaugeVec::new(
+                Opts::new(
+                    "exdaas_database_connections",
+                    "With EXDAAS_DATABASE_URL: the pool's connections open, idle, and its most (state).",
+                ),
+                &["state"],
+            )),
             feed_lags: Arc::new(FeedLags::default()),
             feed_slowest_lag: built(prometheus::Gauge::new(
                 "exdaas_feed_slowest_lag_seconds",
@@ -250,7 +259,8 @@ impl Metrics {
             counted_at: Mutex::new(None),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 16] = [
+            Box::new(metrics.database_connections.clone()),
             Box::new(metrics.conflict_retries.clone()),
             Box::new(metrics.feed_slowest_lag.clone()),
             Box::new(metrics.feed_followers.clone()),
@@ -325,6 +335,11 @@ impl Metrics {
             .map_or(0, |d| d.as_millis() as i64);
         self.feed_slowest_lag.set(self.feed_lags.slowest_seconds(now_ms));
         self.cache_bytes.set(gauge(snapshot.cache_bytes));
+        if let Some(pool) = snapshot.database_pool {
+            for (state, n) in [("open", pool.open), ("idle", pool.idle), ("max", pool.max)] {
+                self.database_connections.with_label_values(&[state]).set(i64::from(n));
+            }
+        }
         for shard in &snapshot.shards {
             let label = shard.index.to_string();
             self.queue_depth

@@ -46,4 +46,14 @@ pub struct StoreSnapshot {
     /// Live documents per shard, when counted for this scrape (`None` for
     /// a shard that could not be counted).
     pub documents: Option<Vec<Option<u64>>>,
+    /// The shared database's connection pool, where there is one.
+    pub database_pool: Option<PoolUse>,
+}
+
+/// A connection pool's use at a scrape.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolUse {
+    pub open: u32,
+    pub idle: u32,
+    pub max: u32,
 }

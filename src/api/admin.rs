@@ -7,7 +7,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::auth::{Access, Credentials};
-use super::error::{Flavor, ProblemError};
+use super::error::{Flavor, Problem, ProblemError};
 use super::ApiTags;
 use crate::domain::access::Scope;
 use crate::store::maintenance::Manifest;
@@ -46,6 +46,11 @@ pub enum BackupResponse {
     /// The backup is complete; its manifest is in the folder.
     #[oai(status = 201)]
     Taken(Json<BackupTaken>),
+    /// This server keeps its documents in a database
+    /// (`EXDAAS_DATABASE_URL`), not in a data folder: back it up with the
+    /// database's own tools (`pg_dump`).
+    #[oai(status = 501, content_type = "application/problem+json")]
+    NotHere(Json<Problem>),
 }
 
 #[OpenApi(prefix_path = "/v1/admin", tag = "ApiTags::Admin")]
@@ -61,6 +66,17 @@ impl AdminApi {
     async fn backup(&self, auth: Credentials) -> Result<BackupResponse, ProblemError> {
         let caller = self.access.caller(&auth, Flavor::V1).map_err(ProblemError)?;
         caller.allow(Scope::Admin, None).map_err(ProblemError)?;
+        if !self.store.has_data_folder() {
+            return Ok(BackupResponse::NotHere(Json(Problem {
+                kind: "about:blank".into(),
+                title: "Not Implemented".into(),
+                status: 501,
+                detail: "this server keeps its documents in a database (EXDAAS_DATABASE_URL), not in a data \
+                         folder: back it up with the database's own tools, such as pg_dump"
+                    .into(),
+                error_id: None,
+            })));
+        }
         let stamp = time::OffsetDateTime::now_utc()
             .format(time::macros::format_description!(
                 "[year][month][day]T[hour][minute][second].[subsecond digits:3]Z"

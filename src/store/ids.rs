@@ -88,7 +88,7 @@ impl IdCounter {
 /// takes blocks of ids from the database and hands them out, so no two
 /// processes ever hand out the same id.
 pub struct IdBlocks {
-    source: crate::store::engine::SharedIds,
+    source: crate::store::engine::SharedDatabase,
     /// What is left of this process's block.
     left: std::sync::Mutex<std::ops::RangeInclusive<u64>>,
     /// One refill at a time.
@@ -102,13 +102,18 @@ pub const ID_BLOCK: u64 = 256;
 
 impl IdBlocks {
     /// No block yet: the first fresh id takes one.
-    pub fn new(source: crate::store::engine::SharedIds, highest_used: u64) -> Self {
+    pub fn new(source: crate::store::engine::SharedDatabase, highest_used: u64) -> Self {
         Self {
             source,
             left: std::sync::Mutex::new(std::ops::RangeInclusive::new(1, 0)),
             refill: tokio::sync::Mutex::new(()),
             highest_used,
         }
+    }
+
+    /// The database the blocks come from.
+    pub fn database(&self) -> &crate::store::engine::SharedDatabase {
+        &self.source
     }
 
     fn take(&self) -> Option<u64> {

@@ -321,7 +321,7 @@ impl Store {
     /// Checks the data folder, opens every shard, starts the writers and warms
     /// the cache from disk.
     pub async fn open(options: StoreOptions) -> Result<Self, StoreError> {
-        let (files, origin, lock, shared_ids) = match &options.database_url {
+        let (files, origin, lock, shared_database) = match &options.database_url {
             None => {
                 let (layout, lock) = layout::prepare(&options.data_dir, options.shards)?;
                 let files = (0..options.shards.get() as usize)
@@ -352,8 +352,8 @@ impl Store {
                         })
                     })
                     .collect::<Vec<_>>();
-                let shared_ids = engine::SharedIds::Postgres(database.clone());
-                (files, (database.id, 1), None, Some(shared_ids))
+                let shared_database = engine::SharedDatabase::Postgres(database.clone());
+                (files, (database.id, 1), None, Some(shared_database))
             }
         };
         let cache = DocCache::new(options.cache_bytes);
@@ -401,7 +401,7 @@ impl Store {
                 shards,
                 cache,
                 ids: IdCounter::starting_after(highest_id),
-                id_blocks: shared_ids.map(|source| ids::IdBlocks::new(source, highest_id)),
+                id_blocks: shared_database.map(|source| ids::IdBlocks::new(source, highest_id)),
                 shutdown,
                 lock: std::sync::Mutex::new(lock),
                 data_dir: options.data_dir.clone(),
@@ -664,6 +664,7 @@ impl Store {
             cache_bytes,
             shards,
             documents,
+            database_pool: self.inner.id_blocks.as_ref().map(|blocks| blocks.database().pool_use()),
         }
     }
 
@@ -683,6 +684,12 @@ impl Store {
     /// while the store serves: see [`maintenance::backup`].
     pub async fn backup(&self, dest: &std::path::Path) -> Result<maintenance::Manifest, StoreError> {
         maintenance::backup(&self.inner.data_dir, dest).await
+    }
+
+    /// The documents are in the data folder's files (not a database): what
+    /// backups of files need.
+    pub fn has_data_folder(&self) -> bool {
+        !self.inner.shards.iter().any(|shard| shard.shared)
     }
 
     /// The shard that holds `key`.

@@ -163,8 +163,11 @@ async fn kill_and_check(sync: &str) {
     let server = ServerProcess::start(folder.path(), &[("EXDAAS_SYNC", sync)]).await;
     // Every writer has stopped: take the ledger out of its lock.
     let ledger = std::mem::take(&mut *ledger.lock().expect("ledger"));
+    // Enough acknowledged writes for the check to mean something (a
+    // database's round trips make fewer in the same time than files do).
+    let enough = if crate::helpers::on_postgres() { 30 } else { 100 };
     assert!(
-        ledger.puts.len() > 100,
+        ledger.puts.len() > enough,
         "the load got going: {} puts acknowledged",
         ledger.puts.len()
     );

@@ -225,3 +225,31 @@ async fn the_feed_through_any_replica_holds_every_replicas_writes_in_order() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_backup_over_http_says_to_use_the_databases_tools() {
+    let Some((_folder, apps)) = replicas().await else {
+        return;
+    };
+    let resp = send(apps[0].request(Method::POST, "/v1/admin/backup")).await;
+    assert_eq!(resp.status(), 501);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let problem = json(resp).await;
+    assert!(
+        problem["detail"].as_str().is_some_and(|d| d.contains("pg_dump")),
+        "{problem}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_show_the_database_pool_and_retries() {
+    let Some((_folder, apps)) = replicas().await else {
+        return;
+    };
+    apps[0].put_doc("m", "a", &json!({})).await;
+    let text = apps[0].get("/metrics").await.text().await.expect("metrics");
+    // SHARD_LIMIT 4 x (4 read connections + 1 writer) + 2.
+    assert!(text.contains("exdaas_database_connections{state=\"max\"} 22"), "{text}");
+    assert!(text.contains("exdaas_database_connections{state=\"open\"}"), "{text}");
+    assert!(text.contains("exdaas_transaction_retries_total 0"), "{text}");
+}

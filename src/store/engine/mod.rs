@@ -181,15 +181,27 @@ impl ShardWrites {
     }
 }
 
-/// The id counter's blocks where several processes share it.
+/// A database several processes share: what the store asks of it beyond
+/// shards (the id counter's blocks, the pool's use).
 #[derive(Clone)]
-pub enum SharedIds {
+pub enum SharedDatabase {
     Postgres(Arc<postgres::PgDatabase>),
 }
 
-impl SharedIds {
+impl SharedDatabase {
     /// Reserves `count` ids after every id reserved before, from at least
     /// `at_least` (and past `highest_used` on a new store): first and last.
+    /// Connections open and idle in the pool, and its most.
+    pub fn pool_use(&self) -> crate::stats::PoolUse {
+        match self {
+            Self::Postgres(db) => crate::stats::PoolUse {
+                open: db.pool.size(),
+                idle: u32::try_from(db.pool.num_idle()).unwrap_or(u32::MAX),
+                max: db.pool.options().get_max_connections(),
+            },
+        }
+    }
+
     pub async fn reserve(&self, count: u64, at_least: u64, highest_used: u64) -> Result<(u64, u64), StoreError> {
         match self {
             Self::Postgres(db) => db
