@@ -1,7 +1,7 @@
 //! The command line: `exdaas` serves in the foreground (settings from the
 //! environment or a TOML file, listed by `--help`); its other commands
 //! operate on the data folder (`DETS_ROOT`): backup, restore, check and
-//! reshard.
+//! reshard, and migrate (between it and a PostgreSQL-protocol database).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +49,21 @@ pub enum Command {
         #[arg(long)]
         to: u32,
     },
+    /// Copy DETS_ROOT into a PostgreSQL-protocol database (--to URL), or a
+    /// database into an empty DETS_ROOT (--from URL), then verify the copy:
+    /// each collection's count and checksum read back from the target.
+    /// Documents keep their versions; the change feed starts afresh. --to
+    /// needs the server stopped and a database exdaas has not written to;
+    /// --from copies one snapshot, so replicas may keep serving.
+    #[command(group(clap::ArgGroup::new("direction").required(true).args(["to", "from"])))]
+    Migrate {
+        /// The database to copy DETS_ROOT into (postgres://...)
+        #[arg(long, value_name = "URL")]
+        to: Option<String>,
+        /// The database to copy into DETS_ROOT (postgres://...)
+        #[arg(long, value_name = "URL")]
+        from: Option<String>,
+    },
 }
 
 fn settings_help() -> String {
@@ -74,6 +89,18 @@ pub async fn run_maintenance(command: Command) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Command::Migrate { to, from } = command {
+        let logs = crate::telemetry::init(settings.log_format, &crate::config::TraceExport::Off);
+        let outcome = migrate(&settings.data_dir, to, from).await;
+        logs.shutdown().await;
+        return match outcome {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("exdaas: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if settings.database_url.is_some() {
         eprintln!(
             "exdaas: backup, restore, check and reshard work on a data folder (DETS_ROOT), and \
@@ -86,7 +113,7 @@ pub async fn run_maintenance(command: Command) -> ExitCode {
     let logs = crate::telemetry::init(settings.log_format, &crate::config::TraceExport::Off);
     let root = settings.data_dir;
     let outcome = match command {
-        Command::Serve => return ExitCode::from(2),
+        Command::Serve | Command::Migrate { .. } => return ExitCode::from(2),
         Command::Backup { dest } => backup(&root, &dest).await,
         Command::Restore { src } => restore(&src, &root).await,
         Command::Check => check(&root).await,
@@ -192,5 +219,63 @@ async fn reshard(root: &std::path::Path, to: u32) -> Outcome {
             report.to
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn migrate(root: &std::path::Path, to: Option<String>, from: Option<String>) -> Outcome {
+    use crate::store::transfer::{self, Progress, Stage};
+    let url = to.as_deref().or(from.as_deref()).unwrap_or_default();
+    let shown = crate::config::redact_url(url);
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        eprintln!("exdaas: {shown}: expected a postgres:// or postgresql:// URL");
+        return Ok(ExitCode::from(2));
+    }
+    // A line every couple of seconds, and when a stage ends.
+    let mut last_line = std::time::Instant::now();
+    let mut report = |p: Progress| {
+        if p.done < p.total && last_line.elapsed() < std::time::Duration::from_secs(2) {
+            return;
+        }
+        last_line = std::time::Instant::now();
+        let verb = match p.stage {
+            Stage::Copying => "copied",
+            Stage::Verifying => "verified",
+        };
+        let percent = (p.done * 100).checked_div(p.total).unwrap_or(100);
+        let rate = p.done as f64 / p.elapsed.as_secs_f64().max(0.001);
+        println!("  {verb} {} of {} documents ({percent}%), {rate:.0}/s", p.done, p.total);
+    };
+    let migrated = if to.is_some() {
+        println!("migrating {} into {shown}", root.display());
+        transfer::folder_to_database(root, url, &mut report).await?
+    } else {
+        println!("migrating {shown} into {}", root.display());
+        transfer::database_to_folder(url, root, &mut report).await?
+    };
+    for (name, collection) in &migrated.tally.collections {
+        println!(
+            "  {name:<24} {:>10} documents  checksum {}  ok",
+            collection.documents,
+            collection.checksum()
+        );
+    }
+    let next = if to.is_some() {
+        format!(
+            "start the replicas with EXDAAS_DATABASE_URL={shown} SHARD_LIMIT={}",
+            migrated.shards
+        )
+    } else {
+        format!(
+            "start the server with DETS_ROOT={} SHARD_LIMIT={}",
+            root.display(),
+            migrated.shards
+        )
+    };
+    println!(
+        "migrate complete: {} documents in {} collections copied and verified in {:.1} s; {next}",
+        migrated.tally.documents(),
+        migrated.tally.collections.len(),
+        migrated.elapsed.as_secs_f64()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -12,6 +12,7 @@ mod faults;
 mod feed;
 pub mod ids;
 pub use engine::sqlite::{layout, maintenance};
+pub use engine::transfer;
 mod ops;
 mod patch;
 pub mod placement;

@@ -329,6 +329,37 @@ pub async fn rows_on_disk(dir: &Path, collection: &str) -> Vec<i64> {
     counts
 }
 
+/// What one run of the `exdaas` binary said.
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn said(&self) -> String {
+        format!(
+            "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `exdaas <args>` over the data folder `root` until it exits.
+pub async fn exdaas(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_exdaas"));
+    command.args(args).env("DETS_ROOT", root).env("RUST_LOG", "warn");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().await.expect("exdaas runs");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// The real `exdaas` binary, started as a child process over a data folder,
 /// for tests that signal or kill it.
 pub struct ServerProcess {

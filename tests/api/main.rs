@@ -18,6 +18,7 @@ mod legacy_api;
 mod listing;
 mod maintenance;
 mod memory;
+mod migrate;
 mod model;
 mod observe;
 mod patch;

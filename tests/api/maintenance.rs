@@ -7,38 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{json, send, skip_on_postgres, spawn_app_on, spawn_app_with, TestApp};
-
-/// What one run of the `exdaas` binary said.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn said(&self) -> String {
-        format!(
-            "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Runs `exdaas <args>` over the data folder `root` until it exits.
-async fn exdaas(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_exdaas"));
-    command.args(args).env("DETS_ROOT", root).env("RUST_LOG", "warn");
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let out = command.output().await.expect("exdaas runs");
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
+use crate::helpers::{exdaas, json, send, skip_on_postgres, spawn_app_on, spawn_app_with, TestApp};
 
 /// Imports `n` documents `{"n": i, "name": "doc-i"}` with ids `d000000..`
 /// into `collection`, in one NDJSON request.

@@ -7,6 +7,7 @@
 
 pub mod postgres;
 pub mod sqlite;
+pub mod transfer;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

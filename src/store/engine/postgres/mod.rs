@@ -9,6 +9,7 @@
 
 mod error;
 mod reads;
+pub mod transfer;
 mod writes;
 
 use std::sync::Arc;
@@ -39,7 +40,15 @@ impl PgDatabase {
     /// Connects, applies the migrations (one replica at a time, under a
     /// lease row rather than advisory locks, which CockroachDB lacks), and
     /// checks the database was made for `shards` shards (recording it if new).
+    /// A database an unfinished `exdaas migrate --to` is filling is refused.
     pub async fn open(url: &str, shards: u32, connections: u32, wait: Duration) -> Result<Self, StoreError> {
+        let database = Self::prepare(url, shards, connections, wait).await?;
+        transfer::refuse_unfinished(&database).await?;
+        Ok(database)
+    }
+
+    /// [`PgDatabase::open`], whatever a migration left.
+    pub(crate) async fn prepare(url: &str, shards: u32, connections: u32, wait: Duration) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| StoreError::Database {
             reason: format!("EXDAAS_DATABASE_URL is not a PostgreSQL URL: {e}"),
         })?;

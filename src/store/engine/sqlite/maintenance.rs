@@ -66,26 +66,26 @@ pub struct ManifestFile {
     pub sha256: String,
 }
 
-fn folder_error(path: &Path, reason: impl Into<String>) -> StoreError {
+pub(super) fn folder_error(path: &Path, reason: impl Into<String>) -> StoreError {
     StoreError::DataFolder {
         path: path.to_path_buf(),
         reason: reason.into(),
     }
 }
 
-fn file_error(path: &Path, reason: impl Into<String>) -> StoreError {
+pub(super) fn file_error(path: &Path, reason: impl Into<String>) -> StoreError {
     StoreError::CorruptFile {
         path: path.to_path_buf(),
         reason: reason.into(),
     }
 }
 
-fn sql_error(path: &Path, err: sqlx::Error) -> StoreError {
+pub(super) fn sql_error(path: &Path, err: sqlx::Error) -> StoreError {
     file_error(path, err.to_string())
 }
 
 /// The layout of an existing data folder.
-fn existing_layout(root: &Path) -> Result<Layout, StoreError> {
+pub(super) fn existing_layout(root: &Path) -> Result<Layout, StoreError> {
     layout::read(root)?.ok_or_else(|| {
         folder_error(
             root,
@@ -94,7 +94,7 @@ fn existing_layout(root: &Path) -> Result<Layout, StoreError> {
     })
 }
 
-async fn open_read_only(path: &Path) -> Result<SqliteConnection, StoreError> {
+pub(super) async fn open_read_only(path: &Path) -> Result<SqliteConnection, StoreError> {
     if !path.exists() {
         return Err(file_error(path, "missing"));
     }
@@ -108,7 +108,7 @@ async fn open_read_only(path: &Path) -> Result<SqliteConnection, StoreError> {
 }
 
 /// Makes sure `dest` is a new or empty folder, and creates it.
-fn empty_folder(dest: &Path) -> Result<(), StoreError> {
+pub(super) fn empty_folder(dest: &Path) -> Result<(), StoreError> {
     match std::fs::read_dir(dest) {
         Ok(mut entries) => {
             if entries.next().is_some() {
@@ -139,7 +139,7 @@ fn sha256_of(path: &Path) -> Result<(String, u64), StoreError> {
     Ok((hex::encode(hasher.finalize()), bytes))
 }
 
-fn fsync(path: &Path) -> Result<(), StoreError> {
+pub(super) fn fsync(path: &Path) -> Result<(), StoreError> {
     std::fs::File::open(path)
         .and_then(|f| f.sync_all())
         .map_err(|e| file_error(path, format!("cannot sync it: {e}")))
@@ -597,7 +597,7 @@ async fn add_counts(
 }
 
 /// A new, empty shard file with the current schema, set up for a bulk load.
-async fn create_shard_file(path: &Path) -> Result<SqliteConnection, StoreError> {
+pub(super) async fn create_shard_file(path: &Path) -> Result<SqliteConnection, StoreError> {
     let mut conn = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)

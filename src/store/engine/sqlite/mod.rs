@@ -15,6 +15,7 @@ pub mod layout;
 pub mod maintenance;
 pub mod reads;
 mod rows;
+pub mod transfer;
 pub mod writes;
 
 pub use error::{engine_error, store_error};
