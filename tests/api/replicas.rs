@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{json, on_postgres, send, spawn_app_on, TestApp};
+use crate::helpers::{json, on_postgres, send, spawn_app_on, ServerProcess, TestApp};
 
 /// Three replicas on one database, each following the others every 50 ms.
 async fn replicas() -> Option<(tempfile::TempDir, Vec<TestApp>)> {
@@ -252,4 +252,158 @@ async fn metrics_show_the_database_pool_and_retries() {
     assert!(text.contains("exdaas_database_connections{state=\"max\"} 22"), "{text}");
     assert!(text.contains("exdaas_database_connections{state=\"open\"}"), "{text}");
     assert!(text.contains("exdaas_transaction_retries_total 0"), "{text}");
+}
+
+/// Three exdaas processes on one database, loaded through all of them, and
+/// one killed (SIGKILL) mid-load: every write any of them acknowledged is
+/// there, through the survivors, in their feed, and through a replica
+/// started afresh; anonymous ids stayed distinct throughout.
+#[tokio::test]
+async fn killing_one_replica_mid_load_loses_nothing_acknowledged() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    if !on_postgres() {
+        eprintln!("only on PostgreSQL: a data folder has one process");
+        return;
+    }
+    let folder = tempfile::tempdir().expect("temp dir");
+    let settings = [("EXDAAS_REPLICA_POLL_MS", "50")];
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(ServerProcess::start(folder.path(), &settings).await);
+    }
+    let client = reqwest::Client::new();
+    let since = json(send(client.get(replicas[1].url("/v1/changes?since=now"))).await).await["cursor"]
+        .as_str()
+        .expect("a cursor")
+        .to_owned();
+
+    // Three writers per replica, each alternating a chosen-id PUT and an
+    // anonymous POST until stopped or its replica is gone.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for (r, replica) in replicas.iter().enumerate() {
+        for w in 0..3 {
+            let (client, stop, base) = (client.clone(), stop.clone(), replica.url(""));
+            writers.push(tokio::spawn(async move {
+                let mut acked: Vec<(String, String, Value)> = Vec::new();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let body = json!({ "r": r, "w": w, "i": i });
+                    let id = format!("{r}-{w}-{i}");
+                    let Ok(resp) = client
+                        .put(format!("{base}/v1/collections/load/docs/{id}"))
+                        .json(&body)
+                        .send()
+                        .await
+                    else {
+                        break;
+                    };
+                    if resp.status() == 201 {
+                        acked.push(("load".into(), id, body.clone()));
+                    }
+                    let Ok(resp) = client
+                        .post(format!("{base}/v1/collections/anon/docs"))
+                        .json(&body)
+                        .send()
+                        .await
+                    else {
+                        break;
+                    };
+                    if resp.status() == 201 {
+                        if let Ok(created) = resp.json::<Value>().await {
+                            let id = created["id"].as_str().expect("an id").to_owned();
+                            acked.push(("anon".into(), id, body));
+                        }
+                    }
+                    i += 1;
+                }
+                (r, acked)
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    replicas[0].signal("KILL");
+    assert_eq!(replicas[0].wait().await, None, "killed by the signal");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    let mut by_killed = 0;
+    for writer in writers {
+        let (r, writes) = writer.await.expect("writer");
+        if r == 0 {
+            by_killed += writes.len();
+        }
+        acked.extend(writes);
+    }
+    assert!(by_killed > 0, "the killed replica acknowledged writes before it died");
+    let anon: Vec<&String> = acked
+        .iter()
+        .filter(|(c, _, _)| c == "anon")
+        .map(|(_, id, _)| id)
+        .collect();
+    assert_eq!(
+        anon.iter().collect::<HashSet<_>>().len(),
+        anon.len(),
+        "two anonymous writes got the same id"
+    );
+    eprintln!("{} writes acknowledged, {by_killed} by the killed replica", acked.len());
+
+    // Every acknowledged write, as written, through each survivor and a
+    // replica started afresh.
+    let fresh = ServerProcess::start(folder.path(), &settings).await;
+    for reader in [&replicas[1], &replicas[2], &fresh] {
+        let mut stored: BTreeMap<(String, String), Value> = BTreeMap::new();
+        for collection in ["load", "anon"] {
+            let mut cursor = String::new();
+            loop {
+                let page = json(
+                    send(client.get(reader.url(&format!("/v1/collections/{collection}/docs?limit=1000{cursor}"))))
+                        .await,
+                )
+                .await;
+                for item in page["items"].as_array().expect("items") {
+                    let id = item["id"].as_str().expect("id").to_owned();
+                    stored.insert((collection.to_owned(), id), item["data"].clone());
+                }
+                match page["next_cursor"].as_str() {
+                    Some(next) => cursor = format!("&cursor={next}"),
+                    None => break,
+                }
+            }
+        }
+        for (collection, id, body) in &acked {
+            assert_eq!(
+                stored.get(&(collection.clone(), id.clone())),
+                Some(body),
+                "{collection}/{id} was acknowledged"
+            );
+        }
+    }
+
+    // The survivors' feed names every acknowledged write.
+    let mut missing: HashSet<(String, String)> = acked.iter().map(|(c, id, _)| (c.clone(), id.clone())).collect();
+    let mut cursor = since;
+    let started = Instant::now();
+    while !missing.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "after 10 s the feed still lacks {} acknowledged writes",
+            missing.len()
+        );
+        let page =
+            json(send(client.get(replicas[2].url(&format!("/v1/changes?since={cursor}&limit=1000")))).await).await;
+        for change in page["changes"].as_array().expect("changes") {
+            let key = (
+                change["collection"].as_str().expect("collection").to_owned(),
+                change["id"].as_str().expect("id").to_owned(),
+            );
+            missing.remove(&key);
+        }
+        cursor = page["cursor"].as_str().expect("cursor").to_owned();
+        if page["more"] == Value::Bool(false) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
