@@ -52,6 +52,7 @@ pub struct Metrics {
     conflict_retries: IntCounter,
     /// The shared database's pool: connections open, idle and at most.
     database_connections: IntGaugeVec,
+    database_round_trip: Histogram,
 }
 
 /// How far behind the live event streams of the change feed are: for
@@ -149,6 +150,10 @@ impl StoreEvents for Metrics {
 
     fn conflict_retried(&self, _shard: usize) {
         self.conflict_retries.inc();
+    }
+
+    fn database_round_trip(&self, seconds: f64) {
+        self.database_round_trip.observe(seconds);
     }
 }
 
@@ -250,6 +255,15 @@ impl Metrics {
                 ),
                 &["state"],
             )),
+            database_round_trip: built(Histogram::with_opts(
+                HistogramOpts::new(
+                    "exdaas_database_round_trip_seconds",
+                    "With EXDAAS_DATABASE_URL: time of each query that follows the other replicas' writes, there and back.",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                ]),
+            )),
             feed_lags: Arc::new(FeedLags::default()),
             feed_slowest_lag: built(prometheus::Gauge::new(
                 "exdaas_feed_slowest_lag_seconds",
@@ -259,7 +273,8 @@ impl Metrics {
             counted_at: Mutex::new(None),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 16] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
+            Box::new(metrics.database_round_trip.clone()),
             Box::new(metrics.database_connections.clone()),
             Box::new(metrics.conflict_retries.clone()),
             Box::new(metrics.feed_slowest_lag.clone()),

@@ -14,6 +14,9 @@ pub trait StoreEvents: Send + Sync + std::fmt::Debug {
     /// Shard `shard`'s writer ran a transaction again: the engine refused
     /// it for a concurrent one.
     fn conflict_retried(&self, shard: usize);
+    /// One query to a shared database (a replica following the others'
+    /// writes) took `seconds`, there and back.
+    fn database_round_trip(&self, seconds: f64);
 }
 
 /// Events that go nowhere: tools and benchmarks that serve no metrics.
@@ -25,6 +28,7 @@ impl StoreEvents for NoEvents {
     fn batch(&self, _shard: usize, _requests: usize) {}
     fn commit(&self, _shard: usize, _seconds: f64) {}
     fn conflict_retried(&self, _shard: usize) {}
+    fn database_round_trip(&self, _seconds: f64) {}
 }
 
 /// What one shard is doing.

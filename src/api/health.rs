@@ -39,15 +39,34 @@ pub struct ShardStatus {
 }
 
 #[derive(Object)]
+pub struct DatabaseStatus {
+    /// This replica read every other replica's writes (the shards' feeds)
+    /// within the last `trust_ms`; while not, its reads go past the cache.
+    reachable: bool,
+    /// Milliseconds since the last round that read them all began.
+    behind_ms: u64,
+    /// `max(1000, 10 x EXDAAS_REPLICA_POLL_MS)`.
+    trust_ms: u64,
+    /// Why the database cannot be read, while it cannot; `null` otherwise.
+    #[oai(nullable)]
+    problem: Option<String>,
+}
+
+#[derive(Object)]
 pub struct Readiness {
     /// `ready` or `not ready`.
     status: String,
     shards: Vec<ShardStatus>,
+    /// With EXDAAS_DATABASE_URL, the database as this replica reaches it;
+    /// `null` on a data folder.
+    #[oai(nullable)]
+    database: Option<DatabaseStatus>,
 }
 
 #[derive(ApiResponse)]
 pub enum ReadyResponse {
-    /// Every shard is open and every writer running.
+    /// Every shard is open and every writer running (and the database, if
+    /// any, answers).
     #[oai(status = 200)]
     Ready(Json<Readiness>),
     /// Some shard is not serving; `shards` says which.
@@ -75,7 +94,7 @@ impl HealthApi {
         MetricsResponse::Text(PlainText(self.metrics.render(&snapshot)))
     }
 
-    /// Every shard is open and every writer running
+    /// Every shard is open and every writer running, and the database answers
     #[oai(path = "/readyz", method = "get")]
     async fn readyz(&self) -> ReadyResponse {
         let shards: Vec<ShardStatus> = self
@@ -88,16 +107,23 @@ impl HealthApi {
                 problem: s.problem.map(str::to_owned),
             })
             .collect();
-        if shards.iter().all(|s| s.ready) {
-            ReadyResponse::Ready(Json(Readiness {
-                status: "ready".into(),
-                shards,
-            }))
+        let database = self.store.database_health().map(|db| DatabaseStatus {
+            reachable: db.reachable,
+            behind_ms: u64::try_from(db.behind.as_millis()).unwrap_or(u64::MAX),
+            trust_ms: u64::try_from(db.trust.as_millis()).unwrap_or(u64::MAX),
+            problem: db.problem,
+        });
+        let ready = shards.iter().all(|s| s.ready) && database.as_ref().is_none_or(|db| db.reachable);
+        let status = if ready { "ready" } else { "not ready" }.to_owned();
+        let readiness = Json(Readiness {
+            status,
+            shards,
+            database,
+        });
+        if ready {
+            ReadyResponse::Ready(readiness)
         } else {
-            ReadyResponse::NotReady(Json(Readiness {
-                status: "not ready".into(),
-                shards,
-            }))
+            ReadyResponse::NotReady(readiness)
         }
     }
 }

@@ -277,6 +277,19 @@ pub struct Stored {
     pub changed: bool,
 }
 
+/// A shared database, as one replica sees it.
+#[derive(Debug, Clone)]
+pub struct DatabaseHealth {
+    /// A round that read every shard's feed began within `trust`: the cache
+    /// serves, at most that stale.
+    pub reachable: bool,
+    /// Since the last such round began.
+    pub behind: std::time::Duration,
+    pub trust: std::time::Duration,
+    /// Why following fails, while it does.
+    pub problem: Option<String>,
+}
+
 /// Readiness of one shard.
 #[derive(Debug, Clone)]
 pub struct ShardHealth {
@@ -316,6 +329,9 @@ struct Inner {
     feed_reads: tokio::sync::Semaphore,
     /// Told whenever any shard publishes feed entries.
     feed_published: Arc<watch::Sender<u64>>,
+    /// Where other processes write too (a shared database): how current
+    /// this one's knowledge of their writes is.
+    following: Option<Arc<replicas::Following>>,
 }
 
 impl Store {
@@ -396,6 +412,9 @@ impl Store {
             None => None,
         };
         let highest_id = shards.iter().map(|s| s.counter_high).max().unwrap_or(0);
+        let shared_following = shared_database
+            .as_ref()
+            .map(|_| Arc::new(replicas::Following::new(options.replica_poll)));
         let store = Store {
             inner: Arc::new(Inner {
                 placement: Placement::new(options.shards),
@@ -413,20 +432,26 @@ impl Store {
                 generation: origin.1,
                 feed_reads: tokio::sync::Semaphore::new((options.read_connections as usize / 2).max(1)),
                 feed_published,
+                following: shared_following,
             }),
         };
         if let Err(err) = store.warm_cache().await {
             store.shutdown().await;
             return Err(err);
         }
-        if store.inner.shards.iter().any(|shard| shard.shared) {
-            tokio::spawn(replicas::follow(store.clone(), options.replica_poll));
+        if let Some(following) = &store.inner.following {
+            tokio::spawn(replicas::follow(store.clone(), options.replica_poll, following.clone()));
         }
         Ok(store)
     }
 
     /// The document at `key`, if it exists (and has not expired).
     pub async fn get(&self, key: &DocKey) -> Result<Option<Document>, StoreError> {
+        if self.inner.following.as_ref().is_some_and(|f| !f.cache_trusted()) {
+            // Other replicas' writes may be missing from the cache for longer
+            // than its promise: the database answers, or says it cannot.
+            return self.get_fresh(key).await;
+        }
         // The shard is found only on a miss: a hit needs no placement hash.
         let cached = self.inner.cache.get(key).await;
         let hit = cached.is_some();
@@ -468,8 +493,9 @@ impl Store {
     pub async fn write(&self, key: DocKey, expect: Expect, action: Action) -> WriteResult {
         let counted = self.note_put(&key.id, &action);
         // A put equal to the committed document changes nothing; the cache
-        // holds only committed state, so answering from it is safe.
-        if let (Expect::Any, Action::Put { data, expires_at_ms }) = (&expect, &action) {
+        // holds only committed state, so answering from it is safe, unless
+        // other replicas write too: their newer state may not be there yet.
+        if let (Expect::Any, Action::Put { data, expires_at_ms }, None) = (&expect, &action, &self.inner.following) {
             if let Some(doc) = self.inner.cache.get(&key).await {
                 if doc.data == *data && doc.expires_at_ms == *expires_at_ms && doc.is_live(writer::now_millis()) {
                     return Ok(WriteOutcome::Unchanged(doc));
@@ -679,6 +705,17 @@ impl Store {
                 problem: s.outage().map(Outage::describe),
             })
             .collect()
+    }
+
+    /// Where other replicas share the database: whether this one has read
+    /// all their writes recently enough to serve from its cache.
+    pub fn database_health(&self) -> Option<DatabaseHealth> {
+        self.inner.following.as_ref().map(|f| DatabaseHealth {
+            reachable: f.cache_trusted(),
+            behind: f.behind(),
+            trust: f.trust,
+            problem: f.problem(),
+        })
     }
 
     /// Takes a consistent backup of every shard into `dest` (new or empty),

@@ -79,6 +79,39 @@ async fn a_change_through_one_replica_reaches_the_others_caches_within_the_poll(
 }
 
 #[tokio::test]
+async fn a_put_through_a_replica_with_a_stale_cache_still_writes() {
+    let Some((_folder, apps)) = replicas().await else {
+        return;
+    };
+    let (a, b) = (&apps[0], &apps[1]);
+    for round in 0..10 {
+        let id = format!("doc{round}");
+        assert_eq!(b.put_doc("stale", &id, &json!({"n": 1})).await.status(), 201);
+        // b caches {"n": 1}; a changes it; b at once is told {"n": 1}
+        // again, before its follower can have heard of a's write.
+        assert_eq!(json(b.get_doc("stale", &id).await).await["data"], json!({"n": 1}));
+        assert_eq!(a.put_doc("stale", &id, &json!({"n": 2})).await.status(), 200);
+        let resp = b.put_doc("stale", &id, &json!({"n": 1})).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            json(resp).await["version"],
+            3,
+            "round {round}: b's put is a new version"
+        );
+        let fresh = send(
+            a.request(Method::GET, &format!("/v1/collections/stale/docs/{id}"))
+                .header("Cache-Control", "no-cache"),
+        )
+        .await;
+        assert_eq!(
+            json(fresh).await["data"],
+            json!({"n": 1}),
+            "round {round}: the last acknowledged put stands"
+        );
+    }
+}
+
+#[tokio::test]
 async fn if_match_races_across_replicas_have_exactly_one_winner() {
     let Some((_folder, apps)) = replicas().await else {
         return;
@@ -252,6 +285,15 @@ async fn metrics_show_the_database_pool_and_retries() {
     assert!(text.contains("exdaas_database_connections{state=\"max\"} 22"), "{text}");
     assert!(text.contains("exdaas_database_connections{state=\"open\"}"), "{text}");
     assert!(text.contains("exdaas_transaction_retries_total 0"), "{text}");
+    // The followers' queries, there and back.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let text = apps[0].get("/metrics").await.text().await.expect("metrics");
+    let trips = text
+        .lines()
+        .find_map(|line| line.strip_prefix("exdaas_database_round_trip_seconds_count "))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(trips >= 4, "{text}");
 }
 
 /// Three exdaas processes on one database, loaded through all of them, and
@@ -406,4 +448,67 @@ async fn killing_one_replica_mid_load_loses_nothing_acknowledged() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// While a replica cannot follow the others' writes (here: the feed table
+/// out of reach), its cache would go stale past its promise: after
+/// `max(1 s, 10 polls)` its reads go to the database and `/readyz` says
+/// why; once following works again, it is ready and caches again.
+#[tokio::test]
+async fn a_replica_that_cannot_follow_stops_trusting_its_cache_and_says_so() {
+    use sqlx::Connection;
+    let Some((folder, apps)) = replicas().await else {
+        return;
+    };
+    let app = &apps[0];
+    let ready = json(app.get("/readyz").await).await;
+    assert_eq!(ready["database"]["reachable"], true, "{ready}");
+    assert_eq!(ready["database"]["trust_ms"], 1000, "{ready}");
+    assert_eq!(app.put_doc("users", "alice", &json!({"n": 1})).await.status(), 201);
+    assert_eq!(json(app.get_doc("users", "alice").await).await["data"], json!({"n": 1}));
+
+    let url = crate::helpers::database_for(folder.path()).expect("a database");
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("the database answers");
+    sqlx::query("ALTER TABLE exdaas_changes RENAME TO exdaas_changes_away")
+        .execute(&mut conn)
+        .await
+        .expect("renamed");
+    // A change no replica's feed can tell of.
+    sqlx::query("UPDATE exdaas_documents SET data = '{\"n\":2}', version = version + 1 WHERE id = 'alice'")
+        .execute(&mut conn)
+        .await
+        .expect("changed");
+    let started = Instant::now();
+    let not_ready = loop {
+        let resp = app.get("/readyz").await;
+        if resp.status() == 503 {
+            break json(resp).await;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "still ready after 5 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(not_ready["database"]["reachable"], false, "{not_ready}");
+    assert!(
+        not_ready["database"]["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("feed")),
+        "{not_ready}"
+    );
+    assert_eq!(
+        json(app.get_doc("users", "alice").await).await["data"],
+        json!({"n": 2}),
+        "past its trust, the cache does not answer"
+    );
+
+    sqlx::query("ALTER TABLE exdaas_changes_away RENAME TO exdaas_changes")
+        .execute(&mut conn)
+        .await
+        .expect("renamed back");
+    let started = Instant::now();
+    while app.get("/readyz").await.status() != 200 {
+        assert!(started.elapsed() < Duration::from_secs(5), "not ready again after 5 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ready = json(app.get("/readyz").await).await;
+    assert_eq!(ready["database"]["problem"], Value::Null, "{ready}");
 }
