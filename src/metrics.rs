@@ -22,6 +22,12 @@ use crate::stats::{StoreEvents, StoreSnapshot};
 /// `count(*)` over a shard).
 const DOCUMENT_COUNTS_MAX_AGE: Duration = Duration::from_secs(10);
 
+/// Buckets for things that take from a tenth of a millisecond to a second:
+/// commits, database round trips.
+const SHORT_SECONDS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
 /// Every metric of one server.
 pub struct Metrics {
     registry: Registry,
@@ -231,9 +237,7 @@ impl Metrics {
                     "exdaas_writer_commit_duration_seconds",
                     "Time a shard writer spent writing and committing one batch.",
                 )
-                .buckets(vec![
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-                ]),
+                .buckets(SHORT_SECONDS.to_vec()),
                 &["shard"],
             )),
             feed_followers: built(IntGauge::new(
@@ -260,9 +264,7 @@ impl Metrics {
                     "exdaas_database_round_trip_seconds",
                     "With EXDAAS_DATABASE_URL: time of each query that follows the other replicas' writes, there and back.",
                 )
-                .buckets(vec![
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-                ]),
+                .buckets(SHORT_SECONDS.to_vec()),
             )),
             feed_lags: Arc::new(FeedLags::default()),
             feed_slowest_lag: built(prometheus::Gauge::new(

@@ -110,6 +110,8 @@ pub struct Shard {
     feed_head_tx: Arc<watch::Sender<u64>>,
     /// Other processes write this shard too (a shared database).
     pub shared: bool,
+    /// The engine's name (`db.system.name` on traces).
+    engine: &'static str,
     recent_feed: Arc<RecentFeed>,
     /// Every id the counter handed out or moved past that is stored here
     /// was at most this when the shard was opened: where the counter
@@ -128,6 +130,7 @@ impl Shard {
         feed_published: Arc<watch::Sender<u64>>,
     ) -> Result<Self, StoreError> {
         let index = file.index();
+        let engine = file.engine_name();
         let setup = WriterSetup {
             index,
             file,
@@ -169,6 +172,7 @@ impl Shard {
             feed_head,
             feed_head_tx,
             shared,
+            engine,
             recent_feed,
             counter_high,
         })
@@ -184,7 +188,7 @@ impl Shard {
             exdaas.shard = self.index as i64,
             exdaas.operations = ops.len() as i64,
             exdaas.batch.size = tracing::field::Empty,
-            db.system.name = "sqlite",
+            db.system.name = self.engine,
         );
         async {
             let deadline = tokio::time::Instant::now() + self.queue_wait;

@@ -190,8 +190,6 @@ pub enum SharedDatabase {
 }
 
 impl SharedDatabase {
-    /// Reserves `count` ids after every id reserved before, from at least
-    /// `at_least` (and past `highest_used` on a new store): first and last.
     /// Connections open and idle in the pool, and its most.
     pub fn pool_use(&self) -> crate::stats::PoolUse {
         match self {
@@ -203,6 +201,8 @@ impl SharedDatabase {
         }
     }
 
+    /// Reserves `count` ids after every id reserved before, from at least
+    /// `at_least` (and past `highest_used` on a new store): first and last.
     pub async fn reserve(&self, count: u64, at_least: u64, highest_used: u64) -> Result<(u64, u64), StoreError> {
         match self {
             Self::Postgres(db) => db

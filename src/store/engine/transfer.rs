@@ -166,7 +166,17 @@ struct Meter<'a> {
     started: Instant,
 }
 
-impl Meter<'_> {
+impl<'a> Meter<'a> {
+    fn new(report: &'a mut dyn FnMut(Progress), total: u64) -> Self {
+        Self {
+            report,
+            stage: Stage::Copying,
+            done: 0,
+            total,
+            started: Instant::now(),
+        }
+    }
+
     fn advance(&mut self, rows: usize) {
         self.done += rows as u64;
         (self.report)(Progress {
@@ -184,6 +194,28 @@ impl Meter<'_> {
     }
 }
 
+/// Pages of documents, read in turn to the end.
+pub trait RowPages {
+    /// The next page, or `None` after the last.
+    fn next_batch(&mut self) -> impl std::future::Future<Output = Result<Option<Vec<DocumentRow>>, StoreError>> + Send;
+}
+
+/// Reads every page of `rows`, hands it to `each`, then counts it into
+/// `tally` and the progress.
+async fn pump(
+    rows: &mut impl RowPages,
+    tally: &mut Tally,
+    meter: &mut Meter<'_>,
+    mut each: impl AsyncFnMut(&[DocumentRow]) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    while let Some(batch) = rows.next_batch().await? {
+        each(&batch).await?;
+        batch.iter().for_each(|row| tally.add(row));
+        meter.advance(batch.len());
+    }
+    Ok(())
+}
+
 /// Copies the data folder `root` (with no server running on it) into the
 /// database at `url`, which must hold no documents, then verifies the copy.
 pub async fn folder_to_database(
@@ -196,20 +228,13 @@ pub async fn folder_to_database(
     let shards = source.shards();
     let placement = Placement::new(shards);
     let mut target = postgres::transfer::DatabaseTarget::open(url, shards).await?;
-    let total = source.count().await?;
-    let mut meter = Meter {
-        report,
-        stage: Stage::Copying,
-        done: 0,
-        total,
-        started,
-    };
+    let mut meter = Meter::new(report, source.count().await?);
     let mut tally = Tally::default();
     let mut bounds = Vec::with_capacity(shards.get() as usize);
     for shard in 0..shards.get() as usize {
         bounds.push(source.bounds(shard).await?);
         let mut rows = source.reader(shard).await?;
-        while let Some(batch) = rows.next_batch().await? {
+        pump(&mut rows, &mut tally, &mut meter, async |batch| {
             if let Some(stray) = batch.iter().find(|row| placement.shard_of_bucket(row.bucket) != shard) {
                 return Err(StoreError::DataFolder {
                     path: root.to_path_buf(),
@@ -222,19 +247,15 @@ pub async fn folder_to_database(
                     ),
                 });
             }
-            batch.iter().for_each(|row| tally.add(row));
-            target.insert(&batch, &placement).await?;
-            meter.advance(batch.len());
-        }
+            target.insert(batch, &placement).await
+        })
+        .await?;
         rows.close().await?;
     }
     meter.stage(Stage::Verifying);
     let mut copy = Tally::default();
     let mut check = postgres::transfer::DatabaseSource::connect(url, true).await?;
-    while let Some(batch) = check.next_batch().await? {
-        batch.iter().for_each(|row| copy.add(row));
-        meter.advance(batch.len());
-    }
+    pump(&mut check, &mut copy, &mut meter, async |_| Ok(())).await?;
     check.close().await?;
     verified(
         &tally,
@@ -260,32 +281,21 @@ pub async fn database_to_folder(
     let mut source = postgres::transfer::DatabaseSource::connect(url, false).await?;
     let shards = source.shards();
     let bounds = source.bounds().await?;
-    let total = source.count().await?;
     let placement = Placement::new(shards);
     let mut target = sqlite::transfer::FolderTarget::create(root, shards).await?;
-    let mut meter = Meter {
-        report,
-        stage: Stage::Copying,
-        done: 0,
-        total,
-        started,
-    };
+    let mut meter = Meter::new(report, source.count().await?);
     let mut tally = Tally::default();
-    while let Some(batch) = source.next_batch().await? {
-        batch.iter().for_each(|row| tally.add(row));
-        target.insert(&batch, &placement).await?;
-        meter.advance(batch.len());
-    }
+    pump(&mut source, &mut tally, &mut meter, async |batch| {
+        target.insert(batch, &placement).await
+    })
+    .await?;
     source.close().await?;
     let check = target.finish(&bounds).await?;
     meter.stage(Stage::Verifying);
     let mut copy = Tally::default();
     for shard in 0..shards.get() as usize {
         let mut rows = check.reader(shard).await?;
-        while let Some(batch) = rows.next_batch().await? {
-            batch.iter().for_each(|row| copy.add(row));
-            meter.advance(batch.len());
-        }
+        pump(&mut rows, &mut copy, &mut meter, async |_| Ok(())).await?;
         rows.close().await?;
     }
     verified(

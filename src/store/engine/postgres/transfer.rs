@@ -8,7 +8,7 @@ use sqlx::{Connection, PgConnection, Row};
 
 use super::{engine_error, PgDatabase};
 use crate::domain::ShardCount;
-use crate::store::engine::transfer::{shard_count, DocumentRow, BATCH_ROWS};
+use crate::store::engine::transfer::{shard_count, DocumentRow, RowPages, BATCH_ROWS};
 use crate::store::engine::IdBounds;
 use crate::store::placement::Placement;
 use crate::store::StoreError;
@@ -101,9 +101,11 @@ impl DatabaseSource {
             .map_err(failed("cannot count the documents"))?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
+}
 
+impl RowPages for DatabaseSource {
     /// The next page of documents (keyset paging on the primary key).
-    pub async fn next_batch(&mut self) -> Result<Option<Vec<DocumentRow>>, StoreError> {
+    async fn next_batch(&mut self) -> Result<Option<Vec<DocumentRow>>, StoreError> {
         const COLUMNS: &str =
             "SELECT collection, id, bucket, version, updated_at, expires_at, data FROM exdaas_documents";
         let first = format!("{COLUMNS} ORDER BY collection, id LIMIT $1");
@@ -140,7 +142,9 @@ impl DatabaseSource {
         self.after = Some((last.collection.clone(), last.id.clone()));
         Ok(Some(batch))
     }
+}
 
+impl DatabaseSource {
     /// Ends the snapshot.
     pub async fn close(mut self) -> Result<(), StoreError> {
         sqlx::query("COMMIT")

@@ -30,6 +30,7 @@ use super::files::{read_identity, stamp_identity, APPLICATION_ID, MIGRATOR};
 use super::layout::{self, Layout};
 use crate::domain::ShardCount;
 use crate::domain::{CollectionName, DocId, DocKey};
+use crate::store::engine::IdBounds;
 use crate::store::placement::{Placement, BUCKETS, SCHEME};
 use crate::store::StoreError;
 
@@ -478,24 +479,10 @@ pub async fn reshard(root: &Path, to: ShardCount) -> Result<ReshardReport, Store
     for shard in 0..from as usize {
         let path = old.shard_path(root, shard);
         let mut conn = open_read_only(&path).await?;
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT key, value FROM shard_meta WHERE key IN ('max_counter_id', 'counter_high')")
-                .fetch_all(&mut conn)
-                .await
-                .map_err(|e| sql_error(&path, e))?;
-        let stored = rows
-            .iter()
-            .find(|(key, _)| key == "max_counter_id")
-            .map_or(0, |(_, v)| *v);
-        // A shard from before `counter_high` restarts the counter at its
-        // `max_counter_id`, as the server would after migrating it.
-        let counter = rows
-            .iter()
-            .find(|(key, _)| key == "counter_high")
-            .map_or(stored, |(_, v)| *v);
-        for (key, value) in [("max_counter_id", stored), ("counter_high", counter)] {
+        let bounds = shard_bounds(&mut conn, &path).await?;
+        for (key, value) in [("max_counter_id", bounds.stored), ("counter_high", bounds.counter)] {
             let ceiling = ceilings.entry(key.to_owned()).or_default();
-            *ceiling = (*ceiling).max(value);
+            *ceiling = (*ceiling).max(i64::try_from(value).unwrap_or(i64::MAX));
         }
         add_counts(&mut before, &mut conn, &path).await?;
         conn.close().await.map_err(|e| sql_error(&path, e))?;
@@ -575,6 +562,23 @@ pub async fn reshard(root: &Path, to: ShardCount) -> Result<ReshardReport, Store
         to: to.get(),
         documents: after.values().sum::<i64>() as u64,
         elapsed: started.elapsed(),
+    })
+}
+
+/// The id counter's bounds a shard records. A shard from before
+/// `counter_high` restarts the counter at its `max_counter_id`, as the
+/// server would after migrating it.
+pub(super) async fn shard_bounds(conn: &mut SqliteConnection, path: &Path) -> Result<IdBounds, StoreError> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT key, value FROM shard_meta WHERE key IN ('max_counter_id', 'counter_high')")
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| sql_error(path, e))?;
+    let value = |name: &str| rows.iter().find(|(key, _)| key == name).map(|(_, v)| *v);
+    let stored = value("max_counter_id").unwrap_or(0);
+    Ok(IdBounds {
+        stored: u64::try_from(stored).unwrap_or(0),
+        counter: u64::try_from(value("counter_high").unwrap_or(stored)).unwrap_or(0),
     })
 }
 

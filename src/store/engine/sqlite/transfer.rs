@@ -9,10 +9,11 @@ use sqlx::{Connection, Row, SqliteConnection};
 use super::files::stamp_identity;
 use super::layout::{self, FolderLock, Layout};
 use super::maintenance::{
-    create_shard_file, empty_folder, existing_layout, file_error, folder_error, fsync, open_read_only, sql_error,
+    create_shard_file, empty_folder, existing_layout, file_error, folder_error, fsync, open_read_only, shard_bounds,
+    sql_error,
 };
 use crate::domain::ShardCount;
-use crate::store::engine::transfer::{DocumentRow, BATCH_ROWS};
+use crate::store::engine::transfer::{DocumentRow, RowPages, BATCH_ROWS};
 use crate::store::engine::IdBounds;
 use crate::store::placement::Placement;
 use crate::store::StoreError;
@@ -65,23 +66,13 @@ impl FolderSource {
         Ok(total)
     }
 
-    /// The id counter's bounds in shard `shard` (a shard from before
-    /// `counter_high` restarts the counter at its `max_counter_id`).
+    /// The id counter's bounds in shard `shard`.
     pub async fn bounds(&self, shard: usize) -> Result<IdBounds, StoreError> {
         let path = self.layout.shard_path(&self.root, shard);
         let mut conn = open_read_only(&path).await?;
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT key, value FROM shard_meta WHERE key IN ('max_counter_id', 'counter_high')")
-                .fetch_all(&mut conn)
-                .await
-                .map_err(|e| sql_error(&path, e))?;
+        let bounds = shard_bounds(&mut conn, &path).await?;
         conn.close().await.map_err(|e| sql_error(&path, e))?;
-        let value = |name: &str| rows.iter().find(|(key, _)| key == name).map(|(_, v)| *v);
-        let stored = value("max_counter_id").unwrap_or(0);
-        Ok(IdBounds {
-            stored: u64::try_from(stored).unwrap_or(0),
-            counter: u64::try_from(value("counter_high").unwrap_or(stored)).unwrap_or(0),
-        })
+        Ok(bounds)
     }
 
     /// Every document of shard `shard`, in pages, in key order.
@@ -104,8 +95,8 @@ pub struct FolderReader {
     after: Option<(String, String)>,
 }
 
-impl FolderReader {
-    pub async fn next_batch(&mut self) -> Result<Option<Vec<DocumentRow>>, StoreError> {
+impl RowPages for FolderReader {
+    async fn next_batch(&mut self) -> Result<Option<Vec<DocumentRow>>, StoreError> {
         let query = match &self.after {
             None => sqlx::query(
                 "SELECT collection, id, bucket, version, updated_at, expires_at, data FROM documents \
@@ -145,7 +136,9 @@ impl FolderReader {
         self.after = Some((last.collection.clone(), last.id.clone()));
         Ok(Some(batch))
     }
+}
 
+impl FolderReader {
     pub async fn close(self) -> Result<(), StoreError> {
         self.conn.close().await.map_err(|e| sql_error(&self.path, e))
     }
