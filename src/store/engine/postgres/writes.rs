@@ -20,6 +20,13 @@ pub struct PgWrites {
     in_transaction: bool,
 }
 
+/// Joins of a batch's keys (`unnest` of arrays) with the documents are not
+/// kept as prepared statements: a plan cached while the table was small (a
+/// hash join over a scan of the whole table) stayed in use as it grew,
+/// until the next ANALYZE, costing milliseconds a batch. Planned each time,
+/// with the batch's arrays in hand, they are index lookups.
+const PLANNED_EACH_TIME: bool = false;
+
 const LOCK_SHARD: &str = "SELECT last_seq, max_counter_id, counter_high FROM exdaas_shards WHERE shard = $1 FOR UPDATE";
 
 impl PgWrites {
@@ -115,6 +122,8 @@ impl PgWrites {
              FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(collection, id, idx) \
              JOIN exdaas_documents AS d ON d.collection = k.collection AND d.id = k.id",
         )
+        // Planned for each batch's keys (see `PLANNED_EACH_TIME`).
+        .persistent(PLANNED_EACH_TIME)
         .bind(collections)
         .bind(ids)
         .bind(i64::try_from(small).unwrap_or(i64::MAX))
@@ -145,6 +154,7 @@ impl PgWrites {
             "SELECT k.idx, d.data FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(collection, id, idx) \
              JOIN exdaas_documents AS d ON d.collection = k.collection AND d.id = k.id",
         )
+        .persistent(PLANNED_EACH_TIME)
         .bind(collections)
         .bind(ids)
         .fetch_all(self.conn()?)
@@ -440,6 +450,7 @@ async fn delete_keys(conn: &mut PgConnection, collections: &[String], ids: &[Str
         "DELETE FROM exdaas_documents AS d USING unnest($1::text[], $2::text[]) AS k(collection, id) \
          WHERE d.collection = k.collection AND d.id = k.id",
     )
+    .persistent(PLANNED_EACH_TIME)
     .bind(collections)
     .bind(ids)
     .execute(conn)
