@@ -203,12 +203,23 @@ impl SharedDatabase {
 
     /// Reserves `count` ids after every id reserved before, from at least
     /// `at_least` (and past `highest_used` on a new store): first and last.
+    /// A refusal for a concurrent reservation (40001 under SERIALIZABLE) is
+    /// tried again, as the writer's transactions are.
     pub async fn reserve(&self, count: u64, at_least: u64, highest_used: u64) -> Result<(u64, u64), StoreError> {
-        match self {
-            Self::Postgres(db) => db
-                .reserve_ids(count, at_least, highest_used)
-                .await
-                .map_err(|e| StoreError::engine(0, e)),
+        let mut pause = Duration::from_millis(2);
+        let mut attempts = 0;
+        loop {
+            let reserved = match self {
+                Self::Postgres(db) => db.reserve_ids(count, at_least, highest_used).await,
+            };
+            match reserved {
+                Err(e) if e.kind == ErrorKind::Conflict && attempts < 8 => {
+                    attempts += 1;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                other => return other.map_err(|e| StoreError::engine(0, e)),
+            }
         }
     }
 }
