@@ -38,6 +38,9 @@ cleanup() {
     if [ -n "$pgdata" ]; then ./scripts/postgres.sh stop "$pgdata"; fi
 }
 trap cleanup EXIT
+# On files, whatever the calling shell holds: a database URL left in the
+# environment would make this run a second PostgreSQL run.
+unset EXDAAS_TEST_DATABASE_URL EXDAAS_TEST_PGDATA
 cargo test --all-targets 2>&1 | tee "$log"
 
 echo "==> the integration suite again, on a private PostgreSQL (scripts/postgres.sh)"
