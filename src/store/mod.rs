@@ -348,6 +348,7 @@ impl Store {
                             path: layout.shard_path(&options.data_dir, index),
                             folder_id: layout.id(),
                             sync: options.sync,
+                            shards: options.shards.get(),
                         })
                     })
                     .collect::<Vec<_>>();
@@ -773,10 +774,11 @@ impl Store {
         }
         let started = Instant::now();
         let budget = (cache.capacity_bytes() / self.inner.shards.len() as u64) as usize;
-        let mut loaded = 0u64;
-        for shard in &self.inner.shards {
+        // Every shard at once: each read waits on its own connection's
+        // thread, and the cores share the parsing and the inserts.
+        let warmed = self.inner.shards.iter().map(|shard| async move {
             let mut rows = shard.reads().recent(writer::now_millis());
-            let mut used = 0usize;
+            let (mut used, mut loaded) = (0usize, 0u64);
             while let Some((key, doc)) = rows.try_next().await? {
                 used += cache::weight(&key, &doc);
                 if used > budget {
@@ -785,6 +787,11 @@ impl Store {
                 cache.warm(key, doc).await;
                 loaded += 1;
             }
+            Ok::<u64, StoreError>(loaded)
+        });
+        let mut loaded = 0u64;
+        for shard in futures_util::future::join_all(warmed).await {
+            loaded += shard?;
         }
         let (_, bytes) = cache.usage().await;
         tracing::info!(

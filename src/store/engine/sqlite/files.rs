@@ -70,17 +70,38 @@ pub struct ShardFile {
     /// The data folder's identity, which the file must record.
     pub folder_id: u64,
     pub sync: SyncMode,
+    /// Shards in the folder: they share the page-cache budgets below.
+    pub shards: u32,
+}
+
+/// SQLite's page caches, in all, for every shard's writer and for every
+/// read connection. They count in the process's memory beside the document
+/// cache (`EXDAAS_CACHE_MIB`), so they are kept small and fixed: the
+/// document cache answers the hot reads, and a writer needs its B-tree's
+/// inner pages more than its leaves.
+const WRITERS_PAGE_CACHE_KIB: u32 = 16 * 1024;
+const READERS_PAGE_CACHE_KIB: u32 = 8 * 1024;
+
+impl ShardFile {
+    fn writer_cache_kib(&self) -> u32 {
+        (WRITERS_PAGE_CACHE_KIB / self.shards.max(1)).max(1024)
+    }
 }
 
 impl ShardFile {
     /// The read pool of the shard: at most `connections` read-only
     /// connections, a request waiting at most `wait` for one.
     pub async fn open_reads(&self, connections: u32, wait: Duration) -> Result<SqliteReads, StoreError> {
+        let cache_kib = (READERS_PAGE_CACHE_KIB / (self.shards.max(1) * connections.max(1))).max(256);
         let pool = SqlitePoolOptions::new()
             .max_connections(connections)
             .acquire_timeout(wait)
             .min_connections(0)
-            .connect_with(base_options(&self.path).read_only(true))
+            .connect_with(
+                base_options(&self.path)
+                    .read_only(true)
+                    .pragma("cache_size", format!("-{cache_kib}")),
+            )
             .await
             .map_err(|e| store_error(self.index, e))?;
         Ok(SqliteReads::new(self.index, pool, wait))
@@ -94,6 +115,9 @@ pub fn base_options(path: &Path) -> SqliteConnectOptions {
         .journal_mode(SqliteJournalMode::Wal)
         .busy_timeout(Duration::from_secs(10))
         .log_statements(tracing::log::LevelFilter::Trace)
+        // The cache's warm-up reads a whole shard in one statement: a long
+        // one, expected. `RUST_LOG=sqlx=info` shows any over a second.
+        .log_slow_statements(tracing::log::LevelFilter::Info, Duration::from_secs(1))
 }
 
 /// An existing, non-empty shard file must start as every SQLite database
@@ -167,7 +191,7 @@ impl ShardFile {
     async fn connect(&self, create: bool) -> Result<SqliteConnection, StoreError> {
         base_options(&self.path)
             .create_if_missing(create)
-            .pragma("cache_size", "-65536")
+            .pragma("cache_size", format!("-{}", self.writer_cache_kib()))
             .pragma("temp_store", "memory")
             .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string())
             .synchronous(match self.sync {
@@ -287,6 +311,12 @@ impl ShardFile {
             if verdict != ["ok"] {
                 return Err(self.corrupt(format!("damaged: {}", verdict.join("; "))));
             }
+            // The check read every page through this connection's cache:
+            // give that memory back rather than keep the whole file's pages.
+            sqlx::query("PRAGMA shrink_memory")
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| self.corrupt(e.to_string()))?;
             tracing::debug!(
                 shard = self.index,
                 elapsed_ms = started.elapsed().as_millis() as u64,

@@ -16,6 +16,13 @@ use super::store_error;
 use crate::domain::{CollectionName, DocId, DocKey};
 use crate::store::{Document, StoreError};
 
+/// Bytes of documents (each counted 64 more) per chunk of the cache's
+/// warm-up.
+const WARM_CHUNK_BYTES: i64 = 256 << 10;
+
+/// A warm-up row: collection, id, version, updated_at, expires_at, data.
+type WarmRow = (String, String, u64, i64, Option<i64>, String);
+
 /// The shard's read pool.
 pub struct SqliteReads {
     shard: usize,
@@ -214,26 +221,48 @@ impl SqliteReads {
     }
 
     /// Every document live at `now`, most recently changed first: what the
-    /// cache is warmed with.
+    /// cache is warmed with. SQLite hands them over in chunks of about
+    /// [`WARM_CHUNK_BYTES`] (a JSON array each; a larger document is a chunk
+    /// of its own): a row at a time, the warm-up spent most of its time
+    /// waking this task from sqlx's connection thread.
     pub fn recent(&self, now: i64) -> BoxStream<'_, Result<(DocKey, Document), StoreError>> {
         sqlx::query(
-            "SELECT collection, id, version, updated_at, expires_at, data FROM documents \
-             WHERE expires_at IS NULL OR expires_at > ?1 ORDER BY updated_at DESC",
+            "SELECT json_group_array(json_array(collection, id, version, updated_at, expires_at, data)) AS chunk \
+             FROM (SELECT collection, id, version, updated_at, expires_at, data, \
+                   (sum(length(CAST(data AS BLOB)) + 64) OVER (ORDER BY updated_at DESC ROWS UNBOUNDED PRECEDING) \
+                    - 1) / ?2 AS part \
+                   FROM documents WHERE expires_at IS NULL OR expires_at > ?1) \
+             GROUP BY part ORDER BY part",
         )
         .bind(now)
+        .bind(WARM_CHUNK_BYTES)
         .fetch(&self.pool)
         .map(move |row| {
             let row = row.map_err(|e| self.error(e))?;
-            let (Ok(collection), Ok(id)) = (
-                CollectionName::parse(row.try_get("collection").map_err(|e| self.error(e))?),
-                DocId::parse(row.try_get("id").map_err(|e| self.error(e))?),
-            ) else {
-                return Ok(None);
-            };
-            let doc = document_from_row(&row).map_err(|e| self.error(e))?;
-            Ok(Some((DocKey::new(collection, id), doc)))
+            let chunk: &str = row.try_get("chunk").map_err(|e| self.error(e))?;
+            let rows: Vec<WarmRow> = serde_json::from_str(chunk).map_err(|e| {
+                StoreError::engine(
+                    self.shard,
+                    super::super::EngineError::new(super::super::ErrorKind::Other, format!("a warm-up chunk: {e}")),
+                )
+            })?;
+            let docs = rows
+                .into_iter()
+                .filter_map(|(collection, id, version, updated_at_ms, expires_at_ms, data)| {
+                    let (Ok(collection), Ok(id)) = (CollectionName::parse(&collection), DocId::parse(&id)) else {
+                        return None;
+                    };
+                    let doc = Document {
+                        version,
+                        updated_at_ms,
+                        expires_at_ms,
+                        data: data.into(),
+                    };
+                    Some(Ok((DocKey::new(collection, id), doc)))
+                });
+            Ok::<_, StoreError>(futures_util::stream::iter(docs.collect::<Vec<_>>()))
         })
-        .try_filter_map(|item| std::future::ready(Ok(item)))
+        .try_flatten()
         .boxed()
     }
 
