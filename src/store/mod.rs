@@ -349,6 +349,10 @@ impl Store {
                             folder_id: layout.id(),
                             sync: options.sync,
                             shards: options.shards.get(),
+                            writer_cache_kib: engine::sqlite::files::writer_page_cache_kib(
+                                options.cache_bytes,
+                                options.shards.get(),
+                            ),
                         })
                     })
                     .collect::<Vec<_>>();
@@ -374,7 +378,14 @@ impl Store {
                 (files, (database.id, 1), None, Some(shared_database))
             }
         };
-        let cache = DocCache::new(options.cache_bytes);
+        // On files, the shards' writers' page caches take an eighth of the
+        // document cache's share of memory (see `writer_page_cache_kib`).
+        let documents_share = if options.database_url.is_none() {
+            options.cache_bytes - options.cache_bytes / 8
+        } else {
+            options.cache_bytes
+        };
+        let cache = DocCache::new(documents_share);
         let (shutdown, _) = watch::channel(false);
         let feed_published = Arc::new(watch::Sender::new(0));
         let mut shards = Vec::with_capacity(files.len());
