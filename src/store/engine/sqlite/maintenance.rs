@@ -535,12 +535,7 @@ pub async fn reshard(root: &Path, to: ShardCount) -> Result<ReshardReport, Store
             ));
         }
         add_counts(&mut after, &mut conn, &path).await?;
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&mut conn)
-            .await
-            .map_err(|e| sql_error(&path, e))?;
-        conn.close().await.map_err(|e| sql_error(&path, e))?;
-        fsync(&path)?;
+        seal_shard_file(conn, &path).await?;
     }
     if before != after {
         return Err(folder_error(
@@ -580,6 +575,17 @@ pub(super) async fn shard_bounds(conn: &mut SqliteConnection, path: &Path) -> Re
         stored: u64::try_from(stored).unwrap_or(0),
         counter: u64::try_from(value("counter_high").unwrap_or(stored)).unwrap_or(0),
     })
+}
+
+/// Finishes a shard file built by bulk load: its WAL checkpointed into it,
+/// the connection closed, the file synced.
+pub(super) async fn seal_shard_file(mut conn: SqliteConnection, path: &Path) -> Result<(), StoreError> {
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&mut conn)
+        .await
+        .map_err(|e| sql_error(path, e))?;
+    conn.close().await.map_err(|e| sql_error(path, e))?;
+    fsync(path)
 }
 
 /// Adds the connection's per-collection document counts to `counts`.

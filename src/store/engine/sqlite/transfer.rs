@@ -9,8 +9,8 @@ use sqlx::{Connection, Row, SqliteConnection};
 use super::files::stamp_identity;
 use super::layout::{self, FolderLock, Layout};
 use super::maintenance::{
-    create_shard_file, empty_folder, existing_layout, file_error, folder_error, fsync, open_read_only, shard_bounds,
-    sql_error,
+    create_shard_file, empty_folder, existing_layout, file_error, folder_error, open_read_only, seal_shard_file,
+    shard_bounds, sql_error,
 };
 use crate::domain::ShardCount;
 use crate::store::engine::transfer::{DocumentRow, RowPages, BATCH_ROWS};
@@ -238,12 +238,7 @@ impl FolderTarget {
                     .await
                     .map_err(|e| sql_error(&path, e))?;
             }
-            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                .execute(&mut conn)
-                .await
-                .map_err(|e| sql_error(&path, e))?;
-            conn.close().await.map_err(|e| sql_error(&path, e))?;
-            fsync(&path)?;
+            seal_shard_file(conn, &path).await?;
         }
         layout::sync_dir(&self.root).map_err(|e| folder_error(&self.root, format!("cannot sync it: {e}")))?;
         Ok(FolderSource {
