@@ -456,6 +456,10 @@ pub async fn reshard(root: &Path, to: ShardCount) -> Result<ReshardReport, Store
     let _lock = layout::lock(root)?;
     let old = existing_layout(root)?;
     let from = old.shards;
+    // First, whatever the count: a reshard killed after its switch but
+    // before it removed the old shards left them, and a run to the same
+    // count is how they go.
+    remove_stale_generations(root, old.generation)?;
     if from == to.get() {
         return Ok(ReshardReport {
             from,
@@ -464,7 +468,6 @@ pub async fn reshard(root: &Path, to: ShardCount) -> Result<ReshardReport, Store
             elapsed: started.elapsed(),
         });
     }
-    remove_stale_generations(root, old.generation)?;
     let folder_id = match old.folder_id {
         Some(id) => id,
         None => layout::new_folder_id()?,
