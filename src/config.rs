@@ -68,6 +68,10 @@ pub struct Settings {
     pub cors_origins: Vec<String>,
     /// Where traces go: read from the standard `OTEL_*` variables.
     pub traces: TraceExport,
+    /// Where `exdaas start` records the server's process id...
+    pub pid_file: PathBuf,
+    /// ...and where the server it starts writes its logs.
+    pub log_file: PathBuf,
 }
 
 /// Whether spans are exported, from OpenTelemetry's standard variables
@@ -284,6 +288,18 @@ pub const SETTINGS: &[SettingDoc] = &[
         meaning: "origins browsers may call from, ','-separated (e.g. https://app.example.com); none by default",
     },
     SettingDoc {
+        key: "pid_file",
+        env: "EXDAAS_PID_FILE",
+        default: "",
+        meaning: "where `exdaas start` writes the server's process id, for stop and status (default DETS_ROOT.pid)",
+    },
+    SettingDoc {
+        key: "log_file",
+        env: "EXDAAS_LOG_FILE",
+        default: "",
+        meaning: "where the server `exdaas start` runs appends its logs (default DETS_ROOT.log)",
+    },
+    SettingDoc {
         key: "log_format",
         env: "EXDAAS_LOG_FORMAT",
         default: "text",
@@ -304,6 +320,20 @@ pub enum SettingsError {
     },
     #[error("cannot read config file EXDAAS_CONFIG={path:?}: {reason}")]
     File { path: String, reason: String },
+}
+
+/// `path`, or when it is empty (the default), a file named after the data
+/// folder with `extension`: `./data` gives `./data.pid`. Beside the folder,
+/// not in it, so a backup or restore never meets it.
+fn beside_data(dets_root: &str, path: &str, extension: &str) -> PathBuf {
+    let path = path.trim();
+    if path.is_empty() {
+        let root = dets_root.trim();
+        let root = root.trim_end_matches('/');
+        PathBuf::from(format!("{}.{extension}", if root.is_empty() { "data" } else { root }))
+    } else {
+        PathBuf::from(path)
+    }
 }
 
 /// `url` without its password, fit for an error message or a log.
@@ -541,6 +571,8 @@ impl Settings {
                 "json" => LogFormat::Json,
                 _ => return Err(invalid("EXDAAS_LOG_FORMAT", &raw("log_format")?, "text or json")),
             },
+            pid_file: beside_data(&raw("dets_root")?, &raw("pid_file")?, "pid"),
+            log_file: beside_data(&raw("dets_root")?, &raw("log_file")?, "log"),
             backup_dir: {
                 let dir = raw("backup_dir")?;
                 if dir.trim().is_empty() {

@@ -12,13 +12,26 @@ use exdaas::{app, telemetry, Application, Settings};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve().await,
-        other => exdaas::cli::run_maintenance(other).await,
+fn main() -> ExitCode {
+    let command = Cli::parse().command.unwrap_or(Command::Serve);
+    // The console and the background-server commands are plain blocking
+    // programs; the server and the data folder commands need a runtime.
+    if let Some(code) = exdaas::cli::run_control(&command) {
+        return code;
     }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("exdaas: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        match command {
+            Command::Serve => serve().await,
+            other => exdaas::cli::run_maintenance(other).await,
+        }
+    })
 }
 
 async fn serve() -> ExitCode {

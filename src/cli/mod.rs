@@ -1,7 +1,12 @@
 //! The command line: `exdaas` serves in the foreground (settings from the
-//! environment or a TOML file, listed by `--help`); its other commands
-//! operate on the data folder (`DETS_ROOT`): backup, restore, check and
-//! reshard, and migrate (between it and a PostgreSQL-protocol database).
+//! environment or a TOML file, listed by `--help`); `start`, `stop`, `ping`
+//! and `status` run it in the background (see `daemon`); `console` talks to
+//! a running one (see `console`); the others operate on the data folder
+//! (`DETS_ROOT`): backup, restore, check and reshard, and migrate (between
+//! it and a PostgreSQL-protocol database).
+
+pub mod console;
+pub mod daemon;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +29,39 @@ pub enum Command {
     /// Serve in the foreground (what running with no command does)
     #[command(alias = "foreground")]
     Serve,
+    /// Serve in the background: the log goes to EXDAAS_LOG_FILE, the process
+    /// id to EXDAAS_PID_FILE (default DETS_ROOT.log and DETS_ROOT.pid).
+    /// Returns once /readyz answers 200, or fails with the log's last lines.
+    /// Refused while a server runs. Exit 1 when it did not come up.
+    Start {
+        /// Seconds to wait for the server to be ready
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        wait: u64,
+    },
+    /// Stop the server `start` started: SIGTERM, then wait while it finishes
+    /// requests in flight, drains its writers and closes its files.
+    Stop,
+    /// Say `pong` (exit 0) when the server answers, exit 1 when it does not.
+    Ping,
+    /// The server's process and what /readyz says. Exit 0 ready, 1 running
+    /// but not ready, 3 not running.
+    Status,
+    /// An interactive shell against a running exdaas (get, put, patch,
+    /// delete, list, batch, import, export, watch, collections, health), or
+    /// one command for scripts: `exdaas console get users alice`. Exit 0
+    /// done, 1 refused by the server, 2 a mistake in the command, 3 the
+    /// server cannot be reached.
+    Console {
+        /// The server [default: http://127.0.0.1:PORT]
+        #[arg(long, env = "EXDAAS_URL")]
+        url: Option<String>,
+        /// An API key, sent as a bearer token
+        #[arg(long, env = "EXDAAS_API_KEY", hide_env_values = true)]
+        key: Option<String>,
+        /// A command to run instead of the shell, e.g. get users alice
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// Take a consistent snapshot of every shard of DETS_ROOT into DEST, with
     /// a manifest of document counts and checksums. Safe while the server runs.
     Backup {
@@ -80,6 +118,36 @@ fn settings_help() -> String {
     help
 }
 
+/// Runs the commands that need no runtime of their own: those about a
+/// server running in the background, and the console. `None`: `command`
+/// is another one.
+pub fn run_control(command: &Command) -> Option<ExitCode> {
+    if !matches!(
+        command,
+        Command::Start { .. } | Command::Stop | Command::Ping | Command::Status | Command::Console { .. }
+    ) {
+        return None;
+    }
+    let settings = match Settings::load() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("exdaas: {e}");
+            return Some(ExitCode::from(2));
+        }
+    };
+    Some(match command {
+        Command::Start { wait } => daemon::start(&settings, std::time::Duration::from_secs(*wait)),
+        Command::Stop => daemon::stop(&settings),
+        Command::Ping => daemon::ping(&settings),
+        Command::Status => daemon::status(&settings),
+        Command::Console { url, key, command } => {
+            let url = url.clone().unwrap_or_else(|| daemon::base_url(&settings));
+            console::run(&url, key.clone(), command)
+        }
+        _ => return None,
+    })
+}
+
 /// Runs one of the data folder commands (everything but `serve`).
 pub async fn run_maintenance(command: Command) -> ExitCode {
     let settings = match Settings::load() {
@@ -113,7 +181,13 @@ pub async fn run_maintenance(command: Command) -> ExitCode {
     let logs = crate::telemetry::init(settings.log_format, &crate::config::TraceExport::Off);
     let root = settings.data_dir;
     let outcome = match command {
-        Command::Serve | Command::Migrate { .. } => return ExitCode::from(2),
+        Command::Serve
+        | Command::Migrate { .. }
+        | Command::Start { .. }
+        | Command::Stop
+        | Command::Ping
+        | Command::Status
+        | Command::Console { .. } => return ExitCode::from(2),
         Command::Backup { dest } => backup(&root, &dest).await,
         Command::Restore { src } => restore(&src, &root).await,
         Command::Check => check(&root).await,
