@@ -3,8 +3,9 @@
 # need is here, then checks formatting, lints (Rust, and the shipping files
 # through scripts/lint.sh, which installs its linters), runs every test on
 # SQLite and the integration suite again on a private PostgreSQL
-# (scripts/postgres.sh installs and starts one), and fuzzes the release
-# server's API with schemathesis (scripts/api-fuzz.sh).
+# (scripts/postgres.sh installs and starts one), fuzzes the release
+# server's API with schemathesis (scripts/api-fuzz.sh) and drives the admin
+# page in headless Chromium (scripts/browser-test.sh, which installs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,8 +62,17 @@ echo "==> scripts/api-fuzz.sh: schemathesis against the release server, every ch
 fuzz=0
 ./scripts/api-fuzz.sh 2>&1 | tee -a "$log" || fuzz=$?
 
-# One closing line for the whole run: cargo prints a summary per test binary.
+echo "==> scripts/browser-test.sh: the admin page in headless Chromium"
+browser=0
+EXDAAS_BIN=target/release/exdaas ./scripts/browser-test.sh 2>&1 | tee -a "$log" || browser=$?
+
+# One closing line for the whole run: cargo prints a summary per test binary,
+# pytest one line ("6 passed in 7.1s", or "1 failed, 5 passed in ...").
 awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }
      /^Test cases:/ { getline; fuzzed = $1 }
-     END { printf "summary: %d passed, %d failed, %d skipped; schemathesis: %d generated requests\n", passed, failed, ignored, fuzzed }' "$log"
-exit "$fuzz"
+     /^[0-9]+ (passed|failed).* in [0-9.]+s/ {
+         for (i = 1; i < NF; i++) { if ($(i + 1) ~ /^passed/) bpassed = $i; if ($(i + 1) ~ /^failed/) bfailed = $i }
+     }
+     END { printf "summary: %d passed, %d failed, %d skipped; schemathesis: %d generated requests; browser: %d passed, %d failed\n", passed, failed, ignored, fuzzed, bpassed, bfailed }' "$log"
+if ((fuzz != 0)); then exit "$fuzz"; fi
+exit "$browser"

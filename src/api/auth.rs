@@ -135,6 +135,15 @@ impl Caller<'_> {
         (key.scope >= Scope::Read).then(|| key.collections.clone())
     }
 
+    /// The caller's scope and the collections it is limited to (`None`:
+    /// every one); with no keys configured, everything.
+    pub fn grant(&self) -> (Scope, Option<&[CollectionName]>) {
+        match self.key {
+            None => (Scope::Admin, None),
+            Some(key) => (key.scope, key.collections.as_deref()),
+        }
+    }
+
     /// Whether the caller may read `collection` (to filter listings).
     pub fn can_read(&self, collection: &CollectionName) -> bool {
         self.key.is_none_or(|key| key.may(Scope::Read, Some(collection)))

@@ -10,12 +10,14 @@ mod conditional;
 mod docs;
 pub mod error;
 mod feed;
+mod grant;
 mod health;
 mod legacy;
 mod observe;
 mod params;
 mod payload;
 mod spec;
+mod ui;
 
 use poem::error::ResponseError;
 use poem::http::Method;
@@ -40,7 +42,7 @@ pub enum ApiTags {
     /// v1: the change feed: every committed change, as pages, long polls or
     /// server-sent events.
     Changes,
-    /// Administration: backups.
+    /// Administration: backups, and what a key may do.
     Admin,
     /// Liveness and readiness.
     Health,
@@ -72,6 +74,7 @@ type Apis = (
     collections::CollectionsApi,
     feed::FeedApi,
     admin::AdminApi,
+    grant::GrantApi,
     health::HealthApi,
 );
 
@@ -107,9 +110,10 @@ pub fn openapi(store: &Store, options: &ApiOptions) -> OpenApiService<Apis, ()> 
             },
             admin::AdminApi {
                 store: store.clone(),
-                access,
+                access: access.clone(),
                 backup_dir: options.backup_dir.clone(),
             },
+            grant::GrantApi { access },
             health::HealthApi {
                 store: store.clone(),
                 metrics: options.metrics.clone(),
@@ -172,16 +176,22 @@ pub fn routes(store: &Store, options: &ApiOptions) -> impl Endpoint {
                     .body(document.clone())
             }),
         )
+        .at(ui::PATHS[0], ui::page())
+        .at(ui::PATHS[1], ui::page())
+        .at(ui::PATHS[2], ui::script())
+        .at(ui::PATHS[3], ui::styles())
         .nest("/", api)
         .with_if(cors.is_some(), cors.unwrap_or_else(Cors::new))
         .around(move |next, req| edge(next, req, max_body_bytes, access.clone(), spec.clone()))
         .around(move |next, req| observe::observe(next, req, metrics.clone(), known_routes.clone()))
 }
 
-/// Routes anyone may call, keys or not: probes, metrics and the API's
-/// documentation.
+/// Routes anyone may call, keys or not: probes, metrics, the API's
+/// documentation and the admin page (which asks for a key itself).
 fn is_public(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/docs") || path.starts_with("/docs/")
+    matches!(path, "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/docs")
+        || path.starts_with("/docs/")
+        || ui::PATHS.contains(&path)
 }
 
 /// What every request passes through: when keys are configured, a 401 for
@@ -234,6 +244,7 @@ async fn edge<E: Endpoint>(
                 // RFC 9110 15.5.6: a 405 says which methods the path takes.
                 let allow = match uri.path() {
                     "/docs" | "/docs/" | "/openapi.json" => Some("GET, HEAD"),
+                    path if ui::PATHS.contains(&path) => Some("GET, HEAD"),
                     path => spec.allow(path),
                 };
                 if let Some(value) = allow.and_then(|a| poem::http::HeaderValue::from_str(a).ok()) {

@@ -553,3 +553,60 @@ async fn a_request_without_a_key_is_refused_before_its_body_is_read() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn a_key_learns_what_it_may_do() {
+    let app = spawn_secured().await;
+    let grant = |key: &'static str| {
+        let app = &app;
+        async move { json(get_as(app, key, "/v1/access").await).await }
+    };
+    assert_eq!(
+        grant(ADMIN).await,
+        json!({"keys_required": true, "scope": "admin", "collections": null})
+    );
+    assert_eq!(grant(READER).await["scope"], "read");
+    assert_eq!(
+        grant(USERS).await,
+        json!({"keys_required": true, "scope": "write", "collections": ["users"]})
+    );
+    assert_unauthorized(app.get("/v1/access").await, Flavor::V1, "GET /v1/access without a key").await;
+
+    let open = crate::helpers::spawn_app().await;
+    assert_eq!(
+        json(open.get("/v1/access").await).await,
+        json!({"keys_required": false, "scope": "admin", "collections": null})
+    );
+}
+
+#[tokio::test]
+async fn the_admin_page_is_served_without_a_key_and_runs_only_its_own_script() {
+    let app = spawn_secured().await;
+    let page = app.get("/admin").await;
+    assert_eq!(page.status(), 200);
+    let policy = page
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'none'"),
+        "{policy}"
+    );
+    let html = page.text().await.expect("html");
+    assert!(html.contains(r#"<script src="/admin/admin.js""#), "{html}");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "nothing fetched from elsewhere"
+    );
+    for (path, kind) in [("/admin/admin.js", "text/javascript"), ("/admin/admin.css", "text/css")] {
+        let asset = app.get(path).await;
+        assert_eq!(asset.status(), 200, "{path}");
+        let content_type = asset.headers()["content-type"].to_str().expect("ascii").to_owned();
+        assert!(content_type.starts_with(kind), "{path}: {content_type}");
+    }
+    let post = send(app.request(Method::POST, "/admin")).await;
+    assert_eq!(post.status(), 405);
+    assert_eq!(post.headers()["allow"], "GET, HEAD");
+}
