@@ -172,3 +172,39 @@ pub fn run(api: Arc<Api>) -> ExitCode {
         ExitCode::SUCCESS
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offers(completion: &Completion, line: &str) -> (usize, Vec<String>) {
+        let history = DefaultHistory::new();
+        let context = Context::new(&history);
+        let (start, pairs) = completion.complete(line, line.len(), &context).expect("completes");
+        (start, pairs.into_iter().map(|p| p.replacement).collect())
+    }
+
+    #[test]
+    fn commands_complete_and_collection_names_come_from_the_cache() {
+        let completion = Completion {
+            api: Arc::new(Api::new("http://127.0.0.1:9", None).expect("a URL")),
+            names: Mutex::new(Some((
+                Instant::now(),
+                vec!["users".into(), "uploads".into(), "orders".into()],
+            ))),
+        };
+        assert_eq!(offers(&completion, "pa"), (0, vec!["patch ".to_owned()]));
+        assert_eq!(
+            offers(&completion, "c"),
+            (0, vec!["create ".to_owned(), "collections ".to_owned()])
+        );
+        assert_eq!(
+            offers(&completion, "get u"),
+            (4, vec!["users ".to_owned(), "uploads ".to_owned()])
+        );
+        assert_eq!(offers(&completion, "GET or"), (4, vec!["orders ".to_owned()]));
+        // Ids and JSON are not completed; nor a collection after `health`.
+        assert_eq!(offers(&completion, "get users a").1, Vec::<String>::new());
+        assert_eq!(offers(&completion, "health u").1, Vec::<String>::new());
+    }
+}
