@@ -632,8 +632,9 @@ pub(super) async fn create_shard_file(path: &Path) -> Result<SqliteConnection, S
 }
 
 /// Copies the documents of `buckets` from the shard file `from` into the
-/// connection's shard, in one transaction: whole buckets, found through
-/// the bucket index, no document rehashed.
+/// connection's shard, in one transaction: whole buckets, found by a scan
+/// of `from` (no index by bucket: it would cost every write a page), no
+/// document rehashed.
 async fn move_buckets(
     conn: &mut SqliteConnection,
     path: &Path,

@@ -176,7 +176,7 @@ impl SqliteReads {
     /// Documents live at `now`; `None` if the shard cannot be read now.
     pub async fn count_live(&self, now: i64) -> Option<u64> {
         let mut tx = self.pool.begin().await.ok()?;
-        let all: i64 = sqlx::query_scalar("SELECT count(*) FROM documents INDEXED BY documents_by_bucket")
+        let all: i64 = sqlx::query_scalar("SELECT count(*) FROM documents INDEXED BY documents_by_collection")
             .fetch_one(&mut *tx)
             .await
             .ok()?;
@@ -192,13 +192,13 @@ impl SqliteReads {
     /// Live documents at `now` per collection, added to `totals`.
     pub async fn add_collection_counts(&self, now: i64, totals: &mut BTreeMap<String, i64>) -> Result<(), StoreError> {
         // Both counts in one read transaction, so a sweep committing in
-        // between cannot skew them. The bucket index holds (bucket,
-        // collection, id): counting over it reads no document data. Expired
+        // between cannot skew them. The collection index holds
+        // (collection, id): counting over it reads no document data. Expired
         // rows not yet swept are found through the expiry index and taken
         // off.
         let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
         let all = sqlx::query(
-            "SELECT collection, count(*) AS n FROM documents INDEXED BY documents_by_bucket GROUP BY collection",
+            "SELECT collection, count(*) AS n FROM documents INDEXED BY documents_by_collection GROUP BY collection",
         )
         .fetch_all(&mut *tx)
         .await
