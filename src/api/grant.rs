@@ -33,6 +33,7 @@ pub struct Grant {
     keys_required: bool,
     scope: GrantedScope,
     /// The collections the key is limited to; `null`: every collection.
+    #[oai(nullable)]
     collections: Option<Vec<String>>,
 }
 
