@@ -181,7 +181,25 @@ async fn start_fails_with_the_logs_last_lines_when_the_folder_is_in_use() {
         !data.with_extension("pid").exists(),
         "no pid file for a server that did not start"
     );
+    // Nor does stop touch a server it did not start.
+    let not_ours = control(&data, foreground.port, &["stop"]).await;
+    assert_eq!(not_ours.code, Some(1), "{}", not_ours.said());
+    assert!(
+        not_ours.stderr.contains("not started by `exdaas start`"),
+        "{}",
+        not_ours.said()
+    );
+    let health = reqwest::get(foreground.url("/healthz")).await.expect("still up");
+    assert_eq!(health.status(), 200);
     drop(foreground);
+
+    // A pid file left by a server that died names no running process:
+    // stop says so and removes it.
+    std::fs::write(data.with_extension("pid"), "999999999\n").expect("stale pid file");
+    let stale = control(&data, free_port(), &["stop"]).await;
+    assert_eq!(stale.code, Some(0), "{}", stale.said());
+    assert!(stale.stdout.contains("removed a stale pid file"), "{}", stale.said());
+    assert!(!data.with_extension("pid").exists());
 
     // A bad setting stops it before anything runs, naming the setting.
     let bad = exdaas(&data, &["start"], &[("EXDAAS_SYNC", "sometimes")]).await;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::helpers::{json, skip_on_postgres, spawn_app, spawn_app_with, Run, TestApp};
+use crate::helpers::{json, run, skip_on_postgres, spawn_app, spawn_app_with, Run, TestApp};
 
 /// `exdaas console <args>` against `app`.
 async fn console(app: &TestApp, args: &[&str], env: &[(&str, &str)]) -> Run {
@@ -23,12 +23,7 @@ async fn console(app: &TestApp, args: &[&str], env: &[(&str, &str)]) -> Run {
     for (k, v) in env {
         command.env(k, v);
     }
-    let out = command.output().await.expect("console runs");
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    run(command).await
 }
 
 #[tokio::test]
@@ -135,6 +130,9 @@ async fn scripted_commands_read_and_write_with_exit_codes() {
     let nowhere = console(&app, &["get", "users", "x"], &[("EXDAAS_URL", "http://127.0.0.1:9")]).await;
     assert_eq!(nowhere.code, Some(3), "{}", nowhere.said());
     assert!(nowhere.stderr.contains("cannot reach"), "{}", nowhere.said());
+    let tls = console(&app, &["get", "users", "x"], &[("EXDAAS_URL", "https://127.0.0.1:9")]).await;
+    assert_eq!(tls.code, Some(2), "{}", tls.said());
+    assert!(tls.stderr.contains("plain HTTP"), "{}", tls.said());
 }
 
 #[tokio::test]

@@ -352,6 +352,11 @@ pub async fn exdaas(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     for (k, v) in env {
         command.env(k, v);
     }
+    run(command).await
+}
+
+/// Runs `command` until it exits, collecting what it said.
+pub async fn run(mut command: tokio::process::Command) -> Run {
     let out = command.output().await.expect("exdaas runs");
     Run {
         code: out.status.code(),

@@ -19,6 +19,21 @@ pub enum ClientError {
     /// What the user typed cannot become a request.
     #[error("{0}")]
     Usage(String),
+    /// The server's answer broke off midway (an export cut short).
+    #[error("{detail}")]
+    Broken { detail: String },
+}
+
+impl ClientError {
+    /// A scripted command's exit code: 1 the server refused or failed, 2 a
+    /// mistake in the command, 3 the server cannot be reached.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::Refused { .. } | ClientError::Broken { .. } => 1,
+            ClientError::Usage(_) => 2,
+            ClientError::Unreachable { .. } => 3,
+        }
+    }
 }
 
 /// A successful answer.

@@ -12,7 +12,7 @@ mod client;
 mod shell;
 
 use std::fs::File;
-use std::io::{BufReader, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -71,38 +71,8 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ),
 ];
 
-/// How a command ended, as a scripted run's exit code gives it.
-#[derive(Debug)]
-pub enum Failure {
-    Client(ClientError),
-}
-
-impl From<ClientError> for Failure {
-    fn from(err: ClientError) -> Self {
-        Failure::Client(err)
-    }
-}
-
-impl Failure {
-    fn exit_code(&self) -> u8 {
-        match self {
-            Failure::Client(ClientError::Refused { .. }) => 1,
-            Failure::Client(ClientError::Usage(_)) => 2,
-            Failure::Client(ClientError::Unreachable { .. }) => 3,
-        }
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Client(err) => err.fmt(f),
-        }
-    }
-}
-
-fn usage(message: impl Into<String>) -> Failure {
-    Failure::Client(ClientError::Usage(message.into()))
+fn usage(message: impl Into<String>) -> ClientError {
+    ClientError::Usage(message.into())
 }
 
 /// Runs the shell, or `command` when given; `url` defaults to the server
@@ -155,7 +125,7 @@ fn split(line: &str, words: usize) -> (Vec<&str>, &str) {
 }
 
 /// The JSON at the end of a line.
-fn json_arg(text: &str, what: &str) -> Result<Value, Failure> {
+fn json_arg(text: &str, what: &str) -> Result<Value, ClientError> {
     if text.is_empty() {
         return Err(usage(format!("missing {what}: give it as JSON after the other words")));
     }
@@ -163,7 +133,7 @@ fn json_arg(text: &str, what: &str) -> Result<Value, Failure> {
 }
 
 /// Exactly the words a command takes (`names` says what each is).
-fn words<'a>(rest: &'a str, names: &[&str], command: &str) -> Result<Vec<&'a str>, Failure> {
+fn words<'a>(rest: &'a str, names: &[&str], command: &str) -> Result<Vec<&'a str>, ClientError> {
     let found: Vec<&str> = rest.split_whitespace().collect();
     if found.len() != names.len() {
         return Err(usage(format!(
@@ -203,13 +173,13 @@ fn show_doc(doc: &Value) -> String {
 }
 
 /// Runs one command line, writing what it shows to `out`.
-pub fn execute(api: &Api, line: &str, out: &mut dyn Write) -> Result<Next, Failure> {
+pub fn execute(api: &Api, line: &str, out: &mut dyn Write) -> Result<Next, ClientError> {
     let (head, rest) = split(line, 1);
     let Some(&command) = head.first() else {
         return Ok(Next::Continue);
     };
     let command = command.to_ascii_lowercase();
-    let shown = |out: &mut dyn Write, text: String| -> Result<(), Failure> {
+    let shown = |out: &mut dyn Write, text: String| -> Result<(), ClientError> {
         writeln!(out, "{text}").map_err(|e| usage(format!("cannot write the answer: {e}")))
     };
     match command.as_str() {
@@ -302,9 +272,9 @@ pub fn execute(api: &Api, line: &str, out: &mut dyn Write) -> Result<Next, Failu
                 Ok(answer) => answer.json()?,
                 Err(ClientError::Refused { status, detail }) if status.as_u16() == 503 => {
                     shown(out, format!("NOT ready: {detail}"))?;
-                    return Err(Failure::Client(ClientError::Refused { status, detail }));
+                    return Err(ClientError::Refused { status, detail });
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             };
             shown(out, pretty(&answer))?;
         }
@@ -321,7 +291,7 @@ pub fn execute(api: &Api, line: &str, out: &mut dyn Write) -> Result<Next, Failu
 
 /// `list COLLECTION [PREFIX] [--limit N] [--cursor C]`: a page, one line
 /// per document, then how to get the next.
-fn list(api: &Api, rest: &str, out: &mut dyn Write) -> Result<(), Failure> {
+fn list(api: &Api, rest: &str, out: &mut dyn Write) -> Result<(), ClientError> {
     let mut args = rest.split_whitespace();
     let collection = args
         .next()
@@ -373,27 +343,41 @@ fn list(api: &Api, rest: &str, out: &mut dyn Write) -> Result<(), Failure> {
 /// Streams a collection's export into a new file at `path`; answers how
 /// many documents it holds. A cut-off stream (the server failed midway)
 /// is an error, not a short file passed for whole.
-fn export(api: &Api, collection: &str, path: &Path) -> Result<u64, Failure> {
+fn export(api: &Api, collection: &str, path: &Path) -> Result<u64, ClientError> {
     let mut response = api.download(&["v1", "collections", collection, "export"])?;
-    let mut file = File::create(path).map_err(|e| usage(format!("cannot create {}: {e}", path.display())))?;
-    std::io::copy(&mut response, &mut file).map_err(|e| {
-        Failure::Client(ClientError::Refused {
-            status: reqwest::StatusCode::BAD_GATEWAY,
-            detail: format!("the export was cut off ({e}); {} is incomplete", path.display()),
-        })
+    let file = File::create(path).map_err(|e| usage(format!("cannot create {}: {e}", path.display())))?;
+    let mut counted = LineCounter { file, lines: 0 };
+    std::io::copy(&mut response, &mut counted).map_err(|e| ClientError::Broken {
+        detail: format!("the export was cut off ({e}); {} is incomplete", path.display()),
     })?;
-    file.sync_all()
+    counted
+        .file
+        .sync_all()
         .map_err(|e| usage(format!("cannot write {}: {e}", path.display())))?;
-    let lines = std::io::BufRead::lines(BufReader::new(
-        File::open(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?,
-    ))
-    .count();
-    Ok(lines as u64)
+    Ok(counted.lines)
+}
+
+/// A file that counts the lines written to it: one document per line.
+struct LineCounter {
+    file: File,
+    lines: u64,
+}
+
+impl Write for LineCounter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let written = self.file.write(bytes)?;
+        self.lines += bytes[..written].iter().filter(|&&b| b == b'\n').count() as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// `watch [COLLECTION] [--count N] [--docs]`: long polls from now, one line
 /// per change, until Ctrl-C or `--count` changes.
-fn watch(api: &Api, rest: &str, out: &mut dyn Write) -> Result<(), Failure> {
+fn watch(api: &Api, rest: &str, out: &mut dyn Write) -> Result<(), ClientError> {
     let mut collection = None;
     let mut count: Option<u64> = None;
     let mut docs = false;
