@@ -86,6 +86,22 @@ impl Access {
         }
     }
 
+    /// Whether a request with this `Authorization` header may `need` on
+    /// `collection`, for a path answered before the OpenAPI layer (see
+    /// `legacy::QuickRead`). Only the plain `Bearer <key>` form is judged;
+    /// `false` for anything else, which the documented route then answers
+    /// (and refuses with its own 401 or 403, logged).
+    pub fn grants(&self, authorization: Option<&str>, need: Scope, collection: &CollectionName) -> bool {
+        if self.is_open() {
+            return true;
+        }
+        let key = authorization
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .and_then(|(_, token)| self.find(token));
+        key.is_some_and(|key| key.may(need, Some(collection)))
+    }
+
     /// The key whose hash equals the presented key's. Every configured hash
     /// is compared, in constant time, whatever matches.
     fn find(&self, presented: &str) -> Option<&ApiKey> {

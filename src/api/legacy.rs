@@ -170,6 +170,57 @@ impl LegacyApi {
     }
 }
 
+/// `GET /api?id=N` from a caller allowed to read, answered before the
+/// OpenAPI layer: the original's clients' most frequent request, and the
+/// one its "self caching" promise is about. poem-openapi's routing and
+/// extraction cost a cached read more than the read itself (measured: 0.75
+/// of the bare handler's rate through them, 0.9 without).
+///
+/// It answers only what the documented route would answer the same way: a
+/// query of exactly `id=<integer>`, a caller whose key grants the read, a
+/// store that answers. Anything else goes to that route, which answers or
+/// refuses it in full, so errors are rendered in one place.
+#[derive(Clone)]
+pub struct QuickRead {
+    store: Store,
+    access: Access,
+    /// The route as poem's router names it, for metrics and traces.
+    route: poem::PathPattern,
+}
+
+impl QuickRead {
+    pub fn new(store: Store, access: Access) -> Self {
+        Self {
+            store,
+            access,
+            route: poem::PathPattern("/api".into()),
+        }
+    }
+
+    /// The answer, or `None` when the documented route must give it.
+    pub async fn answer(&self, req: &poem::Request) -> Option<poem::Response> {
+        if req.method() != poem::http::Method::GET || req.uri().path() != "/api" {
+            return None;
+        }
+        let raw = req.uri().query()?.strip_prefix("id=")?;
+        let LegacyId(id) = poem_openapi::types::ParseFromParameter::parse_from_parameter(raw).ok()?;
+        let authorization = req
+            .headers()
+            .get(poem::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if !self
+            .access
+            .grants(authorization, Scope::Read, &CollectionName::legacy())
+        {
+            return None;
+        }
+        let doc = self.store.get(&legacy_key(id)).await.ok()?;
+        let mut resp = poem::IntoResponse::into_response(legacy_doc(id, doc.as_ref().map(|d| &d.data)));
+        resp.set_data(self.route.clone());
+        Some(resp)
+    }
+}
+
 /// A parsed `cmd`.
 #[derive(Debug, PartialEq)]
 enum Command {

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{json, spawn_app};
+use crate::helpers::{json, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn two_anonymous_posts_then_get_the_second() {
@@ -70,6 +70,92 @@ async fn reading_a_missing_document_gives_null_data() {
     let resp = app.get_api("404").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(json(resp).await, json!({"id": 404, "data": null}));
+}
+
+/// `GET /api?id=N`, the original's clients' most frequent request, has a
+/// quick path before the OpenAPI layer. However the request is spelled, the
+/// answer is the documented route's, and metrics count it under that route.
+#[tokio::test]
+async fn every_spelling_of_a_read_answers_alike_and_counts_under_its_route() {
+    let app = spawn_app().await;
+    app.post_api(json!({"id": 1, "data": {"color": "blue"}})).await;
+    let spellings = [
+        "/api?id=1",
+        "/api?id=%31",
+        "/api?id=01",
+        "/api?id=1&unused=x",
+        "/api?unused=x&id=1",
+    ];
+    for path in spellings {
+        let resp = app.get(path).await;
+        assert_eq!(resp.status(), 200, "{path}");
+        let content_type = resp.headers()["content-type"].to_str().ok().map(str::to_owned);
+        assert_eq!(
+            content_type.as_deref(),
+            Some("application/json; charset=utf-8"),
+            "{path}"
+        );
+        assert_eq!(
+            resp.text().await.ok().as_deref(),
+            Some(r#"{"id":1,"data":{"color":"blue"}}"#),
+            "{path}"
+        );
+    }
+    assert_eq!(json(app.get("/api?id=-7").await).await, json!({"id": -7, "data": null}));
+    for (path, status) in [
+        ("/api?id=9223372036854775808", 400),
+        ("/api?id=", 400),
+        ("/api?id=1x", 400),
+    ] {
+        let resp = app.get(path).await;
+        assert_eq!(resp.status(), status, "{path}");
+        assert!(json(resp).await["message"].as_str().is_some(), "{path}");
+    }
+
+    let page = app.get("/metrics").await.text().await.unwrap_or_default();
+    let series = r#"exdaas_http_requests_total{method="GET",route="/api",status="200"} "#;
+    let count = page.lines().find_map(|line| line.strip_prefix(series));
+    assert_eq!(count, Some("6"), "{page}");
+}
+
+/// The quick path judges keys as the documented route does.
+#[tokio::test]
+async fn reads_of_the_original_api_follow_the_keys() {
+    const KEYS: &str = "write:writer-key-0123456789;read:reader-key-0123456789;\
+                        write:users-key-0123456789:users";
+    let app = spawn_app_with(&[("EXDAAS_API_KEYS", KEYS)]).await;
+    let write = app
+        .client
+        .post(app.url("/api"))
+        .bearer_auth("writer-key-0123456789")
+        .json(&json!({"id": 3, "data": "three"}))
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(write.status(), 200);
+    let cases = [
+        (None, 401),
+        (Some("Bearer reader-key-0123456789"), 200),
+        (Some("bearer reader-key-0123456789"), 200),
+        (Some("Bearer writer-key-0123456789"), 200),
+        (Some("Bearer users-key-0123456789"), 403),
+        (Some("Bearer reader-key-0123456789x"), 401),
+        (Some("Basic cmVhZGVyLWtleQ=="), 401),
+    ];
+    for (authorization, status) in cases {
+        let mut request = app.client.get(app.url("/api?id=3"));
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let resp = request.send().await.expect("request sent");
+        assert_eq!(resp.status(), status, "{authorization:?}");
+        let body = json(resp).await;
+        if status == 200 {
+            assert_eq!(body, json!({"id": 3, "data": "three"}));
+        } else {
+            assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+        }
+    }
 }
 
 #[tokio::test]
