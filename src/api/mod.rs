@@ -185,9 +185,13 @@ pub fn routes(store: &Store, options: &ApiOptions) -> impl Endpoint {
         quick: legacy::QuickRead::new(store.clone(), options.access.clone()),
         api: api.into_endpoint(),
     };
-    site.with_if(cors.is_some(), cors.unwrap_or_else(Cors::new))
-        .around(move |next, req| edge(next, req, max_body_bytes, access.clone(), spec.clone()))
-        .around(move |next, req| observe::observe(next, req, metrics.clone(), known_routes.clone()))
+    let edge = Edge {
+        next: site.with_if(cors.is_some(), cors.unwrap_or_else(Cors::new)),
+        max_body_bytes,
+        access,
+        spec,
+    };
+    observe::Observe::new(edge, metrics, known_routes)
 }
 
 /// Routes anyone may call, keys or not: probes, metrics, the API's
@@ -233,63 +237,74 @@ impl<P: Endpoint, A: Endpoint> Endpoint for Site<P, A> {
 /// a data route without a valid key, before anything else is read; the body
 /// limit for the methods that carry a body (a GET skips the allocation); and
 /// errors rendered as JSON. Scopes (403) are checked by each route.
-async fn edge<E: Endpoint>(
+struct Edge<E> {
     next: E,
-    mut req: Request,
     max_body_bytes: usize,
     access: Access,
     spec: std::sync::Arc<spec::Spec>,
-) -> poem::Result<Response> {
-    if !access.is_open() && !is_public(req.uri().path()) {
-        let authorization = req
-            .headers()
-            .get(poem::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        if !access.admits(authorization) && req.method() != Method::OPTIONS {
-            let flavor = error::Flavor::of_path(req.uri().path());
-            return Ok(Access::unauthorized(flavor).as_response());
+}
+
+impl<E: Endpoint> Endpoint for Edge<E> {
+    type Output = Response;
+
+    async fn call(&self, mut req: Request) -> poem::Result<Response> {
+        let Self {
+            next,
+            max_body_bytes,
+            access,
+            spec,
+        } = self;
+        if !access.is_open() && !is_public(req.uri().path()) {
+            let authorization = req
+                .headers()
+                .get(poem::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            if !access.admits(authorization) && req.method() != Method::OPTIONS {
+                let flavor = error::Flavor::of_path(req.uri().path());
+                return Ok(Access::unauthorized(flavor).as_response());
+            }
         }
-    }
-    // Conditional headers are ASCII (RFC 9110 8.8.3), as is an event
-    // stream's last id; one that is not must not pass for an absent one,
-    // which is what a route reading it as text would see.
-    for name in [
-        poem::http::header::IF_MATCH,
-        poem::http::header::IF_NONE_MATCH,
-        poem::http::HeaderName::from_static("last-event-id"),
-    ] {
-        if req.headers().get(&name).is_some_and(|v| v.to_str().is_err()) {
-            let flavor = error::Flavor::of_path(req.uri().path());
-            let detail = format!("the {name} header holds bytes that are not visible ASCII");
-            return Ok(error::ApiError::new(flavor, poem::http::StatusCode::BAD_REQUEST, detail).as_response());
+        // Conditional headers are ASCII (RFC 9110 8.8.3), as is an event
+        // stream's last id; one that is not must not pass for an absent one,
+        // which is what a route reading it as text would see.
+        for name in [
+            poem::http::header::IF_MATCH,
+            poem::http::header::IF_NONE_MATCH,
+            poem::http::HeaderName::from_static("last-event-id"),
+        ] {
+            if req.headers().get(&name).is_some_and(|v| v.to_str().is_err()) {
+                let flavor = error::Flavor::of_path(req.uri().path());
+                let detail = format!("the {name} header holds bytes that are not visible ASCII");
+                return Ok(error::ApiError::new(flavor, poem::http::StatusCode::BAD_REQUEST, detail).as_response());
+            }
         }
-    }
-    if !matches!(*req.method(), Method::GET | Method::HEAD) {
-        req.extensions_mut().insert(BodyLimit(max_body_bytes));
-    }
-    // A `Uri` clone shares its bytes: no copy on the success path.
-    let uri = req.uri().clone();
-    match next.call(req).await {
-        Ok(resp) => Ok(resp.into_response()),
-        Err(err) => {
-            // Keep the matched route for metrics and traces.
-            let route = err.data::<PathPattern>().cloned();
-            let mut resp = error::ApiError::render(err, uri.path());
-            if resp.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED {
-                // RFC 9110 15.5.6: a 405 says which methods the path takes.
-                let allow = match uri.path() {
-                    "/docs" | "/docs/" | "/openapi.json" => Some("GET, HEAD"),
-                    path if ui::PATHS.contains(&path) => Some("GET, HEAD"),
-                    path => spec.allow(path),
-                };
-                if let Some(value) = allow.and_then(|a| poem::http::HeaderValue::from_str(a).ok()) {
-                    resp.headers_mut().insert(poem::http::header::ALLOW, value);
+        if !matches!(*req.method(), Method::GET | Method::HEAD) {
+            req.extensions_mut().insert(BodyLimit(*max_body_bytes));
+        }
+        // A `Uri` clone shares its bytes: no copy on the success path.
+        let uri = req.uri().clone();
+        match next.call(req).await {
+            Ok(resp) => Ok(resp.into_response()),
+            Err(err) => {
+                // Keep the matched route for metrics and traces.
+                let route = err.data::<PathPattern>().cloned();
+                let mut resp = error::ApiError::render(err, uri.path());
+                if resp.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED {
+                    // RFC 9110 15.5.6: a 405 says which methods the path takes.
+                    let allow = match uri.path() {
+                        "/docs" | "/docs/" | "/openapi.json" => Some("GET, HEAD"),
+                        path if ui::PATHS.contains(&path) => Some("GET, HEAD"),
+                        path => spec.allow(path),
+                    };
+                    if let Some(value) = allow.and_then(|a| poem::http::HeaderValue::from_str(a).ok()) {
+                        resp.headers_mut().insert(poem::http::header::ALLOW, value);
+                    }
                 }
+                if let Some(route) = route {
+                    resp.set_data(route);
+                }
+                Ok(resp)
             }
-            if let Some(route) = route {
-                resp.set_data(route);
-            }
-            Ok(resp)
         }
     }
 }

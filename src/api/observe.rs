@@ -63,12 +63,28 @@ impl Routes {
     }
 }
 
-pub async fn observe<E: Endpoint>(
+/// The outermost layer: times and counts every request, and opens its span.
+pub struct Observe<E> {
     next: E,
-    req: Request,
     metrics: Arc<Metrics>,
     routes: Arc<Routes>,
-) -> poem::Result<Response> {
+}
+
+impl<E> Observe<E> {
+    pub fn new(next: E, metrics: Arc<Metrics>, routes: Arc<Routes>) -> Self {
+        Self { next, metrics, routes }
+    }
+}
+
+impl<E: Endpoint> Endpoint for Observe<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> poem::Result<Response> {
+        observe(&self.next, req, &self.metrics, &self.routes).await
+    }
+}
+
+async fn observe<E: Endpoint>(next: &E, req: Request, metrics: &Metrics, routes: &Routes) -> poem::Result<Response> {
     let started = Instant::now();
     let method = req.method().clone();
     // Disabled (and nearly free) unless a trace exporter is installed.
