@@ -13,7 +13,9 @@ Usage: scripts/bench.sh [-c] [-h]
   -c  keep .results.log afterwards (to commit it); without -c a tracked
       .results.log is restored with git checkout after the run
   -h  show this help
-Environment: BENCH_N (ab requests, 50000), BENCH_C (ab concurrency, 500),
+Environment: BENCH_ROUNDS (3: loads a-c run this many times, exdaas and bare
+  alternating, and each row gives the median), BENCH_N (ab requests, 50000),
+  BENCH_C (ab concurrency, 500),
   BENCH_DURATION (each wrk load, 10s), BENCH_PORT (4100), BENCH_SINK_PORT
   (4318: the OTLP sink that load d exports traces to),
   EXDAAS_BIN (target/release/exdaas; when set, only the example is built),
@@ -30,7 +32,8 @@ while getopts ch opt; do
 	esac
 done
 
-N=${BENCH_N:-50000} C=${BENCH_C:-500} DUR=${BENCH_DURATION:-10s} PORT=${BENCH_PORT:-4100}
+ROUNDS=${BENCH_ROUNDS:-3} N=${BENCH_N:-50000} C=${BENCH_C:-500} DUR=${BENCH_DURATION:-10s} PORT=${BENCH_PORT:-4100}
+[[ $ROUNDS =~ ^[1-9][0-9]?$ ]] || { echo "BENCH_ROUNDS=$ROUNDS: give a number of rounds from 1 to 99" >&2 && exit 2; }
 EXDAAS_BIN=${EXDAAS_BIN:-} READY_PATH=${EXDAAS_READY_PATH:-/readyz}
 BARE_BIN=target/release/examples/bare_poem RESULTS=.results.log URL=http://127.0.0.1:$PORT
 
@@ -126,13 +129,30 @@ load_wrk() { # KEY [wrk args...]
 	record "$key" wrk
 }
 
-row() { # LABEL EXDAAS_KEY BARE_KEY
-	local ratio note=""
-	ratio=$(awk -v a="${RPS[$2]}" -v b="${RPS[$3]}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
-	[[ -z ${ERR[$2]} ]] || note="!!! EXDAAS ERRORS: ${ERR[$2]}"
-	[[ -z ${ERR[$3]} ]] || note+=" (bare errors: ${ERR[$3]})"
-	printf '%-28s %13s %12s %6s  %-22s %-22s %s\n' "$1" "${RPS[$2]}" "${RPS[$3]}" "$ratio" \
-		"${PCT[$2]}" "${PCT[$3]}" "$note" | sed 's/ *$//'
+# median VALUES...: the middle value (the lower of the two middle ones).
+median() {
+	printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
+}
+
+# row LABEL EXDAAS_KEY BARE_KEY: the median of each side's req/s and
+# of the rounds' ratios (each round's exdaas and bare ran one after the other,
+# so the ratio of a round is the figure a noisy machine moves least), with
+# every round's ratio and the last round's latencies.
+row() {
+	local label=$1 ex=$2 bare=$3 rounds=$ROUNDS r note="" ratio
+	local -a ex_rps=() bare_rps=() ratios=()
+	for ((r = 1; r <= rounds; r++)); do
+		local ek=$ex.$r bk=$bare.$r
+		ex_rps+=("${RPS[$ek]}")
+		bare_rps+=("${RPS[$bk]}")
+		ratios+=("$(awk -v a="${RPS[$ek]}" -v b="${RPS[$bk]}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "0" }')")
+		[[ -z ${ERR[$ek]} ]] || note+="!!! EXDAAS ERRORS (round $r): ${ERR[$ek]} "
+		[[ -z ${ERR[$bk]} ]] || note+="(bare errors, round $r: ${ERR[$bk]}) "
+	done
+	ratio=$(median "${ratios[@]}")
+	((rounds == 1)) || note="rounds ${ratios[*]}${note:+; $note}"
+	printf '%-28s %13s %12s %6s  %-22s %-22s %s\n' "$label" "$(median "${ex_rps[@]}")" \
+		"$(median "${bare_rps[@]}")" "$ratio" "${PCT[$ek]}" "${PCT[$bk]}" "$note" | sed 's/ *$//'
 }
 
 run() {
@@ -152,26 +172,30 @@ run() {
 	echo "exdaas: $EXDAAS_BIN   bare: $BARE_BIN   ab -n $N -c $C   wrk -t2 -c64 -d$DUR"
 	echo "EXDAAS_SYNC for ab/GET loads: ${EXDAAS_SYNC:-server default}   ulimit -n: $(ulimit -n)"
 
-	echo "== a+b: ab POST upserts, then wrk cached GETs of id=1 (exdaas, then bare)"
-	start exdaas "$EXDAAS_BIN" "$READY_PATH"
-	load_ab ex_ab
-	load_wrk ex_get "$URL/api?id=1"
-	stop
-	start bare "$BARE_BIN" /api
-	load_ab bare_ab
-	load_wrk bare_get "$URL/api?id=1"
-	stop
+	local r
+	for ((r = 1; r <= ROUNDS; r++)); do
+		echo "== round $r of $ROUNDS"
+		echo "== a+b: ab POST upserts, then wrk cached GETs of id=1 (exdaas, then bare)"
+		start exdaas "$EXDAAS_BIN" "$READY_PATH"
+		load_ab "ex_ab.$r"
+		load_wrk "ex_get.$r" "$URL/api?id=1"
+		stop
+		start bare "$BARE_BIN" /api
+		load_ab "bare_ab.$r"
+		load_wrk "bare_get.$r" "$URL/api?id=1"
+		stop
 
-	echo "== c: wrk anonymous writes (exdaas sync=normal, bare, exdaas sync=full)"
-	start exdaas "$EXDAAS_BIN" "$READY_PATH" EXDAAS_SYNC=normal
-	load_wrk ex_anon_normal -s "$tmp/anon.lua" "$URL/api"
-	stop
-	start bare "$BARE_BIN" /api
-	load_wrk bare_anon -s "$tmp/anon.lua" "$URL/api"
-	stop
-	start exdaas "$EXDAAS_BIN" "$READY_PATH" EXDAAS_SYNC=full
-	load_wrk ex_anon_full -s "$tmp/anon.lua" "$URL/api"
-	stop
+		echo "== c: wrk anonymous writes (exdaas sync=normal, bare, exdaas sync=full)"
+		start exdaas "$EXDAAS_BIN" "$READY_PATH" EXDAAS_SYNC=normal
+		load_wrk "ex_anon_normal.$r" -s "$tmp/anon.lua" "$URL/api"
+		stop
+		start bare "$BARE_BIN" /api
+		load_wrk "bare_anon.$r" -s "$tmp/anon.lua" "$URL/api"
+		stop
+		start exdaas "$EXDAAS_BIN" "$READY_PATH" EXDAAS_SYNC=full
+		load_wrk "ex_anon_full.$r" -s "$tmp/anon.lua" "$URL/api"
+		stop
+	done
 
 	echo "== d: ab POST upserts again, with traces exported over OTLP/HTTP to a local sink"
 	start_sink
@@ -180,16 +204,20 @@ run() {
 	stop # SIGTERM flushes the spans still buffered
 	stop_sink
 
-	echo "== Results (ratio = exdaas req/s / bare req/s; latencies p50/p90/p99)"
+	echo "== Results: medians of $ROUNDS rounds (ratio = exdaas req/s / bare req/s of the same round;"
+	echo "   latencies p50/p90/p99 of the last round)"
 	printf '%-28s %13s %12s %6s  %-22s %-22s %s\n' load "exdaas req/s" "bare req/s" ratio \
 		"exdaas p50/p90/p99" "bare p50/p90/p99" notes
 	row "a. ab POST upsert id=1" ex_ab bare_ab
 	row "b. wrk GET id=1 (cached)" ex_get bare_get
 	row "c. wrk POST anon sync=normal" ex_anon_normal bare_anon
 	row "c. wrk POST anon sync=full" ex_anon_full bare_anon
-	row "d. a. with traces exported" ex_ab_traced bare_ab
+	local -a untraced=()
+	for ((r = 1; r <= ROUNDS; r++)); do untraced+=("${RPS[ex_ab.$r]}"); done
+	RPS[ex_ab]=$(median "${untraced[@]}")
 	awk -v on="${RPS[ex_ab_traced]}" -v off="${RPS[ex_ab]}" -v sink="$SINK_REPORT" 'BEGIN {
-		if (off > 0) printf "traces on / off (a): %.2f   the sink received %s\n", on / off, sink }'
+		if (off > 0) printf "d. traces on / off (a): %.2f (%s / %s req/s)   the sink received %s\n", on / off, on, off, sink }'
+	[[ -z ${ERR[ex_ab_traced]} ]] || echo "!!! EXDAAS ERRORS with traces exported: ${ERR[ex_ab_traced]}"
 }
 
 # A stand-in for an OpenTelemetry collector: accepts OTLP/HTTP posts, counts
