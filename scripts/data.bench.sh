@@ -5,6 +5,9 @@
 #   - exporting them as NDJSON, and the server's peak memory growth meanwhile
 #   - then, with the folder filled to BENCH_OPS_DOCS documents in all, the time
 #     of `exdaas backup` (server running) and `exdaas reshard --to 8` (stopped)
+#   - last, scripts/restart.bench.sh: BENCH_RESTART_DOCS (1,000,000) documents,
+#     a restart (seconds to ready, resident memory) and the original's load
+#     (BENCH_RESTART=0 skips it)
 # Prints figures; changes nothing in the repository. Needs python3 and curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -124,3 +127,9 @@ started=$(date +%s.%N)
 DETS_ROOT="$tmp/data" RUST_LOG=warn "$EXDAAS_BIN" check | tail -n 1
 ended=$(date +%s.%N)
 awk -v s="$started" -v e="$ended" 'BEGIN { printf "   check took %.1f s\n", e - s }'
+
+if [[ ${BENCH_RESTART:-1} != 0 ]]; then
+	rm -rf "$tmp/data" "$tmp/backup" # the server stopped before the reshard
+	echo "== restart at size: scripts/restart.bench.sh"
+	EXDAAS_BIN=$EXDAAS_BIN BENCH_DOCS=${BENCH_RESTART_DOCS:-1000000} BENCH_PORT=$PORT scripts/restart.bench.sh
+fi

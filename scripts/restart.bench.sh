@@ -106,6 +106,6 @@ misses=$(metric exdaas_cache_misses_total)
 echo "   cache hits ${hits}, misses ${misses}"
 echo "   resident: ${after_load} MiB after the load; the promise: at most $((CACHE_MIB + 64)) MiB (EXDAAS_CACHE_MIB + 64)"
 stop
-printf '\n%-44s %s\n' "1M restart: ready (s)" "$ready"
+printf '\n%-44s %s\n' "restart over $DOCS documents: ready (s)" "$ready"
 printf '%-44s %s / %s\n' "RSS after restart / after load (MiB)" "$after_start" "$after_load"
 printf '%-44s %s\n' "limit (EXDAAS_CACHE_MIB + 64, MiB)" "$((CACHE_MIB + 64))"
