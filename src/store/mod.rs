@@ -785,24 +785,30 @@ impl Store {
         }
         let started = Instant::now();
         let budget = (cache.capacity_bytes() / self.inner.shards.len() as u64) as usize;
-        // Every shard at once: each read waits on its own connection's
-        // thread, and the cores share the parsing and the inserts.
-        let warmed = self.inner.shards.iter().map(|shard| async move {
-            let mut rows = shard.reads().recent(writer::now_millis());
-            let (mut used, mut loaded) = (0usize, 0u64);
-            while let Some((key, doc)) = rows.try_next().await? {
-                used += cache::weight(&key, &doc);
-                if used > budget {
-                    break;
+        // Every shard at once, each in a task of its own: each read waits on
+        // its own connection's thread, and the runtime's workers share the
+        // parsing and the inserts (in one task, one thread did them all and
+        // was the warm-up's bottleneck).
+        let warmed = (0..self.inner.shards.len()).map(|index| {
+            let store = self.clone();
+            tokio::spawn(async move {
+                let (shard, cache) = (&store.inner.shards[index], &store.inner.cache);
+                let mut rows = shard.reads().recent(writer::now_millis());
+                let (mut used, mut loaded) = (0usize, 0u64);
+                while let Some((key, doc)) = rows.try_next().await? {
+                    used += cache::weight(&key, &doc);
+                    if used > budget {
+                        break;
+                    }
+                    cache.warm(key, doc).await;
+                    loaded += 1;
                 }
-                cache.warm(key, doc).await;
-                loaded += 1;
-            }
-            Ok::<u64, StoreError>(loaded)
+                Ok::<u64, StoreError>(loaded)
+            })
         });
         let mut loaded = 0u64;
         for shard in futures_util::future::join_all(warmed).await {
-            loaded += shard?;
+            loaded += shard.map_err(|_| StoreError::Internal("a shard's cache warm-up task failed"))??;
         }
         let (_, bytes) = cache.usage().await;
         tracing::info!(
