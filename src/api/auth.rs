@@ -53,10 +53,9 @@ impl Access {
         if self.is_open() {
             return true;
         }
-        let token = authorization.and_then(|value| {
-            let (scheme, token) = value.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
-        });
+        let token = authorization
+            .and_then(|value| bearer_token(value.trim()))
+            .map(str::trim);
         token.is_some_and(|token| self.find(token).is_some())
     }
 
@@ -95,10 +94,7 @@ impl Access {
         if self.is_open() {
             return true;
         }
-        let key = authorization
-            .and_then(|value| value.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .and_then(|(_, token)| self.find(token));
+        let key = authorization.and_then(bearer_token).and_then(|token| self.find(token));
         key.is_some_and(|key| key.may(need, Some(collection)))
     }
 
@@ -114,6 +110,12 @@ impl Access {
         }
         found
     }
+}
+
+/// The token of `Bearer <token>` (the scheme in any case), as written.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
 
 /// An authenticated request (or any request, when the API is open).
