@@ -31,6 +31,12 @@ use crate::domain::DocKey;
 /// documents ranged from 297 to 321 MiB against the promise of 320.
 const ENTRY_OVERHEAD: usize = 512;
 
+/// The most entries the cache's table is sized for at boot: 16 MiB of
+/// table (moka makes it a power of two of twice as many 8-byte slots),
+/// reached at 256 MiB of documents. The default's 224 MiB share presizes
+/// 458,752 entries, 8 MiB of table.
+const PRESIZED_ENTRIES: u64 = 1 << 19;
+
 #[derive(Clone)]
 pub struct DocCache {
     /// `None` when the configured capacity is zero.
@@ -43,12 +49,14 @@ impl DocCache {
         let inner = (capacity_bytes > 0).then(|| {
             // Its table sized at once for as many entries as the setting can
             // hold (none weighs less than ENTRY_OVERHEAD, which counts its
-            // slot): filling it never rehashes. Growing it by rehashing was a
-            // fifth of the boot's warm-up on the thread doing the inserts.
-            let most_entries = usize::try_from(capacity_bytes / ENTRY_OVERHEAD as u64).unwrap_or(usize::MAX);
+            // slot), up to PRESIZED_ENTRIES: filling it then never rehashes.
+            // Growing it by rehashing was a fifth of the boot's warm-up on the
+            // thread doing the inserts. Past the cap, a large setting must not
+            // cost its table's memory before there is anything to cache.
+            let presized = (capacity_bytes / ENTRY_OVERHEAD as u64).min(PRESIZED_ENTRIES);
             Cache::builder()
                 .max_capacity(capacity_bytes)
-                .initial_capacity(most_entries)
+                .initial_capacity(usize::try_from(presized).unwrap_or(0))
                 .weigher(|key: &DocKey, doc: &Document| u32::try_from(weight(key, doc)).unwrap_or(u32::MAX))
                 .build()
         });

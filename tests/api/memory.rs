@@ -221,3 +221,20 @@ async fn a_batch_reading_many_large_documents_stays_within_the_page_budget() {
         "a batch over 40 MiB of documents grew the server by {growth_mib} MiB"
     );
 }
+
+/// A cache setting is a ceiling, not an allocation: a server told it may
+/// cache 64 GiB starts on an empty folder as small as one with the default.
+/// (Sizing the cache's table for the whole setting at boot took 2 GiB.)
+#[tokio::test]
+async fn a_large_cache_setting_costs_nothing_until_it_is_filled() {
+    let folder = tempfile::tempdir().expect("temp dir");
+    let server = ServerProcess::start(folder.path(), &[("EXDAAS_CACHE_MIB", "65536")]).await;
+    let pid = server.child.id().expect("running");
+    let resident_mib = status_kib(pid, "VmRSS:") / 1024;
+    assert!(
+        resident_mib < 128,
+        "an empty server with EXDAAS_CACHE_MIB=65536 holds {resident_mib} MiB"
+    );
+    let resp = reqwest::get(server.url("/readyz")).await.expect("request sent");
+    assert_eq!(resp.status(), 200);
+}
