@@ -15,6 +15,10 @@ use super::{Store, StoreError};
 pub enum Fault {
     /// The writer panics.
     Panic,
+    /// The writer panics, and the supervisor waits at least this long
+    /// before reopening it: a failure that lasts, so a test can watch the
+    /// shard while it is down instead of racing its restart.
+    PanicAndStayDown(Duration),
     /// The writer panics right after its next commit, before it updates the
     /// cache and acknowledges.
     PanicAfterCommit,
@@ -52,6 +56,27 @@ pub enum EngineFault {
     Heal,
 }
 
+/// The payload of [`Fault::PanicAndStayDown`]'s panic, which the
+/// supervisor reads to hold its restart back.
+pub(super) struct StayDown {
+    shard: usize,
+    duration: Duration,
+}
+
+impl StayDown {
+    /// How long to wait before reopening, and the panic's message, if
+    /// `panic` is this fault's.
+    pub(super) fn of(panic: &(dyn std::any::Any + Send)) -> Option<(Duration, String)> {
+        let down = panic.downcast_ref::<Self>()?;
+        let message = format!(
+            "injected fault: shard {}'s writer panics and stays down for {} ms",
+            down.shard,
+            down.duration.as_millis()
+        );
+        Some((down.duration, message))
+    }
+}
+
 impl Writer {
     /// Applies a test's fault; an error if it broke the writer.
     pub(super) async fn inject(&mut self, fault: Fault) -> Option<StoreError> {
@@ -59,6 +84,7 @@ impl Writer {
         let shard = self.shard;
         let engine_fault = match fault {
             Fault::Panic => panic!("injected fault: shard {shard}'s writer panics"),
+            Fault::PanicAndStayDown(duration) => std::panic::panic_any(StayDown { shard, duration }),
             Fault::PanicAfterCommit => {
                 self.panic_after_commit = true;
                 return None;

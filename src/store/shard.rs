@@ -428,8 +428,14 @@ async fn supervise(setup: WriterSetup, mut writer: Writer, mut jobs: mpsc::Recei
                 let message = panic
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
+                    .or_else(|| panic.downcast_ref::<String>().cloned());
+                #[cfg(feature = "fault-injection")]
+                let message = message.or_else(|| {
+                    let (hold, message) = super::faults::StayDown::of(&*panic)?;
+                    delay = delay.max(hold);
+                    Some(message)
+                });
+                let message = message.unwrap_or_else(|| "unknown panic".into());
                 (Outage::WriterPanicked, format!("its writer panicked: {message}"))
             }
         };

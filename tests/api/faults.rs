@@ -130,8 +130,12 @@ async fn a_writer_whose_connection_breaks_is_restarted() {
 async fn readiness_names_the_shard_while_its_writer_is_down() {
     let app = spawn(&[]).await;
     let (ids, _) = ids_on(&app, 2, 1);
-    app.store.inject_fault(2, Fault::Panic).await.expect("fault queued");
-    // The restart waits 100 ms first: readiness sees the shard down.
+    // Down for a second, not the usual 100 ms before the restart: a slow
+    // readiness answer on a busy machine cannot miss the outage.
+    app.store
+        .inject_fault(2, Fault::PanicAndStayDown(Duration::from_secs(1)))
+        .await
+        .expect("fault queued");
     let started = Instant::now();
     let state = loop {
         let (status, state) = readiness(&app, 2).await;
