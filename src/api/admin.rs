@@ -75,6 +75,7 @@ impl AdminApi {
                          folder: back it up with the database's own tools, such as pg_dump"
                     .into(),
                 error_id: None,
+                violations: None,
             })));
         }
         let stamp = time::OffsetDateTime::now_utc()

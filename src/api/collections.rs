@@ -151,10 +151,14 @@ impl Example for BatchRequest {
 /// one, or what went wrong.
 #[derive(Object)]
 pub struct BatchResult {
-    /// 200, 201, 204, 400, 404, 412, or 5xx when the store failed.
+    /// 200, 201, 204, 400, 404, 412, 422 (the document would not match the
+    /// collection's schema, or cannot take the patch), or 5xx when the store
+    /// failed.
     status: u16,
     doc: Option<super::docs::DocEnvelope>,
     detail: Option<String>,
+    /// With a 422 for the collection's schema: where and why.
+    violations: Option<Vec<super::error::ViolationBody>>,
 }
 
 /// The answers, in the order of the operations.
@@ -549,6 +553,9 @@ impl CollectionsApi {
             };
             match answer {
                 Ok(()) => report.imported += 1,
+                // A line the collection's schema refuses is refused alone,
+                // as a line that is not JSON is.
+                Err(e @ StoreError::SchemaViolation { .. }) => reject(report, number, e.to_string()),
                 Err(e) => {
                     let mut failure = ApiError::from_store(Flavor::V1, e);
                     failure.detail = format!(
@@ -671,6 +678,12 @@ fn batch_result_json(
         Ok((id, WriteOutcome::NotFound | WriteOutcome::Read(None))) => json!({
             "status": 404,
             "detail": format!("document {:?} not found in collection {:?}", id.as_str(), collection.as_str()),
+        })
+        .to_string(),
+        Err(err) if !err.violations.is_empty() => json!({
+            "status": err.status.as_u16(),
+            "detail": err.detail,
+            "violations": super::error::violations_json(&err.violations),
         })
         .to_string(),
         Err(err) => json!({"status": err.status.as_u16(), "detail": err.detail}).to_string(),

@@ -11,6 +11,7 @@ use poem_openapi::types::Type;
 use poem_openapi::{ApiResponse, Object};
 use serde_json::json;
 
+use crate::store::schema::Violation;
 use crate::store::{ErrorKind, StoreError};
 
 /// Which API's error format to answer in.
@@ -44,6 +45,8 @@ pub struct ApiError {
     /// A server error's reference: the log line with the whole story
     /// carries it; the client gets it and a stable message.
     pub error_id: Option<String>,
+    /// Where and why a document fails its collection's schema (a 422).
+    pub violations: Vec<Violation>,
 }
 
 impl ApiError {
@@ -55,6 +58,7 @@ impl ApiError {
             challenge: false,
             retry_after: None,
             error_id: None,
+            violations: Vec::new(),
         }
     }
 
@@ -85,7 +89,10 @@ impl ApiError {
             StoreError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             StoreError::InvalidDocument { .. } => StatusCode::BAD_REQUEST,
             StoreError::TooMuchToRead { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            StoreError::Unprocessable { .. } | StoreError::DocumentTooLarge { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            StoreError::Unprocessable { .. }
+            | StoreError::DocumentTooLarge { .. }
+            | StoreError::SchemaViolation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            StoreError::InvalidSchema(_) => StatusCode::BAD_REQUEST,
             StoreError::FeedGone { .. } => StatusCode::GONE,
             StoreError::Unavailable { .. } | StoreError::Busy { .. } | StoreError::IdsExhausted { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -108,6 +115,9 @@ impl ApiError {
         } else {
             Self::new(flavor, status, err.to_string())
         };
+        if let StoreError::SchemaViolation { violations, .. } = &err {
+            api_error.violations = violations.clone();
+        }
         // A restarting writer or a full queue clears up by itself.
         let retry = match &err {
             StoreError::Unavailable { .. } | StoreError::Busy { .. } => true,
@@ -164,12 +174,34 @@ impl ResponseError for ApiError {
         if let (Some(id), Some(fields)) = (&self.error_id, body.as_object_mut()) {
             fields.insert("error_id".into(), id.as_str().into());
         }
+        if let (false, Some(fields)) = (self.violations.is_empty(), body.as_object_mut()) {
+            fields.insert("violations".into(), violations_json(&self.violations));
+        }
         let content_type = match self.flavor {
             Flavor::Legacy => "application/json; charset=utf-8",
             Flavor::V1 => "application/problem+json",
         };
         builder.content_type(content_type).body(body.to_string())
     }
+}
+
+/// Schema violations as the error bodies list them.
+pub fn violations_json(violations: &[Violation]) -> serde_json::Value {
+    violations
+        .iter()
+        .map(|v| json!({"pointer": v.pointer, "keyword": v.keyword, "message": v.message}))
+        .collect()
+}
+
+/// One way a document fails its collection's schema.
+#[derive(Object)]
+pub struct ViolationBody {
+    /// JSON Pointer (RFC 6901) to the failing value in the document (`""`:
+    /// the document itself).
+    pub pointer: String,
+    /// The JSON Schema keyword that failed, e.g. `type`, `required`.
+    pub keyword: String,
+    pub message: String,
 }
 
 /// A fresh reference for a server error: 16 hex digits, random, so ids
@@ -188,6 +220,10 @@ pub struct LegacyErrorBody {
     /// On a server error (5xx): the reference the server's log line carries.
     #[oai(skip_serializing_if_is_none)]
     pub error_id: Option<String>,
+    /// On a 422 for a document that does not match its collection's schema:
+    /// where and why (at most 16).
+    #[oai(skip_serializing_if_is_none)]
+    pub violations: Option<Vec<ViolationBody>>,
 }
 
 /// An RFC 9457 problem document.
@@ -204,6 +240,10 @@ pub struct Problem {
     /// On a server error (5xx): the reference the server's log line carries.
     #[oai(skip_serializing_if_is_none)]
     pub error_id: Option<String>,
+    /// On a 422 for a document that does not match its collection's schema:
+    /// where and why (at most 16).
+    #[oai(skip_serializing_if_is_none)]
+    pub violations: Option<Vec<ViolationBody>>,
 }
 
 /// Statuses an endpoint of the given API may answer besides success.
@@ -243,7 +283,11 @@ const ERROR_STATUSES: &[(u16, &str)] = &[
     (414, "The URI is longer than the server reads (64 KiB); no body"),
     (431, "The request's headers are larger than the server reads; no body"),
     (415, "The body's content type is not one this endpoint reads"),
-    (422, "The document does not have the shape the command needs"),
+    (
+        422,
+        "The document does not have the shape the command needs, or would not match its collection's schema \
+         (`violations` says where and why)",
+    ),
     (412, "A precondition (If-Match, If-None-Match, expected_version) failed"),
     (
         500,

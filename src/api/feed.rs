@@ -67,6 +67,14 @@ pub enum ChangeKindName {
     Expired,
     /// Deleted with its whole collection.
     Dropped,
+    /// The collection's schema was set: `id` is empty and `version` is the
+    /// schema's.
+    #[oai(rename = "schema_set")]
+    SchemaSet,
+    /// The collection's schema was removed: `id` is empty and `version` is
+    /// the removal's.
+    #[oai(rename = "schema_removed")]
+    SchemaRemoved,
 }
 
 /// One change of one document. A commit that changed a document several
@@ -600,6 +608,8 @@ fn change_json(item: &crate::store::FeedItem, doc: Option<Option<&Document>>) ->
         ChangeKind::Deleted => "deleted",
         ChangeKind::Expired => "expired",
         ChangeKind::Dropped => "dropped",
+        ChangeKind::SchemaSet => "schema_set",
+        ChangeKind::SchemaRemoved => "schema_removed",
     };
     let mut json = String::with_capacity(128 + doc.flatten().map_or(0, |d| d.data.len() + 160));
     // Collection names and ids need no JSON escaping (see `domain`).

@@ -16,6 +16,7 @@ mod legacy;
 mod observe;
 mod params;
 mod payload;
+mod schemas;
 mod spec;
 mod ui;
 
@@ -72,6 +73,7 @@ type Apis = (
     legacy::LegacyApi,
     docs::DocsApi,
     collections::CollectionsApi,
+    schemas::SchemasApi,
     feed::FeedApi,
     admin::AdminApi,
     grant::GrantApi,
@@ -97,6 +99,10 @@ pub fn openapi(store: &Store, options: &ApiOptions) -> OpenApiService<Apis, ()> 
                 access: access.clone(),
                 max_line_bytes: options.max_body_bytes,
                 page_bytes: options.max_page_bytes,
+            },
+            schemas::SchemasApi {
+                store: store.clone(),
+                access: access.clone(),
             },
             feed::FeedApi {
                 store: store.clone(),

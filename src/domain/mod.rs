@@ -115,6 +115,22 @@ impl DocId {
         Ok(Self(raw.into()))
     }
 
+    /// The empty id of a change to a collection itself (its schema), as the
+    /// change feed names it: never a document's.
+    pub fn of_collection() -> Self {
+        Self("".into())
+    }
+
+    /// An id as the change feed stores it: a document's, or the empty one
+    /// of a change to the collection itself.
+    pub fn parse_in_feed(raw: &str) -> Result<Self, NameError> {
+        if raw.is_empty() {
+            Ok(Self::of_collection())
+        } else {
+            Self::parse(raw)
+        }
+    }
+
     /// The id of an integer-keyed document (the original API, server-chosen ids).
     pub fn from_integer(n: i64) -> Self {
         Self(n.to_string().into())

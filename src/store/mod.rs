@@ -18,6 +18,7 @@ mod patch;
 pub mod placement;
 mod replicas;
 mod scan;
+pub mod schema;
 mod shard;
 mod writer;
 
@@ -195,6 +196,17 @@ pub enum StoreError {
     /// The operation cannot apply to the stored document as it is.
     #[error("{reason}")]
     Unprocessable { reason: String },
+    /// The document would not match its collection's schema.
+    #[error("document {key} does not match the schema of its collection (version {schema_version}): {}",
+        violations.iter().map(|v| format!("{} at {:?} ({})", v.message, v.pointer, v.keyword)).collect::<Vec<_>>().join("; "))]
+    SchemaViolation {
+        key: DocKey,
+        schema_version: u64,
+        violations: Vec<schema::Violation>,
+    },
+    /// The client's schema cannot be used.
+    #[error("{0}")]
+    InvalidSchema(#[from] schema::SchemaError),
     #[error("could not allocate a fresh id after {attempts} attempts")]
     IdsExhausted { attempts: u32 },
     #[error("{reason}")]
@@ -237,6 +249,8 @@ impl StoreError {
             | StoreError::DocumentTooLarge { .. }
             | StoreError::TooMuchToRead { .. }
             | StoreError::Unprocessable { .. }
+            | StoreError::SchemaViolation { .. }
+            | StoreError::InvalidSchema(_)
             | StoreError::FeedGone { .. }
             | StoreError::IdsExhausted { .. } => self.to_string(),
         }
@@ -327,6 +341,8 @@ struct Inner {
     generation: u32,
     /// Feed reads running at once, at most: a share of the read pool.
     feed_reads: tokio::sync::Semaphore,
+    /// Schema changes go to the shards one at a time.
+    schema_changes: tokio::sync::Mutex<()>,
     /// Told whenever any shard publishes feed entries.
     feed_published: Arc<watch::Sender<u64>>,
     /// Where other processes write too (a shared database): how current
@@ -453,6 +469,7 @@ impl Store {
                 folder_id: origin.0,
                 generation: origin.1,
                 feed_reads: tokio::sync::Semaphore::new((options.read_connections as usize / 2).max(1)),
+                schema_changes: tokio::sync::Mutex::new(()),
                 feed_published,
                 following: shared_following,
             }),

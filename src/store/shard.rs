@@ -146,6 +146,7 @@ impl Shard {
         };
         let (writes, opened) = setup.file.open_at_boot(options.boot_check).await?;
         let mut writer = setup.writer_on(writes, opened);
+        writer.load_schemas().await?;
         writer.compact_at_open().await?;
         let counter_high = writer.ids.counter;
         let feed_head = setup.feed_head.subscribe();
@@ -234,6 +235,29 @@ impl Shard {
     /// Requests waiting in the writer's queue.
     pub fn queued(&self) -> usize {
         self.jobs.max_capacity() - self.jobs.capacity()
+    }
+
+    /// Sets or removes a collection's schema on this shard, after the
+    /// writes queued before it; answers what the shard then holds.
+    pub async fn change_schema(
+        &self,
+        change: super::writer::SchemaChange,
+    ) -> Result<super::schema::SchemaState, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Job::Schema { change, reply }).await?;
+        answer.await.map_err(|_| self.stopped())?
+    }
+
+    /// A collection's schema as this shard holds it, after the writes
+    /// queued before the question.
+    pub async fn schema_of(
+        &self,
+        collection: &CollectionName,
+    ) -> Result<Option<super::schema::SchemaState>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let collection = collection.clone();
+        self.send(Job::SchemaOf { collection, reply }).await?;
+        answer.await.map_err(|_| self.stopped())?
     }
 
     /// Deletes up to `limit` documents of `collection`; answers how many.
@@ -397,13 +421,17 @@ impl WriterSetup {
                 retention: self.options.feed_retention,
                 keep: self.options.feed_max_entries,
             },
+            schemas: std::collections::HashMap::new(),
+            schema_seq: opened.schema_seq,
         }
     }
 
     /// Opens the writer again after a failure (see `ShardFile::reopen`).
     async fn reopen(&self) -> Result<Writer, StoreError> {
         let (writes, opened) = self.file.reopen().await?;
-        Ok(self.writer_on(writes, opened))
+        let mut writer = self.writer_on(writes, opened);
+        writer.load_schemas().await?;
+        Ok(writer)
     }
 }
 
@@ -530,6 +558,12 @@ fn refuse(job: Job, err: StoreError) {
             let _ = reply.send(ops.iter().map(|_| Err(err.clone())).collect());
         }
         Job::Purge { reply, .. } => {
+            let _ = reply.send(Err(err));
+        }
+        Job::Schema { reply, .. } => {
+            let _ = reply.send(Err(err));
+        }
+        Job::SchemaOf { reply, .. } => {
             let _ = reply.send(Err(err));
         }
         #[cfg(feature = "fault-injection")]

@@ -22,8 +22,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::cache::DocCache;
+use super::engine::StoredSchema;
 use super::engine::{ChangeKind, FeedEntry, IdBounds, ShardWrites};
 use super::ops::{decide, Action, Expect, WriteOp, WriteResult};
+use super::schema::{CollectionSchema, SchemaState};
 use super::shard::ShardStatus;
 use super::{Document, Outage, StoreError};
 use crate::domain::{CollectionName, DocKey};
@@ -49,9 +51,30 @@ pub enum Job {
         limit: u32,
         reply: oneshot::Sender<Result<u64, StoreError>>,
     },
+    /// Sets or removes a collection's schema (see `Writer::set_schema`).
+    Schema {
+        change: SchemaChange,
+        reply: oneshot::Sender<Result<SchemaState, StoreError>>,
+    },
+    /// Answers a collection's schema as the shard holds it now.
+    SchemaOf {
+        collection: CollectionName,
+        reply: oneshot::Sender<Result<Option<SchemaState>, StoreError>>,
+    },
     /// A fault for tests to inject (see `faults.rs`).
     #[cfg(feature = "fault-injection")]
     Fault(super::faults::Fault),
+}
+
+/// A change of a collection's schema, as one shard's writer applies it.
+pub struct SchemaChange {
+    pub collection: CollectionName,
+    /// `None`: remove it.
+    pub schema: Option<Arc<CollectionSchema>>,
+    /// The version to store; `None` on the shard that numbers the change
+    /// (one past its own) and records it in the feed.
+    pub version: Option<u64>,
+    pub at_ms: i64,
 }
 
 /// Why a writer's run ended.
@@ -197,6 +220,12 @@ pub struct Writer {
     /// Where batch sizes and commit times go.
     pub events: Arc<dyn StoreEvents>,
     pub feed: FeedWriter,
+    /// Every collection schema the shard holds, compiled: what each write
+    /// is checked against.
+    pub schemas: HashMap<CollectionName, SchemaState>,
+    /// The shard's count of schema changes when `schemas` was read (where
+    /// other processes change them too).
+    pub schema_seq: u64,
 }
 
 impl Writer {
@@ -292,6 +321,24 @@ impl Writer {
                     let purged = self.purge(&collection, limit).await;
                     let broken = purged.as_ref().err().filter(|e| e.breaks_the_writer()).cloned();
                     let _ = reply.send(purged);
+                    if let Some(err) = broken {
+                        return self.failed(err);
+                    }
+                }
+                Job::Schema { change, reply } => {
+                    let set = self.set_schema(change).await;
+                    let broken = set.as_ref().err().filter(|e| e.breaks_the_writer()).cloned();
+                    let _ = reply.send(set);
+                    if let Some(err) = broken {
+                        return self.failed(err);
+                    }
+                }
+                Job::SchemaOf { collection, reply } => {
+                    // Where others write too, `begin` reads what changed.
+                    let begun = self.begin().await;
+                    self.writes.release().await;
+                    let broken = begun.as_ref().err().filter(|e| e.breaks_the_writer()).cloned();
+                    let _ = reply.send(begun.map(|()| self.schemas.get(&collection).cloned()));
                     if let Some(err) = broken {
                         return self.failed(err);
                     }
@@ -472,8 +519,97 @@ impl Writer {
             // writer wrote, and only the ceilings are taken.
             self.feed.last_seq = fresh.last_seq;
             self.ceilings = fresh.ids;
+            // A schema changed (by any replica): read them again, in the
+            // transaction that holds the shard, so no write of it is
+            // checked against an older one.
+            if fresh.schema_seq != self.schema_seq {
+                self.load_schemas().await?;
+                self.schema_seq = fresh.schema_seq;
+            }
         }
         Ok(())
+    }
+
+    /// Reads and compiles every schema the shard holds. One that no longer
+    /// compiles (only a changed validator could do that) is logged and its
+    /// collection takes anything, rather than refusing every write.
+    pub async fn load_schemas(&mut self) -> Result<(), StoreError> {
+        let stored = self.writes.schemas().await.map_err(|e| self.engine_error(e))?;
+        self.schemas = stored
+            .into_iter()
+            .map(|row| {
+                let schema = row.schema.as_deref().and_then(|text| {
+                    CollectionSchema::from_stored(text)
+                        .inspect_err(|e| {
+                            tracing::error!(shard = self.shard, collection = %row.collection, error = %e, "a stored schema does not compile; its collection is not checked");
+                        })
+                        .ok()
+                        .map(Arc::new)
+                });
+                let state = SchemaState {
+                    version: row.version,
+                    schema,
+                    updated_at_ms: row.updated_at_ms,
+                };
+                (row.collection, state)
+            })
+            .collect();
+        Ok(())
+    }
+
+    /// Sets or removes a collection's schema on this shard, in the order
+    /// of its writes: every write queued after it is checked against it.
+    /// The shard that numbers the change records it in the feed. A change
+    /// older than what the shard holds (another replica's came first) is
+    /// not stored; the answer is what the shard holds.
+    async fn set_schema(&mut self, change: SchemaChange) -> Result<SchemaState, StoreError> {
+        self.begin().await?;
+        let current = self.schemas.get(&change.collection).map_or(0, |state| state.version);
+        let numbering = change.version.is_none();
+        let version = change.version.unwrap_or(current + 1);
+        if version <= current {
+            self.writes.release().await;
+            return self
+                .schemas
+                .get(&change.collection)
+                .cloned()
+                .ok_or(StoreError::Internal("a schema's version without its schema"));
+        }
+        let kind = if change.schema.is_some() {
+            ChangeKind::SchemaSet
+        } else {
+            ChangeKind::SchemaRemoved
+        };
+        let key = DocKey::new(change.collection.clone(), crate::domain::DocId::of_collection());
+        let feed = if numbering {
+            self.feed.number(std::iter::once((key, version, kind)), change.at_ms)
+        } else {
+            Vec::new()
+        };
+        let row = StoredSchema {
+            collection: change.collection.clone(),
+            version,
+            schema: change.schema.as_ref().map(|s| s.text.to_string()),
+            updated_at_ms: change.at_ms,
+        };
+        let stored = self
+            .writes
+            .set_schema(&row, &feed)
+            .await
+            .map_err(|e| self.engine_error(e))?;
+        if stored {
+            let state = SchemaState {
+                version,
+                schema: change.schema,
+                updated_at_ms: change.at_ms,
+            };
+            self.schemas.insert(change.collection.clone(), state);
+            self.feed.published(&feed);
+        }
+        self.schemas
+            .get(&change.collection)
+            .cloned()
+            .ok_or(StoreError::Internal("a schema was stored but not kept"))
     }
 
     /// `apply`, run again whole (after a pause that grows) while the engine
@@ -538,6 +674,21 @@ impl Writer {
                         limit: self.max_document_bytes,
                     });
                     new_state = None;
+                }
+            }
+            // Nor may it leave its collection's schema: checked here, where
+            // every write path meets the document it would store.
+            if let (Some(Some(doc)), Some(state)) = (&new_state, self.schemas.get(&op.key.collection)) {
+                if let Some(schema) = &state.schema {
+                    let violations = schema.violations_of_text(&doc.data);
+                    if !violations.is_empty() {
+                        answer = Err(StoreError::SchemaViolation {
+                            key: op.key.clone(),
+                            schema_version: state.version,
+                            violations,
+                        });
+                        new_state = None;
+                    }
                 }
             }
             if let Some(new_state) = new_state {

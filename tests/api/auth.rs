@@ -104,6 +104,10 @@ const DATA_ROUTES: &[Call] = &[
     Call::new("POST", "/v1/collections/c/import").with(NDJSON, "{\"id\": \"b\", \"data\": 1}\n"),
     Call::new("GET", "/v1/collections/c/export"),
     Call::new("GET", "/v1/collections"),
+    Call::new("PUT", "/v1/collections/c/schema").with(JSON, r#"{"type": "object"}"#),
+    Call::new("GET", "/v1/collections/c/schema"),
+    Call::new("GET", "/v1/collections/c/schema/mismatches"),
+    Call::new("DELETE", "/v1/collections/c/schema"),
     Call::new("DELETE", "/v1/collections/c?confirm=c"),
 ];
 
@@ -308,6 +312,8 @@ async fn a_read_key_reads_but_cannot_change_anything() {
         DATA_ROUTES[7],
         DATA_ROUTES[10],
         DATA_ROUTES[13],
+        DATA_ROUTES[16],
+        DATA_ROUTES[DATA_ROUTES.len() - 1],
         Call::new("POST", "/v1/collections/c/batch").with(JSON, r#"{"ops": [{"op": "delete", "id": "a"}]}"#),
     ] {
         let what = format!("{} {} with the read key", call.method, call.path);
@@ -347,7 +353,7 @@ async fn a_write_key_writes_but_cannot_drop_a_collection() {
             resp.status()
         );
     }
-    let resp = DATA_ROUTES[13].send_with(&app, Some(WRITER)).await;
+    let resp = DATA_ROUTES[DATA_ROUTES.len() - 1].send_with(&app, Some(WRITER)).await;
     assert_forbidden(resp, Flavor::V1, "drop with the write key").await;
     let page = json(get_as(&app, WRITER, "/v1/collections/c/docs").await).await;
     let ids: Vec<&str> = page["items"]
@@ -367,7 +373,7 @@ async fn a_write_key_writes_but_cannot_drop_a_collection() {
 async fn an_admin_key_drops_a_collection() {
     let app = spawn_secured().await;
     seed(&app, "c", "a", json!(1)).await;
-    let resp = DATA_ROUTES[13].send_with(&app, Some(ADMIN)).await;
+    let resp = DATA_ROUTES[DATA_ROUTES.len() - 1].send_with(&app, Some(ADMIN)).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(json(resp).await, json!({"collection": "c", "deleted": 1}));
     assert_eq!(get_as(&app, ADMIN, "/v1/collections/c/docs/a").await.status(), 404);

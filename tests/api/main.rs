@@ -26,5 +26,6 @@ mod observe;
 mod patch;
 mod replicas;
 mod restart;
+mod schemas;
 mod shutdown;
 mod transfer;

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::helpers::{exdaas, json, send, skip_on_postgres, spawn_app_on, spawn_app_with, TestApp};
@@ -307,6 +308,9 @@ async fn reshard_moves_every_document_and_the_server_boots_with_the_new_count() 
     for _ in 0..3 {
         app.post_api(json!({"id": null, "data": {"anonymous": true}})).await;
     }
+    let schema = json!({"type": "object", "required": ["n"]});
+    let resp = send(app.request(Method::PUT, "/v1/collections/things/schema").json(&schema)).await;
+    assert_eq!(resp.status(), 200);
     app.stop().await;
 
     let run = exdaas(data.path(), &["reshard", "--to", "7"], &[]).await;
@@ -328,6 +332,15 @@ async fn reshard_moves_every_document_and_the_server_boots_with_the_new_count() 
 
     let app = spawn_app_on(data.path(), &[("SHARD_LIMIT", "7")]).await;
     assert_all_docs(&app, "things", 2000).await;
+    // The schema went along to every new shard.
+    assert_eq!(
+        json(app.get("/v1/collections/things/schema").await).await["schema"],
+        schema
+    );
+    for i in 0..21 {
+        let resp = app.put_doc("things", &format!("bad{i}"), &json!({"m": 1})).await;
+        assert_eq!(resp.status(), 422, "bad{i}");
+    }
     let ack = json(app.post_api(json!({"id": null, "data": {"anonymous": true}})).await).await;
     assert_eq!(ack["id"], 4, "the counter survives a reshard: {ack}");
     app.stop().await;

@@ -585,3 +585,33 @@ async fn serialization_failures_are_retried_and_never_reach_a_client() {
     );
     assert_eq!(apps[0].list_all("hot").await.len(), 2 * 4 * 25 * 2 + 1);
 }
+
+#[tokio::test]
+async fn a_schema_set_through_one_replica_holds_at_once_on_every_other() {
+    let Some((_folder, apps)) = replicas().await else {
+        return;
+    };
+    let schema = json!({"type": "object", "required": ["name"]});
+    let resp = send(
+        apps[0]
+            .request(Method::PUT, "/v1/collections/people/schema")
+            .json(&schema),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    // No wait for the poll: each writer sees the change in the shard's
+    // row it locks anyway.
+    for (r, app) in apps.iter().enumerate() {
+        for i in 0..8 {
+            let resp = app.put_doc("people", &format!("r{r}-{i}"), &json!({"age": 1})).await;
+            assert_eq!(resp.status(), 422, "replica {r}, id {i}");
+        }
+        assert_eq!(json(app.get("/v1/collections/people/schema").await).await["version"], 1);
+    }
+    let resp = send(apps[1].request(Method::DELETE, "/v1/collections/people/schema")).await;
+    assert_eq!(resp.status(), 200);
+    for (r, app) in apps.iter().enumerate() {
+        let resp = app.put_doc("people", &format!("r{r}"), &json!({"age": 1})).await;
+        assert_eq!(resp.status(), 201, "replica {r} takes anything again");
+    }
+}

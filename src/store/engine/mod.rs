@@ -167,6 +167,18 @@ impl ShardWrites {
         dispatch!(self, w => w.compact_feed(before_ms, keep, limit).await)
     }
 
+    /// Every collection schema the shard holds (removed ones included).
+    pub async fn schemas(&mut self) -> Result<Vec<StoredSchema>, EngineError> {
+        dispatch!(self, w => w.schemas().await)
+    }
+
+    /// Stores `change` unless the shard holds a newer version, with `feed`
+    /// (the change's entry, on the shard that records it), in one
+    /// transaction; answers whether it was stored.
+    pub async fn set_schema(&mut self, change: &StoredSchema, feed: &[FeedEntry]) -> Result<bool, EngineError> {
+        dispatch!(self, w => w.set_schema(change, feed).await)
+    }
+
     /// Records the exact id bounds `ids` in place of the reserved
     /// `ceilings` (where nobody else raised them since) and closes.
     pub async fn close(&mut self, ids: IdBounds, ceilings: IdBounds) {
@@ -419,6 +431,20 @@ pub struct Opened {
     pub may_expire: bool,
     /// The feed's last sequence number (0: none yet).
     pub last_seq: u64,
+    /// How many schema changes the shard has had, where other processes
+    /// may make them (0 where this writer is the only one): a writer that
+    /// sees it move reads the schemas again.
+    pub schema_seq: u64,
+}
+
+/// A collection's schema as a shard stores it: `schema` is `None` once it
+/// was removed (the row stays, so versions keep rising).
+#[derive(Debug, Clone)]
+pub struct StoredSchema {
+    pub collection: CollectionName,
+    pub version: u64,
+    pub schema: Option<String>,
+    pub updated_at_ms: i64,
 }
 
 /// Why a document changed, as the change feed tells it.
@@ -432,6 +458,11 @@ pub enum ChangeKind {
     Expired,
     /// Deleted with its whole collection.
     Dropped,
+    /// The collection's schema was set (the entry's id is empty, its
+    /// version the schema's).
+    SchemaSet,
+    /// The collection's schema was removed (likewise).
+    SchemaRemoved,
 }
 
 impl ChangeKind {
@@ -441,6 +472,8 @@ impl ChangeKind {
             ChangeKind::Deleted => 1,
             ChangeKind::Expired => 2,
             ChangeKind::Dropped => 3,
+            ChangeKind::SchemaSet => 4,
+            ChangeKind::SchemaRemoved => 5,
         }
     }
 
@@ -450,6 +483,8 @@ impl ChangeKind {
             1 => Some(ChangeKind::Deleted),
             2 => Some(ChangeKind::Expired),
             3 => Some(ChangeKind::Dropped),
+            4 => Some(ChangeKind::SchemaSet),
+            5 => Some(ChangeKind::SchemaRemoved),
             _ => None,
         }
     }

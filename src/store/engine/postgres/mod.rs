@@ -237,5 +237,6 @@ pub(crate) fn opened_from(row: &sqlx::postgres::PgRow) -> Result<Opened, EngineE
         // Another replica may have written documents that expire.
         may_expire: true,
         last_seq: get("last_seq")?,
+        schema_seq: get("schema_seq")?,
     })
 }

@@ -306,7 +306,7 @@ impl PgReads {
             .filter_map(|row| {
                 let seq = row.try_get::<Option<i64>, _>("seq").ok()??;
                 let collection = CollectionName::parse(row.try_get::<&str, _>("collection").ok()?).ok()?;
-                let id = DocId::parse(row.try_get::<&str, _>("id").ok()?).ok()?;
+                let id = DocId::parse_in_feed(row.try_get::<&str, _>("id").ok()?).ok()?;
                 Some(FeedEntry {
                     seq: u64::try_from(seq).ok()?,
                     key: DocKey::new(collection, id),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use sqlx::{Connection, PgConnection, Row};
 
-use super::super::{EngineError, ErrorKind, FeedEntry, IdBounds, Opened, StoredRow};
+use super::super::{EngineError, ErrorKind, FeedEntry, IdBounds, Opened, StoredRow, StoredSchema};
 use super::{engine_error, opened_from};
 use crate::domain::{CollectionName, DocId, DocKey};
 use crate::store::Document;
@@ -27,7 +27,8 @@ pub struct PgWrites {
 /// with the batch's arrays in hand, they are index lookups.
 const PLANNED_EACH_TIME: bool = false;
 
-const LOCK_SHARD: &str = "SELECT last_seq, max_counter_id, counter_high FROM exdaas_shards WHERE shard = $1 FOR UPDATE";
+const LOCK_SHARD: &str =
+    "SELECT last_seq, max_counter_id, counter_high, schema_seq FROM exdaas_shards WHERE shard = $1 FOR UPDATE";
 
 impl PgWrites {
     pub fn new(shard: usize, conn: PgConnection) -> Self {
@@ -51,11 +52,13 @@ impl PgWrites {
     /// What the shard's row holds, read without a lock (at open).
     pub async fn read_shard(&mut self) -> Result<Opened, EngineError> {
         let shard = self.shard_param();
-        let row = sqlx::query("SELECT last_seq, max_counter_id, counter_high FROM exdaas_shards WHERE shard = $1")
-            .bind(shard)
-            .fetch_one(self.conn()?)
-            .await
-            .map_err(engine_error)?;
+        let row = sqlx::query(
+            "SELECT last_seq, max_counter_id, counter_high, schema_seq FROM exdaas_shards WHERE shard = $1",
+        )
+        .bind(shard)
+        .fetch_one(self.conn()?)
+        .await
+        .map_err(engine_error)?;
         opened_from(&row)
     }
 
@@ -324,6 +327,68 @@ impl PgWrites {
         Ok(feed.len() as u64)
     }
 
+    /// Every collection schema of the shard, as committed (read in the
+    /// transaction `begin` opened, if one is open).
+    pub async fn schemas(&mut self) -> Result<Vec<StoredSchema>, EngineError> {
+        let shard = self.shard_param();
+        let rows = sqlx::query("SELECT collection, version, schema, updated_at FROM exdaas_schemas WHERE shard = $1")
+            .bind(shard)
+            .fetch_all(self.conn()?)
+            .await;
+        match rows {
+            Ok(rows) => rows.iter().map(stored_schema).collect(),
+            Err(err) => Err(self.failed(err).await),
+        }
+    }
+
+    /// Stores `change` unless the shard holds a newer version, with `feed`,
+    /// and counts the change in the shard's row (other replicas' writers
+    /// see it there), in one transaction; answers whether it was stored.
+    pub async fn set_schema(&mut self, change: &StoredSchema, feed: &[FeedEntry]) -> Result<bool, EngineError> {
+        if !self.in_transaction {
+            self.begin().await?;
+        }
+        let shard = self.shard_param();
+        let last = feed.last().map_or(0, |e| bound(e.seq));
+        let done = async {
+            let conn = self.conn.as_mut().ok_or(sqlx::Error::WorkerCrashed)?;
+            let stored = sqlx::query(
+                "INSERT INTO exdaas_schemas (shard, collection, version, schema, updated_at) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (shard, collection) DO UPDATE SET version = excluded.version, schema = excluded.schema, \
+                 updated_at = excluded.updated_at WHERE excluded.version > exdaas_schemas.version",
+            )
+            .bind(shard)
+            .bind(change.collection.as_str())
+            .bind(bound(change.version))
+            .bind(change.schema.as_deref())
+            .bind(change.updated_at_ms)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
+                > 0;
+            if stored {
+                insert_feed(conn, shard, feed).await?;
+                sqlx::query(
+                    "UPDATE exdaas_shards SET schema_seq = schema_seq + 1, last_seq = greatest(last_seq, $2) WHERE shard = $1",
+                )
+                .bind(shard)
+                .bind(last)
+                .execute(&mut *conn)
+                .await?;
+            }
+            sqlx::query("COMMIT").execute(&mut *conn).await?;
+            Ok::<_, sqlx::Error>(stored)
+        }
+        .await;
+        match done {
+            Ok(stored) => {
+                self.in_transaction = false;
+                Ok(stored)
+            }
+            Err(err) => Err(self.failed(err).await),
+        }
+    }
+
     /// Removes the feed's entries older than `before_ms` and beyond the
     /// last `keep`, at most `limit`, raising the floor with them.
     pub async fn compact_feed(&mut self, before_ms: i64, keep: u64, limit: u64) -> Result<u64, EngineError> {
@@ -508,4 +573,17 @@ fn keys_of(rows: &[sqlx::postgres::PgRow], collection: Option<&CollectionName>) 
 /// A count or bound as a BIGINT.
 fn bound(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// An `exdaas_schemas` row.
+fn stored_schema(row: &sqlx::postgres::PgRow) -> Result<StoredSchema, EngineError> {
+    let bad = |e: sqlx::Error| EngineError::new(ErrorKind::Damaged, format!("a stored schema: {e}"));
+    let collection: String = row.try_get("collection").map_err(bad)?;
+    Ok(StoredSchema {
+        collection: CollectionName::parse(&collection)
+            .map_err(|e| EngineError::new(ErrorKind::Damaged, format!("a stored schema's collection: {e}")))?,
+        version: u64::try_from(row.try_get::<i64, _>("version").map_err(bad)?).unwrap_or(0),
+        schema: row.try_get("schema").map_err(bad)?,
+        updated_at_ms: row.try_get("updated_at").map_err(bad)?,
+    })
 }

@@ -238,6 +238,7 @@ impl ShardFile {
             ids,
             may_expire,
             last_seq: u64::try_from(last_seq).unwrap_or(0),
+            schema_seq: 0,
         };
         Ok((SqliteWrites::new(self.index, conn, file), opened))
     }

@@ -655,8 +655,22 @@ async fn move_buckets(
     .bind(list)
     .execute(&mut *conn)
     .await;
+    // Every shard holds every collection's schema: the newest one of each
+    // goes along.
+    let schemas = match copied {
+        Ok(_) => sqlx::query(
+            "INSERT INTO collection_schemas (collection, version, schema, updated_at) \
+             SELECT collection, version, schema, updated_at FROM old.collection_schemas WHERE true \
+             ON CONFLICT (collection) DO UPDATE SET version = excluded.version, schema = excluded.schema, \
+             updated_at = excluded.updated_at WHERE excluded.version > collection_schemas.version",
+        )
+        .execute(&mut *conn)
+        .await
+        .map(|_| ()),
+        Err(e) => Err(e),
+    };
     let detached = sqlx::query("DETACH DATABASE old").execute(&mut *conn).await;
-    copied.map_err(|e| sql_error(path, e))?;
+    schemas.map_err(|e| sql_error(path, e))?;
     detached.map_err(|e| sql_error(path, e))?;
     Ok(())
 }

@@ -313,7 +313,7 @@ impl SqliteReads {
             .iter()
             .filter_map(|row| {
                 let collection = CollectionName::parse(row.try_get::<&str, _>("collection").ok()?).ok()?;
-                let id = DocId::parse(row.try_get::<&str, _>("id").ok()?).ok()?;
+                let id = DocId::parse_in_feed(row.try_get::<&str, _>("id").ok()?).ok()?;
                 Some(FeedEntry {
                     seq: u64::try_from(row.try_get::<i64, _>("seq").ok()?).ok()?,
                     key: DocKey::new(collection, id),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use sqlx::{Connection, Row, SqliteConnection};
 
-use super::super::{EngineError, FeedEntry, IdBounds, StoredRow};
+use super::super::{EngineError, FeedEntry, IdBounds, StoredRow, StoredSchema};
 use super::engine_error;
 use super::files::FileIdentity;
 use super::rows::{document_from_row, keys_param};
@@ -181,6 +181,51 @@ impl SqliteWrites {
             return Err(engine_error(err));
         }
         Ok(feed.len() as u64)
+    }
+
+    /// Every collection schema the file holds.
+    pub async fn schemas(&mut self) -> Result<Vec<StoredSchema>, EngineError> {
+        let rows = sqlx::query("SELECT collection, version, schema, updated_at FROM collection_schemas")
+            .fetch_all(self.conn()?)
+            .await
+            .map_err(engine_error)?;
+        rows.iter().map(stored_schema).collect()
+    }
+
+    /// Stores `change` unless a newer version is there, with `feed`, in one
+    /// transaction; answers whether it was stored.
+    pub async fn set_schema(&mut self, change: &StoredSchema, feed: &[FeedEntry]) -> Result<bool, EngineError> {
+        let conn = self.conn()?;
+        let done = async {
+            sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+            let stored = sqlx::query(
+                "INSERT INTO collection_schemas (collection, version, schema, updated_at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (collection) DO UPDATE SET version = excluded.version, schema = excluded.schema, \
+                 updated_at = excluded.updated_at WHERE excluded.version > collection_schemas.version",
+            )
+            .bind(change.collection.as_str())
+            .bind(i64::try_from(change.version).unwrap_or(i64::MAX))
+            .bind(change.schema.as_deref())
+            .bind(change.updated_at_ms)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
+                > 0;
+            if stored && !feed.is_empty() {
+                let batch = format!("{{\"feed\":{}}}", feed_param(feed));
+                sqlx::query(feed_insert!()).bind(batch).execute(&mut *conn).await?;
+            }
+            sqlx::query("COMMIT").execute(&mut *conn).await?;
+            Ok::<_, sqlx::Error>(stored)
+        }
+        .await;
+        match done {
+            Ok(stored) => Ok(stored),
+            Err(err) => {
+                self.rollback().await;
+                Err(engine_error(err))
+            }
+        }
     }
 
     /// Removes the feed's entries older than `before_ms`, and beyond the
@@ -426,4 +471,21 @@ pub async fn select_texts(conn: &mut SqliteConnection, keys: &[DocKey]) -> Resul
 /// (see `MAX_COUNTER_ID`), far inside SQLite's integers.
 fn meta_value(bound: u64) -> i64 {
     i64::try_from(bound).unwrap_or(i64::MAX)
+}
+
+/// A `collection_schemas` row (or `exdaas_schemas`: the same columns).
+fn stored_schema(row: &sqlx::sqlite::SqliteRow) -> Result<StoredSchema, EngineError> {
+    let bad = |e: sqlx::Error| EngineError::new(super::super::ErrorKind::Damaged, format!("a stored schema: {e}"));
+    let collection: String = row.try_get("collection").map_err(bad)?;
+    Ok(StoredSchema {
+        collection: CollectionName::parse(&collection).map_err(|e| {
+            EngineError::new(
+                super::super::ErrorKind::Damaged,
+                format!("a stored schema's collection: {e}"),
+            )
+        })?,
+        version: u64::try_from(row.try_get::<i64, _>("version").map_err(bad)?).unwrap_or(0),
+        schema: row.try_get("schema").map_err(bad)?,
+        updated_at_ms: row.try_get("updated_at").map_err(bad)?,
+    })
 }

@@ -1,0 +1,303 @@
+//! Collection schemas: a JSON Schema (draft 2020-12) a collection's
+//! documents must match, compiled once and checked by the shard writers
+//! wherever a write meets its final document (a put, a merge patch's
+//! result, each batch operation, each import line, the original API).
+//!
+//! Validation is the `jsonschema` crate's. What is exdaas's own is the
+//! bounds on what a client may send as a schema: its size and depth, no
+//! references outside it (nothing is fetched), and patterns compiled by a
+//! linear-time regex engine, so no schema can make a write slow.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::writer::SchemaChange;
+use super::{canonical_json, ListRequest, Store, StoreError, MAX_PAGE};
+use crate::domain::{measure, CollectionName, DocId, DocKey, MAX_DEPTH};
+
+/// The largest a schema's text may be.
+pub const MAX_SCHEMA_BYTES: usize = 64 << 10;
+
+/// The most violations one refusal lists.
+pub const MAX_VIOLATIONS: usize = 16;
+
+/// A regex in a schema's `pattern` may compile to at most this much.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// A schema, compiled, with the text it was compiled from.
+pub struct CollectionSchema {
+    /// The schema as canonical JSON text, as stored.
+    pub text: Arc<str>,
+    validator: jsonschema::Validator,
+}
+
+impl std::fmt::Debug for CollectionSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CollectionSchema").field("text", &self.text).finish()
+    }
+}
+
+/// Why a client's schema was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct SchemaError(pub String);
+
+/// One way a document fails its collection's schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// JSON Pointer (RFC 6901) to the failing value in the document: `""`
+    /// is the document itself.
+    pub pointer: String,
+    /// The schema keyword that failed (`type`, `required`, `maximum`...).
+    pub keyword: String,
+    pub message: String,
+}
+
+impl CollectionSchema {
+    /// Compiles a client's schema, refusing what is too large or deep, not
+    /// a schema, or refers to anything outside itself.
+    pub fn compile(schema: &Value) -> Result<Self, SchemaError> {
+        let size = measure(schema);
+        if size.depth > MAX_DEPTH {
+            return Err(SchemaError(format!(
+                "the schema nests {} arrays and objects deep; the limit is {MAX_DEPTH}",
+                size.depth
+            )));
+        }
+        if size.bytes > MAX_SCHEMA_BYTES {
+            return Err(SchemaError(format!(
+                "the schema is about {} bytes; a schema holds at most {MAX_SCHEMA_BYTES}",
+                size.bytes
+            )));
+        }
+        if !matches!(schema, Value::Object(_) | Value::Bool(_)) {
+            return Err(SchemaError("a JSON Schema is an object (or true or false)".into()));
+        }
+        let validator = jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .offline()
+            .with_pattern_options(jsonschema::PatternOptions::regex().size_limit(REGEX_SIZE_LIMIT))
+            .build(schema)
+            .map_err(|e| {
+                let at = e.instance_path().as_str();
+                let at = if at.is_empty() {
+                    String::new()
+                } else {
+                    format!(" at {at}")
+                };
+                SchemaError(format!("not a valid JSON Schema (draft 2020-12){at}: {e}"))
+            })?;
+        Ok(Self {
+            text: canonical_json(schema),
+            validator,
+        })
+    }
+
+    /// Compiles a schema as stored (which compiled when it was set).
+    pub fn from_stored(text: &str) -> Result<Self, SchemaError> {
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| SchemaError(format!("a stored schema is not JSON: {e}")))?;
+        Self::compile(&value)
+    }
+
+    /// The ways `data` fails the schema (none: it matches), at most
+    /// [`MAX_VIOLATIONS`].
+    pub fn violations(&self, data: &Value) -> Vec<Violation> {
+        self.validator
+            .iter_errors(data)
+            .take(MAX_VIOLATIONS)
+            .map(|e| Violation {
+                pointer: e.instance_path().as_str().to_owned(),
+                keyword: e.kind().keyword().to_owned(),
+                message: e.to_string(),
+            })
+            .collect()
+    }
+
+    /// The violations of a document kept as JSON text.
+    pub fn violations_of_text(&self, text: &str) -> Vec<Violation> {
+        match serde_json::from_str::<Value>(text) {
+            Ok(data) => self.violations(&data),
+            // Stored text is always JSON; if not, say so rather than pass it.
+            Err(e) => vec![Violation {
+                pointer: String::new(),
+                keyword: "type".into(),
+                message: format!("the stored document is not JSON: {e}"),
+            }],
+        }
+    }
+}
+
+/// A collection's schema as a shard holds it: the version rises with every
+/// change, a removal included (`schema: None`), so every shard keeps the
+/// latest whatever order the changes reach it in.
+#[derive(Debug, Clone)]
+pub struct SchemaState {
+    pub version: u64,
+    pub schema: Option<Arc<CollectionSchema>>,
+    /// When it was set or removed, Unix milliseconds.
+    pub updated_at_ms: i64,
+}
+
+/// What a collection's documents look like against its schema.
+#[derive(Debug, Clone, Default)]
+pub struct Mismatches {
+    /// Documents read.
+    pub checked: u64,
+    /// Of those, how many do not match.
+    pub count: u64,
+    /// The first of them in id order (at most the limit asked for), with
+    /// why.
+    pub found: Vec<(DocId, Vec<Violation>)>,
+    /// Where to go on from (after this id), when the pass stopped before
+    /// the end of the collection.
+    pub next_after: Option<DocId>,
+}
+
+impl Store {
+    /// Sets a collection's schema, or removes it (`None`), on every shard,
+    /// each after the writes queued there before it. The shard that the
+    /// collection's own key places numbers the change and records it in
+    /// the feed; the others store that version, and never go back to an
+    /// older one. A shard that cannot be reached makes this an error (and
+    /// the change may hold on some shards only): setting it again is safe.
+    pub async fn set_schema(
+        &self,
+        collection: &CollectionName,
+        schema: Option<CollectionSchema>,
+    ) -> Result<SchemaState, StoreError> {
+        let _one_at_a_time = self.inner.schema_changes.lock().await;
+        let schema = schema.map(Arc::new);
+        let at_ms = super::now_millis();
+        let numbering = self.numbering_shard(collection);
+        let change = |version| SchemaChange {
+            collection: collection.clone(),
+            schema: schema.clone(),
+            version,
+            at_ms,
+        };
+        let state = self.inner.shards[numbering].change_schema(change(None)).await?;
+        let others = self
+            .inner
+            .shards
+            .iter()
+            .filter(|shard| shard.index != numbering)
+            .map(|shard| shard.change_schema(change(Some(state.version))));
+        for answer in futures_util::future::join_all(others).await {
+            answer?;
+        }
+        Ok(state)
+    }
+
+    /// A collection's schema state, `None` if it never had one.
+    pub async fn schema(&self, collection: &CollectionName) -> Result<Option<SchemaState>, StoreError> {
+        self.inner.shards[self.numbering_shard(collection)]
+            .schema_of(collection)
+            .await
+    }
+
+    /// The shard that numbers a collection's schema changes.
+    fn numbering_shard(&self, collection: &CollectionName) -> usize {
+        self.shard_of(&DocKey::new(collection.clone(), DocId::of_collection()))
+    }
+
+    /// Checks a collection's documents against `schema`, in id order from
+    /// after `after`: counts every mismatch among those read and keeps the
+    /// first `keep` with their violations. It reads to the end, or stops
+    /// once it kept `keep` (if `stop_when_kept`) or read about
+    /// `read_at_most` documents; `next_after` then says where it stopped.
+    pub async fn mismatches(
+        &self,
+        collection: &CollectionName,
+        schema: &CollectionSchema,
+        after: Option<&DocId>,
+        keep: usize,
+        stop_when_kept: bool,
+        read_at_most: u64,
+    ) -> Result<Mismatches, StoreError> {
+        let mut report = Mismatches::default();
+        let mut start_after = after.map(|id| id.as_str().to_owned());
+        loop {
+            let request = ListRequest {
+                prefix: None,
+                start_after: start_after.clone(),
+                limit: MAX_PAGE,
+                keys_only: false,
+            };
+            let page = self.list(collection, &request).await?;
+            for listed in &page.items {
+                report.checked += 1;
+                let violations = schema.violations_of_text(&listed.doc.data);
+                if !violations.is_empty() {
+                    report.count += 1;
+                    if report.found.len() < keep {
+                        report.found.push((listed.id.clone(), violations));
+                        if stop_when_kept && report.found.len() == keep {
+                            report.next_after = Some(listed.id.clone());
+                            return Ok(report);
+                        }
+                    }
+                }
+            }
+            let Some(next) = page.next_after else {
+                report.next_after = None;
+                return Ok(report);
+            };
+            if report.checked >= read_at_most {
+                report.next_after = Some(next);
+                return Ok(report);
+            }
+            start_after = Some(next.as_str().to_owned());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn violations_name_the_pointer_and_the_keyword() {
+        let schema = CollectionSchema::compile(&json!({
+            "type": "object",
+            "required": ["name"],
+            "properties": {"age": {"type": "integer", "minimum": 0}, "tags": {"type": "array", "items": {"type": "string"}}}
+        }))
+        .expect("a schema");
+        assert!(schema.violations(&json!({"name": "x", "age": 3})).is_empty());
+        let found = schema.violations(&json!({"age": -1, "tags": ["a", 2]}));
+        let mut pairs: Vec<(&str, &str)> = found.iter().map(|v| (v.pointer.as_str(), v.keyword.as_str())).collect();
+        pairs.sort_unstable();
+        assert_eq!(pairs, vec![("", "required"), ("/age", "minimum"), ("/tags/1", "type")]);
+    }
+
+    #[test]
+    fn what_is_not_a_usable_schema_is_refused() {
+        for bad in [
+            json!({"type": "no-such-type"}),
+            json!({"$ref": "https://example.com/elsewhere.json"}),
+            json!({"pattern": "("}),
+            json!([1, 2]),
+        ] {
+            assert!(CollectionSchema::compile(&bad).is_err(), "{bad}");
+        }
+        let mut deep = json!({});
+        for _ in 0..(MAX_DEPTH + 1) {
+            deep = json!({ "not": deep });
+        }
+        assert!(CollectionSchema::compile(&deep).is_err());
+        let huge = json!({ "description": "x".repeat(MAX_SCHEMA_BYTES) });
+        assert!(CollectionSchema::compile(&huge).is_err());
+    }
+
+    #[test]
+    fn a_pattern_that_backtracks_elsewhere_runs_in_linear_time() {
+        let schema = CollectionSchema::compile(&json!({"type": "string", "pattern": "^(a+)+$"})).expect("a schema");
+        let started = std::time::Instant::now();
+        let evil = format!("{}!", "a".repeat(10_000));
+        assert_eq!(schema.violations(&json!(evil)).len(), 1);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,311 @@
+//! `/v1/collections/{c}/schema`: a JSON Schema every write path checks,
+//! 422 with the pointer and keyword of what failed, a report of the
+//! documents already stored, admin keys only, and the feed's record.
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::helpers::{json, send, spawn_app, spawn_app_on, spawn_app_with, TestApp};
+
+const PEOPLE: &str = "/v1/collections/people/schema";
+
+fn person_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string", "minLength": 1},
+            "age": {"type": "integer", "minimum": 0}
+        }
+    })
+}
+
+async fn put_json(app: &TestApp, path: &str, body: &Value) -> reqwest::Response {
+    send(app.request(Method::PUT, path).json(body)).await
+}
+
+/// The `(pointer, keyword)` of each violation an error body lists.
+fn violations(body: &Value) -> Vec<(String, String)> {
+    let mut found: Vec<(String, String)> = body["violations"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no violations: {body}"))
+        .iter()
+        .map(|v| {
+            assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+            (
+                v["pointer"].as_str().expect("pointer").to_owned(),
+                v["keyword"].as_str().expect("keyword").to_owned(),
+            )
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter().map(|(p, k)| (p.to_string(), k.to_string())).collect()
+}
+
+#[tokio::test]
+async fn a_schema_is_set_read_and_removed() {
+    let app = spawn_app().await;
+    assert_eq!(app.get(PEOPLE).await.status(), 404);
+
+    let resp = put_json(&app, PEOPLE, &person_schema()).await;
+    assert_eq!(resp.status(), 200);
+    let set = json(resp).await;
+    assert_eq!(set["collection"], "people");
+    assert_eq!(set["version"], 1);
+    assert_eq!(set["schema"], person_schema());
+    assert_eq!(set["existing"]["checked"], 0);
+
+    let read = json(app.get(PEOPLE).await).await;
+    assert_eq!(
+        (read["version"].clone(), read["schema"].clone()),
+        (json!(1), person_schema())
+    );
+    assert!(read["updated_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{read}");
+
+    let resp = send(app.request(Method::DELETE, PEOPLE)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(json(resp).await["version"], 2);
+    assert_eq!(app.get(PEOPLE).await.status(), 404);
+    assert_eq!(send(app.request(Method::DELETE, PEOPLE)).await.status(), 404);
+    // Anything goes again; a new schema goes on numbering.
+    assert_eq!(app.put_doc("people", "x", &json!(42)).await.status(), 201);
+    assert_eq!(json(put_json(&app, PEOPLE, &json!(true)).await).await["version"], 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn what_is_not_a_usable_schema_is_refused_with_400() {
+    let app = spawn_app().await;
+    for bad in [
+        json!({"type": "no-such-type"}),
+        json!({"$ref": "https://example.com/remote.json"}),
+        json!({"properties": {"a": {"pattern": "(unclosed"}}}),
+        json!(12),
+    ] {
+        let resp = put_json(&app, PEOPLE, &bad).await;
+        assert_eq!(resp.status(), 400, "{bad}");
+        let body = json(resp).await;
+        assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{body}");
+    }
+    assert_eq!(app.get(PEOPLE).await.status(), 404, "nothing was set");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn every_write_path_is_checked_against_the_schema() {
+    let app = spawn_app().await;
+    assert_eq!(put_json(&app, PEOPLE, &person_schema()).await.status(), 200);
+
+    // PUT: the pointer and the keyword of each failure.
+    let resp = app.put_doc("people", "ann", &json!({"age": -1})).await;
+    assert_eq!(resp.status(), 422);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let body = json(resp).await;
+    assert_eq!(violations(&body), pairs(&[("", "required"), ("/age", "minimum")]));
+    assert_eq!(app.get_doc("people", "ann").await.status(), 404, "nothing stored");
+
+    assert_eq!(
+        app.put_doc("people", "ann", &json!({"name": "Ann", "age": 30}))
+            .await
+            .status(),
+        201
+    );
+
+    // POST with a fresh id.
+    let resp = app.post_json("/v1/collections/people/docs", &json!({"name": 7})).await;
+    assert_eq!(resp.status(), 422);
+    assert_eq!(violations(&json(resp).await), pairs(&[("/name", "type")]));
+
+    // PATCH: the merged result is what is checked.
+    let resp = app.patch_doc("people", "ann", &json!({"age": "old"})).await;
+    assert_eq!(resp.status(), 422);
+    assert_eq!(violations(&json(resp).await), pairs(&[("/age", "type")]));
+    let resp = app.patch_doc("people", "ann", &json!({"name": null})).await;
+    assert_eq!(violations(&json(resp).await), pairs(&[("", "required")]));
+    assert_eq!(app.patch_doc("people", "ann", &json!({"age": 31})).await.status(), 200);
+
+    // A batch: each operation alone.
+    let resp = app
+        .batch(
+            "people",
+            json!([
+                {"op": "put", "id": "bob", "data": {"name": "Bob"}},
+                {"op": "put", "id": "eve", "data": {"name": ""}},
+                {"op": "patch", "id": "ann", "data": {"age": 1.5}},
+            ]),
+        )
+        .await;
+    let body = json(resp).await;
+    let results = body["results"].as_array().expect("results");
+    let statuses: Vec<&Value> = results.iter().map(|r| &r["status"]).collect();
+    assert_eq!(statuses, vec![&json!(201), &json!(422), &json!(422)], "{body}");
+    assert_eq!(violations(&results[1]), pairs(&[("/name", "minLength")]));
+    assert_eq!(violations(&results[2]), pairs(&[("/age", "type")]));
+
+    // An import: a refused line is reported by number, the others stored.
+    let lines = "{\"id\": \"cy\", \"data\": {\"name\": \"Cy\"}}\n{\"id\": \"dee\", \"data\": {\"age\": 3}}\n";
+    let resp = send(
+        app.request(Method::POST, "/v1/collections/people/import")
+            .header("content-type", "application/x-ndjson")
+            .body(lines),
+    )
+    .await;
+    let report = json(resp).await;
+    assert_eq!(report["imported"], 1, "{report}");
+    assert_eq!(report["rejected"][0]["line"], 2, "{report}");
+    assert!(
+        report["rejected"][0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("required")),
+        "{report}"
+    );
+
+    let stored: Vec<Value> = app.list_all("people").await.iter().map(|d| d["id"].clone()).collect();
+    assert_eq!(stored, vec![json!("ann"), json!("bob"), json!("cy")]);
+    assert_eq!(
+        json(app.get_doc("people", "ann").await).await["data"],
+        json!({"name": "Ann", "age": 31})
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_original_api_is_checked_too() {
+    let app = spawn_app().await;
+    let schema = json!({"type": "object", "properties": {"n": {"type": "number"}}});
+    assert_eq!(
+        put_json(&app, "/v1/collections/default/schema", &schema).await.status(),
+        200
+    );
+    let resp = app.post_api(json!({"id": 1, "data": {"n": "one"}})).await;
+    assert_eq!(resp.status(), 422);
+    let body = json(resp).await;
+    assert!(body["message"].as_str().is_some_and(|m| m.contains("schema")), "{body}");
+    assert_eq!(violations(&body), pairs(&[("/n", "type")]));
+    assert_eq!(app.post_api(json!({"id": 1, "data": {"n": 1}})).await.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn setting_a_schema_reports_the_documents_that_do_not_match_and_keeps_them() {
+    let app = spawn_app().await;
+    for i in 0..250 {
+        let data = if i % 5 == 0 {
+            json!({"age": i})
+        } else {
+            json!({"name": format!("p{i}")})
+        };
+        assert!(app
+            .put_doc("people", &format!("p{i:03}"), &data)
+            .await
+            .status()
+            .is_success());
+    }
+    let set = json(put_json(&app, PEOPLE, &person_schema()).await).await;
+    let existing = &set["existing"];
+    assert_eq!(
+        (existing["checked"].clone(), existing["count"].clone()),
+        (json!(250), json!(50)),
+        "{set}"
+    );
+    let listed: Vec<&str> = existing["mismatches"]
+        .as_array()
+        .expect("mismatches")
+        .iter()
+        .map(|m| m["id"].as_str().expect("id"))
+        .collect();
+    let expected: Vec<String> = (0..250).step_by(5).map(|i| format!("p{i:03}")).collect();
+    assert_eq!(listed, expected);
+    assert_eq!(existing["mismatches"][0]["violations"][0]["keyword"], "required");
+
+    // Paged: 20 at a time, every mismatch once, in id order.
+    let mut paged = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = json(
+            app.get(&format!("{PEOPLE}/mismatches?limit=20&start_after={after}"))
+                .await,
+        )
+        .await;
+        for m in page["mismatches"].as_array().expect("mismatches") {
+            paged.push(m["id"].as_str().expect("id").to_owned());
+        }
+        match page["next_start_after"].as_str() {
+            Some(next) => after = next.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(paged, expected);
+    // Nothing was deleted or changed.
+    assert_eq!(app.list_all("people").await.len(), 250);
+    assert_eq!(json(app.get_doc("people", "p005").await).await["version"], 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn only_an_admin_key_changes_a_schema() {
+    let keys = "admin:admin-key-0123456789;write:writer-key-0123456789;read:reader-key-0123456789";
+    let app = spawn_app_with(&[("EXDAAS_API_KEYS", keys)]).await;
+    for key in ["writer-key-0123456789", "reader-key-0123456789"] {
+        let resp = send(app.request(Method::PUT, PEOPLE).bearer_auth(key).json(&person_schema())).await;
+        assert_eq!(resp.status(), 403, "{key}");
+    }
+    let resp = send(
+        app.request(Method::PUT, PEOPLE)
+            .bearer_auth("admin-key-0123456789")
+            .json(&person_schema()),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let resp = send(app.request(Method::GET, PEOPLE).bearer_auth("reader-key-0123456789")).await;
+    assert_eq!(resp.status(), 200, "reading it needs a read key");
+    let resp = send(app.request(Method::DELETE, PEOPLE).bearer_auth("writer-key-0123456789")).await;
+    assert_eq!(resp.status(), 403);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_feed_records_schema_changes_among_the_writes() {
+    let app = spawn_app().await;
+    assert_eq!(app.put_doc("people", "a", &json!({"name": "A"})).await.status(), 201);
+    assert_eq!(put_json(&app, PEOPLE, &person_schema()).await.status(), 200);
+    assert_eq!(send(app.request(Method::DELETE, PEOPLE)).await.status(), 200);
+    let page = json(app.get("/v1/collections/people/changes?since=0").await).await;
+    let seen: Vec<(Value, Value, Value)> = page["changes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{page}"))
+        .iter()
+        .map(|c| (c["kind"].clone(), c["id"].clone(), c["version"].clone()))
+        .collect();
+    assert!(seen.contains(&(json!("written"), json!("a"), json!(1))), "{page}");
+    let schema_changes: Vec<&(Value, Value, Value)> = seen.iter().filter(|(_, id, _)| id == "").collect();
+    assert_eq!(
+        schema_changes,
+        vec![
+            &(json!("schema_set"), json!(""), json!(1)),
+            &(json!("schema_removed"), json!(""), json!(2))
+        ],
+        "one entry per change, not one per shard: {page}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_schema_holds_across_a_restart() {
+    let folder = tempfile::tempdir().expect("temp dir");
+    let app = spawn_app_on(folder.path(), &[]).await;
+    assert_eq!(put_json(&app, PEOPLE, &person_schema()).await.status(), 200);
+    app.stop().await;
+    let app = spawn_app_on(folder.path(), &[]).await;
+    assert_eq!(json(app.get(PEOPLE).await).await["version"], 1);
+    // Every shard checks it, whichever the id lands on.
+    for i in 0..16 {
+        let resp = app.put_doc("people", &format!("id{i}"), &json!({"age": 1})).await;
+        assert_eq!(resp.status(), 422, "id{i}");
+    }
+    app.stop().await;
+}
