@@ -128,6 +128,7 @@ impl Application {
             backup_dir: self.settings.backup_dir.clone(),
             metrics: self.metrics.clone(),
             feed_max_subscribers: self.settings.feed_max_subscribers,
+            query_max_scan: self.settings.query_max_scan,
             feed_heartbeat: self.settings.feed_heartbeat,
             stopping: stopping_rx,
         };

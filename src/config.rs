@@ -56,6 +56,8 @@ pub struct Settings {
     pub feed_max_entries: u64,
     /// Clients that may follow the change feed at once.
     pub feed_max_subscribers: usize,
+    /// Documents a query reads at most when no index fits it.
+    pub query_max_scan: usize,
     /// How often a quiet event stream sends a comment line.
     pub feed_heartbeat: Duration,
     pub shutdown_timeout: Duration,
@@ -238,6 +240,12 @@ pub const SETTINGS: &[SettingDoc] = &[
         env: "EXDAAS_FEED_MAX_SUBSCRIBERS",
         default: "256",
         meaning: "clients that may wait on the change feed at once (long polls and streams; beyond: 503)",
+    },
+    SettingDoc {
+        key: "query_max_scan",
+        env: "EXDAAS_QUERY_MAX_SCAN",
+        default: "10000",
+        meaning: "documents a query reads at most when no index fits it: a query on a larger collection is refused (422) rather than scanning it",
     },
     SettingDoc {
         key: "feed_heartbeat_secs",
@@ -532,6 +540,13 @@ impl Settings {
                 1,
                 100_000,
                 "an integer from 1 to 100000",
+            )?,
+            query_max_scan: ranged(
+                "EXDAAS_QUERY_MAX_SCAN",
+                &raw("query_max_scan")?,
+                1,
+                100_000_000,
+                "a document count from 1 to 100000000",
             )?,
             feed_heartbeat: Duration::from_secs(ranged(
                 "EXDAAS_FEED_HEARTBEAT_SECS",

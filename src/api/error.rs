@@ -91,7 +91,8 @@ impl ApiError {
             StoreError::TooMuchToRead { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             StoreError::Unprocessable { .. }
             | StoreError::DocumentTooLarge { .. }
-            | StoreError::SchemaViolation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            | StoreError::SchemaViolation { .. }
+            | StoreError::QueryTooBroad { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             StoreError::InvalidSchema(_) => StatusCode::BAD_REQUEST,
             StoreError::FeedGone { .. } => StatusCode::GONE,
             StoreError::Unavailable { .. } | StoreError::Busy { .. } | StoreError::IdsExhausted { .. } => {

@@ -16,6 +16,7 @@ mod legacy;
 mod observe;
 mod params;
 mod payload;
+mod query;
 mod schemas;
 mod spec;
 mod ui;
@@ -63,6 +64,8 @@ pub struct ApiOptions {
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Clients that may wait on the change feed at once.
     pub feed_max_subscribers: usize,
+    /// Documents a query reads at most when no index fits it.
+    pub query_max_scan: usize,
     /// How often a quiet event stream sends a comment line.
     pub feed_heartbeat: std::time::Duration,
     /// Turns true when the server stops: feed waits end, streams close.
@@ -74,6 +77,7 @@ type Apis = (
     docs::DocsApi,
     collections::CollectionsApi,
     schemas::SchemasApi,
+    query::QueryApi,
     feed::FeedApi,
     admin::AdminApi,
     grant::GrantApi,
@@ -103,6 +107,11 @@ pub fn openapi(store: &Store, options: &ApiOptions) -> OpenApiService<Apis, ()> 
             schemas::SchemasApi {
                 store: store.clone(),
                 access: access.clone(),
+            },
+            query::QueryApi {
+                store: store.clone(),
+                access: access.clone(),
+                max_scan: options.query_max_scan,
             },
             feed::FeedApi {
                 store: store.clone(),

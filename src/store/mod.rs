@@ -16,6 +16,7 @@ pub use engine::transfer;
 mod ops;
 mod patch;
 pub mod placement;
+pub mod query;
 mod replicas;
 mod scan;
 pub mod schema;
@@ -204,6 +205,12 @@ pub enum StoreError {
         schema_version: u64,
         violations: Vec<schema::Violation>,
     },
+    /// A query no index fits, on a collection larger than a query scans.
+    #[error(
+        "collection {collection} holds more than {max_scan} documents, more than a query that no index fits reads \
+         (EXDAAS_QUERY_MAX_SCAN); narrow it to a smaller collection or raise the setting"
+    )]
+    QueryTooBroad { collection: CollectionName, max_scan: u64 },
     /// The client's schema cannot be used.
     #[error("{0}")]
     InvalidSchema(#[from] schema::SchemaError),
@@ -250,6 +257,7 @@ impl StoreError {
             | StoreError::TooMuchToRead { .. }
             | StoreError::Unprocessable { .. }
             | StoreError::SchemaViolation { .. }
+            | StoreError::QueryTooBroad { .. }
             | StoreError::InvalidSchema(_)
             | StoreError::FeedGone { .. }
             | StoreError::IdsExhausted { .. } => self.to_string(),

@@ -24,6 +24,7 @@ mod migrate;
 mod model;
 mod observe;
 mod patch;
+mod query;
 mod replicas;
 mod restart;
 mod schemas;

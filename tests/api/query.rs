@@ -1,0 +1,402 @@
+//! `POST /v1/collections/{c}/query`: filters, sorts, projections, pages and
+//! counts, checked against an in-memory evaluation written apart from the
+//! server's, with writes going on meanwhile.
+
+use std::cmp::Ordering;
+
+use serde_json::{json, Map, Value};
+
+use crate::helpers::{json, spawn_app, spawn_app_with, TestApp};
+
+async fn query(app: &TestApp, collection: &str, body: &Value) -> (u16, Value) {
+    let resp = app
+        .post_json(&format!("/v1/collections/{collection}/query"), body)
+        .await;
+    let status = resp.status().as_u16();
+    (status, json(resp).await)
+}
+
+fn ids(page: &Value) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no items: {page}"))
+        .iter()
+        .map(|d| d["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_query_filters_sorts_projects_pages_and_counts() {
+    let app = spawn_app().await;
+    let people = [
+        (
+            "ann",
+            json!({"name": "Ann", "age": 34, "city": "Oslo", "tags": ["admin"]}),
+        ),
+        ("bob", json!({"name": "Bob", "age": 19, "city": "Oslo"})),
+        (
+            "cy",
+            json!({"name": "Cy", "age": 52, "city": "Bergen", "tags": ["admin", "ops"]}),
+        ),
+        ("dee", json!({"name": "Dee", "age": null, "city": "Oslo"})),
+        (
+            "eve",
+            json!({"name": "Eve", "city": "Oslo", "address": {"zip": "0150"}}),
+        ),
+        ("fay", json!({"name": "Fay", "age": "41", "city": "Oslo"})),
+    ];
+    for (id, data) in &people {
+        assert_eq!(app.put_doc("people", id, data).await.status(), 201);
+    }
+
+    let (status, page) = query(
+        &app,
+        "people",
+        &json!({"filter": {"city": "Oslo", "age": {"$gte": 18}}, "sort": ["-age"], "fields": ["name"], "count": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    // "41" is a string: it is not compared with 18. Dee's null and Eve's
+    // missing age are neither.
+    assert_eq!(ids(&page), vec!["ann", "bob"]);
+    assert_eq!(page["items"][0]["data"], json!({"name": "Ann"}), "projected");
+    assert_eq!(page["items"][0]["version"], 1);
+    assert_eq!(page["count"], 2);
+    assert_eq!(page["next_cursor"], Value::Null);
+
+    let cases = [
+        (json!({"age": null}), vec!["dee"]),
+        (json!({"age": {"$exists": false}}), vec!["eve"]),
+        (json!({"tags": {"$contains": "ops"}}), vec!["cy"]),
+        (json!({"name": {"$prefix": "E"}}), vec!["eve"]),
+        (json!({"address.zip": "0150"}), vec!["eve"]),
+        (json!({"city": {"$nin": ["Oslo"]}}), vec!["cy"]),
+        (
+            json!({"$or": [{"age": {"$lt": 20}}, {"age": "41"}]}),
+            vec!["bob", "fay"],
+        ),
+        (json!({"$not": {"city": "Oslo"}}), vec!["cy"]),
+    ];
+    for (filter, expected) in cases {
+        let (status, page) = query(&app, "people", &json!({ "filter": filter })).await;
+        assert_eq!(status, 200, "{filter}: {page}");
+        assert_eq!(ids(&page), expected, "{filter}");
+    }
+
+    // Pages of two, sorted by age ascending: missing, null, numbers, strings.
+    let mut seen = Vec::new();
+    let mut body = json!({"sort": ["age"], "limit": 2, "explain": true});
+    loop {
+        let (status, page) = query(&app, "people", &body).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["explain"]["plan"], "scan");
+        seen.extend(ids(&page));
+        match page["next_cursor"].as_str() {
+            Some(cursor) => body["cursor"] = json!(cursor),
+            None => break,
+        }
+    }
+    assert_eq!(seen, vec!["eve", "dee", "bob", "ann", "cy", "fay"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn mistakes_are_refused_with_400_naming_the_part() {
+    let app = spawn_app().await;
+    for (body, part) in [
+        (json!({"filter": {"age": {"$gt": [1]}}}), "filter.age.$gt"),
+        (json!({"filter": {"age": {"$between": 1}}}), "filter.age.$between"),
+        (json!({"filter": {"$or": {}}}), "filter.$or"),
+        (json!({"filter": 3}), "filter"),
+        (json!({"sort": ["-"]}), "sort[0]"),
+        (json!({"fields": [1]}), "fields[0]"),
+        (json!({"limit": 0}), "limit"),
+        (json!({"cursor": "nothex"}), "cursor"),
+        (json!({"select": ["a"]}), "select"),
+    ] {
+        let (status, problem) = query(&app, "c", &body).await;
+        assert_eq!(status, 400, "{body}: {problem}");
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(part), "{body}: {detail}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_collection_larger_than_a_query_scans_is_refused() {
+    let app = spawn_app_with(&[("EXDAAS_QUERY_MAX_SCAN", "20")]).await;
+    for i in 0..20 {
+        app.put_doc("small", &format!("d{i}"), &json!({"n": i})).await;
+        app.put_doc("big", &format!("d{i}"), &json!({"n": i})).await;
+    }
+    app.put_doc("big", "d20", &json!({"n": 20})).await;
+    let (status, page) = query(&app, "small", &json!({"filter": {"n": {"$gte": 10}}, "count": true})).await;
+    assert_eq!((status, page["count"].clone()), (200, json!(10)), "{page}");
+    let (status, problem) = query(&app, "big", &json!({"filter": {"n": 1}})).await;
+    assert_eq!(status, 422, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("EXDAAS_QUERY_MAX_SCAN")),
+        "{problem}"
+    );
+    app.stop().await;
+}
+
+// ---- the model ----
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A small value for field `a` (several types, so types meet).
+fn random_scalar(rng: &mut Rng) -> Value {
+    match rng.below(6) {
+        0 => json!(rng.below(10)),
+        1 => json!(rng.below(10) as f64 + 0.5),
+        2 => json!(["x", "y", "z", "xy"][rng.below(4) as usize]),
+        3 => json!(rng.below(2) == 0),
+        4 => Value::Null,
+        _ => json!(-(rng.below(5) as i64)),
+    }
+}
+
+fn random_doc(rng: &mut Rng) -> Value {
+    let mut doc = Map::new();
+    if rng.below(5) != 0 {
+        doc.insert("a".into(), random_scalar(rng));
+    }
+    if rng.below(3) != 0 {
+        doc.insert("b".into(), json!(rng.below(4)));
+    }
+    if rng.below(2) == 0 {
+        let tags: Vec<Value> = (0..rng.below(3))
+            .map(|_| json!(["p", "q", "r"][rng.below(3) as usize]))
+            .collect();
+        doc.insert("tags".into(), Value::Array(tags));
+    }
+    if rng.below(2) == 0 {
+        doc.insert("n".into(), json!({"x": random_scalar(rng)}));
+    }
+    Value::Object(doc)
+}
+
+fn random_filter(rng: &mut Rng, depth: u32) -> Value {
+    let field = ["a", "b", "n.x", "tags"][rng.below(4) as usize];
+    match rng.below(if depth < 2 { 12 } else { 9 }) {
+        0 => json!({ field: random_scalar(rng) }),
+        1 => json!({ field: {"$ne": random_scalar(rng)} }),
+        2 => {
+            let op = ["$gt", "$gte", "$lt", "$lte"][rng.below(4) as usize];
+            json!({ field: { op: rng.below(10) } })
+        }
+        3 => {
+            let bound = ["x", "y", "xz"][rng.below(3) as usize];
+            json!({ field: {"$lt": bound} })
+        }
+        4 => json!({ field: {"$in": [random_scalar(rng), random_scalar(rng)]} }),
+        5 => json!({ field: {"$nin": [random_scalar(rng)]} }),
+        6 => json!({ field: {"$exists": rng.below(2) == 0} }),
+        7 => json!({ field: {"$prefix": "x"} }),
+        8 => {
+            let tag = ["p", "q"][rng.below(2) as usize];
+            json!({ "tags": {"$contains": tag} })
+        }
+        9 => json!({"$and": [random_filter(rng, depth + 1), random_filter(rng, depth + 1)]}),
+        10 => json!({"$or": [random_filter(rng, depth + 1), random_filter(rng, depth + 1)]}),
+        _ => json!({"$not": random_filter(rng, depth + 1)}),
+    }
+}
+
+/// The model's reading of a path.
+fn at<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(doc, |v, key| v.get(key))
+}
+
+fn rank(v: Option<&Value>) -> u8 {
+    match v {
+        None => 0,
+        Some(Value::Null) => 1,
+        Some(Value::Bool(_)) => 2,
+        Some(Value::Number(_)) => 3,
+        Some(Value::String(_)) => 4,
+        Some(Value::Array(_)) => 5,
+        Some(Value::Object(_)) => 6,
+    }
+}
+
+/// Same-type order of scalars, `None` across types.
+fn cmp_same(a: &Value, b: &Value) -> Option<Ordering> {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64()?.partial_cmp(&y.as_f64()?),
+        (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
+        (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
+        (Value::Null, Value::Null) => Some(Ordering::Equal),
+        (Value::Array(_), Value::Array(_)) | (Value::Object(_), Value::Object(_)) => {
+            Some(a.to_string().cmp(&b.to_string()))
+        }
+        _ => None,
+    }
+}
+
+fn equal(a: Option<&Value>, b: &Value) -> bool {
+    a.and_then(|a| cmp_same(a, b)) == Some(Ordering::Equal)
+}
+
+fn model_matches(filter: &Value, doc: &Value) -> bool {
+    filter
+        .as_object()
+        .expect("object")
+        .iter()
+        .all(|(key, cond)| match key.as_str() {
+            "$and" => cond.as_array().expect("list").iter().all(|f| model_matches(f, doc)),
+            "$or" => cond.as_array().expect("list").iter().any(|f| model_matches(f, doc)),
+            "$not" => !model_matches(cond, doc),
+            path => {
+                let value = at(doc, path);
+                match cond.as_object().filter(|o| o.keys().all(|k| k.starts_with('$'))) {
+                    None => equal(value, cond),
+                    Some(ops) => ops.iter().all(|(op, operand)| match op.as_str() {
+                        "$ne" => !equal(value, operand),
+                        "$in" => operand.as_array().expect("list").iter().any(|o| equal(value, o)),
+                        "$nin" => !operand.as_array().expect("list").iter().any(|o| equal(value, o)),
+                        "$exists" => value.is_some() == operand.as_bool().expect("bool"),
+                        "$prefix" => value
+                            .and_then(Value::as_str)
+                            .is_some_and(|s| s.starts_with(operand.as_str().expect("str"))),
+                        "$contains" => value
+                            .and_then(Value::as_array)
+                            .is_some_and(|items| items.iter().any(|i| equal(Some(i), operand))),
+                        cmp => {
+                            let Some(order) = value.and_then(|v| match (v, operand) {
+                                (Value::Number(_), Value::Number(_)) | (Value::String(_), Value::String(_)) => {
+                                    cmp_same(v, operand)
+                                }
+                                _ => None,
+                            }) else {
+                                return false;
+                            };
+                            match cmp {
+                                "$gt" => order == Ordering::Greater,
+                                "$gte" => order != Ordering::Less,
+                                "$lt" => order == Ordering::Less,
+                                "$lte" => order != Ordering::Greater,
+                                other => panic!("the model has no {other}"),
+                            }
+                        }
+                    }),
+                }
+            }
+        })
+}
+
+fn model_order(sort: &[(String, bool)], a: (&str, &Value), b: (&str, &Value)) -> Ordering {
+    for (path, descending) in sort {
+        let (x, y) = (at(a.1, path), at(b.1, path));
+        let order = rank(x).cmp(&rank(y)).then_with(|| match (x, y) {
+            (Some(x), Some(y)) => cmp_same(x, y).unwrap_or(Ordering::Equal),
+            _ => Ordering::Equal,
+        });
+        let order = if *descending { order.reverse() } else { order };
+        if order != Ordering::Equal {
+            return order;
+        }
+    }
+    a.0.cmp(b.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_queries_agree_with_an_in_memory_evaluation_while_writes_go_on() {
+    let app = spawn_app().await;
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut docs: Vec<(String, Value)> = Vec::new();
+    for i in 0..240 {
+        let id = format!("k{:03}", (i * 7919) % 1000);
+        let doc = random_doc(&mut rng);
+        assert!(app.put_doc("m", &id, &doc).await.status().is_success());
+        docs.retain(|(d, _)| d != &id);
+        docs.push((id, doc));
+    }
+    // Meanwhile: writes to another collection, and changes of a field no
+    // query reads to this one's documents.
+    let writer = {
+        let app_url = app.url("");
+        let ids: Vec<String> = docs.iter().map(|(id, _)| id.clone()).collect();
+        let bodies: Vec<Value> = docs.iter().map(|(_, d)| d.clone()).collect();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for round in 0..40u64 {
+                for (i, (id, body)) in ids.iter().zip(&bodies).enumerate().take(10) {
+                    let mut body = body.clone();
+                    body["z"] = json!(round);
+                    let _ = client
+                        .put(format!("{app_url}/v1/collections/m/docs/{id}"))
+                        .json(&body)
+                        .send()
+                        .await;
+                    let _ = client
+                        .put(format!("{app_url}/v1/collections/other/docs/o{i}"))
+                        .json(&json!({"a": round}))
+                        .send()
+                        .await;
+                }
+            }
+        })
+    };
+
+    for case in 0..60 {
+        let filter = random_filter(&mut rng, 0);
+        let sort: Vec<(String, bool)> = (0..rng.below(3))
+            .map(|_| {
+                (
+                    ["a", "b", "n.x", "tags"][rng.below(4) as usize].to_owned(),
+                    rng.below(2) == 0,
+                )
+            })
+            .collect();
+        let mut expected: Vec<&(String, Value)> = docs.iter().filter(|(_, d)| model_matches(&filter, d)).collect();
+        expected.sort_by(|x, y| model_order(&sort, (&x.0, &x.1), (&y.0, &y.1)));
+        let expected: Vec<String> = expected.iter().map(|(id, _)| id.clone()).collect();
+
+        let sort_spec: Vec<String> = sort
+            .iter()
+            .map(|(p, desc)| if *desc { format!("-{p}") } else { p.clone() })
+            .collect();
+        let limit = 1 + rng.below(40);
+        let mut body = json!({"filter": filter, "sort": sort_spec, "limit": limit, "count": true, "fields": ["a"]});
+        let mut got = Vec::new();
+        for _ in 0..1000 {
+            let (status, page) = query(&app, "m", &body).await;
+            assert_eq!(status, 200, "case {case}: {body}: {page}");
+            assert_eq!(page["count"], expected.len(), "case {case}: {body}");
+            for item in page["items"].as_array().expect("items") {
+                let id = item["id"].as_str().expect("id");
+                let doc = &docs.iter().find(|(d, _)| d == id).expect("a known id").1;
+                let projected = match doc.get("a") {
+                    Some(a) => json!({ "a": a }),
+                    None => json!({}),
+                };
+                assert_eq!(item["data"], projected, "case {case}: {id}");
+                got.push(id.to_owned());
+            }
+            match page["next_cursor"].as_str() {
+                Some(cursor) => body["cursor"] = json!(cursor),
+                None => break,
+            }
+        }
+        assert_eq!(got, expected, "case {case}: {body}");
+    }
+    writer.await.expect("the writer ran");
+    app.stop().await;
+}
