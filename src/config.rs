@@ -56,7 +56,7 @@ pub struct Settings {
     pub feed_max_entries: u64,
     /// Clients that may follow the change feed at once.
     pub feed_max_subscribers: usize,
-    /// Documents a query reads at most when no index fits it.
+    /// Documents (or index entries) a query reads at most.
     pub query_max_scan: usize,
     /// How often a quiet event stream sends a comment line.
     pub feed_heartbeat: Duration,
@@ -245,7 +245,7 @@ pub const SETTINGS: &[SettingDoc] = &[
         key: "query_max_scan",
         env: "EXDAAS_QUERY_MAX_SCAN",
         default: "10000",
-        meaning: "documents a query reads at most when no index fits it: a query on a larger collection is refused (422) rather than scanning it",
+        meaning: "documents (or index entries) a query reads at most: one that would read more is refused (422), naming the index that fits it",
     },
     SettingDoc {
         key: "feed_heartbeat_secs",

@@ -56,6 +56,9 @@ pub struct Metrics {
     /// Transactions run again after the engine refused them for a
     /// concurrent one (a shared database).
     conflict_retries: IntCounter,
+    /// Documents index builds covered, and builds running.
+    index_build_documents: IntCounter,
+    index_builds: IntGauge,
     /// The shared database's pool: connections open, idle and at most.
     database_connections: IntGaugeVec,
     database_round_trip: Histogram,
@@ -161,6 +164,14 @@ impl StoreEvents for Metrics {
     fn database_round_trip(&self, seconds: f64) {
         self.database_round_trip.observe(seconds);
     }
+
+    fn index_built(&self, documents: u64) {
+        self.index_build_documents.inc_by(documents);
+    }
+
+    fn index_builds_running(&self, change: i64) {
+        self.index_builds.add(change);
+    }
 }
 
 impl Default for Metrics {
@@ -252,6 +263,14 @@ impl Metrics {
                 "exdaas_transaction_retries_total",
                 "Write transactions run again because the database refused them for a concurrent one (40001, 40P01).",
             )),
+            index_build_documents: built(IntCounter::new(
+                "exdaas_index_build_documents_total",
+                "Documents the background builds of declared indexes have covered.",
+            )),
+            index_builds: built(IntGauge::new(
+                "exdaas_index_builds_running",
+                "Background builds of declared indexes running now.",
+            )),
             database_connections: built(IntGaugeVec::new(
                 Opts::new(
                     "exdaas_database_connections",
@@ -275,7 +294,9 @@ impl Metrics {
             counted_at: Mutex::new(None),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 19] = [
+            Box::new(metrics.index_build_documents.clone()),
+            Box::new(metrics.index_builds.clone()),
             Box::new(metrics.database_round_trip.clone()),
             Box::new(metrics.database_connections.clone()),
             Box::new(metrics.conflict_retries.clone()),

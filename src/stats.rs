@@ -17,6 +17,10 @@ pub trait StoreEvents: Send + Sync + std::fmt::Debug {
     /// One query to a shared database (a replica following the others'
     /// writes) took `seconds`, there and back.
     fn database_round_trip(&self, seconds: f64);
+    /// An index build covered `documents` more documents.
+    fn index_built(&self, documents: u64);
+    /// An index build started (`1`) or ended (`-1`).
+    fn index_builds_running(&self, change: i64);
 }
 
 /// Events that go nowhere: tools and benchmarks that serve no metrics.
@@ -29,6 +33,8 @@ impl StoreEvents for NoEvents {
     fn commit(&self, _shard: usize, _seconds: f64) {}
     fn conflict_retried(&self, _shard: usize) {}
     fn database_round_trip(&self, _seconds: f64) {}
+    fn index_built(&self, _documents: u64) {}
+    fn index_builds_running(&self, _change: i64) {}
 }
 
 /// What one shard is doing.

@@ -94,6 +94,7 @@ impl ApiError {
             | StoreError::SchemaViolation { .. }
             | StoreError::QueryTooBroad { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             StoreError::InvalidSchema(_) => StatusCode::BAD_REQUEST,
+            StoreError::Conflict { .. } => StatusCode::CONFLICT,
             StoreError::FeedGone { .. } => StatusCode::GONE,
             StoreError::Unavailable { .. } | StoreError::Busy { .. } | StoreError::IdsExhausted { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -290,6 +291,7 @@ const ERROR_STATUSES: &[(u16, &str)] = &[
          (`violations` says where and why)",
     ),
     (412, "A precondition (If-Match, If-None-Match, expected_version) failed"),
+    (409, "An index of that name exists with other fields"),
     (
         500,
         "The store failed: a stable message and an `error_id`, which the server's log line carries with the details",

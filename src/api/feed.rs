@@ -75,6 +75,12 @@ pub enum ChangeKindName {
     /// the removal's.
     #[oai(rename = "schema_removed")]
     SchemaRemoved,
+    /// An index of the collection was declared: `id` is its name.
+    #[oai(rename = "index_declared")]
+    IndexDeclared,
+    /// An index of the collection was dropped: `id` is its name.
+    #[oai(rename = "index_dropped")]
+    IndexDropped,
 }
 
 /// One change of one document. A commit that changed a document several
@@ -610,6 +616,8 @@ fn change_json(item: &crate::store::FeedItem, doc: Option<Option<&Document>>) ->
         ChangeKind::Dropped => "dropped",
         ChangeKind::SchemaSet => "schema_set",
         ChangeKind::SchemaRemoved => "schema_removed",
+        ChangeKind::IndexDeclared => "index_declared",
+        ChangeKind::IndexDropped => "index_dropped",
     };
     let mut json = String::with_capacity(128 + doc.flatten().map_or(0, |d| d.data.len() + 160));
     // Collection names and ids need no JSON escaping (see `domain`).

@@ -12,6 +12,7 @@ pub mod error;
 mod feed;
 mod grant;
 mod health;
+mod indexes;
 mod legacy;
 mod observe;
 mod params;
@@ -64,7 +65,7 @@ pub struct ApiOptions {
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Clients that may wait on the change feed at once.
     pub feed_max_subscribers: usize,
-    /// Documents a query reads at most when no index fits it.
+    /// Documents (or index entries) a query reads at most.
     pub query_max_scan: usize,
     /// How often a quiet event stream sends a comment line.
     pub feed_heartbeat: std::time::Duration,
@@ -78,6 +79,7 @@ type Apis = (
     collections::CollectionsApi,
     schemas::SchemasApi,
     query::QueryApi,
+    indexes::IndexesApi,
     feed::FeedApi,
     admin::AdminApi,
     grant::GrantApi,
@@ -112,6 +114,10 @@ pub fn openapi(store: &Store, options: &ApiOptions) -> OpenApiService<Apis, ()> 
                 store: store.clone(),
                 access: access.clone(),
                 max_scan: options.query_max_scan,
+            },
+            indexes::IndexesApi {
+                store: store.clone(),
+                access: access.clone(),
             },
             feed::FeedApi {
                 store: store.clone(),

@@ -23,7 +23,7 @@ const DEFAULT_LIMIT: usize = 100;
 pub struct QueryApi {
     pub store: Store,
     pub access: Access,
-    /// Documents a query reads at most when no index fits it.
+    /// Documents (or index entries) a query reads at most.
     pub max_scan: usize,
 }
 
@@ -57,9 +57,12 @@ pub struct QueryRequest {
 /// How a query ran.
 #[derive(Object)]
 pub struct Explain {
-    /// `scan`: every document of the collection was read.
+    /// `index`: through the index named in `index`; `scan`: every document
+    /// of the collection was read.
     plan: String,
-    /// Documents read, per shard.
+    #[oai(nullable)]
+    index: Option<String>,
+    /// Index entries (or, for a scan, documents) read, per shard.
     read_per_shard: Vec<u64>,
 }
 
@@ -93,9 +96,11 @@ impl QueryApi {
     /// "Queries" for what each operator means (a missing field is not
     /// `null`; values compare only with values of their own type). A page
     /// holds at most `limit` documents and `EXDAAS_MAX_PAGE_BYTES` of them;
-    /// `next_cursor` goes on from its last one. A query reads the whole
-    /// collection, so one on a collection of more than
-    /// `EXDAAS_QUERY_MAX_SCAN` documents is refused with 422.
+    /// `next_cursor` goes on from its last one. A query runs on the built
+    /// index that fits it best (`explain` says which), else it reads the
+    /// whole collection; one that would read more than
+    /// `EXDAAS_QUERY_MAX_SCAN` documents or entries is refused with 422
+    /// naming the index to declare.
     #[oai(path = "/:collection/query", method = "post")]
     async fn query(
         &self,
@@ -135,7 +140,11 @@ impl QueryApi {
         }
         out.push_str(",\"explain\":");
         if request.explain {
-            out.push_str(&json!({"plan": "scan", "read_per_shard": answer.read_per_shard}).to_string());
+            let explained = match &answer.index {
+                Some(index) => json!({"plan": "index", "index": index, "read_per_shard": answer.read_per_shard}),
+                None => json!({"plan": "scan", "index": null, "read_per_shard": answer.read_per_shard}),
+            };
+            out.push_str(&explained.to_string());
         } else {
             out.push_str("null");
         }

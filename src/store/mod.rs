@@ -13,6 +13,7 @@ mod feed;
 pub mod ids;
 pub use engine::sqlite::{layout, maintenance};
 pub use engine::transfer;
+pub mod index;
 mod ops;
 mod patch;
 pub mod placement;
@@ -205,12 +206,24 @@ pub enum StoreError {
         schema_version: u64,
         violations: Vec<schema::Violation>,
     },
-    /// A query no index fits, on a collection larger than a query scans.
+    /// A query read more than a query may (no index fits it, or the one
+    /// that does leaves too much to read).
     #[error(
-        "collection {collection} holds more than {max_scan} documents, more than a query that no index fits reads \
-         (EXDAAS_QUERY_MAX_SCAN); narrow it to a smaller collection or raise the setting"
+        "this query would read more than {max_scan} documents of collection {collection} (EXDAAS_QUERY_MAX_SCAN); \
+         declare an index that fits it: PUT /v1/collections/{collection}/indexes/{} with {{\"fields\": {}}}{}",
+        index::suggested_name(suggestion),
+        serde_json::to_string(suggestion).unwrap_or_default(),
+        if suggestion.is_empty() { " (give the query a filter or a sort the index can serve)" } else { "" }
     )]
-    QueryTooBroad { collection: CollectionName, max_scan: u64 },
+    QueryTooBroad {
+        collection: CollectionName,
+        max_scan: u64,
+        /// The fields of an index that would fit.
+        suggestion: Vec<String>,
+    },
+    /// An index of that name exists with other fields.
+    #[error("{reason}")]
+    Conflict { reason: String },
     /// The client's schema cannot be used.
     #[error("{0}")]
     InvalidSchema(#[from] schema::SchemaError),
@@ -258,6 +271,7 @@ impl StoreError {
             | StoreError::Unprocessable { .. }
             | StoreError::SchemaViolation { .. }
             | StoreError::QueryTooBroad { .. }
+            | StoreError::Conflict { .. }
             | StoreError::InvalidSchema(_)
             | StoreError::FeedGone { .. }
             | StoreError::IdsExhausted { .. } => self.to_string(),
@@ -488,6 +502,10 @@ impl Store {
         }
         if let Some(following) = &store.inner.following {
             tokio::spawn(replicas::follow(store.clone(), options.replica_poll, following.clone()));
+        }
+        if let Err(err) = store.resume_index_builds().await {
+            store.shutdown().await;
+            return Err(err);
         }
         Ok(store)
     }

@@ -564,8 +564,10 @@ pub struct QueryAnswer {
     pub next: Option<Cursor>,
     /// Every matching document, when counted.
     pub count: Option<u64>,
-    /// Documents read on each shard.
+    /// Documents (or index entries) read on each shard.
     pub read_per_shard: Vec<u64>,
+    /// The index the query ran on (`None`: it read every document).
+    pub index: Option<String>,
 }
 
 /// A candidate for the page: where it sorts, and which document it is.
@@ -576,27 +578,36 @@ struct Candidate {
 }
 
 impl Store {
-    /// Runs `query` over a collection, reading every document of it (no
-    /// index fits yet): refused with [`StoreError::QueryTooBroad`] once it
-    /// has read `max_scan` documents. Memory holds the page's candidates,
-    /// not the collection: their sort values, never their documents, which
-    /// are read again once the page is known.
+    /// Runs `query` over a collection: through the index that fits it
+    /// best, if one is built, else by reading every document. Either way
+    /// it is refused with [`StoreError::QueryTooBroad`] once it has read
+    /// `max_scan` documents or index entries. Memory holds the page's
+    /// candidates (sort values and ids), never the collection: their
+    /// documents are read again once the page is known.
     pub async fn query(
         &self,
         collection: &CollectionName,
         query: &Query,
         page: &QueryPage,
     ) -> Result<QueryAnswer, StoreError> {
-        let limit = page.limit.clamp(1, MAX_PAGE);
-        let budget = self.inner.page_bytes;
-        let mut answer = QueryAnswer {
-            read_per_shard: vec![0; self.shard_count()],
-            ..QueryAnswer::default()
+        let ready = self.ready_indexes(collection).await?;
+        let gathered = match super::index::plan(query, &ready) {
+            Some(plan) => self.gather_by_index(collection, query, page, &plan).await?,
+            None => self.gather_by_scan(collection, query, page).await?,
         };
-        let mut count = 0u64;
+        self.finish(collection, query, page, gathered).await
+    }
+
+    /// Candidates from every document of the collection.
+    async fn gather_by_scan(
+        &self,
+        collection: &CollectionName,
+        query: &Query,
+        page: &QueryPage,
+    ) -> Result<Gathered, StoreError> {
+        let mut gathered = Gathered::new(self.shard_count(), None);
+        let mut pool = Candidates::new(query, page, self.inner.page_bytes);
         let mut read = 0u64;
-        let mut candidates: Vec<Candidate> = Vec::new();
-        let mut candidate_bytes = 0usize;
         let mut start_after: Option<String> = None;
         loop {
             let request = ListRequest {
@@ -609,60 +620,147 @@ impl Store {
             for item in &listed.items {
                 read += 1;
                 if read > page.max_scan {
-                    return Err(StoreError::QueryTooBroad {
-                        collection: collection.clone(),
-                        max_scan: page.max_scan,
-                    });
+                    return Err(too_broad(collection, query, page));
                 }
                 let shard = self.shard_of(&DocKey::new(collection.clone(), item.id.clone()));
-                if let Some(n) = answer.read_per_shard.get_mut(shard) {
+                if let Some(n) = gathered.read_per_shard.get_mut(shard) {
                     *n += 1;
                 }
-                let Ok(doc) = serde_json::from_str::<Value>(&item.doc.data) else {
-                    continue;
-                };
-                if !query.filter.as_ref().is_none_or(|f| f.matches(&doc)) {
-                    continue;
-                }
-                count += 1;
-                let id = item.id.as_str();
-                if page
-                    .after
-                    .as_ref()
-                    .is_some_and(|cursor| query.order_against((&doc, id), cursor) != Ordering::Greater)
-                {
-                    continue;
-                }
-                let cursor = query.cursor_after(&doc, id);
-                let bytes = cursor
-                    .values
-                    .iter()
-                    .flatten()
-                    .map(|v| crate::domain::measure(v).bytes)
-                    .sum::<usize>()
-                    + id.len();
-                candidate_bytes += bytes;
-                candidates.push(Candidate {
-                    sort: cursor.values,
-                    id: item.id.clone(),
-                    bytes,
-                });
-                if candidates.len() > 2 * (limit + 1) || candidate_bytes > budget {
-                    keep_first(query, &mut candidates, limit + 1);
-                    candidate_bytes = candidates.iter().map(|c| c.bytes).sum();
-                }
+                pool.offer(&item.id, &item.doc.data);
             }
             match listed.next_after {
                 Some(next) => start_after = Some(next.as_str().to_owned()),
                 None => break,
             }
         }
-        keep_first(query, &mut candidates, limit + 1);
-        if page.count {
-            answer.count = Some(count);
+        gathered.count = pool.count;
+        gathered.candidates = pool.into_first();
+        Ok(gathered)
+    }
+
+    /// Candidates from the entries of `plan`'s index: each shard reads its
+    /// range, and where the index's order is the query's (and nothing is
+    /// counted), only as far as a page, starting after the cursor.
+    async fn gather_by_index(
+        &self,
+        collection: &CollectionName,
+        query: &Query,
+        page: &QueryPage,
+        plan: &super::index::Plan,
+    ) -> Result<Gathered, StoreError> {
+        let seek = plan.sorted && !page.count;
+        let after: Option<(Vec<u8>, String)> = match (&page.after, seek) {
+            (Some(cursor), true) => {
+                let mut key = plan.prefix.clone();
+                for value in &cursor.values {
+                    super::index::encode(value.as_ref(), &mut key);
+                }
+                Some((key, cursor.id.clone()))
+            }
+            _ => None,
+        };
+        let want = page.limit.clamp(1, MAX_PAGE) + 1;
+        let reads = self.inner.shards.iter().map(|shard| {
+            self.index_candidates(
+                shard,
+                collection,
+                query,
+                page,
+                plan,
+                after.clone(),
+                seek.then_some(want),
+            )
+        });
+        let mut gathered = Gathered::new(self.shard_count(), Some(plan.index.name.clone()));
+        let mut merged = Candidates::new(query, page, self.inner.page_bytes);
+        for (shard, found) in futures_util::future::join_all(reads).await.into_iter().enumerate() {
+            let (pool, read) = found?;
+            if let Some(n) = gathered.read_per_shard.get_mut(shard) {
+                *n = read;
+            }
+            merged.count += pool.count;
+            for candidate in pool.into_first() {
+                merged.push(candidate);
+            }
         }
-        // Read the page's documents again: one changed since is checked
-        // anew, and one that no longer matches leaves a shorter page.
+        gathered.count = merged.count;
+        gathered.candidates = merged.into_first();
+        Ok(gathered)
+    }
+
+    /// One shard's candidates from an index range; how many entries it read.
+    #[allow(clippy::too_many_arguments)]
+    async fn index_candidates<'q>(
+        &self,
+        shard: &super::shard::Shard,
+        collection: &CollectionName,
+        query: &'q Query,
+        page: &'q QueryPage,
+        plan: &super::index::Plan,
+        mut after: Option<(Vec<u8>, String)>,
+        stop_at: Option<usize>,
+    ) -> Result<(Candidates<'q>, u64), StoreError> {
+        const BATCH: usize = 512;
+        let batch = stop_at.map_or(BATCH, |want| want.clamp(16, BATCH));
+        let mut pool = Candidates::new(query, page, self.inner.page_bytes);
+        let mut read = 0u64;
+        let now = super::now_millis();
+        loop {
+            let entries = shard
+                .reads()
+                .index_range(
+                    collection,
+                    &plan.index.name,
+                    &plan.low,
+                    &plan.high,
+                    after.as_ref().map(|(key, id)| (key.as_slice(), id.as_str())),
+                    batch,
+                )
+                .await?;
+            read += entries.len() as u64;
+            if read > page.max_scan {
+                return Err(too_broad(collection, query, page));
+            }
+            let ids: Vec<&str> = entries.iter().map(|(_, id)| id.as_str()).collect();
+            let mut docs: std::collections::HashMap<String, Document> = shard
+                .reads()
+                .documents(collection, &ids, now)
+                .await?
+                .into_iter()
+                .collect();
+            for (_, id) in &entries {
+                let (Some(doc), Ok(id)) = (docs.remove(id), DocId::parse(id)) else {
+                    continue;
+                };
+                pool.offer(&id, &doc.data);
+            }
+            if stop_at.is_some_and(|want| pool.count as usize >= want) || entries.len() < batch {
+                break;
+            }
+            after = entries.last().cloned();
+        }
+        Ok((pool, read))
+    }
+
+    /// The page from the candidates: each document read again (one
+    /// changed since is checked anew, one gone or no longer matching
+    /// leaves a shorter page), projected, within the page's bytes.
+    async fn finish(
+        &self,
+        collection: &CollectionName,
+        query: &Query,
+        page: &QueryPage,
+        gathered: Gathered,
+    ) -> Result<QueryAnswer, StoreError> {
+        let limit = page.limit.clamp(1, MAX_PAGE);
+        let budget = self.inner.page_bytes;
+        let mut answer = QueryAnswer {
+            read_per_shard: gathered.read_per_shard,
+            index: gathered.index,
+            count: page.count.then_some(gathered.count),
+            ..QueryAnswer::default()
+        };
+        let mut candidates = gathered.candidates;
         let more = candidates.len() > limit;
         candidates.truncate(limit);
         let mut bytes = 0usize;
@@ -701,6 +799,112 @@ impl Store {
             (false, false) => None,
         };
         Ok(answer)
+    }
+}
+
+/// What a query gathered before its page is read.
+struct Gathered {
+    candidates: Vec<Candidate>,
+    count: u64,
+    read_per_shard: Vec<u64>,
+    index: Option<String>,
+}
+
+impl Gathered {
+    fn new(shards: usize, index: Option<String>) -> Self {
+        Self {
+            candidates: Vec::new(),
+            count: 0,
+            read_per_shard: vec![0; shards],
+            index,
+        }
+    }
+}
+
+/// The best candidates so far for a page: documents that match and come
+/// after the cursor, kept as sort values and ids, pruned to the page (and
+/// one more) whenever they grow past twice that or past the byte budget.
+struct Candidates<'q> {
+    query: &'q Query,
+    page: &'q QueryPage,
+    keep: usize,
+    budget: usize,
+    list: Vec<Candidate>,
+    bytes: usize,
+    /// Matching documents offered, before or after the cursor.
+    count: u64,
+}
+
+impl<'q> Candidates<'q> {
+    fn new(query: &'q Query, page: &'q QueryPage, budget: usize) -> Self {
+        Self {
+            query,
+            page,
+            keep: page.limit.clamp(1, MAX_PAGE) + 1,
+            budget,
+            list: Vec::new(),
+            bytes: 0,
+            count: 0,
+        }
+    }
+
+    /// A document: counted if it matches, kept if it also comes after the
+    /// cursor.
+    fn offer(&mut self, id: &DocId, data: &str) {
+        let Ok(doc) = serde_json::from_str::<Value>(data) else {
+            return;
+        };
+        if !self.query.filter.as_ref().is_none_or(|f| f.matches(&doc)) {
+            return;
+        }
+        self.count += 1;
+        let position = (&doc, id.as_str());
+        if self
+            .page
+            .after
+            .as_ref()
+            .is_some_and(|cursor| self.query.order_against(position, cursor) != Ordering::Greater)
+        {
+            return;
+        }
+        let cursor = self.query.cursor_after(&doc, id.as_str());
+        let bytes = cursor
+            .values
+            .iter()
+            .flatten()
+            .map(|v| crate::domain::measure(v).bytes)
+            .sum::<usize>()
+            + id.as_str().len();
+        self.push(Candidate {
+            sort: cursor.values,
+            id: id.clone(),
+            bytes,
+        });
+    }
+
+    fn push(&mut self, candidate: Candidate) {
+        self.bytes += candidate.bytes;
+        self.list.push(candidate);
+        if self.list.len() > 2 * self.keep || self.bytes > self.budget {
+            keep_first(self.query, &mut self.list, self.keep);
+            self.bytes = self.list.iter().map(|c| c.bytes).sum();
+        }
+    }
+
+    /// The first `keep`, in the query's order.
+    fn into_first(mut self) -> Vec<Candidate> {
+        keep_first(self.query, &mut self.list, self.keep);
+        self.list
+    }
+}
+
+/// The refusal of a query that would read too much, naming the index
+/// that would fit it.
+fn too_broad(collection: &CollectionName, query: &Query, page: &QueryPage) -> StoreError {
+    StoreError::QueryTooBroad {
+        collection: collection.clone(),
+        max_scan: page.max_scan,
+        suggestion: super::index::suggest(query),
     }
 }
 

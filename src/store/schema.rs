@@ -198,7 +198,7 @@ impl Store {
     }
 
     /// The shard that numbers a collection's schema changes.
-    fn numbering_shard(&self, collection: &CollectionName) -> usize {
+    pub(super) fn numbering_shard(&self, collection: &CollectionName) -> usize {
         self.shard_of(&DocKey::new(collection.clone(), DocId::of_collection()))
     }
 

@@ -146,7 +146,7 @@ impl Shard {
         };
         let (writes, opened) = setup.file.open_at_boot(options.boot_check).await?;
         let mut writer = setup.writer_on(writes, opened);
-        writer.load_schemas().await?;
+        writer.load_catalog().await?;
         writer.compact_at_open().await?;
         let counter_high = writer.ids.counter;
         let feed_head = setup.feed_head.subscribe();
@@ -245,6 +245,46 @@ impl Shard {
     ) -> Result<super::schema::SchemaState, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.send(Job::Schema { change, reply }).await?;
+        answer.await.map_err(|_| self.stopped())?
+    }
+
+    /// Declares (`fields`) or drops (`None`) an index on this shard.
+    pub async fn change_index(
+        &self,
+        collection: &CollectionName,
+        name: &str,
+        fields: Option<Vec<String>>,
+        recorded: bool,
+        at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Job::Index {
+            collection: collection.clone(),
+            name: name.to_owned(),
+            fields,
+            recorded,
+            at_ms,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| self.stopped())?
+    }
+
+    /// Covers up to `limit` more documents of an index's build.
+    pub async fn build_index(
+        &self,
+        collection: &CollectionName,
+        name: &str,
+        limit: u32,
+    ) -> Result<(u64, bool), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Job::IndexBuild {
+            collection: collection.clone(),
+            name: name.to_owned(),
+            limit,
+            reply,
+        })
+        .await?;
         answer.await.map_err(|_| self.stopped())?
     }
 
@@ -422,6 +462,7 @@ impl WriterSetup {
                 keep: self.options.feed_max_entries,
             },
             schemas: std::collections::HashMap::new(),
+            indexes: std::collections::HashMap::new(),
             schema_seq: opened.schema_seq,
         }
     }
@@ -430,7 +471,7 @@ impl WriterSetup {
     async fn reopen(&self) -> Result<Writer, StoreError> {
         let (writes, opened) = self.file.reopen().await?;
         let mut writer = self.writer_on(writes, opened);
-        writer.load_schemas().await?;
+        writer.load_catalog().await?;
         Ok(writer)
     }
 }
@@ -564,6 +605,12 @@ fn refuse(job: Job, err: StoreError) {
             let _ = reply.send(Err(err));
         }
         Job::SchemaOf { reply, .. } => {
+            let _ = reply.send(Err(err));
+        }
+        Job::Index { reply, .. } => {
+            let _ = reply.send(Err(err));
+        }
+        Job::IndexBuild { reply, .. } => {
             let _ = reply.send(Err(err));
         }
         #[cfg(feature = "fault-injection")]

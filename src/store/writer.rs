@@ -22,9 +22,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::cache::DocCache;
+use super::engine::IndexChanges;
 use super::engine::StoredSchema;
 use super::engine::{ChangeKind, FeedEntry, IdBounds, ShardWrites};
+use super::index::{IndexDef, MAX_KEY_BYTES};
 use super::ops::{decide, Action, Expect, WriteOp, WriteResult};
+use super::query::FieldPath;
 use super::schema::{CollectionSchema, SchemaState};
 use super::shard::ShardStatus;
 use super::{Document, Outage, StoreError};
@@ -55,6 +58,25 @@ pub enum Job {
     Schema {
         change: SchemaChange,
         reply: oneshot::Sender<Result<SchemaState, StoreError>>,
+    },
+    /// Declares (`fields`) or drops (`None`) an index; answers whether the
+    /// shard changed.
+    Index {
+        collection: CollectionName,
+        name: String,
+        fields: Option<Vec<String>>,
+        /// This shard records the change in the feed.
+        recorded: bool,
+        at_ms: i64,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    /// Covers the next documents of an index's build; answers how many,
+    /// and whether the shard is done.
+    IndexBuild {
+        collection: CollectionName,
+        name: String,
+        limit: u32,
+        reply: oneshot::Sender<Result<(u64, bool), StoreError>>,
     },
     /// Answers a collection's schema as the shard holds it now.
     SchemaOf {
@@ -223,9 +245,12 @@ pub struct Writer {
     /// Every collection schema the shard holds, compiled: what each write
     /// is checked against.
     pub schemas: HashMap<CollectionName, SchemaState>,
-    /// The shard's count of schema changes when `schemas` was read (where
-    /// other processes change them too).
+    /// The shard's count of catalog changes (schemas and indexes) when
+    /// `schemas` and `indexes` were read, where other processes change
+    /// them too.
     pub schema_seq: u64,
+    /// Every declared index, by collection: the entries each write keeps.
+    pub indexes: HashMap<CollectionName, Vec<IndexDef>>,
 }
 
 impl Writer {
@@ -329,6 +354,34 @@ impl Writer {
                     let set = self.set_schema(change).await;
                     let broken = set.as_ref().err().filter(|e| e.breaks_the_writer()).cloned();
                     let _ = reply.send(set);
+                    if let Some(err) = broken {
+                        return self.failed(err);
+                    }
+                }
+                Job::Index {
+                    collection,
+                    name,
+                    fields,
+                    recorded,
+                    at_ms,
+                    reply,
+                } => {
+                    let changed = self.change_index(&collection, &name, fields, recorded, at_ms).await;
+                    let broken = changed.as_ref().err().filter(|e| e.breaks_the_writer()).cloned();
+                    let _ = reply.send(changed);
+                    if let Some(err) = broken {
+                        return self.failed(err);
+                    }
+                }
+                Job::IndexBuild {
+                    collection,
+                    name,
+                    limit,
+                    reply,
+                } => {
+                    let step = self.build_index(&collection, &name, limit).await;
+                    let broken = step.as_ref().err().filter(|e| e.breaks_the_writer()).cloned();
+                    let _ = reply.send(step);
                     if let Some(err) = broken {
                         return self.failed(err);
                     }
@@ -519,11 +572,11 @@ impl Writer {
             // writer wrote, and only the ceilings are taken.
             self.feed.last_seq = fresh.last_seq;
             self.ceilings = fresh.ids;
-            // A schema changed (by any replica): read them again, in the
-            // transaction that holds the shard, so no write of it is
-            // checked against an older one.
+            // A schema or index changed (by any replica): read the catalog
+            // again, in the transaction that holds the shard, so no write
+            // is checked against an older schema or misses an index.
             if fresh.schema_seq != self.schema_seq {
-                self.load_schemas().await?;
+                self.load_catalog().await?;
                 self.schema_seq = fresh.schema_seq;
             }
         }
@@ -533,7 +586,7 @@ impl Writer {
     /// Reads and compiles every schema the shard holds. One that no longer
     /// compiles (only a changed validator could do that) is logged and its
     /// collection takes anything, rather than refusing every write.
-    pub async fn load_schemas(&mut self) -> Result<(), StoreError> {
+    pub async fn load_catalog(&mut self) -> Result<(), StoreError> {
         let stored = self.writes.schemas().await.map_err(|e| self.engine_error(e))?;
         self.schemas = stored
             .into_iter()
@@ -554,7 +607,179 @@ impl Writer {
                 (row.collection, state)
             })
             .collect();
+        let stored = self.writes.indexes().await.map_err(|e| self.engine_error(e))?;
+        let mut indexes: HashMap<CollectionName, Vec<IndexDef>> = HashMap::new();
+        for index in stored {
+            match index
+                .fields
+                .iter()
+                .map(|f| FieldPath::parse(f))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(fields) => indexes.entry(index.collection).or_default().push(IndexDef {
+                    name: index.name,
+                    fields,
+                }),
+                Err(e) => {
+                    tracing::error!(shard = self.shard, index = %index.name, error = %e, "a stored index's fields do not parse; it is not kept");
+                }
+            }
+        }
+        self.indexes = indexes;
         Ok(())
+    }
+
+    /// Declares or drops an index on this shard, in the order of its
+    /// writes: every write after it keeps (or no longer keeps) its
+    /// entries. The shard that records it writes the feed's entry.
+    async fn change_index(
+        &mut self,
+        collection: &CollectionName,
+        name: &str,
+        fields: Option<Vec<String>>,
+        recorded: bool,
+        at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.begin().await?;
+        let kind = if fields.is_some() {
+            ChangeKind::IndexDeclared
+        } else {
+            ChangeKind::IndexDropped
+        };
+        let id = crate::domain::DocId::parse(name).map_err(|_| StoreError::Internal("an index name is an id"))?;
+        let feed = if recorded {
+            self.feed
+                .number(std::iter::once((DocKey::new(collection.clone(), id), 1, kind)), at_ms)
+        } else {
+            Vec::new()
+        };
+        let changed = match fields {
+            Some(fields) => {
+                let paths = fields
+                    .iter()
+                    .map(|f| FieldPath::parse(f))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| StoreError::Internal("an index's fields were checked"))?;
+                let stored = super::engine::StoredIndex {
+                    collection: collection.clone(),
+                    name: name.to_owned(),
+                    fields,
+                    built: false,
+                    indexed: 0,
+                    oversized: 0,
+                    created_at_ms: at_ms,
+                };
+                let changed = self
+                    .writes
+                    .declare_index(&stored, &feed)
+                    .await
+                    .map_err(|e| self.engine_error(e))?;
+                if changed {
+                    self.indexes.entry(collection.clone()).or_default().push(IndexDef {
+                        name: name.to_owned(),
+                        fields: paths,
+                    });
+                }
+                changed
+            }
+            None => {
+                let changed = self
+                    .writes
+                    .drop_index(collection, name, &feed)
+                    .await
+                    .map_err(|e| self.engine_error(e))?;
+                if let Some(list) = self.indexes.get_mut(collection) {
+                    list.retain(|index| index.name != name);
+                }
+                changed
+            }
+        };
+        if changed {
+            self.feed.published(&feed);
+        }
+        Ok(changed)
+    }
+
+    /// Covers up to `limit` more documents of an index's build, from where
+    /// the shard's record says it is (so builds that were interrupted, or
+    /// run by several replicas, go on from there); answers how many, and
+    /// whether the shard is done.
+    async fn build_index(
+        &mut self,
+        collection: &CollectionName,
+        name: &str,
+        limit: u32,
+    ) -> Result<(u64, bool), StoreError> {
+        self.begin().await?;
+        let Some((upto, built)) = self
+            .writes
+            .build_progress(collection, name)
+            .await
+            .map_err(|e| self.engine_error(e))?
+        else {
+            self.writes.release().await;
+            return Ok((0, true));
+        };
+        if built {
+            self.writes.release().await;
+            return Ok((0, true));
+        }
+        let Some(index) = self
+            .indexes
+            .get(collection)
+            .and_then(|list| list.iter().find(|index| index.name == name))
+            .cloned()
+        else {
+            self.writes.release().await;
+            return Ok((0, true));
+        };
+        let docs = self
+            .writes
+            .documents_after(collection, upto.as_deref(), limit)
+            .await
+            .map_err(|e| self.engine_error(e))?;
+        let done = docs.len() < limit as usize;
+        let mut entries: Vec<(String, Vec<u8>)> = Vec::with_capacity(docs.len());
+        let mut oversized = 0u64;
+        for (id, data) in &docs {
+            let value = serde_json::from_str(data).unwrap_or(serde_json::Value::Null);
+            let key = index.key_of(&value);
+            // Written before the declaration: it cannot be indexed, and
+            // the index is never used (its listing says why).
+            if key.len() > MAX_KEY_BYTES {
+                oversized += 1;
+                continue;
+            }
+            entries.push((id.clone(), key));
+        }
+        let last = docs.last().map(|(id, _)| id.as_str());
+        self.writes
+            .build_step(collection, name, &entries, oversized, last, done)
+            .await
+            .map_err(|e| self.engine_error(e))?;
+        Ok((entries.len() as u64, done))
+    }
+
+    /// The index entries `changes` make: a changed document's entries are
+    /// replaced, a deleted one's removed (for collections with indexes).
+    fn index_changes<'a>(&self, changes: impl Iterator<Item = (&'a DocKey, Option<&'a Document>)>) -> IndexChanges {
+        let mut out = IndexChanges::default();
+        if self.indexes.is_empty() {
+            return out;
+        }
+        for (key, doc) in changes {
+            let Some(indexes) = self.indexes.get(&key.collection).filter(|list| !list.is_empty()) else {
+                continue;
+            };
+            out.removed.push(key.clone());
+            if let Some(doc) = doc {
+                let value = serde_json::from_str(&doc.data).unwrap_or(serde_json::Value::Null);
+                for index in indexes {
+                    out.added.push((key.clone(), index.name.clone(), index.key_of(&value)));
+                }
+            }
+        }
+        out
     }
 
     /// Sets or removes a collection's schema on this shard, in the order
@@ -672,6 +897,15 @@ impl Writer {
                         key: op.key.clone(),
                         bytes: doc.data.len(),
                         limit: self.max_document_bytes,
+                    });
+                    new_state = None;
+                }
+            }
+            // Nor hold a value too large for an index's key.
+            if let (Some(Some(doc)), Some(indexes)) = (&new_state, self.indexes.get(&op.key.collection)) {
+                if let Some(reason) = oversized_key(indexes, &doc.data) {
+                    answer = Err(StoreError::Unprocessable {
+                        reason: format!("document {}: {reason}", op.key),
                     });
                     new_state = None;
                 }
@@ -851,6 +1085,13 @@ impl Writer {
             now,
         );
         let started = Instant::now();
+        let entries = self.index_changes(ordered.iter().map(|(key, change)| (*key, change.doc.as_ref())));
+        if !entries.is_empty() {
+            self.writes
+                .index_changes(&entries)
+                .await
+                .map_err(|e| self.engine_error(e))?;
+        }
         let rows = ordered
             .iter()
             .map(|(key, change)| (*key, change.bucket, change.doc.as_ref()));
@@ -917,6 +1158,13 @@ impl Writer {
             now_millis(),
         );
         self.set_unpublished(feed.iter().map(|entry| entry.key.clone()).collect());
+        let entries = self.index_changes(feed.iter().map(|entry| (&entry.key, None)));
+        if !entries.is_empty() {
+            self.writes
+                .index_changes(&entries)
+                .await
+                .map_err(|e| self.engine_error(e))?;
+        }
         let done = self
             .writes
             .delete_with_feed(&feed)
@@ -979,4 +1227,23 @@ pub fn now_millis() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// Why `data` cannot be indexed by one of `indexes`, if it cannot: a key
+/// over [`MAX_KEY_BYTES`].
+fn oversized_key(indexes: &[IndexDef], data: &str) -> Option<String> {
+    if indexes.is_empty() {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_str(data).ok()?;
+    indexes.iter().find_map(|index| {
+        let bytes = index.key_of(&value).len();
+        (bytes > MAX_KEY_BYTES).then(|| {
+            format!(
+                "its fields {:?} take {bytes} bytes as a key of index {:?}; an index key holds at most {MAX_KEY_BYTES}",
+                index.field_names(),
+                index.name
+            )
+        })
+    })
 }

@@ -16,6 +16,7 @@ mod faults;
 mod feed;
 mod helpers;
 mod hostile;
+mod indexes;
 mod legacy_api;
 mod listing;
 mod maintenance;

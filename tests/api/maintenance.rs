@@ -311,6 +311,13 @@ async fn reshard_moves_every_document_and_the_server_boots_with_the_new_count() 
     let schema = json!({"type": "object", "required": ["n"]});
     let resp = send(app.request(Method::PUT, "/v1/collections/things/schema").json(&schema)).await;
     assert_eq!(resp.status(), 200);
+    let resp = send(
+        app.request(Method::PUT, "/v1/collections/things/indexes/by_n")
+            .json(&json!({"fields": ["n"]})),
+    )
+    .await;
+    assert_eq!(resp.status(), 201);
+    crate::indexes::wait_ready(&app, "things", "by_n").await;
     app.stop().await;
 
     let run = exdaas(data.path(), &["reshard", "--to", "7"], &[]).await;
@@ -332,11 +339,23 @@ async fn reshard_moves_every_document_and_the_server_boots_with_the_new_count() 
 
     let app = spawn_app_on(data.path(), &[("SHARD_LIMIT", "7")]).await;
     assert_all_docs(&app, "things", 2000).await;
-    // The schema went along to every new shard.
+    // The schema went along to every new shard, and the index, rebuilt.
     assert_eq!(
         json(app.get("/v1/collections/things/schema").await).await["schema"],
         schema
     );
+    let index = crate::indexes::wait_ready(&app, "things", "by_n").await;
+    assert_eq!(index["indexed"], 2000, "{index}");
+    let page = json(
+        app.post_json(
+            "/v1/collections/things/query",
+            &json!({"filter": {"n": {"$lt": 3}}, "explain": true}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(page["explain"]["plan"], "index", "{page}");
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(3), "{page}");
     for i in 0..21 {
         let resp = app.put_doc("things", &format!("bad{i}"), &json!({"m": 1})).await;
         assert_eq!(resp.status(), 422, "bad{i}");

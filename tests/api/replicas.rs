@@ -615,3 +615,60 @@ async fn a_schema_set_through_one_replica_holds_at_once_on_every_other() {
         assert_eq!(resp.status(), 201, "replica {r} takes anything again");
     }
 }
+
+#[tokio::test]
+async fn an_index_declared_through_one_replica_is_kept_by_the_others_writes() {
+    let Some((_folder, apps)) = replicas().await else {
+        return;
+    };
+    for i in 0..30 {
+        assert_eq!(
+            apps[0]
+                .put_doc("things", &format!("t{i}"), &json!({"n": i % 3}))
+                .await
+                .status(),
+            201
+        );
+    }
+    let resp = send(
+        apps[0]
+            .request(Method::PUT, "/v1/collections/things/indexes/by_n")
+            .json(&json!({"fields": ["n"]})),
+    )
+    .await;
+    assert_eq!(resp.status(), 201);
+    crate::indexes::wait_ready(&apps[2], "things", "by_n").await;
+    // Writes through another replica, at once: its writers see the
+    // declaration in the shard rows they lock.
+    for i in 30..40 {
+        assert_eq!(
+            apps[1]
+                .put_doc("things", &format!("t{i}"), &json!({"n": 7}))
+                .await
+                .status(),
+            201
+        );
+    }
+    assert_eq!(apps[1].patch_doc("things", "t0", &json!({"n": 7})).await.status(), 200);
+    let page = json(
+        apps[2]
+            .post_json(
+                "/v1/collections/things/query",
+                &json!({"filter": {"n": 7}, "explain": true}),
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(page["explain"]["plan"], "index", "{page}");
+    let mut found: Vec<&str> = page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|d| d["id"].as_str().expect("id"))
+        .collect();
+    found.sort_unstable();
+    let mut expected: Vec<String> = (30..40).map(|i| format!("t{i}")).collect();
+    expected.push("t0".into());
+    expected.sort_unstable();
+    assert_eq!(found, expected);
+}

@@ -167,6 +167,69 @@ impl ShardWrites {
         dispatch!(self, w => w.compact_feed(before_ms, keep, limit).await)
     }
 
+    /// Every index the shard holds.
+    pub async fn indexes(&mut self) -> Result<Vec<StoredIndex>, EngineError> {
+        dispatch!(self, w => w.indexes().await)
+    }
+
+    /// Changes index entries in the transaction the next `commit` or
+    /// `delete_with_feed` commits (opening it where none is open).
+    pub async fn index_changes(&mut self, changes: &IndexChanges) -> Result<(), EngineError> {
+        dispatch!(self, w => w.index_changes(changes).await)
+    }
+
+    /// Declares `index` (with `feed`) unless one of its name is there;
+    /// answers whether it was stored.
+    pub async fn declare_index(&mut self, index: &StoredIndex, feed: &[FeedEntry]) -> Result<bool, EngineError> {
+        dispatch!(self, w => w.declare_index(index, feed).await)
+    }
+
+    /// Drops an index and its entries (with `feed`); answers whether there
+    /// was one.
+    pub async fn drop_index(
+        &mut self,
+        collection: &CollectionName,
+        name: &str,
+        feed: &[FeedEntry],
+    ) -> Result<bool, EngineError> {
+        dispatch!(self, w => w.drop_index(collection, name, feed).await)
+    }
+
+    /// Where an index's build is: the last id it covered, and whether it
+    /// is done (`None`: no such index).
+    pub async fn build_progress(
+        &mut self,
+        collection: &CollectionName,
+        name: &str,
+    ) -> Result<Option<(Option<String>, bool)>, EngineError> {
+        dispatch!(self, w => w.build_progress(collection, name).await)
+    }
+
+    /// Up to `limit` documents of `collection` after `after`, in id order,
+    /// with their text.
+    pub async fn documents_after(
+        &mut self,
+        collection: &CollectionName,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, Arc<str>)>, EngineError> {
+        dispatch!(self, w => w.documents_after(collection, after, limit).await)
+    }
+
+    /// Replaces the build's `entries` (id, key) and records how far it is,
+    /// in one transaction.
+    pub async fn build_step(
+        &mut self,
+        collection: &CollectionName,
+        name: &str,
+        entries: &[(String, Vec<u8>)],
+        oversized: u64,
+        upto: Option<&str>,
+        done: bool,
+    ) -> Result<(), EngineError> {
+        dispatch!(self, w => w.build_step(collection, name, entries, oversized, upto, done).await)
+    }
+
     /// Every collection schema the shard holds (removed ones included).
     pub async fn schemas(&mut self) -> Result<Vec<StoredSchema>, EngineError> {
         dispatch!(self, w => w.schemas().await)
@@ -292,6 +355,31 @@ impl ShardReads {
         now: i64,
     ) -> Result<Vec<(String, Document)>, StoreError> {
         dispatch!(self, r => r.documents(collection, ids, now).await)
+    }
+
+    /// The indexes of `collection` on this shard.
+    pub async fn index_catalog(&self, collection: &CollectionName) -> Result<Vec<StoredIndex>, StoreError> {
+        dispatch!(self, r => r.index_catalog(collection).await)
+    }
+
+    /// Indexes whose build has not covered this shard yet: (collection,
+    /// name).
+    pub async fn unbuilt_indexes(&self) -> Result<Vec<(String, String)>, StoreError> {
+        dispatch!(self, r => r.unbuilt_indexes().await)
+    }
+
+    /// Up to `limit` entries of an index with keys in `[low, high)`, after
+    /// `after` (key, id), in (key, id) order: their keys and ids.
+    pub async fn index_range(
+        &self,
+        collection: &CollectionName,
+        name: &str,
+        low: &[u8],
+        high: &[u8],
+        after: Option<(&[u8], &str)>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, String)>, StoreError> {
+        dispatch!(self, r => r.index_range(collection, name, low, high, after, limit).await)
     }
 
     pub async fn count_live(&self, now: i64) -> Option<u64> {
@@ -431,10 +519,41 @@ pub struct Opened {
     pub may_expire: bool,
     /// The feed's last sequence number (0: none yet).
     pub last_seq: u64,
-    /// How many schema changes the shard has had, where other processes
-    /// may make them (0 where this writer is the only one): a writer that
-    /// sees it move reads the schemas again.
+    /// How many catalog changes (schemas, indexes) the shard has had,
+    /// where other processes may make them (0 where this writer is the
+    /// only one): a writer that sees it move reads the catalog again.
     pub schema_seq: u64,
+}
+
+/// An index as a shard stores it.
+#[derive(Debug, Clone)]
+pub struct StoredIndex {
+    pub collection: CollectionName,
+    pub name: String,
+    /// Its field paths.
+    pub fields: Vec<String>,
+    /// The background build has covered every document of the shard.
+    pub built: bool,
+    /// Documents the build covered so far.
+    pub indexed: u64,
+    /// Documents the build could not cover: their key is over the bound.
+    pub oversized: u64,
+    pub created_at_ms: i64,
+}
+
+/// The index entries a commit changes: every entry of `removed` documents
+/// goes, then `added` ones come (a changed document is in both).
+#[derive(Debug, Default)]
+pub struct IndexChanges {
+    pub removed: Vec<DocKey>,
+    /// (document, index name, key).
+    pub added: Vec<(DocKey, String, Vec<u8>)>,
+}
+
+impl IndexChanges {
+    pub fn is_empty(&self) -> bool {
+        self.removed.is_empty() && self.added.is_empty()
+    }
 }
 
 /// A collection's schema as a shard stores it: `schema` is `None` once it
@@ -463,6 +582,10 @@ pub enum ChangeKind {
     SchemaSet,
     /// The collection's schema was removed (likewise).
     SchemaRemoved,
+    /// An index was declared (the entry's id is its name).
+    IndexDeclared,
+    /// An index was dropped (likewise).
+    IndexDropped,
 }
 
 impl ChangeKind {
@@ -474,6 +597,8 @@ impl ChangeKind {
             ChangeKind::Dropped => 3,
             ChangeKind::SchemaSet => 4,
             ChangeKind::SchemaRemoved => 5,
+            ChangeKind::IndexDeclared => 6,
+            ChangeKind::IndexDropped => 7,
         }
     }
 
@@ -485,6 +610,8 @@ impl ChangeKind {
             3 => Some(ChangeKind::Dropped),
             4 => Some(ChangeKind::SchemaSet),
             5 => Some(ChangeKind::SchemaRemoved),
+            6 => Some(ChangeKind::IndexDeclared),
+            7 => Some(ChangeKind::IndexDropped),
             _ => None,
         }
     }

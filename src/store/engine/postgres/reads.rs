@@ -12,7 +12,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres, Row};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::super::{ChangeKind, FeedEntry, FeedFilter, FeedRun};
+use super::super::{ChangeKind, FeedEntry, FeedFilter, FeedRun, StoredIndex};
 use super::engine_error;
 use crate::domain::{CollectionName, DocId, DocKey};
 use crate::store::{Document, StoreError};
@@ -206,6 +206,80 @@ impl PgReads {
                 let id: String = row.try_get("id").map_err(|e| self.error(e))?;
                 let doc = document_from_row(row).map_err(|e| self.error(e))?;
                 Ok((id, doc))
+            })
+            .collect()
+    }
+
+    /// The indexes of `collection` on this shard.
+    pub async fn index_catalog(&self, collection: &CollectionName) -> Result<Vec<StoredIndex>, StoreError> {
+        let shard = i32::try_from(self.shard).unwrap_or(i32::MAX);
+        let rows = sqlx::query(
+            "SELECT collection, name, fields, built, indexed, oversized, created_at FROM exdaas_indexes \
+             WHERE shard = $1 AND collection = $2",
+        )
+        .bind(shard)
+        .bind(collection.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.error(e))?;
+        rows.iter()
+            .map(|row| super::writes::stored_index(row).map_err(|e| StoreError::engine(self.shard, e)))
+            .collect()
+    }
+
+    /// Indexes whose build has not covered this shard yet.
+    pub async fn unbuilt_indexes(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let shard = i32::try_from(self.shard).unwrap_or(i32::MAX);
+        sqlx::query_as("SELECT collection, name FROM exdaas_indexes WHERE shard = $1 AND NOT built")
+            .bind(shard)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    /// Up to `limit` entries of an index in `[low, high)` after `after`.
+    pub async fn index_range(
+        &self,
+        collection: &CollectionName,
+        name: &str,
+        low: &[u8],
+        high: &[u8],
+        after: Option<(&[u8], &str)>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, String)>, StoreError> {
+        let shard = i32::try_from(self.shard).unwrap_or(i32::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let query = match after {
+            None => sqlx::query(
+                "SELECT key, id FROM exdaas_index_entries WHERE shard = $1 AND collection = $2 AND name = $3 \
+                 AND key >= $4 AND key < $5 ORDER BY key, id LIMIT $6",
+            )
+            .bind(shard)
+            .bind(collection.as_str())
+            .bind(name)
+            .bind(low)
+            .bind(high)
+            .bind(limit),
+            Some((key, id)) => sqlx::query(
+                "SELECT key, id FROM exdaas_index_entries WHERE shard = $1 AND collection = $2 AND name = $3 \
+                 AND key >= $4 AND key < $5 AND (key, id) > ($7, $8) ORDER BY key, id LIMIT $6",
+            )
+            .bind(shard)
+            .bind(collection.as_str())
+            .bind(name)
+            .bind(low)
+            .bind(high)
+            .bind(limit)
+            .bind(key)
+            .bind(id),
+        };
+        let rows = query.fetch_all(&self.pool).await.map_err(|e| self.error(e))?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("key").map_err(|e| self.error(e))?,
+                    row.try_get("id").map_err(|e| self.error(e))?,
+                ))
             })
             .collect()
     }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use sqlx::{Connection, PgConnection, Row};
 
-use super::super::{EngineError, ErrorKind, FeedEntry, IdBounds, Opened, StoredRow, StoredSchema};
+use super::super::{
+    EngineError, ErrorKind, FeedEntry, IdBounds, IndexChanges, Opened, StoredIndex, StoredRow, StoredSchema,
+};
 use super::{engine_error, opened_from};
 use crate::domain::{CollectionName, DocId, DocKey};
 use crate::store::Document;
@@ -327,6 +329,280 @@ impl PgWrites {
         Ok(feed.len() as u64)
     }
 
+    /// Every index of the shard.
+    pub async fn indexes(&mut self) -> Result<Vec<StoredIndex>, EngineError> {
+        let shard = self.shard_param();
+        let rows = sqlx::query(
+            "SELECT collection, name, fields, built, indexed, oversized, created_at FROM exdaas_indexes WHERE shard = $1",
+        )
+        .bind(shard)
+        .fetch_all(self.conn()?)
+        .await;
+        match rows {
+            Ok(rows) => rows.iter().map(stored_index).collect(),
+            Err(err) => Err(self.failed(err).await),
+        }
+    }
+
+    /// Changes index entries in the open transaction (opening one if
+    /// none is).
+    pub async fn index_changes(&mut self, changes: &IndexChanges) -> Result<(), EngineError> {
+        if !self.in_transaction {
+            self.begin().await?;
+        }
+        let shard = self.shard_param();
+        let done = async {
+            let conn = self.conn.as_mut().ok_or(sqlx::Error::WorkerCrashed)?;
+            if !changes.removed.is_empty() {
+                let collections: Vec<&str> = changes.removed.iter().map(|k| k.collection.as_str()).collect();
+                let ids: Vec<&str> = changes.removed.iter().map(|k| k.id.as_str()).collect();
+                sqlx::query(
+                    "DELETE FROM exdaas_index_entries AS e USING unnest($2::text[], $3::text[]) AS k(collection, id) \
+                     WHERE e.shard = $1 AND e.collection = k.collection AND e.id = k.id",
+                )
+                .persistent(PLANNED_EACH_TIME)
+                .bind(shard)
+                .bind(&collections)
+                .bind(&ids)
+                .execute(&mut *conn)
+                .await?;
+            }
+            if !changes.added.is_empty() {
+                let collections: Vec<&str> = changes.added.iter().map(|(k, _, _)| k.collection.as_str()).collect();
+                let names: Vec<&str> = changes.added.iter().map(|(_, n, _)| n.as_str()).collect();
+                let keys: Vec<&[u8]> = changes.added.iter().map(|(_, _, key)| key.as_slice()).collect();
+                let ids: Vec<&str> = changes.added.iter().map(|(k, _, _)| k.id.as_str()).collect();
+                sqlx::query(
+                    "INSERT INTO exdaas_index_entries (shard, collection, name, key, id) \
+                     SELECT $1, c, n, k, i FROM unnest($2::text[], $3::text[], $4::bytea[], $5::text[]) AS r(c, n, k, i) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .persistent(PLANNED_EACH_TIME)
+                .bind(shard)
+                .bind(&collections)
+                .bind(&names)
+                .bind(&keys)
+                .bind(&ids)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Ok::<_, sqlx::Error>(())
+        }
+        .await;
+        match done {
+            Ok(()) => Ok(()),
+            Err(err) => Err(self.failed(err).await),
+        }
+    }
+
+    /// Declares `index` unless one of its name is there, with `feed`, and
+    /// counts the change in the shard's row.
+    pub async fn declare_index(&mut self, index: &StoredIndex, feed: &[FeedEntry]) -> Result<bool, EngineError> {
+        self.catalog_change(CatalogChange::Declare(index), feed).await
+    }
+
+    /// Drops an index and its entries, with `feed`.
+    pub async fn drop_index(
+        &mut self,
+        collection: &CollectionName,
+        name: &str,
+        feed: &[FeedEntry],
+    ) -> Result<bool, EngineError> {
+        self.catalog_change(CatalogChange::Drop(collection, name), feed).await
+    }
+
+    /// Makes `change` in the transaction holding the shard; if it changed
+    /// something, records `feed` and counts a catalog change in the
+    /// shard's row (other replicas' writers read the catalog again).
+    async fn catalog_change(&mut self, change: CatalogChange<'_>, feed: &[FeedEntry]) -> Result<bool, EngineError> {
+        if !self.in_transaction {
+            self.begin().await?;
+        }
+        let shard = self.shard_param();
+        let last = feed.last().map_or(0, |e| bound(e.seq));
+        let done = async {
+            let conn = self.conn.as_mut().ok_or(sqlx::Error::WorkerCrashed)?;
+            let changed = match change {
+                CatalogChange::Declare(index) => {
+                    let fields = serde_json::to_string(&index.fields).unwrap_or_else(|_| "[]".into());
+                    sqlx::query(
+                        "INSERT INTO exdaas_indexes (shard, collection, name, fields, created_at) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(shard)
+                    .bind(index.collection.as_str())
+                    .bind(&index.name)
+                    .bind(fields)
+                    .bind(index.created_at_ms)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected()
+                        > 0
+                }
+                CatalogChange::Drop(collection, name) => {
+                    let dropped =
+                        sqlx::query("DELETE FROM exdaas_indexes WHERE shard = $1 AND collection = $2 AND name = $3")
+                            .bind(shard)
+                            .bind(collection.as_str())
+                            .bind(name)
+                            .execute(&mut *conn)
+                            .await?
+                            .rows_affected()
+                            > 0;
+                    sqlx::query("DELETE FROM exdaas_index_entries WHERE shard = $1 AND collection = $2 AND name = $3")
+                        .bind(shard)
+                        .bind(collection.as_str())
+                        .bind(name)
+                        .execute(&mut *conn)
+                        .await?;
+                    dropped
+                }
+            };
+            if changed {
+                insert_feed(conn, shard, feed).await?;
+                sqlx::query(
+                    "UPDATE exdaas_shards SET schema_seq = schema_seq + 1, last_seq = greatest(last_seq, $2) WHERE shard = $1",
+                )
+                .bind(shard)
+                .bind(last)
+                .execute(&mut *conn)
+                .await?;
+            }
+            sqlx::query("COMMIT").execute(&mut *conn).await?;
+            Ok::<_, sqlx::Error>(changed)
+        }
+        .await;
+        match done {
+            Ok(changed) => {
+                self.in_transaction = false;
+                Ok(changed)
+            }
+            Err(err) => Err(self.failed(err).await),
+        }
+    }
+
+    /// Where an index's build is (in the open transaction).
+    pub async fn build_progress(
+        &mut self,
+        collection: &CollectionName,
+        name: &str,
+    ) -> Result<Option<(Option<String>, bool)>, EngineError> {
+        let shard = self.shard_param();
+        let row = sqlx::query(
+            "SELECT built_upto, built FROM exdaas_indexes WHERE shard = $1 AND collection = $2 AND name = $3",
+        )
+        .bind(shard)
+        .bind(collection.as_str())
+        .bind(name)
+        .fetch_optional(self.conn()?)
+        .await;
+        let row = match row {
+            Ok(row) => row,
+            Err(err) => return Err(self.failed(err).await),
+        };
+        row.map(|row| {
+            let upto: Option<String> = row.try_get("built_upto").map_err(engine_error)?;
+            let built: bool = row.try_get("built").map_err(engine_error)?;
+            Ok((upto, built))
+        })
+        .transpose()
+    }
+
+    /// Up to `limit` of the shard's documents of `collection` after
+    /// `after`, in id order.
+    pub async fn documents_after(
+        &mut self,
+        collection: &CollectionName,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, Arc<str>)>, EngineError> {
+        let shard = self.shard_param();
+        let rows = sqlx::query(
+            "SELECT id, data FROM exdaas_documents WHERE collection = $1 AND id > $2 AND shard = $3 ORDER BY id LIMIT $4",
+        )
+        .bind(collection.as_str())
+        .bind(after.unwrap_or(""))
+        .bind(shard)
+        .bind(i64::from(limit))
+        .fetch_all(self.conn()?)
+        .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(err) => return Err(self.failed(err).await),
+        };
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("id").map_err(engine_error)?;
+                let data: String = row.try_get("data").map_err(engine_error)?;
+                Ok((id, Arc::from(data)))
+            })
+            .collect()
+    }
+
+    /// Replaces the build's entries and records its progress; commits.
+    pub async fn build_step(
+        &mut self,
+        collection: &CollectionName,
+        name: &str,
+        entries: &[(String, Vec<u8>)],
+        oversized: u64,
+        upto: Option<&str>,
+        done: bool,
+    ) -> Result<(), EngineError> {
+        if !self.in_transaction {
+            self.begin().await?;
+        }
+        let shard = self.shard_param();
+        let ids: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
+        let keys: Vec<&[u8]> = entries.iter().map(|(_, key)| key.as_slice()).collect();
+        let result = async {
+            let conn = self.conn.as_mut().ok_or(sqlx::Error::WorkerCrashed)?;
+            sqlx::query(
+                "DELETE FROM exdaas_index_entries WHERE shard = $1 AND collection = $2 AND name = $3 AND id = ANY($4::text[])",
+            )
+            .bind(shard)
+            .bind(collection.as_str())
+            .bind(name)
+            .bind(&ids)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(
+                "INSERT INTO exdaas_index_entries (shard, collection, name, key, id) \
+                 SELECT $1, $2, $3, k, i FROM unnest($4::bytea[], $5::text[]) AS r(k, i) ON CONFLICT DO NOTHING",
+            )
+            .bind(shard)
+            .bind(collection.as_str())
+            .bind(name)
+            .bind(&keys)
+            .bind(&ids)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(
+                "UPDATE exdaas_indexes SET built_upto = coalesce($4, built_upto), indexed = indexed + $5, built = $6, \
+                 oversized = oversized + $7 WHERE shard = $1 AND collection = $2 AND name = $3",
+            )
+            .bind(shard)
+            .bind(collection.as_str())
+            .bind(name)
+            .bind(upto)
+            .bind(entries.len() as i64)
+            .bind(done)
+            .bind(bound(oversized))
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query("COMMIT").execute(&mut *conn).await?;
+            Ok::<_, sqlx::Error>(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                self.in_transaction = false;
+                Ok(())
+            }
+            Err(err) => Err(self.failed(err).await),
+        }
+    }
+
     /// Every collection schema of the shard, as committed (read in the
     /// transaction `begin` opened, if one is open).
     pub async fn schemas(&mut self) -> Result<Vec<StoredSchema>, EngineError> {
@@ -586,4 +862,26 @@ fn stored_schema(row: &sqlx::postgres::PgRow) -> Result<StoredSchema, EngineErro
         schema: row.try_get("schema").map_err(bad)?,
         updated_at_ms: row.try_get("updated_at").map_err(bad)?,
     })
+}
+
+/// An `exdaas_indexes` row.
+pub(super) fn stored_index(row: &sqlx::postgres::PgRow) -> Result<StoredIndex, EngineError> {
+    let bad = |e: String| EngineError::new(ErrorKind::Damaged, format!("a stored index: {e}"));
+    let collection: String = row.try_get("collection").map_err(|e| bad(e.to_string()))?;
+    let fields: String = row.try_get("fields").map_err(|e| bad(e.to_string()))?;
+    Ok(StoredIndex {
+        collection: CollectionName::parse(&collection).map_err(|e| bad(e.to_string()))?,
+        name: row.try_get("name").map_err(|e| bad(e.to_string()))?,
+        fields: serde_json::from_str(&fields).map_err(|e| bad(e.to_string()))?,
+        built: row.try_get("built").map_err(|e| bad(e.to_string()))?,
+        indexed: u64::try_from(row.try_get::<i64, _>("indexed").map_err(|e| bad(e.to_string()))?).unwrap_or(0),
+        oversized: u64::try_from(row.try_get::<i64, _>("oversized").map_err(|e| bad(e.to_string()))?).unwrap_or(0),
+        created_at_ms: row.try_get("created_at").map_err(|e| bad(e.to_string()))?,
+    })
+}
+
+/// A change of the shard's index declarations.
+enum CatalogChange<'a> {
+    Declare(&'a StoredIndex),
+    Drop(&'a CollectionName, &'a str),
 }

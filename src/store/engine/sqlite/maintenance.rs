@@ -656,13 +656,17 @@ async fn move_buckets(
     .execute(&mut *conn)
     .await;
     // Every shard holds every collection's schema: the newest one of each
-    // goes along.
+    // goes along. So do the index declarations, unbuilt: the server builds
+    // each new shard's entries when it starts.
     let schemas = match copied {
         Ok(_) => sqlx::query(
             "INSERT INTO collection_schemas (collection, version, schema, updated_at) \
              SELECT collection, version, schema, updated_at FROM old.collection_schemas WHERE true \
              ON CONFLICT (collection) DO UPDATE SET version = excluded.version, schema = excluded.schema, \
-             updated_at = excluded.updated_at WHERE excluded.version > collection_schemas.version",
+             updated_at = excluded.updated_at WHERE excluded.version > collection_schemas.version;\
+             INSERT INTO collection_indexes (collection, name, fields, built, built_upto, indexed, created_at) \
+             SELECT collection, name, fields, 0, NULL, 0, created_at FROM old.collection_indexes WHERE true \
+             ON CONFLICT (collection, name) DO NOTHING;",
         )
         .execute(&mut *conn)
         .await

@@ -10,7 +10,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use sqlx::pool::PoolConnection;
 use sqlx::{Row, Sqlite, SqlitePool};
 
-use super::super::{ChangeKind, FeedEntry, FeedFilter, FeedRun};
+use super::super::{ChangeKind, FeedEntry, FeedFilter, FeedRun, StoredIndex};
 use super::rows::{document_from_row, select};
 use super::store_error;
 use crate::domain::{CollectionName, DocId, DocKey};
@@ -169,6 +169,72 @@ impl SqliteReads {
                 let id: String = row.try_get("id").map_err(|e| self.error(e))?;
                 let doc = document_from_row(row).map_err(|e| self.error(e))?;
                 Ok((id, doc))
+            })
+            .collect()
+    }
+
+    /// The indexes of `collection` in this file.
+    pub async fn index_catalog(&self, collection: &CollectionName) -> Result<Vec<StoredIndex>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT collection, name, fields, built, indexed, oversized, created_at FROM collection_indexes WHERE collection = ?1",
+        )
+        .bind(collection.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.error(e))?;
+        rows.iter()
+            .map(|row| super::writes::stored_index(row).map_err(|e| StoreError::engine(self.shard, e)))
+            .collect()
+    }
+
+    /// Indexes whose build has not covered this file yet.
+    pub async fn unbuilt_indexes(&self) -> Result<Vec<(String, String)>, StoreError> {
+        sqlx::query_as("SELECT collection, name FROM collection_indexes WHERE built = 0")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    /// Up to `limit` entries of an index in `[low, high)` after `after`.
+    pub async fn index_range(
+        &self,
+        collection: &CollectionName,
+        name: &str,
+        low: &[u8],
+        high: &[u8],
+        after: Option<(&[u8], &str)>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, String)>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let query = match after {
+            None => sqlx::query(
+                "SELECT key, id FROM index_entries WHERE collection = ?1 AND name = ?2 AND key >= ?3 AND key < ?4 \
+                 ORDER BY key, id LIMIT ?5",
+            )
+            .bind(collection.as_str())
+            .bind(name)
+            .bind(low)
+            .bind(high)
+            .bind(limit),
+            Some((key, id)) => sqlx::query(
+                "SELECT key, id FROM index_entries WHERE collection = ?1 AND name = ?2 AND key >= ?3 AND key < ?4 \
+                 AND (key, id) > (?6, ?7) ORDER BY key, id LIMIT ?5",
+            )
+            .bind(collection.as_str())
+            .bind(name)
+            .bind(low)
+            .bind(high)
+            .bind(limit)
+            .bind(key)
+            .bind(id),
+        };
+        let rows = query.fetch_all(&self.pool).await.map_err(|e| self.error(e))?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("key").map_err(|e| self.error(e))?,
+                    row.try_get("id").map_err(|e| self.error(e))?,
+                ))
             })
             .collect()
     }

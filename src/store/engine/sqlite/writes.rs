@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use sqlx::{Connection, Row, SqliteConnection};
 
-use super::super::{EngineError, FeedEntry, IdBounds, StoredRow, StoredSchema};
+use super::super::{EngineError, FeedEntry, IdBounds, IndexChanges, StoredIndex, StoredRow, StoredSchema};
 use super::engine_error;
 use super::files::FileIdentity;
 use super::rows::{document_from_row, keys_param};
@@ -30,7 +30,12 @@ pub struct SqliteWrites {
     /// The file the connection opened, to notice it being deleted or
     /// replaced under the running server.
     file: FileIdentity,
+    /// `index_changes` opened the transaction the next commit ends.
+    open_tx: bool,
 }
+
+/// How every write script starts, unless `index_changes` already did.
+const BEGIN: &str = "BEGIN IMMEDIATE;";
 
 impl SqliteWrites {
     pub fn new(shard: usize, conn: SqliteConnection, file: FileIdentity) -> Self {
@@ -38,6 +43,7 @@ impl SqliteWrites {
             shard,
             conn: Some(conn),
             file,
+            open_tx: false,
         }
     }
 
@@ -125,6 +131,7 @@ impl SqliteWrites {
             meta_value(bounds.stored),
             meta_value(bounds.counter)
         );
+        let script = self.begun(script);
         let written = sqlx::query(script).bind(batch).bind(texts).execute(self.conn()?).await;
         if let Err(err) = written {
             self.rollback().await;
@@ -175,12 +182,236 @@ impl SqliteWrites {
             feed_insert!(),
             "COMMIT;"
         );
+        let script = self.begun(script);
         let done = sqlx::query(script).bind(batch).execute(self.conn()?).await;
         if let Err(err) = done {
             self.rollback().await;
             return Err(engine_error(err));
         }
         Ok(feed.len() as u64)
+    }
+
+    /// `script` (which begins with [`BEGIN`]) without its BEGIN where
+    /// `index_changes` opened the transaction already.
+    fn begun(&mut self, script: &'static str) -> &'static str {
+        if std::mem::take(&mut self.open_tx) {
+            script.strip_prefix(BEGIN).unwrap_or(script)
+        } else {
+            script
+        }
+    }
+
+    /// Every index the file holds.
+    pub async fn indexes(&mut self) -> Result<Vec<StoredIndex>, EngineError> {
+        let rows = sqlx::query(
+            "SELECT collection, name, fields, built, indexed, oversized, created_at FROM collection_indexes",
+        )
+        .fetch_all(self.conn()?)
+        .await
+        .map_err(engine_error)?;
+        rows.iter().map(stored_index).collect()
+    }
+
+    /// Opens the transaction and changes the index entries in it; the next
+    /// commit ends it.
+    pub async fn index_changes(&mut self, changes: &IndexChanges) -> Result<(), EngineError> {
+        let param = index_changes_param(changes);
+        let script = concat!(
+            "BEGIN IMMEDIATE;",
+            "DELETE FROM index_entries WHERE (collection, id) IN \
+             (SELECT value->>0, value->>1 FROM json_each(?1, '$.removed'));",
+            "INSERT OR REPLACE INTO index_entries (collection, name, key, id) \
+             SELECT value->>0, value->>1, unhex(value->>2), value->>3 FROM json_each(?1, '$.added');"
+        );
+        let done = sqlx::query(script).bind(param).execute(self.conn()?).await;
+        match done {
+            Ok(_) => {
+                self.open_tx = true;
+                Ok(())
+            }
+            Err(err) => {
+                self.rollback().await;
+                Err(engine_error(err))
+            }
+        }
+    }
+
+    /// Declares `index` unless one of its name is there, with `feed`.
+    pub async fn declare_index(&mut self, index: &StoredIndex, feed: &[FeedEntry]) -> Result<bool, EngineError> {
+        let fields = serde_json::to_string(&index.fields)
+            .map_err(|e| EngineError::new(super::super::ErrorKind::Other, e.to_string()))?;
+        let conn = self.conn()?;
+        let done = async {
+            sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+            let stored = sqlx::query(
+                "INSERT INTO collection_indexes (collection, name, fields, created_at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (collection, name) DO NOTHING",
+            )
+            .bind(index.collection.as_str())
+            .bind(&index.name)
+            .bind(fields)
+            .bind(index.created_at_ms)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
+                > 0;
+            if stored && !feed.is_empty() {
+                let batch = format!("{{\"feed\":{}}}", feed_param(feed));
+                sqlx::query(feed_insert!()).bind(batch).execute(&mut *conn).await?;
+            }
+            sqlx::query("COMMIT").execute(&mut *conn).await?;
+            Ok::<_, sqlx::Error>(stored)
+        }
+        .await;
+        self.ended(done).await
+    }
+
+    /// Drops an index and its entries, with `feed`.
+    pub async fn drop_index(
+        &mut self,
+        collection: &CollectionName,
+        name: &str,
+        feed: &[FeedEntry],
+    ) -> Result<bool, EngineError> {
+        let conn = self.conn()?;
+        let done = async {
+            sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+            let dropped = sqlx::query("DELETE FROM collection_indexes WHERE collection = ?1 AND name = ?2")
+                .bind(collection.as_str())
+                .bind(name)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+                > 0;
+            if dropped {
+                sqlx::query("DELETE FROM index_entries WHERE collection = ?1 AND name = ?2")
+                    .bind(collection.as_str())
+                    .bind(name)
+                    .execute(&mut *conn)
+                    .await?;
+                if !feed.is_empty() {
+                    let batch = format!("{{\"feed\":{}}}", feed_param(feed));
+                    sqlx::query(feed_insert!()).bind(batch).execute(&mut *conn).await?;
+                }
+            }
+            sqlx::query("COMMIT").execute(&mut *conn).await?;
+            Ok::<_, sqlx::Error>(dropped)
+        }
+        .await;
+        self.ended(done).await
+    }
+
+    /// A transaction's outcome: rolled back on an error.
+    async fn ended<T>(&mut self, done: Result<T, sqlx::Error>) -> Result<T, EngineError> {
+        match done {
+            Ok(value) => Ok(value),
+            Err(err) => {
+                self.rollback().await;
+                Err(engine_error(err))
+            }
+        }
+    }
+
+    /// Where an index's build is.
+    pub async fn build_progress(
+        &mut self,
+        collection: &CollectionName,
+        name: &str,
+    ) -> Result<Option<(Option<String>, bool)>, EngineError> {
+        let row = sqlx::query("SELECT built_upto, built FROM collection_indexes WHERE collection = ?1 AND name = ?2")
+            .bind(collection.as_str())
+            .bind(name)
+            .fetch_optional(self.conn()?)
+            .await
+            .map_err(engine_error)?;
+        row.map(|row| {
+            let upto: Option<String> = row.try_get("built_upto").map_err(engine_error)?;
+            let built: i64 = row.try_get("built").map_err(engine_error)?;
+            Ok((upto, built != 0))
+        })
+        .transpose()
+    }
+
+    /// Up to `limit` documents after `after`, in id order.
+    pub async fn documents_after(
+        &mut self,
+        collection: &CollectionName,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, Arc<str>)>, EngineError> {
+        let rows = sqlx::query("SELECT id, data FROM documents WHERE collection = ?1 AND id > ?2 ORDER BY id LIMIT ?3")
+            .bind(collection.as_str())
+            .bind(after.unwrap_or(""))
+            .bind(limit)
+            .fetch_all(self.conn()?)
+            .await
+            .map_err(engine_error)?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("id").map_err(engine_error)?;
+                let data: String = row.try_get("data").map_err(engine_error)?;
+                Ok((id, Arc::from(data)))
+            })
+            .collect()
+    }
+
+    /// Replaces the entries of `entries`' documents in the index and
+    /// records the build's progress, in one transaction.
+    pub async fn build_step(
+        &mut self,
+        collection: &CollectionName,
+        name: &str,
+        entries: &[(String, Vec<u8>)],
+        oversized: u64,
+        upto: Option<&str>,
+        done: bool,
+    ) -> Result<(), EngineError> {
+        let mut param = String::from("[");
+        for (i, (id, key)) in entries.iter().enumerate() {
+            if i > 0 {
+                param.push(',');
+            }
+            let _ = write!(param, "[\"{id}\",\"{}\"]", hex::encode(key));
+        }
+        param.push(']');
+        let conn = self.conn()?;
+        let result = async {
+            sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+            sqlx::query(
+                "DELETE FROM index_entries WHERE collection = ?1 AND name = ?2 AND id IN \
+                 (SELECT value->>0 FROM json_each(?3))",
+            )
+            .bind(collection.as_str())
+            .bind(name)
+            .bind(&param)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(
+                "INSERT OR REPLACE INTO index_entries (collection, name, key, id) \
+                 SELECT ?1, ?2, unhex(value->>1), value->>0 FROM json_each(?3)",
+            )
+            .bind(collection.as_str())
+            .bind(name)
+            .bind(&param)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(
+                "UPDATE collection_indexes SET built_upto = coalesce(?3, built_upto), indexed = indexed + ?4, \
+                 built = ?5, oversized = oversized + ?6 WHERE collection = ?1 AND name = ?2",
+            )
+            .bind(collection.as_str())
+            .bind(name)
+            .bind(upto)
+            .bind(entries.len() as i64)
+            .bind(done)
+            .bind(i64::try_from(oversized).unwrap_or(i64::MAX))
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query("COMMIT").execute(&mut *conn).await?;
+            Ok::<_, sqlx::Error>(())
+        }
+        .await;
+        self.ended(result).await
     }
 
     /// Every collection schema the file holds.
@@ -266,6 +497,7 @@ impl SqliteWrites {
     /// Ends the transaction a failed script left open, so the connection is
     /// clean for the next.
     async fn rollback(&mut self) {
+        self.open_tx = false;
         if let Ok(conn) = self.conn() {
             if let Err(e) = sqlx::query("ROLLBACK").execute(conn).await {
                 tracing::debug!(shard = self.shard, error = %e, "rollback after a failed commit");
@@ -488,4 +720,46 @@ fn stored_schema(row: &sqlx::sqlite::SqliteRow) -> Result<StoredSchema, EngineEr
         schema: row.try_get("schema").map_err(bad)?,
         updated_at_ms: row.try_get("updated_at").map_err(bad)?,
     })
+}
+
+/// `collection_indexes` rows.
+pub(super) fn stored_index(row: &sqlx::sqlite::SqliteRow) -> Result<StoredIndex, EngineError> {
+    let bad = |e: String| EngineError::new(super::super::ErrorKind::Damaged, format!("a stored index: {e}"));
+    let collection: String = row.try_get("collection").map_err(|e| bad(e.to_string()))?;
+    let fields: String = row.try_get("fields").map_err(|e| bad(e.to_string()))?;
+    Ok(StoredIndex {
+        collection: CollectionName::parse(&collection).map_err(|e| bad(e.to_string()))?,
+        name: row.try_get("name").map_err(|e| bad(e.to_string()))?,
+        fields: serde_json::from_str(&fields).map_err(|e| bad(e.to_string()))?,
+        built: row.try_get::<i64, _>("built").map_err(|e| bad(e.to_string()))? != 0,
+        indexed: u64::try_from(row.try_get::<i64, _>("indexed").map_err(|e| bad(e.to_string()))?).unwrap_or(0),
+        oversized: u64::try_from(row.try_get::<i64, _>("oversized").map_err(|e| bad(e.to_string()))?).unwrap_or(0),
+        created_at_ms: row.try_get("created_at").map_err(|e| bad(e.to_string()))?,
+    })
+}
+
+/// Index changes as the script's JSON parameter (keys in hex).
+fn index_changes_param(changes: &IndexChanges) -> String {
+    let mut param = String::from("{\"removed\":[");
+    for (i, key) in changes.removed.iter().enumerate() {
+        if i > 0 {
+            param.push(',');
+        }
+        let _ = write!(param, "[\"{}\",\"{}\"]", key.collection, key.id);
+    }
+    param.push_str("],\"added\":[");
+    for (i, (key, name, entry)) in changes.added.iter().enumerate() {
+        if i > 0 {
+            param.push(',');
+        }
+        let _ = write!(
+            param,
+            "[\"{}\",\"{name}\",\"{}\",\"{}\"]",
+            key.collection,
+            hex::encode(entry),
+            key.id
+        );
+    }
+    param.push_str("]}");
+    param
 }
