@@ -210,6 +210,9 @@ struct Change {
     /// Where the key was first changed in the batch: feed entries keep the
     /// order of the requests.
     order: usize,
+    /// The document's index entries (name, key), for a collection with
+    /// indexes.
+    entries: Vec<(String, Vec<u8>)>,
 }
 
 pub struct Writer {
@@ -760,26 +763,49 @@ impl Writer {
         Ok((entries.len() as u64, done))
     }
 
-    /// The index entries `changes` make: a changed document's entries are
-    /// replaced, a deleted one's removed (for collections with indexes).
-    fn index_changes<'a>(&self, changes: impl Iterator<Item = (&'a DocKey, Option<&'a Document>)>) -> IndexChanges {
-        let mut out = IndexChanges::default();
-        if self.indexes.is_empty() {
-            return out;
+    /// Checks a document about to be stored against its collection's
+    /// schema and indexes, and fills `entries` with its index keys: a
+    /// refusal if it does not match the schema or a key is too large.
+    fn check_and_key(
+        &self,
+        key: &DocKey,
+        doc: &Document,
+        entries: &mut Vec<(String, Vec<u8>)>,
+    ) -> Result<(), StoreError> {
+        let schema = self
+            .schemas
+            .get(&key.collection)
+            .and_then(|state| state.schema.as_ref().map(|schema| (state.version, schema)));
+        let indexes = self.indexes.get(&key.collection).filter(|list| !list.is_empty());
+        if schema.is_none() && indexes.is_none() {
+            return Ok(());
         }
-        for (key, doc) in changes {
-            let Some(indexes) = self.indexes.get(&key.collection).filter(|list| !list.is_empty()) else {
-                continue;
-            };
-            out.removed.push(key.clone());
-            if let Some(doc) = doc {
-                let value = serde_json::from_str(&doc.data).unwrap_or(serde_json::Value::Null);
-                for index in indexes {
-                    out.added.push((key.clone(), index.name.clone(), index.key_of(&value)));
-                }
+        let value: serde_json::Value = serde_json::from_str(&doc.data).unwrap_or(serde_json::Value::Null);
+        if let Some((version, schema)) = schema {
+            let violations = schema.violations(&value);
+            if !violations.is_empty() {
+                return Err(StoreError::SchemaViolation {
+                    key: key.clone(),
+                    schema_version: version,
+                    violations,
+                });
             }
         }
-        out
+        for index in indexes.into_iter().flatten() {
+            let entry = index.key_of(&value);
+            if entry.len() > MAX_KEY_BYTES {
+                return Err(StoreError::Unprocessable {
+                    reason: format!(
+                        "document {key}: its fields {:?} take {} bytes as a key of index {:?}; an index key holds at most {MAX_KEY_BYTES}",
+                        index.field_names(),
+                        entry.len(),
+                        index.name
+                    ),
+                });
+            }
+            entries.push((index.name.clone(), entry));
+        }
+        Ok(())
     }
 
     /// Sets or removes a collection's schema on this shard, in the order
@@ -901,28 +927,14 @@ impl Writer {
                     new_state = None;
                 }
             }
-            // Nor hold a value too large for an index's key.
-            if let (Some(Some(doc)), Some(indexes)) = (&new_state, self.indexes.get(&op.key.collection)) {
-                if let Some(reason) = oversized_key(indexes, &doc.data) {
-                    answer = Err(StoreError::Unprocessable {
-                        reason: format!("document {}: {reason}", op.key),
-                    });
+            // Nor leave its collection's schema, nor hold a value too large
+            // for an index's key: checked here, where every write path
+            // meets the document it would store (parsed once for both).
+            let mut entries = Vec::new();
+            if let Some(Some(doc)) = &new_state {
+                if let Err(refusal) = self.check_and_key(&op.key, doc, &mut entries) {
+                    answer = Err(refusal);
                     new_state = None;
-                }
-            }
-            // Nor may it leave its collection's schema: checked here, where
-            // every write path meets the document it would store.
-            if let (Some(Some(doc)), Some(state)) = (&new_state, self.schemas.get(&op.key.collection)) {
-                if let Some(schema) = &state.schema {
-                    let violations = schema.violations_of_text(&doc.data);
-                    if !violations.is_empty() {
-                        answer = Err(StoreError::SchemaViolation {
-                            key: op.key.clone(),
-                            schema_version: state.version,
-                            violations,
-                        });
-                        new_state = None;
-                    }
                 }
             }
             if let Some(new_state) = new_state {
@@ -947,6 +959,7 @@ impl Writer {
                         row_existed,
                         version: current.map_or(0, |doc| doc.version),
                         order,
+                        entries,
                     },
                 );
                 state.insert(op.key.clone(), new_state);
@@ -1085,7 +1098,15 @@ impl Writer {
             now,
         );
         let started = Instant::now();
-        let entries = self.index_changes(ordered.iter().map(|(key, change)| (*key, change.doc.as_ref())));
+        let mut entries = IndexChanges::default();
+        for (key, change) in &ordered {
+            if self.indexes.get(&key.collection).is_some_and(|list| !list.is_empty()) {
+                entries.removed.push((*key).clone());
+                for (name, entry) in &change.entries {
+                    entries.added.push(((*key).clone(), name.clone(), entry.clone()));
+                }
+            }
+        }
         if !entries.is_empty() {
             self.writes
                 .index_changes(&entries)
@@ -1158,7 +1179,19 @@ impl Writer {
             now_millis(),
         );
         self.set_unpublished(feed.iter().map(|entry| entry.key.clone()).collect());
-        let entries = self.index_changes(feed.iter().map(|entry| (&entry.key, None)));
+        let removed: Vec<DocKey> = feed
+            .iter()
+            .filter(|entry| {
+                self.indexes
+                    .get(&entry.key.collection)
+                    .is_some_and(|list| !list.is_empty())
+            })
+            .map(|entry| entry.key.clone())
+            .collect();
+        let entries = IndexChanges {
+            removed,
+            added: Vec::new(),
+        };
         if !entries.is_empty() {
             self.writes
                 .index_changes(&entries)
@@ -1227,23 +1260,4 @@ pub fn now_millis() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-/// Why `data` cannot be indexed by one of `indexes`, if it cannot: a key
-/// over [`MAX_KEY_BYTES`].
-fn oversized_key(indexes: &[IndexDef], data: &str) -> Option<String> {
-    if indexes.is_empty() {
-        return None;
-    }
-    let value: serde_json::Value = serde_json::from_str(data).ok()?;
-    indexes.iter().find_map(|index| {
-        let bytes = index.key_of(&value).len();
-        (bytes > MAX_KEY_BYTES).then(|| {
-            format!(
-                "its fields {:?} take {bytes} bytes as a key of index {:?}; an index key holds at most {MAX_KEY_BYTES}",
-                index.field_names(),
-                index.name
-            )
-        })
-    })
 }
