@@ -28,6 +28,7 @@ pub struct IndexRequest {
     /// 1 to 4 field paths (dot-separated); a query uses the index when its
     /// filter binds the first ones by equality, then a range on the next,
     /// or sorts by the ones that follow.
+    #[oai(validator(min_items = 1, max_items = 4))]
     fields: Vec<String>,
 }
 
