@@ -9,9 +9,9 @@
 #     the first page and of pages followed by cursor, BENCH_QUERIES each
 #   - the write-rate cost of the two indexes: wrk anonymous POSTs into a
 #     collection with them, and into one without, side by side (the ratio)
-#   - validation's cost on the original's write load: ab POST upserts of
-#     /api id=1 (the original's benchmark), with a schema on `default` and
-#     without, side by side
+#   - validation's cost on the original's write loads: ab POST upserts of
+#     /api id=1 (the original's benchmark) and wrk anonymous POST /api, with
+#     a schema on `default` and without, side by side
 # Prints figures; changes nothing in the repository. Needs python3, curl,
 # wrk and ab (installed with apt-get when missing, as bench.sh does).
 set -euo pipefail
@@ -159,14 +159,25 @@ wrk -t2 -c64 -d"$DUR" -s "$tmp/anon.lua" "$URL/v1/collections/indexed/docs" >"$t
 plain=$(rate "$tmp/plain.out") indexed=$(rate "$tmp/indexed.out")
 echo "   no index: $plain/s   two indexes: $indexed/s   ratio $(ratio "$indexed" "$plain")"
 
-echo "== validation: ab -n $N -c $C -k POST /api upserts of id=1, a schema on default against none"
+echo "== validation on the original's write loads, a schema on default against none, side by side"
+cat >"$tmp/anon_api.lua" <<-'EOF'
+	wrk.method = "POST"
+	wrk.body = '{"id": null, "data": {"city": "c01", "age": 42, "name": "someone"}}'
+	wrk.headers["Content-Type"] = "application/json"
+EOF
 printf '{"id": 1, "data": {"city": "c01", "age": 42, "name": "someone"}}' >"$tmp/upsert.json"
-ab -n "$N" -c "$C" -k -T application/json -p "$tmp/upsert.json" "$URL/api" >"$tmp/ab_plain.out" 2>&1 || true
-curl -fs -o /dev/null -X PUT -H 'content-type: application/json' "$URL/v1/collections/default/schema" \
-	-d '{"type": "object", "required": ["city", "age"], "properties": {"city": {"type": "string"}, "age": {"type": "integer", "minimum": 0}, "name": {"type": "string", "maxLength": 200}}}'
-ab -n "$N" -c "$C" -k -T application/json -p "$tmp/upsert.json" "$URL/api" >"$tmp/ab_schema.out" 2>&1 || true
 abrate() { awk '/^Requests per second:/ { print $4 }' "$1"; }
 failed() { awk '/^(Failed requests|Non-2xx responses):/ { n += $NF } END { print n + 0 }' "$1"; }
-plain=$(abrate "$tmp/ab_plain.out") checked=$(abrate "$tmp/ab_schema.out")
-echo "   no schema: $plain/s ($(failed "$tmp/ab_plain.out") failed)   schema: $checked/s ($(failed "$tmp/ab_schema.out") failed)   ratio $(ratio "$checked" "$plain")"
+schema='{"type": "object", "required": ["city", "age"], "properties": {"city": {"type": "string"}, "age": {"type": "integer", "minimum": 0}, "name": {"type": "string", "maxLength": 200}}}'
+for with in none schema; do
+	if [[ $with == schema ]]; then
+		curl -fs -o /dev/null -X PUT -H 'content-type: application/json' "$URL/v1/collections/default/schema" -d "$schema"
+	fi
+	ab -n "$N" -c "$C" -k -T application/json -p "$tmp/upsert.json" "$URL/api" >"$tmp/ab_$with.out" 2>&1 || true
+	wrk -t2 -c64 -d"$DUR" -s "$tmp/anon_api.lua" "$URL/api" >"$tmp/anon_$with.out" 2>&1
+done
+echo "   ab -n $N -c $C -k POST /api upserts of id=1 (each after the first leaves the document unchanged: nothing to check):"
+echo "     no schema: $(abrate "$tmp/ab_none.out")/s ($(failed "$tmp/ab_none.out") failed)   schema: $(abrate "$tmp/ab_schema.out")/s ($(failed "$tmp/ab_schema.out") failed)   ratio $(ratio "$(abrate "$tmp/ab_schema.out")" "$(abrate "$tmp/ab_none.out")")"
+echo "   wrk -t2 -c64 -d$DUR anonymous POST /api (every write a new document, checked):"
+echo "     no schema: $(rate "$tmp/anon_none.out")/s   schema: $(rate "$tmp/anon_schema.out")/s   ratio $(ratio "$(rate "$tmp/anon_schema.out")" "$(rate "$tmp/anon_none.out")")"
 stop
