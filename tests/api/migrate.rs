@@ -80,6 +80,35 @@ fn said_ok(run: &crate::helpers::Run) {
     assert_eq!(run.code, Some(0), "{}", run.said());
 }
 
+/// The schema of `users` holds on every shard, and its index is rebuilt
+/// and used.
+async fn catalog_came_along(app: &TestApp, schema: &Value) {
+    assert_eq!(
+        json(app.get("/v1/collections/users/schema").await).await["schema"],
+        *schema
+    );
+    for i in 0..8 {
+        assert_eq!(
+            app.put_doc("users", &format!("bad{i}"), &json!({"m": 1}))
+                .await
+                .status(),
+            422
+        );
+    }
+    let index = crate::indexes::wait_ready(app, "users", "by_n").await;
+    assert_eq!(index["indexed"], 300, "{index}");
+    let page = json(
+        app.post_json(
+            "/v1/collections/users/query",
+            &json!({"filter": {"n": {"$lt": 5}}, "explain": true}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(page["explain"]["plan"], "index", "{page}");
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(5), "{page}");
+}
+
 #[tokio::test]
 async fn a_folder_moves_into_a_database_and_back_with_every_document_and_version() {
     if !on_postgres() {
@@ -90,6 +119,15 @@ async fn a_folder_moves_into_a_database_and_back_with_every_document_and_version
     let app = spawn_app_on(folder.path(), &ON_FILES).await;
     let before = write_documents(&app).await;
     let etag = app.get_doc("users", "u0007").await.headers()["etag"].clone();
+    let schema = json!({"type": "object", "required": ["n"]});
+    let resp = send(app.request(Method::PUT, "/v1/collections/users/schema").json(&schema)).await;
+    assert_eq!(resp.status(), 200);
+    let resp = send(
+        app.request(Method::PUT, "/v1/collections/users/indexes/by_n")
+            .json(&json!({"fields": ["n"]})),
+    )
+    .await;
+    assert_eq!(resp.status(), 201);
     app.stop().await;
 
     let database = tempfile::tempdir().expect("temp dir");
@@ -113,6 +151,7 @@ async fn a_folder_moves_into_a_database_and_back_with_every_document_and_version
     // feed starts after the copy.
     let replica = spawn_app_on(database.path(), &[]).await;
     assert_eq!(everything(&replica).await, before);
+    catalog_came_along(&replica, &schema).await;
     assert_eq!(replica.get_doc("users", "u0007").await.headers()["etag"], etag);
     let fresh = anonymous_id(&replica).await;
     assert!(
@@ -144,6 +183,7 @@ async fn a_folder_moves_into_a_database_and_back_with_every_document_and_version
     );
     let app = spawn_app_on(&root, &ON_FILES).await;
     assert_eq!(everything(&app).await, on_database);
+    catalog_came_along(&app, &schema).await;
     let again = anonymous_id(&app).await;
     assert!(again > fresh, "{again} after {fresh}");
     assert_eq!(app.get("/v1/changes?since=0").await.status(), 410);

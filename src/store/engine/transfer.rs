@@ -194,6 +194,18 @@ impl<'a> Meter<'a> {
     }
 }
 
+/// A shard's catalog as a migration carries it: its collections' schemas
+/// as stored (removals included, so versions go on), and its index
+/// declarations, which arrive unbuilt (the server builds them at its
+/// first start on the copy).
+#[derive(Debug, Default, Clone)]
+pub struct Catalog {
+    /// (collection, version, schema or `None` once removed, updated at).
+    pub schemas: Vec<(String, i64, Option<String>, i64)>,
+    /// (collection, name, fields as JSON, created at).
+    pub indexes: Vec<(String, String, String, i64)>,
+}
+
 /// Pages of documents, read in turn to the end.
 pub trait RowPages {
     /// The next page, or `None` after the last.
@@ -251,6 +263,7 @@ pub async fn folder_to_database(
         })
         .await?;
         rows.close().await?;
+        target.insert_catalog(shard, &source.catalog(shard).await?).await?;
     }
     meter.stage(Stage::Verifying);
     let mut copy = Tally::default();
@@ -289,6 +302,9 @@ pub async fn database_to_folder(
         target.insert(batch, &placement).await
     })
     .await?;
+    for shard in 0..shards.get() as usize {
+        target.insert_catalog(shard, &source.catalog(shard).await?).await?;
+    }
     source.close().await?;
     let check = target.finish(&bounds).await?;
     meter.stage(Stage::Verifying);

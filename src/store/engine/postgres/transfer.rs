@@ -8,7 +8,7 @@ use sqlx::{Connection, PgConnection, Row};
 
 use super::{engine_error, PgDatabase};
 use crate::domain::ShardCount;
-use crate::store::engine::transfer::{shard_count, DocumentRow, RowPages, BATCH_ROWS};
+use crate::store::engine::transfer::{shard_count, Catalog, DocumentRow, RowPages, BATCH_ROWS};
 use crate::store::engine::IdBounds;
 use crate::store::placement::Placement;
 use crate::store::StoreError;
@@ -92,6 +92,24 @@ impl DatabaseSource {
                 counter: u64::try_from(counter.max(block)).unwrap_or(0),
             })
             .collect())
+    }
+
+    /// Shard `shard`'s schemas and index declarations, in the snapshot.
+    pub async fn catalog(&mut self, shard: usize) -> Result<Catalog, StoreError> {
+        let shard = i32::try_from(shard).unwrap_or(i32::MAX);
+        let schemas =
+            sqlx::query_as("SELECT collection, version, schema, updated_at FROM exdaas_schemas WHERE shard = $1")
+                .bind(shard)
+                .fetch_all(&mut self.conn)
+                .await
+                .map_err(failed("cannot read the schemas"))?;
+        let indexes =
+            sqlx::query_as("SELECT collection, name, fields, created_at FROM exdaas_indexes WHERE shard = $1")
+                .bind(shard)
+                .fetch_all(&mut self.conn)
+                .await
+                .map_err(failed("cannot read the indexes"))?;
+        Ok(Catalog { schemas, indexes })
     }
 
     pub async fn count(&mut self) -> Result<u64, StoreError> {
@@ -205,7 +223,7 @@ impl DatabaseTarget {
             }
             (true, Some(_)) => {
                 tracing::warn!("removing the partial copy an unfinished migration left");
-                sqlx::query("TRUNCATE exdaas_documents")
+                sqlx::query("TRUNCATE exdaas_documents, exdaas_index_entries")
                     .execute(pool)
                     .await
                     .map_err(failed("cannot remove the partial copy"))?;
@@ -250,6 +268,42 @@ impl DatabaseTarget {
         .execute(&self.database.pool)
         .await
         .map_err(failed("cannot insert documents"))?;
+        Ok(())
+    }
+
+    /// Stores a shard's schemas and index declarations (unbuilt).
+    pub async fn insert_catalog(&mut self, shard: usize, catalog: &Catalog) -> Result<(), StoreError> {
+        let shard = i32::try_from(shard).unwrap_or(i32::MAX);
+        for (collection, version, schema, updated_at) in &catalog.schemas {
+            sqlx::query(
+                "INSERT INTO exdaas_schemas (shard, collection, version, schema, updated_at) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (shard, collection) DO UPDATE SET version = excluded.version, schema = excluded.schema, \
+                 updated_at = excluded.updated_at",
+            )
+            .bind(shard)
+            .bind(collection)
+            .bind(version)
+            .bind(schema)
+            .bind(updated_at)
+            .execute(&self.database.pool)
+            .await
+            .map_err(failed("cannot insert a schema"))?;
+        }
+        for (collection, name, fields, created_at) in &catalog.indexes {
+            sqlx::query(
+                "INSERT INTO exdaas_indexes (shard, collection, name, fields, created_at) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (shard, collection, name) DO UPDATE SET fields = excluded.fields, built = false, \
+                 built_upto = NULL, indexed = 0, oversized = 0",
+            )
+            .bind(shard)
+            .bind(collection)
+            .bind(name)
+            .bind(fields)
+            .bind(created_at)
+            .execute(&self.database.pool)
+            .await
+            .map_err(failed("cannot insert an index"))?;
+        }
         Ok(())
     }
 

@@ -13,7 +13,7 @@ use super::maintenance::{
     shard_bounds, sql_error,
 };
 use crate::domain::ShardCount;
-use crate::store::engine::transfer::{DocumentRow, RowPages, BATCH_ROWS};
+use crate::store::engine::transfer::{Catalog, DocumentRow, RowPages, BATCH_ROWS};
 use crate::store::engine::IdBounds;
 use crate::store::placement::Placement;
 use crate::store::StoreError;
@@ -73,6 +73,22 @@ impl FolderSource {
         let bounds = shard_bounds(&mut conn, &path).await?;
         conn.close().await.map_err(|e| sql_error(&path, e))?;
         Ok(bounds)
+    }
+
+    /// Shard `shard`'s schemas and index declarations.
+    pub async fn catalog(&self, shard: usize) -> Result<Catalog, StoreError> {
+        let path = self.layout.shard_path(&self.root, shard);
+        let mut conn = open_read_only(&path).await?;
+        let schemas = sqlx::query_as("SELECT collection, version, schema, updated_at FROM collection_schemas")
+            .fetch_all(&mut conn)
+            .await
+            .map_err(|e| sql_error(&path, e))?;
+        let indexes = sqlx::query_as("SELECT collection, name, fields, created_at FROM collection_indexes")
+            .fetch_all(&mut conn)
+            .await
+            .map_err(|e| sql_error(&path, e))?;
+        conn.close().await.map_err(|e| sql_error(&path, e))?;
+        Ok(Catalog { schemas, indexes })
     }
 
     /// Every document of shard `shard`, in pages, in key order.
@@ -210,6 +226,39 @@ impl FolderTarget {
                  FROM json_each(?1)",
             )
             .bind(Value::Array(rows).to_string())
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| sql_error(path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Stores a shard's schemas and index declarations (unbuilt) in shard
+    /// file `shard`: the counts are the same on both sides.
+    pub async fn insert_catalog(&mut self, shard: usize, catalog: &Catalog) -> Result<(), StoreError> {
+        let Some((path, conn)) = self.files.get_mut(shard) else {
+            return Err(StoreError::Internal("a shard the target does not have"));
+        };
+        for (collection, version, schema, updated_at) in &catalog.schemas {
+            sqlx::query(
+                "INSERT INTO collection_schemas (collection, version, schema, updated_at) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .bind(collection)
+            .bind(version)
+            .bind(schema)
+            .bind(updated_at)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| sql_error(path, e))?;
+        }
+        for (collection, name, fields, created_at) in &catalog.indexes {
+            sqlx::query(
+                "INSERT INTO collection_indexes (collection, name, fields, created_at) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .bind(collection)
+            .bind(name)
+            .bind(fields)
+            .bind(created_at)
             .execute(&mut *conn)
             .await
             .map_err(|e| sql_error(path, e))?;
