@@ -363,7 +363,7 @@ impl Store {
                 return Err(invalid(format!("fields[{i}]: {field:?} is there twice")));
             }
         }
-        let _one_at_a_time = self.inner.schema_changes.lock().await;
+        let _one_at_a_time = self.inner.catalog_changes.lock().await;
         let existing = self.indexes(collection).await?;
         if let Some(index) = existing.iter().find(|index| index.name == name) {
             if index.fields == fields {
@@ -390,7 +390,7 @@ impl Store {
 
     /// Drops an index and its entries; `false` if there was none.
     pub async fn drop_index(&self, collection: &CollectionName, name: &str) -> Result<bool, StoreError> {
-        let _one_at_a_time = self.inner.schema_changes.lock().await;
+        let _one_at_a_time = self.inner.catalog_changes.lock().await;
         if !self.indexes(collection).await?.iter().any(|index| index.name == name) {
             return Ok(false);
         }

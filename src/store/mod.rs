@@ -363,8 +363,8 @@ struct Inner {
     generation: u32,
     /// Feed reads running at once, at most: a share of the read pool.
     feed_reads: tokio::sync::Semaphore,
-    /// Schema changes go to the shards one at a time.
-    schema_changes: tokio::sync::Mutex<()>,
+    /// Catalog changes (schemas, indexes) go to the shards one at a time.
+    catalog_changes: tokio::sync::Mutex<()>,
     /// Told whenever any shard publishes feed entries.
     feed_published: Arc<watch::Sender<u64>>,
     /// Where other processes write too (a shared database): how current
@@ -491,7 +491,7 @@ impl Store {
                 folder_id: origin.0,
                 generation: origin.1,
                 feed_reads: tokio::sync::Semaphore::new((options.read_connections as usize / 2).max(1)),
-                schema_changes: tokio::sync::Mutex::new(()),
+                catalog_changes: tokio::sync::Mutex::new(()),
                 feed_published,
                 following: shared_following,
             }),

@@ -721,18 +721,22 @@ impl Store {
             if read > page.max_scan {
                 return Err(too_broad(collection, query, page));
             }
-            let ids: Vec<&str> = entries.iter().map(|(_, id)| id.as_str()).collect();
-            let mut docs: std::collections::HashMap<String, Document> = shard
-                .reads()
-                .documents(collection, &ids, now)
-                .await?
-                .into_iter()
-                .collect();
-            for (_, id) in &entries {
-                let (Some(doc), Ok(id)) = (docs.remove(id), DocId::parse(id)) else {
-                    continue;
-                };
-                pool.offer(&id, &doc.data);
+            // The documents a few at a time: memory holds sort values, and
+            // at most this many documents' text.
+            for chunk in entries.chunks(16) {
+                let ids: Vec<&str> = chunk.iter().map(|(_, id)| id.as_str()).collect();
+                let mut docs: std::collections::HashMap<String, Document> = shard
+                    .reads()
+                    .documents(collection, &ids, now)
+                    .await?
+                    .into_iter()
+                    .collect();
+                for (_, id) in chunk {
+                    let (Some(doc), Ok(id)) = (docs.remove(id), DocId::parse(id)) else {
+                        continue;
+                    };
+                    pool.offer(&id, &doc.data);
+                }
             }
             if stop_at.is_some_and(|want| pool.count as usize >= want) || entries.len() < batch {
                 break;

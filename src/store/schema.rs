@@ -167,7 +167,7 @@ impl Store {
         collection: &CollectionName,
         schema: Option<CollectionSchema>,
     ) -> Result<SchemaState, StoreError> {
-        let _one_at_a_time = self.inner.schema_changes.lock().await;
+        let _one_at_a_time = self.inner.catalog_changes.lock().await;
         let schema = schema.map(Arc::new);
         let at_ms = super::now_millis();
         let numbering = self.numbering_shard(collection);

@@ -736,28 +736,46 @@ impl Writer {
             self.writes.release().await;
             return Ok((0, true));
         };
-        let docs = self
-            .writes
-            .documents_after(collection, upto.as_deref(), limit)
-            .await
-            .map_err(|e| self.engine_error(e))?;
-        let done = docs.len() < limit as usize;
-        let mut entries: Vec<(String, Vec<u8>)> = Vec::with_capacity(docs.len());
+        // Documents are read a few at a time and only their keys kept, so
+        // a step holds at most `BUILD_READ_BYTES` of their text besides.
+        const BUILD_READ: u32 = 64;
+        const BUILD_READ_BYTES: usize = 8 << 20;
+        let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
         let mut oversized = 0u64;
-        for (id, data) in &docs {
-            let value = serde_json::from_str(data).unwrap_or(serde_json::Value::Null);
-            let key = index.key_of(&value);
-            // Written before the declaration: it cannot be indexed, and
-            // the index is never used (its listing says why).
-            if key.len() > MAX_KEY_BYTES {
-                oversized += 1;
-                continue;
+        let mut last = upto;
+        let mut read = 0u32;
+        let mut bytes = 0usize;
+        let done = loop {
+            let want = BUILD_READ.min(limit.saturating_sub(read)).max(1);
+            let docs = self
+                .writes
+                .documents_after(collection, last.as_deref(), want)
+                .await
+                .map_err(|e| self.engine_error(e))?;
+            let chunk = docs.len() as u32;
+            for (id, data) in docs {
+                bytes += data.len();
+                let value = serde_json::from_str(&data).unwrap_or(serde_json::Value::Null);
+                let key = index.key_of(&value);
+                // Written before the declaration: it cannot be indexed,
+                // and the index is never used (its listing says why).
+                if key.len() > MAX_KEY_BYTES {
+                    oversized += 1;
+                } else {
+                    entries.push((id.clone(), key));
+                }
+                last = Some(id);
             }
-            entries.push((id.clone(), key));
-        }
-        let last = docs.last().map(|(id, _)| id.as_str());
+            read += chunk;
+            if chunk < want {
+                break true;
+            }
+            if read >= limit || bytes >= BUILD_READ_BYTES {
+                break false;
+            }
+        };
         self.writes
-            .build_step(collection, name, &entries, oversized, last, done)
+            .build_step(collection, name, &entries, oversized, last.as_deref(), done)
             .await
             .map_err(|e| self.engine_error(e))?;
         Ok((entries.len() as u64, done))

@@ -256,3 +256,58 @@ async fn a_value_too_large_for_a_key_is_refused_and_one_stored_before_fails_the_
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_during_a_build_go_on_and_the_index_ends_exact() {
+    let app = spawn_app().await;
+    let lines: String = (0..3000)
+        .map(|i| format!("{{\"id\": \"d{i:04}\", \"data\": {{\"k\": {}}}}}\n", i % 10))
+        .collect();
+    let resp = send(
+        app.request(Method::POST, "/v1/collections/c/import")
+            .header("content-type", "application/x-ndjson")
+            .body(lines),
+    )
+    .await;
+    assert_eq!(json(resp).await["imported"], 3000);
+    assert_eq!(declare(&app, "c", "by_k", &["k"]).await.0, 201);
+    // While the build runs: moves between values, new documents, deletions.
+    let mut expected: Vec<i64> = (0..3000).map(|i| i % 10).collect();
+    let mut was_building = false;
+    for i in 0..300usize {
+        let id = (i * 7) % 3000;
+        match i % 3 {
+            0 => {
+                assert_eq!(
+                    app.put_doc("c", &format!("d{id:04}"), &json!({"k": 42})).await.status(),
+                    200
+                );
+                expected[id] = 42;
+            }
+            1 => {
+                assert_eq!(app.delete_doc("c", &format!("d{id:04}")).await.status(), 204);
+                expected[id] = -1;
+            }
+            _ => {
+                assert_eq!(
+                    app.put_doc("c", &format!("n{i:04}"), &json!({"k": 42})).await.status(),
+                    201
+                );
+            }
+        }
+        if i == 0 {
+            let index = json(app.get("/v1/collections/c/indexes/by_k").await).await;
+            was_building = index["state"] == "building";
+        }
+    }
+    wait_ready(&app, "c", "by_k").await;
+    let count = |k: i64| expected.iter().filter(|v| **v == k).count() as u64;
+    for (k, extra) in [(3, 0), (42, 100)] {
+        let (status, page) = query(&app, "c", &json!({"filter": {"k": k}, "count": true, "explain": true})).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["explain"]["plan"], "index");
+        assert_eq!(page["count"], count(k) + extra, "k = {k}");
+    }
+    eprintln!("the build was still running during the writes: {was_building}");
+    app.stop().await;
+}
