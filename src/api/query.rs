@@ -92,10 +92,28 @@ pub enum QueryResponse {
 impl QueryApi {
     /// Find documents by their fields
     ///
-    /// Filters on field paths, sorts, projects and pages; see the README's
-    /// "Queries" for what each operator means (a missing field is not
-    /// `null`; values compare only with values of their own type). A page
-    /// holds at most `limit` documents and `EXDAAS_MAX_PAGE_BYTES` of them;
+    /// Filters on field paths, sorts, projects and pages. What it means:
+    ///
+    /// - A field path is dot-separated object keys (`address.city`); a
+    ///   segment of digits also indexes an array (`tags.0`).
+    /// - `{"f": v}` or `$eq`: equal; `$ne`; `$gt` `$gte` `$lt` `$lte` with a
+    ///   number or a string; `$in` / `$nin` (up to 256 values); `$exists`;
+    ///   `$prefix` (a string starting with it); `$contains` (an array with
+    ///   an equal element). Conditions on several fields, and several
+    ///   operators on one, must all hold; `$and` / `$or` take lists of
+    ///   filters, `$not` one.
+    /// - A missing field is not `null`: `{"f": null}` matches a present
+    ///   `null` only, `{"f": {"$exists": false}}` a missing field; `$ne` and
+    ///   `$nin` match a missing field.
+    /// - Values compare only with values of their own type: numbers as
+    ///   numbers (`1` equals `1.0`), strings byte by byte (UTF-8), `false`
+    ///   before `true`; `$gt` and the other comparisons never match another
+    ///   type. Arrays and objects are equal when their canonical JSON is.
+    /// - Sorting orders types (missing, null, booleans, numbers, strings,
+    ///   arrays, objects), then values; ties go by id.
+    ///
+    /// A mistake is a 400 whose `detail` names the part (`filter.age.$gt`).
+    /// A page holds at most `limit` documents and `EXDAAS_MAX_PAGE_BYTES` of them;
     /// `next_cursor` goes on from its last one. A query runs on the built
     /// index that fits it best (`explain` says which), else it reads the
     /// whole collection; one that would read more than
