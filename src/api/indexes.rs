@@ -5,11 +5,13 @@ use poem::http::StatusCode;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
+use serde_json::Value;
 
 use super::auth::{Access, Credentials};
-use super::docs::format_time;
+use super::docs::{bad_request, format_time};
 use super::error::{Flavor, ProblemError};
 use super::params::CollectionParam;
+use super::payload::JsonBody;
 use super::ApiTags;
 use crate::domain::access::Scope;
 use crate::domain::CollectionName;
@@ -118,10 +120,11 @@ impl IndexesApi {
         /// The index's name
         #[oai(validator(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
         name: Path<String>,
-        body: Json<IndexRequest>,
+        body: JsonBody<IndexRequest>,
     ) -> Result<DeclareResponse, ProblemError> {
         let collection = self.authorized(&auth, Scope::Admin, collection.0 .0)?;
-        let created = self.store.declare_index(&collection, &name.0, body.0.fields).await?;
+        let fields = fields_of(&body.0).map_err(bad_request)?;
+        let created = self.store.declare_index(&collection, &name.0, fields).await?;
         let index = self.one(&collection, &name.0).await?;
         tracing::info!(collection = %collection, index = %name.0, created, "index declared");
         Ok(if created {
@@ -207,6 +210,28 @@ impl IndexesApi {
             .map(|i| body(collection, i))
             .ok_or_else(|| not_found(collection, name))
     }
+}
+
+/// The body's `fields`, read strictly: a list of strings, and nothing else
+/// in the body (the paths themselves are the store's to check).
+fn fields_of(body: &Value) -> Result<Vec<String>, String> {
+    let Value::Object(parts) = body else {
+        return Err("the body is a JSON object: {\"fields\": [...]}".into());
+    };
+    if let Some(unknown) = parts.keys().find(|k| k.as_str() != "fields") {
+        return Err(format!("{unknown}: not a part of an index (fields)"));
+    }
+    let Some(Value::Array(items)) = parts.get("fields") else {
+        return Err("fields: a list of 1 to 4 field paths".into());
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| match item {
+            Value::String(path) => Ok(path.clone()),
+            other => Err(format!("fields[{i}]: a field path (a string), not {other}")),
+        })
+        .collect()
 }
 
 fn not_found(collection: &CollectionName, name: &str) -> ProblemError {

@@ -106,6 +106,18 @@ async fn an_index_is_declared_built_listed_used_and_dropped() {
     assert_eq!(declare(&app, "people", "by_city_age", &["age"]).await.0, 409);
     assert_eq!(declare(&app, "people", "bad name!", &["age"]).await.0, 400);
     assert_eq!(declare(&app, "people", "by_nothing", &[]).await.0, 400);
+    for body in [
+        json!({"fields": [false]}),
+        json!({"fields": ["a"], "unique": true}),
+        json!(["a"]),
+    ] {
+        let resp = send(
+            app.request(Method::PUT, "/v1/collections/people/indexes/odd")
+                .json(&body),
+        )
+        .await;
+        assert_eq!(resp.status(), 400, "{body}");
+    }
 
     let list = json(app.get("/v1/collections/people/indexes").await).await;
     assert_eq!(list["indexes"][0]["name"], "by_city_age", "{list}");
