@@ -69,6 +69,23 @@ impl Access {
         .with_challenge()
     }
 
+    /// `collection`, if the caller may act on it with `scope`: the check of
+    /// every v1 route that names a collection (401 or 403 otherwise).
+    pub fn authorized(
+        &self,
+        credentials: &Credentials,
+        scope: Scope,
+        collection: CollectionName,
+    ) -> Result<CollectionName, super::error::ProblemError> {
+        let caller = self
+            .caller(credentials, Flavor::V1)
+            .map_err(super::error::ProblemError)?;
+        caller
+            .allow(scope, Some(&collection))
+            .map_err(super::error::ProblemError)?;
+        Ok(collection)
+    }
+
     /// Who is calling: refuses with 401 when keys are configured and the
     /// request carries none, or one that is not configured.
     pub fn caller(&self, credentials: &Credentials, flavor: Flavor) -> Result<Caller<'_>, ApiError> {

@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 
 use super::auth::{Access, Credentials};
 use super::conditional::{etag, EntityTags};
-use super::error::{Flavor, ProblemError};
+use super::error::ProblemError;
 use super::params::{AnyDocument, CollectionParam, DocIdParam, MergePatch};
 use super::payload::{json_string, JsonBody, MergePatchBody, RawJson};
 use super::ApiTags;
@@ -387,9 +387,7 @@ impl DocsApi {
         need: Scope,
         collection: CollectionName,
     ) -> Result<CollectionName, ProblemError> {
-        let caller = self.access.caller(auth, Flavor::V1).map_err(ProblemError)?;
-        caller.allow(need, Some(&collection)).map_err(ProblemError)?;
-        Ok(collection)
+        self.access.authorized(auth, need, collection)
     }
 
     fn authorized_key(

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::auth::{Access, Credentials};
 use super::docs::{bad_request, format_time};
-use super::error::{Flavor, ProblemError};
+use super::error::ProblemError;
 use super::params::CollectionParam;
 use super::payload::JsonBody;
 use super::ApiTags;
@@ -122,7 +122,7 @@ impl IndexesApi {
         name: Path<String>,
         body: JsonBody<IndexRequest>,
     ) -> Result<DeclareResponse, ProblemError> {
-        let collection = self.authorized(&auth, Scope::Admin, collection.0 .0)?;
+        let collection = self.access.authorized(&auth, Scope::Admin, collection.0 .0)?;
         let fields = fields_of(&body.0).map_err(bad_request)?;
         let created = self.store.declare_index(&collection, &name.0, fields).await?;
         let index = self.one(&collection, &name.0).await?;
@@ -141,7 +141,7 @@ impl IndexesApi {
         auth: Credentials,
         collection: Path<CollectionParam>,
     ) -> Result<ListResponse, ProblemError> {
-        let collection = self.authorized(&auth, Scope::Read, collection.0 .0)?;
+        let collection = self.access.authorized(&auth, Scope::Read, collection.0 .0)?;
         let indexes = self.store.indexes(&collection).await?;
         Ok(ListResponse::List(Json(IndexList {
             indexes: indexes.iter().map(|i| body(&collection, i)).collect(),
@@ -158,7 +158,7 @@ impl IndexesApi {
         #[oai(validator(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
         name: Path<String>,
     ) -> Result<OneResponse, ProblemError> {
-        let collection = self.authorized(&auth, Scope::Read, collection.0 .0)?;
+        let collection = self.access.authorized(&auth, Scope::Read, collection.0 .0)?;
         Ok(OneResponse::Found(Json(self.one(&collection, &name.0).await?)))
     }
 
@@ -176,7 +176,7 @@ impl IndexesApi {
         #[oai(validator(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
         name: Path<String>,
     ) -> Result<DropResponse, ProblemError> {
-        let collection = self.authorized(&auth, Scope::Admin, collection.0 .0)?;
+        let collection = self.access.authorized(&auth, Scope::Admin, collection.0 .0)?;
         if !self.store.drop_index(&collection, &name.0).await? {
             return Err(not_found(&collection, &name.0));
         }
@@ -190,17 +190,6 @@ impl IndexesApi {
 }
 
 impl IndexesApi {
-    fn authorized(
-        &self,
-        auth: &Credentials,
-        scope: Scope,
-        collection: CollectionName,
-    ) -> Result<CollectionName, ProblemError> {
-        let caller = self.access.caller(auth, Flavor::V1).map_err(ProblemError)?;
-        caller.allow(scope, Some(&collection)).map_err(ProblemError)?;
-        Ok(collection)
-    }
-
     async fn one(&self, collection: &CollectionName, name: &str) -> Result<IndexBody, ProblemError> {
         self.store
             .indexes(collection)

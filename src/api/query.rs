@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::auth::{Access, Credentials};
 use super::docs::{bad_request, write_envelope, DocEnvelope};
-use super::error::{Flavor, ProblemError};
+use super::error::ProblemError;
 use super::params::CollectionParam;
 use super::payload::{json_string, JsonBody, RawJson};
 use super::ApiTags;
@@ -126,9 +126,7 @@ impl QueryApi {
         collection: Path<CollectionParam>,
         body: JsonBody<QueryRequest>,
     ) -> Result<QueryResponse, ProblemError> {
-        let caller = self.access.caller(&auth, Flavor::V1).map_err(ProblemError)?;
-        let collection = collection.0 .0;
-        caller.allow(Scope::Read, Some(&collection)).map_err(ProblemError)?;
+        let collection = self.access.authorized(&auth, Scope::Read, collection.0 .0)?;
         let request = Request::parse(&body.0).map_err(bad_request)?;
         let page = QueryPage {
             limit: request.limit,

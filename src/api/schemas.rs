@@ -137,7 +137,7 @@ impl SchemasApi {
         /// The JSON Schema
         body: JsonBody<Value>,
     ) -> Result<SetResponse, ProblemError> {
-        let collection = self.authorized(&auth, Scope::Admin, collection.0 .0)?;
+        let collection = self.access.authorized(&auth, Scope::Admin, collection.0 .0)?;
         let schema = CollectionSchema::compile(&body.0).map_err(|e| bad_request(e.0))?;
         let state = self.store.set_schema(&collection, Some(schema)).await?;
         let schema = state
@@ -164,7 +164,7 @@ impl SchemasApi {
         auth: Credentials,
         collection: Path<CollectionParam>,
     ) -> Result<SchemaResponse, ProblemError> {
-        let collection = self.authorized(&auth, Scope::Read, collection.0 .0)?;
+        let collection = self.access.authorized(&auth, Scope::Read, collection.0 .0)?;
         let state = self.current(&collection).await?;
         Ok(SchemaResponse::Found(Json(schema_body(&collection, &state)?)))
     }
@@ -179,7 +179,7 @@ impl SchemasApi {
         auth: Credentials,
         collection: Path<CollectionParam>,
     ) -> Result<RemovedResponse, ProblemError> {
-        let collection = self.authorized(&auth, Scope::Admin, collection.0 .0)?;
+        let collection = self.access.authorized(&auth, Scope::Admin, collection.0 .0)?;
         self.current(&collection).await?;
         let state = self.store.set_schema(&collection, None).await?;
         tracing::info!(collection = %collection, version = state.version, "collection schema removed");
@@ -208,7 +208,7 @@ impl SchemasApi {
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<usize>>,
     ) -> Result<MismatchResponse, ProblemError> {
-        let collection = self.authorized(&auth, Scope::Read, collection.0 .0)?;
+        let collection = self.access.authorized(&auth, Scope::Read, collection.0 .0)?;
         let limit = limit.0.unwrap_or(LISTED_MISMATCHES);
         if !(1..=1000).contains(&limit) {
             return Err(bad_request(format!("limit must be from 1 to 1000, not {limit}")));
@@ -228,17 +228,6 @@ impl SchemasApi {
 }
 
 impl SchemasApi {
-    fn authorized(
-        &self,
-        auth: &Credentials,
-        scope: Scope,
-        collection: CollectionName,
-    ) -> Result<CollectionName, ProblemError> {
-        let caller = self.access.caller(auth, Flavor::V1).map_err(ProblemError)?;
-        caller.allow(scope, Some(&collection)).map_err(ProblemError)?;
-        Ok(collection)
-    }
-
     /// The collection's schema, or a 404.
     async fn current(&self, collection: &CollectionName) -> Result<SchemaState, ProblemError> {
         match self.store.schema(collection).await? {

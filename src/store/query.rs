@@ -368,26 +368,6 @@ pub struct Query {
 }
 
 impl Query {
-    /// The values a document sorts by.
-    pub fn sort_key(&self, doc: &Value) -> Vec<Value> {
-        self.sort
-            .iter()
-            .map(|field| field.path.get(doc).cloned().unwrap_or(Value::Null))
-            .collect()
-    }
-
-    /// Orders two documents (their sort fields, then their ids).
-    pub fn order(&self, a: (&Value, &str), b: (&Value, &str)) -> Ordering {
-        for field in &self.sort {
-            let order = sort_order(field.path.get(a.0), field.path.get(b.0));
-            let order = if field.descending { order.reverse() } else { order };
-            if order != Ordering::Equal {
-                return order;
-            }
-        }
-        a.1.as_bytes().cmp(b.1.as_bytes())
-    }
-
     /// Orders a document against a cursor's position (the sort values of
     /// the last document of a page, `None` where it had no such field, and
     /// its id).

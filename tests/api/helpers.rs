@@ -444,3 +444,22 @@ impl ServerProcess {
         self.log.lock().expect("log").join("\n")
     }
 }
+
+/// `POST /v1/collections/{collection}/query`: its status and body.
+pub async fn query(app: &TestApp, collection: &str, body: &Value) -> (u16, Value) {
+    let resp = app
+        .post_json(&format!("/v1/collections/{collection}/query"), body)
+        .await;
+    let status = resp.status().as_u16();
+    (status, json(resp).await)
+}
+
+/// The ids of a page's items, in order.
+pub fn ids(page: &Value) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no items: {page}"))
+        .iter()
+        .map(|d| d["id"].as_str().expect("id").to_owned())
+        .collect()
+}

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{json, send, spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{ids, json, query, send, spawn_app, spawn_app_with, TestApp};
 
 async fn declare(app: &TestApp, collection: &str, name: &str, fields: &[&str]) -> (u16, Value) {
     let resp = send(
@@ -30,23 +30,6 @@ pub async fn wait_ready(app: &TestApp, collection: &str, name: &str) -> Value {
         assert!(started.elapsed() < Duration::from_secs(10), "never built: {index}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-async fn query(app: &TestApp, collection: &str, body: &Value) -> (u16, Value) {
-    let resp = app
-        .post_json(&format!("/v1/collections/{collection}/query"), body)
-        .await;
-    let status = resp.status().as_u16();
-    (status, json(resp).await)
-}
-
-fn ids(page: &Value) -> Vec<String> {
-    page["items"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no items: {page}"))
-        .iter()
-        .map(|d| d["id"].as_str().expect("id").to_owned())
-        .collect()
 }
 
 #[tokio::test]
@@ -134,6 +117,35 @@ async fn an_index_is_declared_built_listed_used_and_dropped() {
     assert_eq!(ids(&page).len(), expected.len());
     let resp = send(app.request(Method::DELETE, "/v1/collections/people/indexes/by_city_age")).await;
     assert_eq!(resp.status(), 404);
+
+    // The build's progress is in the metrics; the feed records the
+    // declaration and the drop once each, by the index's name.
+    let metrics = app.get("/metrics").await.text().await.expect("metrics");
+    let built: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("exdaas_index_build_documents_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no build counter in {metrics}"));
+    assert!(built >= 300.0, "{built}");
+    assert!(
+        metrics.lines().any(|line| line == "exdaas_index_builds_running 0"),
+        "{metrics}"
+    );
+    let page = json(app.get("/v1/collections/people/changes?since=0&limit=1000").await).await;
+    let catalog: Vec<(Value, Value)> = page["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .filter(|c| c["kind"].as_str().is_some_and(|k| k.starts_with("index_")))
+        .map(|c| (c["kind"].clone(), c["id"].clone()))
+        .collect();
+    assert_eq!(
+        catalog,
+        vec![
+            (json!("index_declared"), json!("by_city_age")),
+            (json!("index_dropped"), json!("by_city_age"))
+        ]
+    );
     app.stop().await;
 }
 

@@ -6,24 +6,7 @@ use std::cmp::Ordering;
 
 use serde_json::{json, Map, Value};
 
-use crate::helpers::{json, spawn_app, spawn_app_with, TestApp};
-
-async fn query(app: &TestApp, collection: &str, body: &Value) -> (u16, Value) {
-    let resp = app
-        .post_json(&format!("/v1/collections/{collection}/query"), body)
-        .await;
-    let status = resp.status().as_u16();
-    (status, json(resp).await)
-}
-
-fn ids(page: &Value) -> Vec<String> {
-    page["items"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no items: {page}"))
-        .iter()
-        .map(|d| d["id"].as_str().expect("id").to_owned())
-        .collect()
-}
+use crate::helpers::{ids, json, query, spawn_app, spawn_app_with, TestApp};
 
 #[tokio::test]
 async fn a_query_filters_sorts_projects_pages_and_counts() {
