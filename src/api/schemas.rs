@@ -9,7 +9,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde_json::Value;
 
 use super::auth::{Access, Credentials};
-use super::docs::{bad_request, format_time, parse_id};
+use super::docs::{bad_request, format_time};
 use super::error::{Flavor, ProblemError, ViolationBody};
 use super::params::CollectionParam;
 use super::payload::JsonBody;
@@ -213,15 +213,13 @@ impl SchemasApi {
         if !(1..=1000).contains(&limit) {
             return Err(bad_request(format!("limit must be from 1 to 1000, not {limit}")));
         }
-        let after = match start_after.0.as_deref() {
-            None | Some("") => None,
-            Some(raw) => Some(parse_id(raw)?),
-        };
+        // A bound in the id order, as the listing's: not itself an id.
+        let after = start_after.0.filter(|a| !a.is_empty());
         let state = self.current(&collection).await?;
         let schema = state.schema.ok_or_else(|| not_found(&collection))?;
         let page = self
             .store
-            .mismatches(&collection, &schema, after.as_ref(), limit, true, MISMATCH_PAGE_READS)
+            .mismatches(&collection, &schema, after.as_deref(), limit, true, MISMATCH_PAGE_READS)
             .await?;
         Ok(MismatchResponse::Page(Json(report(page))))
     }

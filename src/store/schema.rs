@@ -211,13 +211,13 @@ impl Store {
         &self,
         collection: &CollectionName,
         schema: &CollectionSchema,
-        after: Option<&DocId>,
+        after: Option<&str>,
         keep: usize,
         stop_when_kept: bool,
         read_at_most: u64,
     ) -> Result<Mismatches, StoreError> {
         let mut report = Mismatches::default();
-        let mut start_after = after.map(|id| id.as_str().to_owned());
+        let mut start_after = after.map(str::to_owned);
         loop {
             let request = ListRequest {
                 prefix: None,

@@ -240,6 +240,9 @@ async fn setting_a_schema_reports_the_documents_that_do_not_match_and_keeps_them
         }
     }
     assert_eq!(paged, expected);
+    // A bound need not be an id itself ("." is none), as in listings.
+    let page = json(app.get(&format!("{PEOPLE}/mismatches?start_after=.")).await).await;
+    assert_eq!(page["count"], 50, "{page}");
     // Nothing was deleted or changed.
     assert_eq!(app.list_all("people").await.len(), 250);
     assert_eq!(json(app.get_doc("people", "p005").await).await["version"], 1);
