@@ -8,12 +8,13 @@
 #
 #   ./scripts/api-fuzz.sh                    # builds the release binary if needed
 #   FUZZ_SECONDS=60 ./scripts/api-fuzz.sh
+#   EXDAAS_BIN=target/ci/exdaas ./scripts/api-fuzz.sh   # a binary already built
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SCHEMATHESIS=schemathesis==4.32.5
 seconds=${FUZZ_SECONDS:-150}
-binary=target/release/exdaas
+binary=${EXDAAS_BIN:-}
 venv=.lint-tools/fuzz-venv
 key=fuzz-admin-key-0123456789
 sudo=()
@@ -30,8 +31,11 @@ if [[ ! -x $venv/bin/st ]] || [[ $($venv/bin/st --version 2>/dev/null) != *"${SC
 	"$venv/bin/pip" install --quiet --disable-pip-version-check "$SCHEMATHESIS"
 fi
 
-echo "== building the release binary"
-cargo build --release --quiet
+if [[ -z $binary ]]; then
+	echo "== building the release binary"
+	cargo build --release --quiet
+	binary=target/release/exdaas
+fi
 
 tmp=$(mktemp -d)
 server=
