@@ -29,7 +29,7 @@ use crate::domain::DocKey;
 /// run (allocator pages, moka's evictions that wait for its housekeeping):
 /// at 480, the resident memory after the original's load over 1,000,000
 /// documents ranged from 297 to 321 MiB against the promise of 320.
-const ENTRY_OVERHEAD: usize = 512;
+pub const ENTRY_OVERHEAD: usize = 512;
 
 /// The most entries the cache's table is sized for at boot: 16 MiB of
 /// table (moka makes it a power of two of twice as many 8-byte slots),

@@ -837,7 +837,7 @@ impl Store {
             return Ok(());
         }
         let started = Instant::now();
-        let budget = (cache.capacity_bytes() / self.inner.shards.len() as u64) as usize;
+        let budget = cache.capacity_bytes() / self.inner.shards.len() as u64;
         // Every shard at once, each in a task of its own: each read waits on
         // its own connection's thread, and the runtime's workers share the
         // parsing and the inserts (in one task, one thread did them all and
@@ -846,13 +846,9 @@ impl Store {
             let store = self.clone();
             tokio::spawn(async move {
                 let (shard, cache) = (&store.inner.shards[index], &store.inner.cache);
-                let mut rows = shard.reads().recent(writer::now_millis());
-                let (mut used, mut loaded) = (0usize, 0u64);
+                let mut rows = shard.reads().recent(writer::now_millis(), budget);
+                let mut loaded = 0u64;
                 while let Some((key, doc)) = rows.try_next().await? {
-                    used += cache::weight(&key, &doc);
-                    if used > budget {
-                        break;
-                    }
                     cache.warm(key, doc).await;
                     loaded += 1;
                 }

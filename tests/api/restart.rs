@@ -79,6 +79,48 @@ async fn the_cache_is_warm_after_a_restart() {
     app.stop().await;
 }
 
+/// When the documents outgrow the cache, the boot warms it with the most
+/// recently changed ones, whatever their ids, and stays within its size.
+#[tokio::test]
+async fn a_cache_too_small_for_everything_is_warmed_with_the_newest_documents() {
+    let folder = tempfile::tempdir().expect("temp dir");
+    // 1 MiB of cache, and one shard, so the whole budget meets both writes.
+    let settings = [("EXDAAS_CACHE_MIB", "1"), ("SHARD_LIMIT", "1")];
+    let app = spawn_app_on(folder.path(), &settings).await;
+    // First 500 documents of 1.5 KiB (more than the cache holds), whose ids
+    // sort before the newer ones: a warm-up that took ids in order, not by
+    // time, would fill the cache with these.
+    let filler = "x".repeat(1500);
+    let old: Vec<_> = (0..500)
+        .map(|i| json!({"op": "put", "id": format!("a{i:04}"), "data": {"fill": filler}}))
+        .collect();
+    assert_eq!(app.batch("warm", json!(old)).await.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let new: Vec<_> = (0..200)
+        .map(|i| json!({"op": "put", "id": format!("b{i:04}"), "data": {"i": i}}))
+        .collect();
+    assert_eq!(app.batch("warm", json!(new)).await.status(), 200);
+    app.stop().await;
+
+    let app = spawn_app_on(folder.path(), &settings).await;
+    let (entries, bytes) = app.store.cache_usage().await;
+    assert!(bytes <= 1 << 20, "the warm-up filled {bytes} bytes of a 1 MiB cache");
+    assert!(
+        (300..700).contains(&entries),
+        "{entries} documents warmed: the 200 new ones and the old ones that fit beside them"
+    );
+    for i in 0..200 {
+        assert_eq!(app.get_doc("warm", &format!("b{i:04}")).await.status(), 200);
+    }
+    let metrics = app.get("/metrics").await.text().await.expect("metrics");
+    let misses = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("exdaas_cache_misses_total "))
+        .expect("the cache's misses are counted");
+    assert_eq!(misses.trim(), "0", "every new document was read from the warmed cache");
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ids_are_never_reused_after_a_crash() {
     let folder = tempfile::tempdir().expect("temp dir");

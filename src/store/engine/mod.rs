@@ -390,8 +390,11 @@ impl ShardReads {
         dispatch!(self, r => r.add_collection_counts(now, totals).await)
     }
 
-    pub fn recent(&self, now: i64) -> BoxStream<'_, Result<(DocKey, Document), StoreError>> {
-        dispatch!(self, r => r.recent(now))
+    /// The documents the cache is warmed with: the most recently changed
+    /// ones live at `now`, as many as `budget` bytes hold (by the cache's
+    /// weight), in no promised order.
+    pub fn recent(&self, now: i64, budget: u64) -> BoxStream<'_, Result<(DocKey, Document), StoreError>> {
+        dispatch!(self, r => r.recent(now, budget))
     }
 
     pub async fn feed(

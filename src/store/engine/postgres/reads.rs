@@ -316,9 +316,11 @@ impl PgReads {
         Ok(())
     }
 
-    /// Every document of this shard live at `now`, most recently changed
-    /// first: what the cache is warmed with.
-    pub fn recent(&self, now: i64) -> BoxStream<'_, Result<(DocKey, Document), StoreError>> {
+    /// This shard's documents live at `now`, most recently changed first,
+    /// as many as `budget` bytes hold by the cache's weight: what the cache
+    /// is warmed with.
+    pub fn recent(&self, now: i64, budget: u64) -> BoxStream<'_, Result<(DocKey, Document), StoreError>> {
+        let mut used = 0u64;
         sqlx::query(
             "SELECT collection, id, version, updated_at, expires_at, data FROM exdaas_documents \
              WHERE shard = $2 AND (expires_at IS NULL OR expires_at > $1) ORDER BY updated_at DESC",
@@ -338,6 +340,11 @@ impl PgReads {
             Ok(Some((DocKey::new(collection, id), doc)))
         })
         .try_filter_map(|item| std::future::ready(Ok(item)))
+        // In the order of their change: the first that does not fit ends it.
+        .try_take_while(move |(key, doc)| {
+            used += crate::store::cache::weight(key, doc) as u64;
+            std::future::ready(Ok(used <= budget))
+        })
         .boxed()
     }
 
