@@ -245,15 +245,12 @@ impl<P: Endpoint, A: Endpoint> Endpoint for Site<P, A> {
 
     async fn call(&self, req: Request) -> poem::Result<Response> {
         if is_page(req.uri().path()) {
-            return Box::pin(self.pages.call(req)).await.map(IntoResponse::into_response);
+            return self.pages.call(req).await.map(IntoResponse::into_response);
         }
         if let Some(resp) = self.quick.answer(&req).await {
             return Ok(resp);
         }
-        // Boxed: inline, the service's future (kilobytes) would size every
-        // request's future, quick reads included, and poem moves each one
-        // into a box of its own.
-        Box::pin(self.api.call(req)).await.map(IntoResponse::into_response)
+        self.api.call(req).await.map(IntoResponse::into_response)
     }
 }
 
