@@ -28,7 +28,6 @@ const WARM_DOC_BYTES: i64 = 64 << 10;
 /// Which documents the cache's warm-up takes: every one changed at or after
 /// `whole`, and those changed from `since` to `whole` while they fit in
 /// `room` bytes.
-#[derive(Clone, Copy)]
 struct WarmFrom {
     since: i64,
     whole: i64,
@@ -312,55 +311,54 @@ impl SqliteReads {
     /// the primary key, a chunk at a time, takes what changed since. A
     /// document larger than [`WARM_DOC_BYTES`] is left to its first read.
     pub fn recent(&self, now: i64, budget: u64) -> BoxStream<'_, Result<(DocKey, Document), StoreError>> {
-        let start = async move {
-            let from = self.warm_from(now, budget).await?;
-            let chunks = futures_util::stream::try_unfold(from.map(|f| (f, None)), move |state| async move {
-                let Some((from, after)) = state else { return Ok(None) };
+        let walk = async move {
+            let Some(from) = self.warm_from(now, budget).await? else {
+                return Ok(futures_util::stream::empty().boxed());
+            };
+            // The state is where the walk goes on: after a key (`None` at
+            // first), or nowhere once a chunk came back short.
+            let chunks = futures_util::stream::try_unfold(Some(None), move |state| async move {
+                let Some(after) = state else { return Ok(None) };
                 let rows = self.warm_chunk(now, from.since, after.as_ref()).await?;
-                // The walk's next start: the largest key read (TEXT compares
-                // as bytes in SQLite, as `String`s do).
-                let next = rows
+                // The largest key read (TEXT compares as bytes in SQLite, as
+                // `String`s do).
+                let last = rows
                     .iter()
                     .map(|r| (&r.0, &r.1))
                     .max()
                     .map(|(c, i)| (c.clone(), i.clone()));
-                let more = rows.len() as i64 == WARM_CHUNK_ROWS;
-                let rows: Vec<_> = rows.into_iter().map(|row| (from, row)).collect();
-                Ok::<_, StoreError>(Some((rows, more.then(|| next.map(|n| (from, Some(n)))).flatten())))
+                let next = (rows.len() as i64 == WARM_CHUNK_ROWS).then_some(last);
+                Ok::<_, StoreError>(Some((futures_util::stream::iter(rows.into_iter().map(Ok)), next)))
             });
-            Ok::<_, StoreError>(chunks)
-        };
-        let mut crossing = 0u64;
-        futures_util::stream::once(start)
-            .try_flatten()
-            .map_ok(|rows| futures_util::stream::iter(rows.into_iter().map(Ok::<_, StoreError>)))
-            .try_flatten()
-            .try_filter_map(
-                move |(from, (collection, id, version, updated_at_ms, expires_at_ms, data))| {
-                    let found = match (CollectionName::parse(&collection), DocId::parse(&id)) {
-                        (Ok(collection), Ok(id)) => {
-                            let key = DocKey::new(collection, id);
-                            let doc = Document {
-                                version,
-                                updated_at_ms,
-                                expires_at_ms,
-                                data: data.into(),
-                            };
-                            // Those of the time span that does not all fit go
-                            // in while there is room after the newer ones.
-                            let w = weight(&key, &doc) as u64;
-                            let take = updated_at_ms >= from.whole || crossing + w <= from.room;
-                            if updated_at_ms < from.whole && take {
-                                crossing += w;
-                            }
-                            take.then_some((key, doc))
+            let mut crossing = 0u64;
+            let docs = chunks.try_flatten().try_filter_map(move |row| {
+                let (collection, id, version, updated_at_ms, expires_at_ms, data) = row;
+                let found = match (CollectionName::parse(&collection), DocId::parse(&id)) {
+                    (Ok(collection), Ok(id)) => {
+                        let key = DocKey::new(collection, id);
+                        let doc = Document {
+                            version,
+                            updated_at_ms,
+                            expires_at_ms,
+                            data: data.into(),
+                        };
+                        // Those of the time span that does not all fit go in
+                        // while there is room after the newer ones.
+                        let partial = updated_at_ms < from.whole;
+                        let w = weight(&key, &doc) as u64;
+                        let take = !partial || crossing + w <= from.room;
+                        if partial && take {
+                            crossing += w;
                         }
-                        _ => None,
-                    };
-                    std::future::ready(Ok(found))
-                },
-            )
-            .boxed()
+                        take.then_some((key, doc))
+                    }
+                    _ => None,
+                };
+                std::future::ready(Ok(found))
+            });
+            Ok::<_, StoreError>(docs.boxed())
+        };
+        futures_util::stream::once(walk).try_flatten().boxed()
     }
 
     /// Which documents the warm-up takes, from a histogram of their
