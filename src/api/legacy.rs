@@ -304,8 +304,19 @@ fn legacy_key(id: i64) -> DocKey {
     DocKey::new(CollectionName::legacy(), DocId::from_integer(id))
 }
 
+/// The original's envelope, `{"id":…,"data":…}`, assembled in one buffer
+/// of its final size: every cached GET answers with one.
 fn legacy_doc(id: i64, data: Option<&std::sync::Arc<str>>) -> RawJson<LegacyDoc> {
-    RawJson::new(format!("{{\"id\":{id},\"data\":{}}}", data.map_or("null", |d| d)))
+    let data: &str = data.map_or("null", |d| d);
+    let mut digits = itoa::Buffer::new();
+    let id = digits.format(id);
+    let mut body = Vec::with_capacity(id.len() + data.len() + 16);
+    body.extend_from_slice(b"{\"id\":");
+    body.extend_from_slice(id.as_bytes());
+    body.extend_from_slice(b",\"data\":");
+    body.extend_from_slice(data.as_bytes());
+    body.push(b'}');
+    RawJson::new(body)
 }
 
 fn bad_request(detail: impl Into<String>) -> LegacyError {
@@ -374,6 +385,18 @@ mod tests {
         assert!(cmd.run(1, &data, 200_000).is_ok());
         let err = cmd.run(1, &data, 50_000).map_err(status).err();
         assert_eq!(err.map(|e| e.0), Some(422));
+    }
+
+    #[test]
+    fn the_envelope_is_the_originals_for_any_id_and_for_a_missing_document() {
+        let text = |doc: RawJson<LegacyDoc>| String::from_utf8(doc.0.to_vec()).expect("UTF-8");
+        let data: std::sync::Arc<str> = r#"{"color":"blue"}"#.into();
+        assert_eq!(text(legacy_doc(1, Some(&data))), r#"{"id":1,"data":{"color":"blue"}}"#);
+        assert_eq!(text(legacy_doc(-42, None)), r#"{"id":-42,"data":null}"#);
+        assert_eq!(
+            text(legacy_doc(i64::MIN, Some(&data))),
+            r#"{"id":-9223372036854775808,"data":{"color":"blue"}}"#
+        );
     }
 
     fn status(err: LegacyError) -> (u16, String) {

@@ -133,12 +133,13 @@ impl DocId {
 
     /// The id of an integer-keyed document (the original API, server-chosen ids).
     pub fn from_integer(n: i64) -> Self {
-        Self(n.to_string().into())
+        // Straight into the shared text: one allocation, no formatter.
+        Self(itoa::Buffer::new().format(n).into())
     }
 
     /// The id of a counter value.
     pub fn from_counter(n: u64) -> Self {
-        Self(n.to_string().into())
+        Self(itoa::Buffer::new().format(n).into())
     }
 
     pub fn as_str(&self) -> &str {
@@ -290,6 +291,14 @@ mod tests {
         assert!(CollectionName::parse("ünï").is_err());
         assert!(CollectionName::parse(&"c".repeat(64)).is_ok());
         assert!(CollectionName::parse(&"c".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn integer_ids_are_their_decimal_form() {
+        assert_eq!(DocId::from_integer(0).as_str(), "0");
+        assert_eq!(DocId::from_integer(-7).as_str(), "-7");
+        assert_eq!(DocId::from_integer(i64::MIN).as_str(), "-9223372036854775808");
+        assert_eq!(DocId::from_counter(u64::MAX).as_str(), "18446744073709551615");
     }
 
     #[test]
