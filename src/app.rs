@@ -4,13 +4,12 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
-use poem::Server;
+use tokio::net::TcpListener;
 
 use crate::api;
 use crate::api::auth::Access;
 use crate::config::{Settings, SettingsError};
-use crate::listener::StalledPeersClosed;
+use crate::connections::{self, ConnectionLimits};
 use crate::metrics::Metrics;
 use crate::stats::StoreEvents;
 use crate::store::{Store, StoreError, StoreOptions};
@@ -45,7 +44,7 @@ pub struct Application {
     settings: Settings,
     store: Store,
     metrics: Arc<Metrics>,
-    acceptor: TcpAcceptor,
+    listener: TcpListener,
     port: u16,
 }
 
@@ -54,8 +53,8 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let store = Store::open(store_options(&settings, metrics.clone())).await?;
         let addr = std::net::SocketAddr::new(settings.listen_addr, settings.port);
-        let acceptor = match TcpListener::bind(addr).into_acceptor().await {
-            Ok(acceptor) => acceptor,
+        let listener = match TcpListener::bind(addr).await {
+            Ok(listener) => listener,
             Err(source) => {
                 store.shutdown().await;
                 return Err(BootError::Bind {
@@ -64,11 +63,7 @@ impl Application {
                 });
             }
         };
-        let port = acceptor
-            .local_addr()
-            .first()
-            .and_then(|a| a.as_socket_addr().map(|s| s.port()))
-            .unwrap_or(settings.port);
+        let port = listener.local_addr().map_or(settings.port, |a| a.port());
         if settings.api_keys.is_empty() {
             tracing::warn!(
                 "no API keys configured (EXDAAS_API_KEYS): every route is open to anyone who can reach the port"
@@ -96,7 +91,7 @@ impl Application {
             settings,
             store,
             metrics,
-            acceptor,
+            listener,
             port,
         })
     }
@@ -133,15 +128,69 @@ impl Application {
             stopping: stopping_rx,
         };
         let routes = api::routes(&self.store, &options);
-        let acceptor = StalledPeersClosed::new(self.acceptor, self.settings.send_timeout);
-        let served = Server::new_with_acceptor(acceptor)
-            .run_with_graceful_shutdown(routes, stop, Some(self.settings.shutdown_timeout))
-            .await;
+        let limits = connection_limits(&self.settings);
+        let served = connections::serve(
+            self.listener,
+            routes,
+            limits,
+            self.metrics.clone(),
+            stop,
+            self.settings.shutdown_timeout,
+        )
+        .await;
         tracing::info!("stopped accepting requests; draining writers");
         self.store.shutdown().await;
         tracing::info!("every writer drained; exiting");
         served
     }
+}
+
+/// The connection bounds of the settings, with the connection cap lowered
+/// to what the process's open-files limit leaves room for (each connection
+/// is a descriptor, and so is each shard file and database connection):
+/// past that limit, `accept` fails and nobody, probes included, gets in.
+fn connection_limits(settings: &Settings) -> ConnectionLimits {
+    let wanted = settings.connections.max_connections;
+    let reserved = 64 + 8 * settings.shards.get() as usize + 2 * settings.read_connections as usize;
+    let max_connections = match open_files_limit() {
+        Some(limit) if (limit as usize) < wanted + reserved => {
+            let fits = (limit as usize).saturating_sub(reserved).max(16);
+            tracing::warn!(
+                EXDAAS_MAX_CONNECTIONS = wanted,
+                open_files_limit = limit,
+                max_connections = fits,
+                "the open-files limit (ulimit -n) leaves room for fewer connections than EXDAAS_MAX_CONNECTIONS; taking at most {fits}"
+            );
+            fits
+        }
+        _ => wanted,
+    };
+    ConnectionLimits {
+        max_connections,
+        head_timeout: settings.connections.head_timeout,
+        idle_timeout: settings.connections.idle_timeout,
+        send_timeout: settings.send_timeout,
+        http2: settings.connections.http2,
+        http2_max_streams: settings.connections.http2_max_streams,
+    }
+}
+
+/// The soft limit on open files, raised first to the hard limit (what
+/// every server that holds many sockets does; the soft limit is often
+/// 1024 where the hard one is far higher).
+#[cfg(unix)]
+fn open_files_limit() -> Option<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return Some(hard);
+    }
+    Some(soft)
+}
+
+#[cfg(not(unix))]
+fn open_files_limit() -> Option<u64> {
+    None
 }
 
 /// What the store is told of the settings: plain data, handed down, so the

@@ -63,6 +63,8 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// A connection whose peer takes no bytes for this long is closed.
     pub send_timeout: Duration,
+    /// What one connection may hold, and how many there may be.
+    pub connections: ConnectionSettings,
     pub log_format: LogFormat,
     pub backup_dir: PathBuf,
     /// Empty: the API is open to everyone, as the original was.
@@ -74,6 +76,20 @@ pub struct Settings {
     pub pid_file: PathBuf,
     /// ...and where the server it starts writes its logs.
     pub log_file: PathBuf,
+}
+
+/// The bounds on clients' connections (see `connections`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionSettings {
+    pub max_connections: usize,
+    /// From a connection's opening, or a request head's first byte, to the
+    /// head's end.
+    pub head_timeout: Duration,
+    /// A connection with nothing in flight and no byte for this long is closed.
+    pub idle_timeout: Duration,
+    /// HTTP/2 over cleartext (prior knowledge) beside HTTP/1.1.
+    pub http2: bool,
+    pub http2_max_streams: u32,
 }
 
 /// Whether spans are exported, from OpenTelemetry's standard variables
@@ -275,7 +291,37 @@ pub const SETTINGS: &[SettingDoc] = &[
         key: "send_timeout_secs",
         env: "EXDAAS_SEND_TIMEOUT_SECS",
         default: "60",
-        meaning: "a connection whose client takes no bytes of an answer for this long is closed",
+        meaning: "a connection whose client takes no bytes of an answer for this long is closed (over HTTP/2: an answer whose stream takes none)",
+    },
+    SettingDoc {
+        key: "max_connections",
+        env: "EXDAAS_MAX_CONNECTIONS",
+        default: "1024",
+        meaning: "client connections open at once; past it a new one gets 503 and is closed (lowered at boot to what the open-files limit allows)",
+    },
+    SettingDoc {
+        key: "head_timeout_secs",
+        env: "EXDAAS_HEAD_TIMEOUT_SECS",
+        default: "10",
+        meaning: "a connection that has not sent a whole request head this long after opening, or after the head's first byte, is closed",
+    },
+    SettingDoc {
+        key: "idle_timeout_secs",
+        env: "EXDAAS_IDLE_TIMEOUT_SECS",
+        default: "75",
+        meaning: "a kept-alive connection with no request for this long is closed (keep it above your load balancer's idle timeout)",
+    },
+    SettingDoc {
+        key: "http2",
+        env: "EXDAAS_HTTP2",
+        default: "off",
+        meaning: "on: also serve HTTP/2 over cleartext (prior knowledge); off: HTTP/1.1 only",
+    },
+    SettingDoc {
+        key: "http2_max_streams",
+        env: "EXDAAS_HTTP2_MAX_STREAMS",
+        default: "32",
+        meaning: "with EXDAAS_HTTP2=on: requests one HTTP/2 connection may have open at once",
     },
     SettingDoc {
         key: "backup_dir",
@@ -581,6 +627,41 @@ impl Settings {
                 3600,
                 "seconds from 1 to 3600",
             )? as u64),
+            connections: ConnectionSettings {
+                max_connections: ranged(
+                    "EXDAAS_MAX_CONNECTIONS",
+                    &raw("max_connections")?,
+                    1,
+                    1_000_000,
+                    "a connection count from 1 to 1000000",
+                )?,
+                head_timeout: Duration::from_secs(ranged(
+                    "EXDAAS_HEAD_TIMEOUT_SECS",
+                    &raw("head_timeout_secs")?,
+                    1,
+                    3600,
+                    "seconds from 1 to 3600",
+                )? as u64),
+                idle_timeout: Duration::from_secs(ranged(
+                    "EXDAAS_IDLE_TIMEOUT_SECS",
+                    &raw("idle_timeout_secs")?,
+                    1,
+                    86_400,
+                    "seconds from 1 to 86400",
+                )? as u64),
+                http2: match raw("http2")?.trim().to_ascii_lowercase().as_str() {
+                    "on" | "true" | "1" => true,
+                    "off" | "false" | "0" => false,
+                    _ => return Err(invalid("EXDAAS_HTTP2", &raw("http2")?, "on or off")),
+                },
+                http2_max_streams: ranged(
+                    "EXDAAS_HTTP2_MAX_STREAMS",
+                    &raw("http2_max_streams")?,
+                    1,
+                    1000,
+                    "a stream count from 1 to 1000",
+                )? as u32,
+            },
             log_format: match raw("log_format")?.trim().to_ascii_lowercase().as_str() {
                 "text" => LogFormat::Text,
                 "json" => LogFormat::Json,

@@ -62,6 +62,8 @@ pub struct Metrics {
     /// The shared database's pool: connections open, idle and at most.
     database_connections: IntGaugeVec,
     database_round_trip: Histogram,
+    /// Connections closed by the server's bounds, by why.
+    connections_closed: IntCounterVec,
 }
 
 /// How far behind the live event streams of the change feed are: for
@@ -285,6 +287,13 @@ impl Metrics {
                 )
                 .buckets(SHORT_SECONDS.to_vec()),
             )),
+            connections_closed: built(IntCounterVec::new(
+                Opts::new(
+                    "exdaas_connections_closed_total",
+                    "Connections the server closed or refused: refused (over EXDAAS_MAX_CONNECTIONS), head_timeout, idle, stalled (an answer not taken for EXDAAS_SEND_TIMEOUT_SECS).",
+                ),
+                &["reason"],
+            )),
             feed_lags: Arc::new(FeedLags::default()),
             feed_slowest_lag: built(prometheus::Gauge::new(
                 "exdaas_feed_slowest_lag_seconds",
@@ -294,7 +303,8 @@ impl Metrics {
             counted_at: Mutex::new(None),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 19] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 20] = [
+            Box::new(metrics.connections_closed.clone()),
             Box::new(metrics.index_build_documents.clone()),
             Box::new(metrics.index_builds.clone()),
             Box::new(metrics.database_round_trip.clone()),
@@ -319,6 +329,12 @@ impl Metrics {
             built(metrics.registry.register(collector));
         }
         metrics
+    }
+
+    /// Counts a connection the server closed or refused; `reason` is one
+    /// of a fixed few.
+    pub fn connection_closed(&self, reason: &'static str) {
+        self.connections_closed.with_label_values(&[reason]).inc();
     }
 
     /// Counts one answered request. `route` is the route's name, or

@@ -20,6 +20,7 @@ mod payload;
 mod query;
 mod schemas;
 mod spec;
+mod swagger;
 mod ui;
 
 use poem::error::ResponseError;
@@ -155,7 +156,7 @@ pub fn openapi(store: &Store, options: &ApiOptions) -> OpenApiService<Apis, ()> 
 
 /// Every route, with errors rendered as JSON, the body limit applied and,
 /// when origins are configured, CORS.
-pub fn routes(store: &Store, options: &ApiOptions) -> impl Endpoint {
+pub fn routes(store: &Store, options: &ApiOptions) -> impl Endpoint<Output = Response> {
     let api = openapi(store, options);
     let generated = api.spec();
     let spec = std::sync::Arc::new(spec::Spec::new(&generated, !options.access.is_open()));
@@ -184,11 +185,13 @@ pub fn routes(store: &Store, options: &ApiOptions) -> impl Endpoint {
             cors.allow_origins(options.cors_origins.iter().map(String::as_str))
         }
     });
-    let ui = std::sync::Arc::new(ui);
-    let page = |ui: std::sync::Arc<String>| poem::endpoint::make_sync(move |_| poem::web::Html(ui.to_string()));
+    // Shared bytes: an answer is a reference to them, not a copy (the page
+    // is 1.8 MB, and a client may ask for it many times over at once).
+    let docs = swagger::DocsPage::new(ui);
+    let document = bytes::Bytes::from(document);
     let pages = Route::new()
-        .at("/docs", page(ui.clone()))
-        .at("/docs/", page(ui))
+        .at("/docs", docs.endpoint())
+        .at("/docs/", docs.endpoint())
         .at(
             "/openapi.json",
             poem::endpoint::make_sync(move |_| {

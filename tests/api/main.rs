@@ -8,6 +8,7 @@ mod cache;
 mod collections;
 mod commands;
 mod conditional;
+mod connections;
 mod console;
 mod crash;
 mod docs_api;
