@@ -184,7 +184,11 @@ impl<E: Endpoint<Output = Response> + 'static> Connection<E> {
                     // Handed to hyper: from now on the answer waits on
                     // its client until hyper takes its bytes.
                     in_flight.waiting.store(now_ms(), Ordering::Relaxed);
-                    Ok::<_, Infallible>(response.map(|body| WatchedBody { inner: body, in_flight }))
+                    Ok::<_, Infallible>(response.map(|body| WatchedBody {
+                        inner: body,
+                        in_flight,
+                        rest: Bytes::new(),
+                    }))
                 }
             })
         };
@@ -428,6 +432,17 @@ impl<T: AsyncWrite> AsyncWrite for WatchedSocket<T> {
     }
 }
 
+/// The most of an answer handed to hyper at once. Over HTTP/2, hyper hands
+/// a chunk to the stream as soon as its window has room for a byte, and
+/// the stream keeps all of it until the client's window takes it: a client
+/// that opens a tiny window and never more would hold a whole page (up to
+/// `EXDAAS_MAX_PAGE_BYTES`) per stream, with its answer's body finished
+/// and no longer watched. In slices, the body gives hyper the next slice
+/// only as the last one goes out, so a stream holds at most two slices
+/// and one that stops taking them is seen. The slices share the chunk's
+/// bytes (no copy).
+const SLICE_BYTES: usize = 16 << 10;
+
 pin_project_lite::pin_project! {
     /// An answer's body, telling its connection whether it waits on the
     /// client; its [`InFlight`] ends when hyper drops it.
@@ -435,6 +450,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         in_flight: InFlight,
+        // What is left of a chunk larger than a slice.
+        rest: Bytes,
     }
 }
 
@@ -444,7 +461,22 @@ impl<B: Body<Data = Bytes>> Body for WatchedBody<B> {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
-        let polled = this.inner.poll_frame(cx);
+        let polled = if this.rest.is_empty() {
+            match this.inner.poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(mut data) if data.len() > SLICE_BYTES => {
+                        *this.rest = data.split_off(SLICE_BYTES);
+                        Poll::Ready(Some(Ok(Frame::data(data))))
+                    }
+                    Ok(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Err(frame) => Poll::Ready(Some(Ok(frame))),
+                },
+                other => other,
+            }
+        } else {
+            let take = this.rest.len().min(SLICE_BYTES);
+            Poll::Ready(Some(Ok(Frame::data(this.rest.split_to(take)))))
+        };
         // Bytes handed over: until hyper comes back for more, the answer
         // waits on its client. Pending or done: not on the client.
         let waiting = match &polled {
@@ -456,10 +488,17 @@ impl<B: Body<Data = Bytes>> Body for WatchedBody<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let inner = self.inner.size_hint();
+        let rest = self.rest.len() as u64;
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + rest);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + rest);
+        }
+        hint
     }
 }

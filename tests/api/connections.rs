@@ -317,3 +317,114 @@ async fn connections_past_the_cap_are_refused_and_the_others_go_on() {
     drop(open);
     app.stop().await;
 }
+
+/// A client on a slow link takes a large answer bit by bit: that is
+/// progress, and the send timeout does not cut it off, however long the
+/// whole answer takes (here 4 MiB at about 1 MiB/s with a 2 s timeout).
+#[tokio::test]
+async fn a_slow_reader_of_a_large_answer_is_not_cut_off() {
+    let app = spawn_app_with(&[("EXDAAS_SEND_TIMEOUT_SECS", "2")]).await;
+    let large = "x".repeat(1_000_000);
+    for n in 0..4 {
+        let resp = app
+            .put_doc("big", &format!("d{n}"), &serde_json::json!({"text": large}))
+            .await;
+        assert_eq!(resp.status(), 201);
+    }
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket.set_recv_buffer_size(16 << 10).expect("a small receive buffer");
+    let mut stream = socket
+        .connect(socket_address(&app.address).parse().expect("an address"))
+        .await
+        .expect("connects");
+    stream
+        .write_all(b"GET /v1/collections/big/docs?limit=100 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("written");
+    let started = Instant::now();
+    let mut received = 0usize;
+    let mut buffer = vec![0u8; 64 << 10];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
+            .await
+            .expect("bytes within 10 s")
+            .expect("read");
+        if n == 0 {
+            break;
+        }
+        received += n;
+        // About 1 MiB/s.
+        tokio::time::sleep(Duration::from_millis(n as u64 * 1000 / (1 << 20))).await;
+    }
+    let took = started.elapsed();
+    assert!(
+        received > 4_000_000,
+        "the answer was cut off after {received} bytes and {took:?}"
+    );
+    assert!(took > Duration::from_secs(3), "the read was not slow: {took:?}");
+    app.stop().await;
+}
+
+/// The same over HTTP/2, where an answer's chunk waits for the stream's
+/// window: a client that opens its window a little at a time (about
+/// 256 KiB/s for the 1.8 MB Swagger page, with a 2 s timeout) gets all of it.
+#[tokio::test]
+async fn a_slow_http2_reader_is_not_cut_off() {
+    let app = spawn_app_with(&[("EXDAAS_HTTP2", "on"), ("EXDAAS_SEND_TIMEOUT_SECS", "2")]).await;
+    let tcp = TcpStream::connect(socket_address(&app.address))
+        .await
+        .expect("connects");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("an HTTP/2 handshake");
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    let (response, _) = client.send_request(get(&app.address, "/docs"), true).expect("sent");
+    let response = response.await.expect("an answer");
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let started = Instant::now();
+    let mut received = 0usize;
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), body.data())
+        .await
+        .expect("bytes within 10 s")
+    {
+        let chunk = chunk.expect("the stream goes on");
+        received += chunk.len();
+        tokio::time::sleep(Duration::from_millis(chunk.len() as u64 * 1000 / (256 << 10))).await;
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let took = started.elapsed();
+    assert!(
+        received > 1_500_000,
+        "the page was cut off after {received} bytes and {took:?}"
+    );
+    assert!(took > Duration::from_secs(3), "the read was not slow: {took:?}");
+    connection.abort();
+    app.stop().await;
+}
+
+/// A client that opens a small window and never more: the stream holds at
+/// most a slice or two of the answer, and the connection is closed once it
+/// has taken nothing for the send timeout.
+#[tokio::test]
+async fn an_http2_stream_with_a_window_that_never_grows_is_closed() {
+    let app = spawn_app_with(&[("EXDAAS_HTTP2", "on"), ("EXDAAS_SEND_TIMEOUT_SECS", "1")]).await;
+    let tcp = TcpStream::connect(socket_address(&app.address))
+        .await
+        .expect("connects");
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(1024)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .expect("an HTTP/2 handshake");
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    let (response, _) = client.send_request(get(&app.address, "/docs"), true).expect("sent");
+    let response = response.await.expect("an answer");
+    assert_eq!(response.status(), 200);
+    let closed = tokio::time::timeout(Duration::from_secs(8), connection).await;
+    assert!(
+        closed.is_ok(),
+        "a stream that took 1 KiB of 1.8 MB was kept open for 8 s"
+    );
+    app.stop().await;
+}
