@@ -17,10 +17,14 @@
 //! - Sorting orders types: missing, null, booleans, numbers, strings,
 //!   arrays, objects; ties go by id.
 
+mod eval;
+
 use std::cmp::Ordering;
 
 use serde_json::{Map, Value};
 
+use self::eval::{canonical, Eval};
+pub use self::eval::{Operand, ValueSet};
 use super::{Document, ListRequest, Store, StoreError, MAX_PAGE};
 use crate::domain::{CollectionName, DocId, DocKey};
 
@@ -92,7 +96,7 @@ impl FieldPath {
 }
 
 /// A filter: a tree of conditions on field paths.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Filter {
     All(Vec<Filter>),
     Any(Vec<Filter>),
@@ -100,11 +104,12 @@ pub enum Filter {
     Field(FieldPath, Condition),
 }
 
-/// A condition on one field's value.
-#[derive(Debug, Clone, PartialEq)]
+/// A condition on one field's value. Operands of equality are prepared
+/// when the query is parsed (see [`eval`]).
+#[derive(Debug, Clone)]
 pub enum Condition {
-    Eq(Value),
-    Ne(Value),
+    Eq(Operand),
+    Ne(Operand),
     /// `$gt`, `$gte`, `$lt`, `$lte`: the ordering the value must have
     /// against the operand, and whether equal passes.
     Compare {
@@ -112,11 +117,11 @@ pub enum Condition {
         want: Ordering,
         or_equal: bool,
     },
-    In(Vec<Value>),
-    NotIn(Vec<Value>),
+    In(ValueSet),
+    NotIn(ValueSet),
     Exists(bool),
     Prefix(String),
-    Contains(Value),
+    Contains(Operand),
 }
 
 /// How many filter nodes a parse has used, against the bound.
@@ -193,7 +198,7 @@ impl Filter {
             Value::Object(ops) if ops.keys().next().is_some_and(|k| k.starts_with('$')) => ops,
             other => {
                 check_operand(other, at)?;
-                return Ok(Filter::Field(path, Condition::Eq(other.clone())));
+                return Ok(Filter::Field(path, Condition::Eq(Operand::new(other.clone()))));
             }
         };
         let mut parts = Vec::with_capacity(operators.len());
@@ -202,8 +207,8 @@ impl Filter {
             let here = format!("{at}.{op}");
             check_operand(operand, &here)?;
             let condition = match op.as_str() {
-                "$eq" => Condition::Eq(operand.clone()),
-                "$ne" => Condition::Ne(operand.clone()),
+                "$eq" => Condition::Eq(Operand::new(operand.clone())),
+                "$ne" => Condition::Ne(Operand::new(operand.clone())),
                 "$gt" | "$gte" | "$lt" | "$lte" => {
                     if !matches!(operand, Value::Number(_) | Value::String(_)) {
                         return Err(format!("{here}: compares with a number or a string, not {}", kind_of(operand)));
@@ -226,9 +231,9 @@ impl Filter {
                         return Err(format!("{here}: at most {MAX_IN_VALUES} values"));
                     }
                     if op == "$in" {
-                        Condition::In(values.clone())
+                        Condition::In(ValueSet::new(values))
                     } else {
-                        Condition::NotIn(values.clone())
+                        Condition::NotIn(ValueSet::new(values))
                     }
                 }
                 "$exists" => match operand {
@@ -239,7 +244,7 @@ impl Filter {
                     Value::String(s) => Condition::Prefix(s.clone()),
                     other => return Err(format!("{here}: a string, not {}", kind_of(other))),
                 },
-                "$contains" => Condition::Contains(operand.clone()),
+                "$contains" => Condition::Contains(Operand::new(operand.clone())),
                 other => {
                     return Err(format!(
                         "{here}: unknown operator {other:?} (on a field: $eq, $ne, $gt, $gte, $lt, $lte, $in, $nin, $exists, $prefix, $contains)"
@@ -256,11 +261,33 @@ impl Filter {
 
     /// Whether `doc` passes.
     pub fn matches(&self, doc: &Value) -> bool {
+        self.passes(doc, &mut Eval::new(self.composite_len()))
+    }
+
+    /// Whether `doc` passes, each check counted in `eval`.
+    fn passes<'d>(&self, doc: &'d Value, eval: &mut Eval<'d>) -> bool {
         match self {
-            Filter::All(parts) => parts.iter().all(|p| p.matches(doc)),
-            Filter::Any(parts) => parts.iter().any(|p| p.matches(doc)),
-            Filter::Not(inner) => !inner.matches(doc),
-            Filter::Field(path, condition) => condition.holds(path.get(doc)),
+            Filter::All(parts) => parts.iter().all(|p| p.passes(doc, eval)),
+            Filter::Any(parts) => parts.iter().any(|p| p.passes(doc, eval)),
+            Filter::Not(inner) => !inner.passes(doc, eval),
+            Filter::Field(path, condition) => {
+                eval.work += 1;
+                condition.holds(path.get(doc), eval)
+            }
+        }
+    }
+
+    /// The length of the canonical JSON of its longest array or object
+    /// operand: no longer value can equal one, so none is written further.
+    fn composite_len(&self) -> usize {
+        match self {
+            Filter::All(parts) | Filter::Any(parts) => parts.iter().map(Filter::composite_len).max().unwrap_or(0),
+            Filter::Not(inner) => inner.composite_len(),
+            Filter::Field(_, condition) => match condition {
+                Condition::Eq(o) | Condition::Ne(o) | Condition::Contains(o) => o.composite_len(),
+                Condition::In(set) | Condition::NotIn(set) => set.composite_len(),
+                _ => 0,
+            },
         }
     }
 }
@@ -276,10 +303,10 @@ fn check_operand(operand: &Value, at: &str) -> Result<(), String> {
 }
 
 impl Condition {
-    fn holds(&self, value: Option<&Value>) -> bool {
+    fn holds<'d>(&self, value: Option<&'d Value>, eval: &mut Eval<'d>) -> bool {
         match self {
-            Condition::Eq(operand) => value.is_some_and(|v| same(v, operand)),
-            Condition::Ne(operand) => !value.is_some_and(|v| same(v, operand)),
+            Condition::Eq(operand) => value.is_some_and(|v| eval.same(v, operand)),
+            Condition::Ne(operand) => !value.is_some_and(|v| eval.same(v, operand)),
             Condition::Compare {
                 operand,
                 want,
@@ -289,13 +316,11 @@ impl Condition {
                 Some(order) => order == *want,
                 None => false,
             }),
-            Condition::In(values) => value.is_some_and(|v| values.iter().any(|o| same(v, o))),
-            Condition::NotIn(values) => !value.is_some_and(|v| values.iter().any(|o| same(v, o))),
+            Condition::In(values) => value.is_some_and(|v| values.holds(v, eval)),
+            Condition::NotIn(values) => !value.is_some_and(|v| values.holds(v, eval)),
             Condition::Exists(wanted) => value.is_some() == *wanted,
             Condition::Prefix(prefix) => matches!(value, Some(Value::String(s)) if s.starts_with(prefix.as_str())),
-            Condition::Contains(operand) => {
-                matches!(value, Some(Value::Array(items)) if items.iter().any(|item| same(item, operand)))
-            }
+            Condition::Contains(operand) => value.is_some_and(|v| eval.contains(v, operand)),
         }
     }
 }
@@ -310,20 +335,6 @@ fn same_type_order(a: &Value, b: &Value) -> Option<Ordering> {
         (Value::String(x), Value::String(y)) => Some(x.as_bytes().cmp(y.as_bytes())),
         _ => None,
     }
-}
-
-/// Equality as queries mean it: scalars by [`same_type_order`], arrays and
-/// objects by their canonical JSON.
-fn same(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Array(_), Value::Array(_)) | (Value::Object(_), Value::Object(_)) => canonical(a) == canonical(b),
-        _ => same_type_order(a, b) == Some(Ordering::Equal),
-    }
-}
-
-fn canonical(value: &Value) -> String {
-    // serde_json's maps keep their keys sorted: its text is canonical.
-    value.to_string()
 }
 
 fn type_rank(value: Option<&Value>) -> u8 {
@@ -938,6 +949,32 @@ mod tests {
             json!({"$or": [{"a": 1}, {"$not": {"b": {"$in": [1, 2]}}}]}),
             json!({"b": 3})
         ));
+    }
+
+    #[test]
+    fn arrays_and_objects_are_equal_by_their_canonical_json() {
+        let doc = json!({"o": {"b": [1, 2.5], "a": null}, "l": [{"x": 1}, [1], "s"], "n": 1});
+        let holds = |filter: Value| matches(filter, doc.clone());
+        assert!(holds(json!({"o": {"a": null, "b": [1, 2.5]}})), "keys in any order");
+        assert!(holds(json!({"o": {"$in": [1, {"b": [1, 2.5], "a": null}]}})));
+        assert!(
+            !holds(json!({"o": {"$in": [{"b": [1.0, 2.5], "a": null}]}})),
+            "1.0 is not 1 inside a value"
+        );
+        assert!(holds(json!({"o": {"$nin": [{"a": null}, [1]]}})));
+        assert!(holds(json!({"o": {"$ne": {"a": null}}})));
+        assert!(holds(json!({"l": {"$contains": {"x": 1}}})));
+        assert!(holds(json!({"l": {"$contains": [1]}})));
+        assert!(!holds(json!({"l": {"$contains": [1.0]}})));
+        assert!(holds(json!({"l": {"$contains": "s"}})));
+        assert!(!holds(json!({"l": {"$contains": {"x": 1, "y": 2}}})));
+        assert!(
+            !holds(json!({"l": {"$in": [{}, []]}})),
+            "a value longer than every operand"
+        );
+        assert!(!holds(json!({"n": {"$in": [[1], {"n": 1}]}})), "a number is no array");
+        assert!(holds(json!({"n": {"$in": [[1], 1.0]}})));
+        assert!(holds(json!({"$or": [{"o": {"$in": [{}]}}, {"o.b": [1, 2.5]}]})));
     }
 
     #[test]
