@@ -537,3 +537,72 @@ async fn a_costly_filter_over_thousands_of_small_documents_answers_quickly() {
     assert!(took < QUICK, "the query took {took:?}");
     app.stop().await;
 }
+
+/// How long `path` took to answer 200 with `key`.
+async fn time_get(app: &TestApp, key: &str, path: &str) -> Duration {
+    let started = Instant::now();
+    let resp = crate::helpers::send(app.request(reqwest::Method::GET, path).bearer_auth(key)).await;
+    assert_eq!(resp.status(), 200, "{path}");
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_and_other_reads_answer_while_costly_queries_run() {
+    let app = spawn_app_with(&[("EXDAAS_API_KEYS", KEYS)]).await;
+    review_documents(&app, 5000).await;
+    import(&app, "orders", [("o1".to_owned(), json!({"total": 3}))]).await;
+    // As many costly queries as the runtime has threads.
+    let running: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, url) = (app.client.clone(), app.url("/v1/collections/users/query"));
+            tokio::spawn(async move {
+                let mut body = costly_query();
+                body["count"] = json!(true);
+                let resp = client.post(url).bearer_auth(USERS_READER).json(&body).send().await;
+                resp.expect("answered").status().as_u16()
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut checks = 0;
+    while checks == 0 || running.iter().any(|q| !q.is_finished()) {
+        let health = time_get(&app, ADMIN, "/healthz").await;
+        let other = time_get(&app, ADMIN, "/v1/collections/orders/docs/o1").await;
+        assert!(
+            health < Duration::from_secs(1) && other < Duration::from_secs(1),
+            "/healthz took {health:?}, another collection's read {other:?}"
+        );
+        checks += 1;
+    }
+    for query in running {
+        assert_eq!(query.await.expect("the query ran"), 200);
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_query_past_its_work_budget_is_refused_naming_the_bound() {
+    let app = spawn_app_with(&[("EXDAAS_QUERY_MAX_WORK", "200000")]).await;
+    // 40 documents of about 10 KB: 400 KB to read, twice the budget.
+    for i in 0..40 {
+        let doc = json!({"n": i, "profile": profile(10_000, i)});
+        assert_eq!(app.put_doc("big", &format!("d{i:02}"), &doc).await.status(), 201);
+    }
+    let (status, problem) = query(&app, "big", &json!({"filter": {"n": 3}})).await;
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert_eq!(status, 422, "{detail}");
+    assert!(
+        detail.contains("200000") && detail.contains("EXDAAS_QUERY_MAX_WORK") && detail.contains("\"n\""),
+        "names the bound, the setting and the index that fits: {detail}"
+    );
+    // A smaller page does not make less work.
+    let (status, _) = query(&app, "big", &json!({"filter": {"n": 3}, "limit": 1, "fields": ["n"]})).await;
+    assert_eq!(status, 422);
+    // A query within the budget answers.
+    for i in 0..5 {
+        app.put_doc("small", &format!("s{i}"), &json!({"n": i})).await;
+    }
+    let (status, page) = query(&app, "small", &json!({"filter": {"n": 3}})).await;
+    assert_eq!((status, ids(&page)), (200, vec!["s3".to_owned()]), "{page}");
+    app.stop().await;
+}
