@@ -135,7 +135,10 @@ impl Application {
             stopping: stopping_rx,
         };
         let routes = api::routes(&self.store, &options);
-        let acceptor = StalledPeersClosed::new(self.acceptor, self.settings.send_timeout);
+        let acceptor = StalledPeersClosed::new(
+            crate::hangup::HangupsHeard::new(self.acceptor),
+            self.settings.send_timeout,
+        );
         let served = Server::new_with_acceptor(acceptor)
             .run_with_graceful_shutdown(routes, stop, Some(self.settings.shutdown_timeout))
             .await;

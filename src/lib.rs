@@ -9,6 +9,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod hangup;
 pub mod listener;
 pub mod metrics;
 pub mod stats;

@@ -3,6 +3,8 @@
 //! its HTTP face: the body read part by part, each mistake a 400 naming
 //! the part, the page written as JSON.
 
+use poem::http::StatusCode;
+use poem::web::{LocalAddr, RemoteAddr};
 use poem_openapi::param::Path;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde_json::{json, Value};
@@ -15,6 +17,7 @@ use super::payload::{json_string, JsonBody, RawJson};
 use super::ApiTags;
 use crate::domain::access::Scope;
 use crate::domain::DocKey;
+use crate::hangup::Hangup;
 use crate::store::query::{parse_fields, parse_sort, Cursor, Filter, Query, QueryLimits, QueryPage};
 use crate::store::{Store, MAX_PAGE};
 
@@ -127,15 +130,27 @@ impl QueryApi {
         auth: Credentials,
         collection: Path<CollectionParam>,
         body: JsonBody<QueryRequest>,
+        local: &LocalAddr,
+        remote: &RemoteAddr,
     ) -> Result<QueryResponse, ProblemError> {
         let collection = self.access.authorized(&auth, Scope::Read, collection.0 .0)?;
+        // poem would run the query to its end for a client that hung up:
+        // its work stops when the client goes.
+        let hangup = Hangup::of(local, remote);
         let request = Request::parse(&body.0).map_err(bad_request)?;
         let page = QueryPage {
             limit: request.limit,
             after: request.cursor,
             count: request.count,
         };
-        let answer = self.store.query(&collection, request.query, page, &self.limits).await?;
+        let answer = tokio::select! {
+            answer = self.store.query(&collection, request.query, page, &self.limits) => answer?,
+            () = hangup.heard() => {
+                // 499, as proxies log a client that closed its request.
+                let status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
+                return Err(ProblemError::new(status, "the client hung up before the answer"));
+            }
+        };
 
         let mut out = String::with_capacity(64 + answer.items.iter().map(|(_, d)| d.data.len() + 200).sum::<usize>());
         out.push_str("{\"items\":[");

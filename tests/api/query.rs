@@ -580,6 +580,99 @@ async fn health_checks_and_other_reads_answer_while_costly_queries_run() {
     app.stop().await;
 }
 
+/// A counter of `/metrics`.
+async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = crate::helpers::send(app.request(reqwest::Method::GET, "/metrics"))
+        .await
+        .text()
+        .await
+        .expect("metrics");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_whose_client_goes_away_stops_its_work() {
+    // Pages large enough that one evaluation holds every document: only
+    // the check between documents can stop it early.
+    let app = spawn_app_with(&[("EXDAAS_API_KEYS", KEYS), ("EXDAAS_MAX_PAGE_BYTES", "268435456")]).await;
+    const DOCS: usize = 60;
+    const BYTES: usize = 900_000;
+    // Written as text: building them as values is slow on a debug build.
+    let field = format!("\"{}\"", "x".repeat(90));
+    let mut lines = String::new();
+    for i in 0..DOCS {
+        let fields: Vec<String> = (0..BYTES / 100).map(|f| format!("\"f{f:05}\":{field}")).collect();
+        lines.push_str(&format!(
+            "{{\"id\":\"u{i:02}\",\"data\":{{\"profile\":{{{}}}}}}}\n",
+            fields.join(",")
+        ));
+    }
+    let resp = crate::helpers::send(
+        app.request(reqwest::Method::POST, "/v1/collections/users/import")
+            .bearer_auth(ADMIN)
+            .header("content-type", "application/x-ndjson")
+            .body(lines),
+    )
+    .await;
+    assert_eq!(json(resp).await["imported"], DOCS);
+    import(&app, "orders", [("o1".to_owned(), json!({"total": 3}))]).await;
+
+    // Two costly queries, their clients gone once the work has begun.
+    let before = metric(&app, "exdaas_query_work_units_total").await;
+    // Over raw connections, so hanging up is a plain close.
+    let body = costly_query().to_string();
+    let request = format!(
+        "POST /v1/collections/users/query HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {USERS_READER}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut queries = Vec::new();
+    for _ in 0..2 {
+        let mut socket = tokio::net::TcpStream::connect(&address).await.expect("connected");
+        tokio::io::AsyncWriteExt::write_all(&mut socket, request.as_bytes())
+            .await
+            .expect("sent");
+        queries.push(socket);
+    }
+    let started = Instant::now();
+    while metric(&app, "exdaas_query_work_units_total").await == before {
+        assert!(started.elapsed() < Duration::from_secs(30), "the queries never began");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(queries);
+
+    // The server is free at once...
+    for _ in 0..3 {
+        let health = time_get(&app, ADMIN, "/healthz").await;
+        let other = time_get(&app, ADMIN, "/v1/collections/orders/docs/o1").await;
+        assert!(
+            health < Duration::from_secs(1) && other < Duration::from_secs(1),
+            "/healthz took {health:?}, another collection's read {other:?}"
+        );
+    }
+    // ...and the work stops well short of reading every document twice.
+    let mut done = metric(&app, "exdaas_query_work_units_total").await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = metric(&app, "exdaas_query_work_units_total").await;
+        if now == done {
+            break;
+        }
+        done = now;
+    }
+    let whole = (2 * DOCS * BYTES) as f64;
+    assert!(
+        done - before < whole / 2.0,
+        "{} units of work of about {whole}",
+        done - before
+    );
+    assert_eq!(metric(&app, "exdaas_queries_abandoned_total").await, 2.0);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_query_past_its_work_budget_is_refused_naming_the_bound() {
     let app = spawn_app_with(&[("EXDAAS_QUERY_MAX_WORK", "200000")]).await;
