@@ -124,6 +124,8 @@ impl Application {
             metrics: self.metrics.clone(),
             feed_max_subscribers: self.settings.feed_max_subscribers,
             query_max_scan: self.settings.query_max_scan,
+            query_max_work: self.settings.query_max_work,
+            query_threads: self.settings.query_threads,
             feed_heartbeat: self.settings.feed_heartbeat,
             stopping: stopping_rx,
         };

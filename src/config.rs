@@ -58,6 +58,11 @@ pub struct Settings {
     pub feed_max_subscribers: usize,
     /// Documents (or index entries) a query reads at most.
     pub query_max_scan: usize,
+    /// Units of work a query does at most (bytes read and compared,
+    /// conditions checked).
+    pub query_max_work: u64,
+    /// Queries' evaluations running at once, each on a thread of its own.
+    pub query_threads: usize,
     /// How often a quiet event stream sends a comment line.
     pub feed_heartbeat: Duration,
     pub shutdown_timeout: Duration,
@@ -262,6 +267,18 @@ pub const SETTINGS: &[SettingDoc] = &[
         env: "EXDAAS_QUERY_MAX_SCAN",
         default: "10000",
         meaning: "documents (or index entries) a query reads at most: one that would read more is refused (422), naming the index that fits it",
+    },
+    SettingDoc {
+        key: "query_max_work",
+        env: "EXDAAS_QUERY_MAX_WORK",
+        default: "1000000000",
+        meaning: "units of work a query does at most (a byte of a document read or of a value compared, a condition checked: about a second of one core): one that would do more is refused (422)",
+    },
+    SettingDoc {
+        key: "query_threads",
+        env: "EXDAAS_QUERY_THREADS",
+        default: "auto",
+        meaning: "queries evaluating documents at once, each on a thread of its own beside the ones that answer requests (auto: one per CPU core); more wait their turn",
     },
     SettingDoc {
         key: "feed_heartbeat_secs",
@@ -594,6 +611,23 @@ impl Settings {
                 100_000_000,
                 "a document count from 1 to 100000000",
             )?,
+            query_max_work: ranged(
+                "EXDAAS_QUERY_MAX_WORK",
+                &raw("query_max_work")?,
+                100_000,
+                1_000_000_000_000,
+                "a number of units from 100000 to 1000000000000",
+            )? as u64,
+            query_threads: match raw("query_threads")?.trim() {
+                "auto" => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                other => ranged(
+                    "EXDAAS_QUERY_THREADS",
+                    other,
+                    1,
+                    1024,
+                    "auto, or an integer from 1 to 1024",
+                )?,
+            },
             feed_heartbeat: Duration::from_secs(ranged(
                 "EXDAAS_FEED_HEARTBEAT_SECS",
                 &raw("feed_heartbeat_secs")?,
@@ -787,6 +821,9 @@ mod tests {
             ("SHARD_LIMIT", "abc"),
             ("PORT", "70000"),
             ("EXDAAS_SYNC", "sometimes"),
+            ("EXDAAS_QUERY_MAX_WORK", "99999"),
+            ("EXDAAS_QUERY_THREADS", "0"),
+            ("EXDAAS_QUERY_THREADS", "many"),
         ] {
             let err = Settings::from_env(env(&[(name, value)]))
                 .expect_err("must refuse")

@@ -59,6 +59,10 @@ pub struct Metrics {
     /// Documents index builds covered, and builds running.
     index_build_documents: IntCounter,
     index_builds: IntGauge,
+    /// Queries' work (EXDAAS_QUERY_MAX_WORK's units), and queries whose
+    /// client went away before the answer.
+    query_work: IntCounter,
+    queries_abandoned: IntCounter,
     /// The shared database's pool: connections open, idle and at most.
     database_connections: IntGaugeVec,
     database_round_trip: Histogram,
@@ -174,6 +178,14 @@ impl StoreEvents for Metrics {
     fn index_builds_running(&self, change: i64) {
         self.index_builds.add(change);
     }
+
+    fn query_work(&self, units: u64) {
+        self.query_work.inc_by(units);
+    }
+
+    fn query_abandoned(&self) {
+        self.queries_abandoned.inc();
+    }
 }
 
 impl Default for Metrics {
@@ -273,6 +285,14 @@ impl Metrics {
                 "exdaas_index_builds_running",
                 "Background builds of declared indexes running now.",
             )),
+            query_work: built(IntCounter::new(
+                "exdaas_query_work_units_total",
+                "Work of queries, in EXDAAS_QUERY_MAX_WORK's units: bytes of documents read and of values compared, conditions checked.",
+            )),
+            queries_abandoned: built(IntCounter::new(
+                "exdaas_queries_abandoned_total",
+                "Queries whose client went away before the answer: their work stopped at the next document.",
+            )),
             database_connections: built(IntGaugeVec::new(
                 Opts::new(
                     "exdaas_database_connections",
@@ -303,8 +323,10 @@ impl Metrics {
             counted_at: Mutex::new(None),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 20] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 22] = [
             Box::new(metrics.connections_closed.clone()),
+            Box::new(metrics.query_work.clone()),
+            Box::new(metrics.queries_abandoned.clone()),
             Box::new(metrics.index_build_documents.clone()),
             Box::new(metrics.index_builds.clone()),
             Box::new(metrics.database_round_trip.clone()),

@@ -21,6 +21,11 @@ pub trait StoreEvents: Send + Sync + std::fmt::Debug {
     fn index_built(&self, documents: u64);
     /// An index build started (`1`) or ended (`-1`).
     fn index_builds_running(&self, change: i64);
+    /// A query did `units` more units of work (see `EXDAAS_QUERY_MAX_WORK`).
+    fn query_work(&self, units: u64);
+    /// A query's request was dropped (its client went away) before its
+    /// answer was ready.
+    fn query_abandoned(&self);
 }
 
 /// Events that go nowhere: tools and benchmarks that serve no metrics.
@@ -35,6 +40,8 @@ impl StoreEvents for NoEvents {
     fn database_round_trip(&self, _seconds: f64) {}
     fn index_built(&self, _documents: u64) {}
     fn index_builds_running(&self, _change: i64) {}
+    fn query_work(&self, _units: u64) {}
+    fn query_abandoned(&self) {}
 }
 
 /// What one shard is doing.

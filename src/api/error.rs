@@ -92,7 +92,8 @@ impl ApiError {
             StoreError::Unprocessable { .. }
             | StoreError::DocumentTooLarge { .. }
             | StoreError::SchemaViolation { .. }
-            | StoreError::QueryTooBroad { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            | StoreError::QueryTooBroad { .. }
+            | StoreError::QueryTooCostly { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             StoreError::InvalidSchema(_) => StatusCode::BAD_REQUEST,
             StoreError::Conflict { .. } => StatusCode::CONFLICT,
             StoreError::FeedGone { .. } => StatusCode::GONE,

@@ -68,6 +68,10 @@ pub struct ApiOptions {
     pub feed_max_subscribers: usize,
     /// Documents (or index entries) a query reads at most.
     pub query_max_scan: usize,
+    /// Units of work a query does at most.
+    pub query_max_work: u64,
+    /// Queries' evaluations running at once.
+    pub query_threads: usize,
     /// How often a quiet event stream sends a comment line.
     pub feed_heartbeat: std::time::Duration,
     /// Turns true when the server stops: feed waits end, streams close.
@@ -114,7 +118,11 @@ pub fn openapi(store: &Store, options: &ApiOptions) -> OpenApiService<Apis, ()> 
             query::QueryApi {
                 store: store.clone(),
                 access: access.clone(),
-                max_scan: options.query_max_scan,
+                limits: crate::store::query::QueryLimits::new(
+                    options.query_max_scan,
+                    options.query_max_work,
+                    options.query_threads,
+                ),
             },
             indexes::IndexesApi {
                 store: store.clone(),

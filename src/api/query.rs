@@ -15,7 +15,7 @@ use super::payload::{json_string, JsonBody, RawJson};
 use super::ApiTags;
 use crate::domain::access::Scope;
 use crate::domain::DocKey;
-use crate::store::query::{parse_fields, parse_sort, Cursor, Filter, Query, QueryPage};
+use crate::store::query::{parse_fields, parse_sort, Cursor, Filter, Query, QueryLimits, QueryPage};
 use crate::store::{Store, MAX_PAGE};
 
 const DEFAULT_LIMIT: usize = 100;
@@ -23,8 +23,8 @@ const DEFAULT_LIMIT: usize = 100;
 pub struct QueryApi {
     pub store: Store,
     pub access: Access,
-    /// Documents (or index entries) a query reads at most.
-    pub max_scan: usize,
+    /// What a query may read and do, and the threads queries share.
+    pub limits: QueryLimits,
 }
 
 /// A query. Every part is optional: `{}` pages through the whole
@@ -118,7 +118,9 @@ impl QueryApi {
     /// index that fits it best (`explain` says which), else it reads the
     /// whole collection; one that would read more than
     /// `EXDAAS_QUERY_MAX_SCAN` documents or entries is refused with 422
-    /// naming the index to declare.
+    /// naming the index to declare, and so is one whose filter would do
+    /// more than `EXDAAS_QUERY_MAX_WORK` units of work (bytes of documents
+    /// read and of values compared, conditions checked).
     #[oai(path = "/:collection/query", method = "post")]
     async fn query(
         &self,
@@ -132,9 +134,10 @@ impl QueryApi {
             limit: request.limit,
             after: request.cursor,
             count: request.count,
-            max_scan: self.max_scan as u64,
         };
-        let answer = self.store.query(&collection, &request.query, &page).await?;
+        // A client that hangs up ends its connection, which drops this
+        // future (src/connections.rs): the query's work stops with it.
+        let answer = self.store.query(&collection, request.query, page, &self.limits).await?;
 
         let mut out = String::with_capacity(64 + answer.items.iter().map(|(_, d)| d.data.len() + 200).sum::<usize>());
         out.push_str("{\"items\":[");

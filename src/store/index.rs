@@ -156,7 +156,7 @@ struct Known<'a> {
 fn gather<'a>(filter: &'a Filter, known: &mut Known<'a>) {
     match filter {
         Filter::All(parts) => parts.iter().for_each(|p| gather(p, known)),
-        Filter::Field(path, Condition::Eq(value)) => known.equal.push((path, value)),
+        Filter::Field(path, Condition::Eq(operand)) => known.equal.push((path, operand.value())),
         Filter::Field(path, condition @ (Condition::Compare { .. } | Condition::Prefix(_))) => {
             known.ranges.push((path, condition));
         }

@@ -221,6 +221,22 @@ pub enum StoreError {
         /// The fields of an index that would fit.
         suggestion: Vec<String>,
     },
+    /// A query did more work than a query may (its filter against the
+    /// documents it read).
+    #[error(
+        "this query would do more than {max_work} units of work on collection {collection} (EXDAAS_QUERY_MAX_WORK: \
+         bytes of documents read and of values compared, conditions checked); narrow its filter, or declare an \
+         index that fits it: PUT /v1/collections/{collection}/indexes/{} with {{\"fields\": {}}}{}",
+        index::suggested_name(suggestion),
+        serde_json::to_string(suggestion).unwrap_or_default(),
+        if suggestion.is_empty() { " (give the query a filter or a sort the index can serve)" } else { "" }
+    )]
+    QueryTooCostly {
+        collection: CollectionName,
+        max_work: u64,
+        /// The fields of an index that would fit.
+        suggestion: Vec<String>,
+    },
     /// An index of that name exists with other fields.
     #[error("{reason}")]
     Conflict { reason: String },
@@ -271,6 +287,7 @@ impl StoreError {
             | StoreError::Unprocessable { .. }
             | StoreError::SchemaViolation { .. }
             | StoreError::QueryTooBroad { .. }
+            | StoreError::QueryTooCostly { .. }
             | StoreError::Conflict { .. }
             | StoreError::InvalidSchema(_)
             | StoreError::FeedGone { .. }

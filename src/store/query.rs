@@ -17,12 +17,16 @@
 //! - Sorting orders types: missing, null, booleans, numbers, strings,
 //!   arrays, objects; ties go by id.
 
+mod eval;
+mod run;
+
 use std::cmp::Ordering;
 
 use serde_json::{Map, Value};
 
-use super::{Document, ListRequest, Store, StoreError, MAX_PAGE};
-use crate::domain::{CollectionName, DocId, DocKey};
+use self::eval::{canonical, is_composite, Eval};
+pub use self::eval::{Operand, ValueSet};
+pub use self::run::{QueryAnswer, QueryLimits, QueryPage};
 
 /// Bounds on what one query may ask.
 pub const MAX_FILTER_NODES: usize = 256;
@@ -92,7 +96,7 @@ impl FieldPath {
 }
 
 /// A filter: a tree of conditions on field paths.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Filter {
     All(Vec<Filter>),
     Any(Vec<Filter>),
@@ -100,11 +104,12 @@ pub enum Filter {
     Field(FieldPath, Condition),
 }
 
-/// A condition on one field's value.
-#[derive(Debug, Clone, PartialEq)]
+/// A condition on one field's value. Operands of equality are prepared
+/// when the query is parsed (see [`eval`]).
+#[derive(Debug, Clone)]
 pub enum Condition {
-    Eq(Value),
-    Ne(Value),
+    Eq(Operand),
+    Ne(Operand),
     /// `$gt`, `$gte`, `$lt`, `$lte`: the ordering the value must have
     /// against the operand, and whether equal passes.
     Compare {
@@ -112,11 +117,11 @@ pub enum Condition {
         want: Ordering,
         or_equal: bool,
     },
-    In(Vec<Value>),
-    NotIn(Vec<Value>),
+    In(ValueSet),
+    NotIn(ValueSet),
     Exists(bool),
     Prefix(String),
-    Contains(Value),
+    Contains(Operand),
 }
 
 /// How many filter nodes a parse has used, against the bound.
@@ -193,7 +198,7 @@ impl Filter {
             Value::Object(ops) if ops.keys().next().is_some_and(|k| k.starts_with('$')) => ops,
             other => {
                 check_operand(other, at)?;
-                return Ok(Filter::Field(path, Condition::Eq(other.clone())));
+                return Ok(Filter::Field(path, Condition::Eq(Operand::new(other.clone()))));
             }
         };
         let mut parts = Vec::with_capacity(operators.len());
@@ -202,8 +207,8 @@ impl Filter {
             let here = format!("{at}.{op}");
             check_operand(operand, &here)?;
             let condition = match op.as_str() {
-                "$eq" => Condition::Eq(operand.clone()),
-                "$ne" => Condition::Ne(operand.clone()),
+                "$eq" => Condition::Eq(Operand::new(operand.clone())),
+                "$ne" => Condition::Ne(Operand::new(operand.clone())),
                 "$gt" | "$gte" | "$lt" | "$lte" => {
                     if !matches!(operand, Value::Number(_) | Value::String(_)) {
                         return Err(format!("{here}: compares with a number or a string, not {}", kind_of(operand)));
@@ -226,9 +231,9 @@ impl Filter {
                         return Err(format!("{here}: at most {MAX_IN_VALUES} values"));
                     }
                     if op == "$in" {
-                        Condition::In(values.clone())
+                        Condition::In(ValueSet::new(values))
                     } else {
-                        Condition::NotIn(values.clone())
+                        Condition::NotIn(ValueSet::new(values))
                     }
                 }
                 "$exists" => match operand {
@@ -239,7 +244,7 @@ impl Filter {
                     Value::String(s) => Condition::Prefix(s.clone()),
                     other => return Err(format!("{here}: a string, not {}", kind_of(other))),
                 },
-                "$contains" => Condition::Contains(operand.clone()),
+                "$contains" => Condition::Contains(Operand::new(operand.clone())),
                 other => {
                     return Err(format!(
                         "{here}: unknown operator {other:?} (on a field: $eq, $ne, $gt, $gte, $lt, $lte, $in, $nin, $exists, $prefix, $contains)"
@@ -256,11 +261,42 @@ impl Filter {
 
     /// Whether `doc` passes.
     pub fn matches(&self, doc: &Value) -> bool {
+        self.passes(doc, &mut Eval::new(self.composite_len()))
+    }
+
+    /// Whether `doc` passes, each check counted in `eval`.
+    fn passes<'d>(&self, doc: &'d Value, eval: &mut Eval<'d>) -> bool {
         match self {
-            Filter::All(parts) => parts.iter().all(|p| p.matches(doc)),
-            Filter::Any(parts) => parts.iter().any(|p| p.matches(doc)),
-            Filter::Not(inner) => !inner.matches(doc),
-            Filter::Field(path, condition) => condition.holds(path.get(doc)),
+            Filter::All(parts) => parts.iter().all(|p| p.passes(doc, eval)),
+            Filter::Any(parts) => parts.iter().any(|p| p.passes(doc, eval)),
+            Filter::Not(inner) => !inner.passes(doc, eval),
+            Filter::Field(path, condition) => {
+                eval.work += 1;
+                condition.holds(path.get(doc), eval)
+            }
+        }
+    }
+
+    /// How many conditions it holds.
+    fn conditions(&self) -> usize {
+        match self {
+            Filter::All(parts) | Filter::Any(parts) => parts.iter().map(Filter::conditions).sum(),
+            Filter::Not(inner) => inner.conditions(),
+            Filter::Field(..) => 1,
+        }
+    }
+
+    /// The length of the canonical JSON of its longest array or object
+    /// operand: no longer value can equal one, so none is written further.
+    fn composite_len(&self) -> usize {
+        match self {
+            Filter::All(parts) | Filter::Any(parts) => parts.iter().map(Filter::composite_len).max().unwrap_or(0),
+            Filter::Not(inner) => inner.composite_len(),
+            Filter::Field(_, condition) => match condition {
+                Condition::Eq(o) | Condition::Ne(o) | Condition::Contains(o) => o.composite_len(),
+                Condition::In(set) | Condition::NotIn(set) => set.composite_len(),
+                _ => 0,
+            },
         }
     }
 }
@@ -276,10 +312,10 @@ fn check_operand(operand: &Value, at: &str) -> Result<(), String> {
 }
 
 impl Condition {
-    fn holds(&self, value: Option<&Value>) -> bool {
+    fn holds<'d>(&self, value: Option<&'d Value>, eval: &mut Eval<'d>) -> bool {
         match self {
-            Condition::Eq(operand) => value.is_some_and(|v| same(v, operand)),
-            Condition::Ne(operand) => !value.is_some_and(|v| same(v, operand)),
+            Condition::Eq(operand) => value.is_some_and(|v| eval.same(v, operand)),
+            Condition::Ne(operand) => !value.is_some_and(|v| eval.same(v, operand)),
             Condition::Compare {
                 operand,
                 want,
@@ -289,13 +325,11 @@ impl Condition {
                 Some(order) => order == *want,
                 None => false,
             }),
-            Condition::In(values) => value.is_some_and(|v| values.iter().any(|o| same(v, o))),
-            Condition::NotIn(values) => !value.is_some_and(|v| values.iter().any(|o| same(v, o))),
+            Condition::In(values) => value.is_some_and(|v| values.holds(v, eval)),
+            Condition::NotIn(values) => !value.is_some_and(|v| values.holds(v, eval)),
             Condition::Exists(wanted) => value.is_some() == *wanted,
             Condition::Prefix(prefix) => matches!(value, Some(Value::String(s)) if s.starts_with(prefix.as_str())),
-            Condition::Contains(operand) => {
-                matches!(value, Some(Value::Array(items)) if items.iter().any(|item| same(item, operand)))
-            }
+            Condition::Contains(operand) => value.is_some_and(|v| eval.contains(v, operand)),
         }
     }
 }
@@ -310,20 +344,6 @@ fn same_type_order(a: &Value, b: &Value) -> Option<Ordering> {
         (Value::String(x), Value::String(y)) => Some(x.as_bytes().cmp(y.as_bytes())),
         _ => None,
     }
-}
-
-/// Equality as queries mean it: scalars by [`same_type_order`], arrays and
-/// objects by their canonical JSON.
-fn same(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Array(_), Value::Array(_)) | (Value::Object(_), Value::Object(_)) => canonical(a) == canonical(b),
-        _ => same_type_order(a, b) == Some(Ordering::Equal),
-    }
-}
-
-fn canonical(value: &Value) -> String {
-    // serde_json's maps keep their keys sorted: its text is canonical.
-    value.to_string()
 }
 
 fn type_rank(value: Option<&Value>) -> u8 {
@@ -352,6 +372,32 @@ pub fn sort_order(a: Option<&Value>, b: Option<&Value>) -> Ordering {
     }
 }
 
+/// A sort value as a page's candidates keep it: an array or object with
+/// its canonical JSON, made once rather than at every comparison.
+#[derive(Debug, Clone)]
+struct SortKey {
+    value: Option<Value>,
+    text: Option<Box<str>>,
+}
+
+impl SortKey {
+    fn new(value: Option<Value>) -> Self {
+        let text = value
+            .as_ref()
+            .filter(|v| is_composite(v))
+            .map(|v| canonical(v).into_boxed_str());
+        Self { value, text }
+    }
+
+    /// [`sort_order`], with the canonical JSON at hand.
+    fn order(&self, other: &SortKey) -> Ordering {
+        match (&self.text, &other.text) {
+            (Some(x), Some(y)) if type_rank(self.value.as_ref()) == type_rank(other.value.as_ref()) => x.cmp(y),
+            _ => sort_order(self.value.as_ref(), other.value.as_ref()),
+        }
+    }
+}
+
 /// One sort field and its direction.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SortField {
@@ -368,26 +414,28 @@ pub struct Query {
 }
 
 impl Query {
-    /// Orders a document against a cursor's position (the sort values of
-    /// the last document of a page, `None` where it had no such field, and
-    /// its id).
-    pub fn order_against(&self, doc: (&Value, &str), cursor: &Cursor) -> Ordering {
-        for (field, value) in self.sort.iter().zip(&cursor.values) {
-            let order = sort_order(field.path.get(doc.0), value.as_ref());
+    /// The order of two documents' positions (their sort keys and ids),
+    /// the query's sort then ids.
+    fn order(&self, a: (&[SortKey], &str), b: (&[SortKey], &str)) -> Ordering {
+        for ((field, x), y) in self.sort.iter().zip(a.0).zip(b.0) {
+            let order = x.order(y);
             let order = if field.descending { order.reverse() } else { order };
             if order != Ordering::Equal {
                 return order;
             }
         }
-        doc.1.as_bytes().cmp(cursor.id.as_bytes())
+        a.1.as_bytes().cmp(b.1.as_bytes())
     }
 
-    /// The cursor just after `doc`.
-    pub fn cursor_after(&self, doc: &Value, id: &str) -> Cursor {
-        Cursor {
-            values: self.sort.iter().map(|f| f.path.get(doc).cloned()).collect(),
-            id: id.to_owned(),
-        }
+    /// `doc`'s sort keys, and the work of making them.
+    fn sort_keys(&self, doc: &Value) -> (Vec<SortKey>, u64) {
+        let keys: Vec<SortKey> = self
+            .sort
+            .iter()
+            .map(|f| SortKey::new(f.path.get(doc).cloned()))
+            .collect();
+        let work = keys.iter().map(|k| k.text.as_ref().map_or(1, |t| t.len() as u64)).sum();
+        (keys, work)
     }
 
     /// `doc` cut down to the projected fields (all of it without a
@@ -522,391 +570,6 @@ fn kind_of(value: &Value) -> &'static str {
     }
 }
 
-/// One page a query asks for.
-#[derive(Debug, Clone)]
-pub struct QueryPage {
-    /// At most this many documents (1 to [`MAX_PAGE`]).
-    pub limit: usize,
-    /// Start after this position.
-    pub after: Option<Cursor>,
-    /// Also count every matching document.
-    pub count: bool,
-    /// Read at most this many documents without an index.
-    pub max_scan: u64,
-}
-
-/// A page of a query's answer.
-#[derive(Debug, Clone, Default)]
-pub struct QueryAnswer {
-    /// The documents, in the query's order, projected.
-    pub items: Vec<(DocId, Document)>,
-    /// Where the next page starts, when more documents match.
-    pub next: Option<Cursor>,
-    /// Every matching document, when counted.
-    pub count: Option<u64>,
-    /// Documents (or index entries) read on each shard.
-    pub read_per_shard: Vec<u64>,
-    /// The index the query ran on (`None`: it read every document).
-    pub index: Option<String>,
-}
-
-/// A candidate for the page: where it sorts, and which document it is.
-struct Candidate {
-    sort: Vec<Option<Value>>,
-    id: DocId,
-    bytes: usize,
-}
-
-impl Store {
-    /// Runs `query` over a collection: through the index that fits it
-    /// best, if one is built, else by reading every document. Either way
-    /// it is refused with [`StoreError::QueryTooBroad`] once it has read
-    /// `max_scan` documents or index entries. Memory holds the page's
-    /// candidates (sort values and ids), never the collection: their
-    /// documents are read again once the page is known.
-    pub async fn query(
-        &self,
-        collection: &CollectionName,
-        query: &Query,
-        page: &QueryPage,
-    ) -> Result<QueryAnswer, StoreError> {
-        let ready = self.ready_indexes(collection).await?;
-        let gathered = match super::index::plan(query, &ready) {
-            Some(plan) => self.gather_by_index(collection, query, page, &plan).await?,
-            None => self.gather_by_scan(collection, query, page).await?,
-        };
-        self.finish(collection, query, page, gathered).await
-    }
-
-    /// Candidates from every document of the collection.
-    async fn gather_by_scan(
-        &self,
-        collection: &CollectionName,
-        query: &Query,
-        page: &QueryPage,
-    ) -> Result<Gathered, StoreError> {
-        let mut gathered = Gathered::new(self.shard_count(), None);
-        let mut pool = Candidates::new(query, page, self.inner.page_bytes);
-        let mut read = 0u64;
-        let mut start_after: Option<String> = None;
-        loop {
-            let request = ListRequest {
-                prefix: None,
-                start_after: start_after.take(),
-                limit: MAX_PAGE,
-                keys_only: false,
-            };
-            let listed = self.list(collection, &request).await?;
-            for item in &listed.items {
-                read += 1;
-                if read > page.max_scan {
-                    return Err(too_broad(collection, query, page));
-                }
-                let shard = self.shard_of(&DocKey::new(collection.clone(), item.id.clone()));
-                if let Some(n) = gathered.read_per_shard.get_mut(shard) {
-                    *n += 1;
-                }
-                pool.offer(&item.id, &item.doc.data);
-            }
-            match listed.next_after {
-                Some(next) => start_after = Some(next.as_str().to_owned()),
-                None => break,
-            }
-        }
-        gathered.count = pool.count;
-        gathered.candidates = pool.into_first();
-        Ok(gathered)
-    }
-
-    /// Candidates from the entries of `plan`'s index: each shard reads its
-    /// range, and where the index's order is the query's (and nothing is
-    /// counted), only as far as a page, starting after the cursor.
-    async fn gather_by_index(
-        &self,
-        collection: &CollectionName,
-        query: &Query,
-        page: &QueryPage,
-        plan: &super::index::Plan,
-    ) -> Result<Gathered, StoreError> {
-        let seek = plan.sorted && !page.count;
-        let after: Option<(Vec<u8>, String)> = match (&page.after, seek) {
-            (Some(cursor), true) => {
-                let mut key = plan.prefix.clone();
-                for value in &cursor.values {
-                    super::index::encode(value.as_ref(), &mut key);
-                }
-                Some((key, cursor.id.clone()))
-            }
-            _ => None,
-        };
-        let want = page.limit.clamp(1, MAX_PAGE) + 1;
-        let reads = self.inner.shards.iter().map(|shard| {
-            self.index_candidates(
-                shard,
-                collection,
-                query,
-                page,
-                plan,
-                after.clone(),
-                seek.then_some(want),
-            )
-        });
-        let mut gathered = Gathered::new(self.shard_count(), Some(plan.index.name.clone()));
-        let mut merged = Candidates::new(query, page, self.inner.page_bytes);
-        for (shard, found) in futures_util::future::join_all(reads).await.into_iter().enumerate() {
-            let (pool, read) = found?;
-            if let Some(n) = gathered.read_per_shard.get_mut(shard) {
-                *n = read;
-            }
-            merged.count += pool.count;
-            for candidate in pool.into_first() {
-                merged.push(candidate);
-            }
-        }
-        gathered.count = merged.count;
-        gathered.candidates = merged.into_first();
-        Ok(gathered)
-    }
-
-    /// One shard's candidates from an index range; how many entries it read.
-    #[allow(clippy::too_many_arguments)]
-    async fn index_candidates<'q>(
-        &self,
-        shard: &super::shard::Shard,
-        collection: &CollectionName,
-        query: &'q Query,
-        page: &'q QueryPage,
-        plan: &super::index::Plan,
-        mut after: Option<(Vec<u8>, String)>,
-        stop_at: Option<usize>,
-    ) -> Result<(Candidates<'q>, u64), StoreError> {
-        const BATCH: usize = 512;
-        let batch = stop_at.map_or(BATCH, |want| want.clamp(16, BATCH));
-        let mut pool = Candidates::new(query, page, self.inner.page_bytes);
-        let mut read = 0u64;
-        let now = super::now_millis();
-        loop {
-            let entries = shard
-                .reads()
-                .index_range(
-                    collection,
-                    &plan.index.name,
-                    &plan.low,
-                    &plan.high,
-                    after.as_ref().map(|(key, id)| (key.as_slice(), id.as_str())),
-                    batch,
-                )
-                .await?;
-            read += entries.len() as u64;
-            if read > page.max_scan {
-                return Err(too_broad(collection, query, page));
-            }
-            // The documents a few at a time: memory holds sort values, and
-            // at most this many documents' text.
-            for chunk in entries.chunks(16) {
-                let ids: Vec<&str> = chunk.iter().map(|(_, id)| id.as_str()).collect();
-                let mut docs: std::collections::HashMap<String, Document> = shard
-                    .reads()
-                    .documents(collection, &ids, now)
-                    .await?
-                    .into_iter()
-                    .collect();
-                for (_, id) in chunk {
-                    let (Some(doc), Ok(id)) = (docs.remove(id), DocId::parse(id)) else {
-                        continue;
-                    };
-                    pool.offer(&id, &doc.data);
-                }
-            }
-            if stop_at.is_some_and(|want| pool.count as usize >= want) || entries.len() < batch {
-                break;
-            }
-            after = entries.last().cloned();
-        }
-        Ok((pool, read))
-    }
-
-    /// The page from the candidates: each document read again (one
-    /// changed since is checked anew, one gone or no longer matching
-    /// leaves a shorter page), projected, within the page's bytes.
-    async fn finish(
-        &self,
-        collection: &CollectionName,
-        query: &Query,
-        page: &QueryPage,
-        gathered: Gathered,
-    ) -> Result<QueryAnswer, StoreError> {
-        let limit = page.limit.clamp(1, MAX_PAGE);
-        let budget = self.inner.page_bytes;
-        let mut answer = QueryAnswer {
-            read_per_shard: gathered.read_per_shard,
-            index: gathered.index,
-            count: page.count.then_some(gathered.count),
-            ..QueryAnswer::default()
-        };
-        let mut candidates = gathered.candidates;
-        let more = candidates.len() > limit;
-        candidates.truncate(limit);
-        let mut bytes = 0usize;
-        let mut cut = false;
-        let mut passed: Option<Cursor> = None;
-        for candidate in candidates {
-            passed = Some(Cursor {
-                values: candidate.sort.clone(),
-                id: candidate.id.as_str().to_owned(),
-            });
-            let key = DocKey::new(collection.clone(), candidate.id.clone());
-            let Some(doc) = self.get(&key).await? else { continue };
-            let Ok(value) = serde_json::from_str::<Value>(&doc.data) else {
-                continue;
-            };
-            if !query.filter.as_ref().is_none_or(|f| f.matches(&value)) {
-                continue;
-            }
-            bytes += doc.data.len();
-            if bytes > budget && !answer.items.is_empty() {
-                cut = true;
-                break;
-            }
-            let data = match &query.fields {
-                Some(_) => super::canonical_json(&query.project(value)),
-                None => doc.data.clone(),
-            };
-            answer.next = passed.clone();
-            answer.items.push((candidate.id, Document { data, ..doc }));
-        }
-        // More may follow what was answered: after a page cut short by its
-        // bytes, after the last answered; else after the last looked at.
-        answer.next = match (more, cut) {
-            (_, true) => answer.next,
-            (true, false) => passed,
-            (false, false) => None,
-        };
-        Ok(answer)
-    }
-}
-
-/// What a query gathered before its page is read.
-struct Gathered {
-    candidates: Vec<Candidate>,
-    count: u64,
-    read_per_shard: Vec<u64>,
-    index: Option<String>,
-}
-
-impl Gathered {
-    fn new(shards: usize, index: Option<String>) -> Self {
-        Self {
-            candidates: Vec::new(),
-            count: 0,
-            read_per_shard: vec![0; shards],
-            index,
-        }
-    }
-}
-
-/// The best candidates so far for a page: documents that match and come
-/// after the cursor, kept as sort values and ids, pruned to the page (and
-/// one more) whenever they grow past twice that or past the byte budget.
-struct Candidates<'q> {
-    query: &'q Query,
-    page: &'q QueryPage,
-    keep: usize,
-    budget: usize,
-    list: Vec<Candidate>,
-    bytes: usize,
-    /// Matching documents offered, before or after the cursor.
-    count: u64,
-}
-
-impl<'q> Candidates<'q> {
-    fn new(query: &'q Query, page: &'q QueryPage, budget: usize) -> Self {
-        Self {
-            query,
-            page,
-            keep: page.limit.clamp(1, MAX_PAGE) + 1,
-            budget,
-            list: Vec::new(),
-            bytes: 0,
-            count: 0,
-        }
-    }
-
-    /// A document: counted if it matches, kept if it also comes after the
-    /// cursor.
-    fn offer(&mut self, id: &DocId, data: &str) {
-        let Ok(doc) = serde_json::from_str::<Value>(data) else {
-            return;
-        };
-        if !self.query.filter.as_ref().is_none_or(|f| f.matches(&doc)) {
-            return;
-        }
-        self.count += 1;
-        let position = (&doc, id.as_str());
-        if self
-            .page
-            .after
-            .as_ref()
-            .is_some_and(|cursor| self.query.order_against(position, cursor) != Ordering::Greater)
-        {
-            return;
-        }
-        let cursor = self.query.cursor_after(&doc, id.as_str());
-        let bytes = cursor
-            .values
-            .iter()
-            .flatten()
-            .map(|v| crate::domain::measure(v).bytes)
-            .sum::<usize>()
-            + id.as_str().len();
-        self.push(Candidate {
-            sort: cursor.values,
-            id: id.clone(),
-            bytes,
-        });
-    }
-
-    fn push(&mut self, candidate: Candidate) {
-        self.bytes += candidate.bytes;
-        self.list.push(candidate);
-        if self.list.len() > 2 * self.keep || self.bytes > self.budget {
-            keep_first(self.query, &mut self.list, self.keep);
-            self.bytes = self.list.iter().map(|c| c.bytes).sum();
-        }
-    }
-
-    /// The first `keep`, in the query's order.
-    fn into_first(mut self) -> Vec<Candidate> {
-        keep_first(self.query, &mut self.list, self.keep);
-        self.list
-    }
-}
-
-/// The refusal of a query that would read too much, naming the index
-/// that would fit it.
-fn too_broad(collection: &CollectionName, query: &Query, page: &QueryPage) -> StoreError {
-    StoreError::QueryTooBroad {
-        collection: collection.clone(),
-        max_scan: page.max_scan,
-        suggestion: super::index::suggest(query),
-    }
-}
-
-/// Sorts `candidates` in the query's order and keeps the first `n`.
-fn keep_first(query: &Query, candidates: &mut Vec<Candidate>, n: usize) {
-    candidates.sort_by(|a, b| {
-        for ((field, x), y) in query.sort.iter().zip(&a.sort).zip(&b.sort) {
-            let order = sort_order(x.as_ref(), y.as_ref());
-            let order = if field.descending { order.reverse() } else { order };
-            if order != Ordering::Equal {
-                return order;
-            }
-        }
-        a.id.as_str().as_bytes().cmp(b.id.as_str().as_bytes())
-    });
-    candidates.truncate(n);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -938,6 +601,32 @@ mod tests {
             json!({"$or": [{"a": 1}, {"$not": {"b": {"$in": [1, 2]}}}]}),
             json!({"b": 3})
         ));
+    }
+
+    #[test]
+    fn arrays_and_objects_are_equal_by_their_canonical_json() {
+        let doc = json!({"o": {"b": [1, 2.5], "a": null}, "l": [{"x": 1}, [1], "s"], "n": 1});
+        let holds = |filter: Value| matches(filter, doc.clone());
+        assert!(holds(json!({"o": {"a": null, "b": [1, 2.5]}})), "keys in any order");
+        assert!(holds(json!({"o": {"$in": [1, {"b": [1, 2.5], "a": null}]}})));
+        assert!(
+            !holds(json!({"o": {"$in": [{"b": [1.0, 2.5], "a": null}]}})),
+            "1.0 is not 1 inside a value"
+        );
+        assert!(holds(json!({"o": {"$nin": [{"a": null}, [1]]}})));
+        assert!(holds(json!({"o": {"$ne": {"a": null}}})));
+        assert!(holds(json!({"l": {"$contains": {"x": 1}}})));
+        assert!(holds(json!({"l": {"$contains": [1]}})));
+        assert!(!holds(json!({"l": {"$contains": [1.0]}})));
+        assert!(holds(json!({"l": {"$contains": "s"}})));
+        assert!(!holds(json!({"l": {"$contains": {"x": 1, "y": 2}}})));
+        assert!(
+            !holds(json!({"l": {"$in": [{}, []]}})),
+            "a value longer than every operand"
+        );
+        assert!(!holds(json!({"n": {"$in": [[1], {"n": 1}]}})), "a number is no array");
+        assert!(holds(json!({"n": {"$in": [[1], 1.0]}})));
+        assert!(holds(json!({"$or": [{"o": {"$in": [{}]}}, {"o.b": [1, 2.5]}]})));
     }
 
     #[test]

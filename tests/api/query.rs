@@ -3,6 +3,7 @@
 //! server's, with writes going on meanwhile.
 
 use std::cmp::Ordering;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
@@ -429,4 +430,272 @@ async fn random_queries_agree_with_the_model(app: &TestApp, seed: u64, indexed: 
     }
     writer.await.expect("the writer ran");
     used
+}
+
+// ---- costly queries cannot freeze the server ----
+
+const ADMIN: &str = "admin-key-0123456789";
+/// A read key limited to `users`, as in the security review.
+const USERS_READER: &str = "users-reader-0123456789";
+const KEYS: &str = "admin:admin-key-0123456789;read:users-reader-0123456789:users";
+
+/// The review's query (133 KB, inside every documented bound): 127
+/// alternatives, each asking whether `profile` is one of 256 empty objects.
+fn costly_query() -> Value {
+    let alternatives = vec![json!({"profile": {"$in": vec![json!({}); 256]}}); 127];
+    json!({"filter": {"$or": alternatives}, "limit": 1})
+}
+
+/// An object of about `bytes` bytes of JSON.
+fn profile(bytes: usize, seed: usize) -> Value {
+    let fields: Map<String, Value> = (0..bytes.div_ceil(100))
+        .map(|i| (format!("f{i:05}"), json!(format!("{seed:08}{}", "x".repeat(80)))))
+        .collect();
+    Value::Object(fields)
+}
+
+/// Stores `docs` in `collection` through one import.
+async fn import(app: &TestApp, collection: &str, docs: impl IntoIterator<Item = (String, Value)>) {
+    let mut lines = String::new();
+    let mut count = 0;
+    for (id, data) in docs {
+        lines.push_str(&json!({"id": id, "data": data}).to_string());
+        lines.push('\n');
+        count += 1;
+    }
+    let resp = crate::helpers::send(
+        app.request(reqwest::Method::POST, &format!("/v1/collections/{collection}/import"))
+            .bearer_auth(ADMIN)
+            .header("content-type", "application/x-ndjson")
+            .body(lines),
+    )
+    .await;
+    assert_eq!(json(resp).await["imported"], count);
+}
+
+/// A query with `key`: its status, body and how long it took.
+async fn timed_query(app: &TestApp, key: &str, collection: &str, body: &Value) -> (u16, Value, Duration) {
+    let started = Instant::now();
+    let resp = crate::helpers::send(
+        app.request(reqwest::Method::POST, &format!("/v1/collections/{collection}/query"))
+            .bearer_auth(key)
+            .json(body),
+    )
+    .await;
+    let status = resp.status().as_u16();
+    let body = json(resp).await;
+    (status, body, started.elapsed())
+}
+
+/// The review's documents: one profile of 480 KB, one empty (the only
+/// match), and `small` more of about 700 bytes.
+async fn review_documents(app: &TestApp, small: usize) {
+    import(
+        app,
+        "users",
+        [
+            ("big".to_owned(), json!({"profile": profile(480_000, 0)})),
+            ("empty".to_owned(), json!({"profile": {}})),
+        ],
+    )
+    .await;
+    import(
+        app,
+        "users",
+        (0..small).map(|i| (format!("u{i:05}"), json!({"profile": profile(700, i)}))),
+    )
+    .await;
+}
+
+/// Generous for a debug build: the review measured 34 s (one large
+/// document) and 98 s (5,000 small ones) on a release build.
+const QUICK: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_costly_filter_over_one_large_document_answers_quickly() {
+    let app = spawn_app_with(&[("EXDAAS_API_KEYS", KEYS)]).await;
+    review_documents(&app, 0).await;
+    let (status, page, took) = timed_query(&app, USERS_READER, "users", &costly_query()).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(ids(&page), vec!["empty"]);
+    assert!(took < QUICK, "the query took {took:?}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_costly_filter_over_thousands_of_small_documents_answers_quickly() {
+    let app = spawn_app_with(&[("EXDAAS_API_KEYS", KEYS)]).await;
+    review_documents(&app, 5000).await;
+    let mut body = costly_query();
+    body["count"] = json!(true);
+    let (status, page, took) = timed_query(&app, USERS_READER, "users", &body).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(
+        (ids(&page), page["count"].clone()),
+        (vec!["empty".to_owned()], json!(1))
+    );
+    assert!(took < QUICK, "the query took {took:?}");
+    app.stop().await;
+}
+
+/// How long `path` took to answer 200 with `key`.
+async fn time_get(app: &TestApp, key: &str, path: &str) -> Duration {
+    let started = Instant::now();
+    let resp = crate::helpers::send(app.request(reqwest::Method::GET, path).bearer_auth(key)).await;
+    assert_eq!(resp.status(), 200, "{path}");
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_and_other_reads_answer_while_costly_queries_run() {
+    let app = spawn_app_with(&[("EXDAAS_API_KEYS", KEYS)]).await;
+    review_documents(&app, 5000).await;
+    import(&app, "orders", [("o1".to_owned(), json!({"total": 3}))]).await;
+    // As many costly queries as the runtime has threads.
+    let running: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, url) = (app.client.clone(), app.url("/v1/collections/users/query"));
+            tokio::spawn(async move {
+                let mut body = costly_query();
+                body["count"] = json!(true);
+                let resp = client.post(url).bearer_auth(USERS_READER).json(&body).send().await;
+                resp.expect("answered").status().as_u16()
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut checks = 0;
+    while checks == 0 || running.iter().any(|q| !q.is_finished()) {
+        let health = time_get(&app, ADMIN, "/healthz").await;
+        let other = time_get(&app, ADMIN, "/v1/collections/orders/docs/o1").await;
+        assert!(
+            health < Duration::from_secs(1) && other < Duration::from_secs(1),
+            "/healthz took {health:?}, another collection's read {other:?}"
+        );
+        checks += 1;
+    }
+    for query in running {
+        assert_eq!(query.await.expect("the query ran"), 200);
+    }
+    app.stop().await;
+}
+
+/// A counter of `/metrics`.
+async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = crate::helpers::send(app.request(reqwest::Method::GET, "/metrics"))
+        .await
+        .text()
+        .await
+        .expect("metrics");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_whose_client_goes_away_stops_its_work() {
+    // Pages large enough that one evaluation holds every document: only
+    // the check between documents can stop it early.
+    let app = spawn_app_with(&[("EXDAAS_API_KEYS", KEYS), ("EXDAAS_MAX_PAGE_BYTES", "268435456")]).await;
+    const DOCS: usize = 60;
+    const BYTES: usize = 900_000;
+    // Written as text: building them as values is slow on a debug build.
+    let field = format!("\"{}\"", "x".repeat(90));
+    let mut lines = String::new();
+    for i in 0..DOCS {
+        let fields: Vec<String> = (0..BYTES / 100).map(|f| format!("\"f{f:05}\":{field}")).collect();
+        lines.push_str(&format!(
+            "{{\"id\":\"u{i:02}\",\"data\":{{\"profile\":{{{}}}}}}}\n",
+            fields.join(",")
+        ));
+    }
+    let resp = crate::helpers::send(
+        app.request(reqwest::Method::POST, "/v1/collections/users/import")
+            .bearer_auth(ADMIN)
+            .header("content-type", "application/x-ndjson")
+            .body(lines),
+    )
+    .await;
+    assert_eq!(json(resp).await["imported"], DOCS);
+    import(&app, "orders", [("o1".to_owned(), json!({"total": 3}))]).await;
+
+    // Two costly queries, their clients gone once the work has begun.
+    let before = metric(&app, "exdaas_query_work_units_total").await;
+    // Over raw connections, so hanging up is a plain close.
+    let body = costly_query().to_string();
+    let request = format!(
+        "POST /v1/collections/users/query HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {USERS_READER}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut queries = Vec::new();
+    for _ in 0..2 {
+        let mut socket = tokio::net::TcpStream::connect(&address).await.expect("connected");
+        tokio::io::AsyncWriteExt::write_all(&mut socket, request.as_bytes())
+            .await
+            .expect("sent");
+        queries.push(socket);
+    }
+    let started = Instant::now();
+    while metric(&app, "exdaas_query_work_units_total").await == before {
+        assert!(started.elapsed() < Duration::from_secs(30), "the queries never began");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(queries);
+
+    // The server is free at once...
+    for _ in 0..3 {
+        let health = time_get(&app, ADMIN, "/healthz").await;
+        let other = time_get(&app, ADMIN, "/v1/collections/orders/docs/o1").await;
+        assert!(
+            health < Duration::from_secs(1) && other < Duration::from_secs(1),
+            "/healthz took {health:?}, another collection's read {other:?}"
+        );
+    }
+    // ...and the work stops well short of reading every document twice.
+    let mut done = metric(&app, "exdaas_query_work_units_total").await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = metric(&app, "exdaas_query_work_units_total").await;
+        if now == done {
+            break;
+        }
+        done = now;
+    }
+    let whole = (2 * DOCS * BYTES) as f64;
+    assert!(
+        done - before < whole / 2.0,
+        "{} units of work of about {whole}",
+        done - before
+    );
+    assert_eq!(metric(&app, "exdaas_queries_abandoned_total").await, 2.0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_query_past_its_work_budget_is_refused_naming_the_bound() {
+    let app = spawn_app_with(&[("EXDAAS_QUERY_MAX_WORK", "200000")]).await;
+    // 40 documents of about 10 KB: 400 KB to read, twice the budget.
+    for i in 0..40 {
+        let doc = json!({"n": i, "profile": profile(10_000, i)});
+        assert_eq!(app.put_doc("big", &format!("d{i:02}"), &doc).await.status(), 201);
+    }
+    let (status, problem) = query(&app, "big", &json!({"filter": {"n": 3}})).await;
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert_eq!(status, 422, "{detail}");
+    assert!(
+        detail.contains("200000") && detail.contains("EXDAAS_QUERY_MAX_WORK") && detail.contains("\"n\""),
+        "names the bound, the setting and the index that fits: {detail}"
+    );
+    // A smaller page does not make less work.
+    let (status, _) = query(&app, "big", &json!({"filter": {"n": 3}, "limit": 1, "fields": ["n"]})).await;
+    assert_eq!(status, 422);
+    // A query within the budget answers.
+    for i in 0..5 {
+        app.put_doc("small", &format!("s{i}"), &json!({"n": i})).await;
+    }
+    let (status, page) = query(&app, "small", &json!({"filter": {"n": 3}})).await;
+    assert_eq!((status, ids(&page)), (200, vec!["s3".to_owned()]), "{page}");
+    app.stop().await;
 }
