@@ -123,6 +123,7 @@ impl Application {
             backup_dir: self.settings.backup_dir.clone(),
             metrics: self.metrics.clone(),
             feed_max_subscribers: self.settings.feed_max_subscribers,
+            feed_max_subscribers_per_client: self.settings.feed_max_subscribers_per_client,
             query_max_scan: self.settings.query_max_scan,
             query_max_work: self.settings.query_max_work,
             query_threads: self.settings.query_threads,

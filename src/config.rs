@@ -54,8 +54,10 @@ pub struct Settings {
     pub feed_retention: Duration,
     /// ...and how many at most.
     pub feed_max_entries: u64,
-    /// Clients that may follow the change feed at once.
+    /// Clients that may follow the change feed at once...
     pub feed_max_subscribers: usize,
+    /// ...and at most with one key (or from one address, without keys).
+    pub feed_max_subscribers_per_client: usize,
     /// Documents (or index entries) a query reads at most.
     pub query_max_scan: usize,
     /// Units of work a query does at most (bytes read and compared,
@@ -261,6 +263,12 @@ pub const SETTINGS: &[SettingDoc] = &[
         env: "EXDAAS_FEED_MAX_SUBSCRIBERS",
         default: "256",
         meaning: "clients that may wait on the change feed at once (long polls and streams; beyond: 503)",
+    },
+    SettingDoc {
+        key: "feed_max_subscribers_per_client",
+        env: "EXDAAS_FEED_MAX_SUBSCRIBERS_PER_CLIENT",
+        default: "64",
+        meaning: "of those, most one API key may hold (without keys: one client address; beyond: 429), so one cannot lock the others out",
     },
     SettingDoc {
         key: "query_max_scan",
@@ -600,6 +608,13 @@ impl Settings {
             feed_max_subscribers: ranged(
                 "EXDAAS_FEED_MAX_SUBSCRIBERS",
                 &raw("feed_max_subscribers")?,
+                1,
+                100_000,
+                "an integer from 1 to 100000",
+            )?,
+            feed_max_subscribers_per_client: ranged(
+                "EXDAAS_FEED_MAX_SUBSCRIBERS_PER_CLIENT",
+                &raw("feed_max_subscribers_per_client")?,
                 1,
                 100_000,
                 "an integer from 1 to 100000",

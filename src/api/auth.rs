@@ -183,6 +183,27 @@ impl Caller<'_> {
     pub fn can_read(&self, collection: &CollectionName) -> bool {
         self.key.is_none_or(|key| key.may(Scope::Read, Some(collection)))
     }
+
+    /// Who the caller is when callers share something out (the change
+    /// feed's places): its key or, with no keys configured, the address it
+    /// calls from.
+    pub fn principal(&self, remote: &poem::web::RemoteAddr) -> Principal {
+        match (self.key, remote.as_socket_addr()) {
+            (Some(key), _) => Principal::Key(key.hash),
+            (None, Some(addr)) => Principal::Address(addr.ip()),
+            (None, None) => Principal::Unknown,
+        }
+    }
+}
+
+/// A caller as a holder of a share: a key (by its hash), or a client
+/// address on a server without keys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Principal {
+    Key([u8; 32]),
+    Address(std::net::IpAddr),
+    /// Not over TCP (a test's in-memory request): one holder for all.
+    Unknown,
 }
 
 #[cfg(test)]

@@ -359,6 +359,11 @@ const FEED_STATUSES: &[(u16, &str)] = &[
         "The store failed: a stable message and an `error_id`, which the server's log line carries with the details",
     ),
     (
+        429,
+        "This key (or, without keys, this client address) already has its share of the clients waiting on the feed \
+         (EXDAAS_FEED_MAX_SUBSCRIBERS_PER_CLIENT); Retry-After",
+    ),
+    (
         503,
         "Too many clients wait on the feed (EXDAAS_FEED_MAX_SUBSCRIBERS), or a shard cannot be read now (Retry-After)",
     ),

@@ -15,12 +15,13 @@ use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, MetaSchema, MetaSchemaRef, Registry};
 use poem_openapi::types::Type;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::auth::{Access, Credentials};
+use super::auth::{Access, Credentials, Principal};
 use super::docs::{format_time, write_envelope, DocEnvelope};
 use super::error::{ApiError, FeedProblem, Flavor};
+use super::followers::{Full, Place, Places};
 use super::params::CollectionParam;
 use super::ApiTags;
 use crate::domain::access::Scope;
@@ -42,10 +43,11 @@ pub struct FeedApi {
     /// Bytes of documents one page (or one read of a stream) holds with
     /// `include_docs` (`EXDAAS_MAX_PAGE_BYTES`).
     pub page_bytes: usize,
-    /// One permit per client waiting on the feed
-    /// (`EXDAAS_FEED_MAX_SUBSCRIBERS`).
-    pub followers: Arc<Semaphore>,
-    pub max_followers: usize,
+    /// The places of the clients waiting on the feed
+    /// (`EXDAAS_FEED_MAX_SUBSCRIBERS`, `..._PER_CLIENT`). A wait whose
+    /// client hangs up gives its place back at once: the connection's loop
+    /// drops the request with the connection (see `connections`).
+    pub places: Places,
     /// A comment line this often keeps a quiet event stream open through
     /// proxies, and shows a gone client (the write fails) within as long
     /// (`EXDAAS_FEED_HEARTBEAT_SECS`).
@@ -178,6 +180,8 @@ struct Follow {
     include_docs: Option<bool>,
     /// The client asked for `text/event-stream`.
     stream: bool,
+    /// Who holds the place a wait takes.
+    who: Principal,
 }
 
 /// Whether the request's `Accept` asks for an event stream.
@@ -266,6 +270,7 @@ impl FeedApi {
             wait: wait.0,
             include_docs: include_docs.0,
             stream: wants_stream(request),
+            who: caller.principal(request.remote_addr()),
         })
         .await
     }
@@ -325,6 +330,7 @@ impl FeedApi {
             wait: wait.0,
             include_docs: include_docs.0,
             stream: wants_stream(request),
+            who: caller.principal(request.remote_addr()),
         })
         .await
     }
@@ -361,7 +367,7 @@ impl FeedApi {
         };
         let include_docs = follow.include_docs.unwrap_or(false);
         if follow.stream {
-            let following = self.following()?;
+            let following = self.following(follow.who)?;
             // The start is read now, so a bad or stale cursor is an HTTP
             // error (410), not a stream that ends at once.
             let first = self.store.changes(&request).await?;
@@ -390,7 +396,7 @@ impl FeedApi {
             ));
         }
         let page = if wait > 0 {
-            let _following = self.following()?;
+            let _following = self.following(follow.who)?;
             let deadline = Instant::now() + Duration::from_secs(wait);
             let mut stopping = self.stopping.clone();
             self.store.next_changes(request, deadline, &mut stopping).await?
@@ -400,24 +406,38 @@ impl FeedApi {
         self.page_response(page, include_docs).await
     }
 
-    /// A place among the clients waiting on the feed, or a 503.
-    fn following(&self) -> Result<Following, FeedProblem> {
-        let permit = self.followers.clone().try_acquire_owned().map_err(|_| {
-            let mut err = ApiError::new(
-                Flavor::V1,
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "{} clients already wait on the change feed (EXDAAS_FEED_MAX_SUBSCRIBERS); \
-                     retry later, or read it without waiting (feed=normal)",
-                    self.max_followers
+    /// A place among the clients waiting on the feed; a 503 when every
+    /// place is taken, a 429 when `who` has its whole share.
+    fn following(&self, who: Principal) -> Result<Following, FeedProblem> {
+        let holder = match &who {
+            Principal::Key(_) => "this API key",
+            Principal::Address(_) | Principal::Unknown => "this client address",
+        };
+        let place = self.places.take(who).map_err(|full| {
+            let (status, detail) = match full {
+                Full::All(total) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "{total} clients already wait on the change feed (EXDAAS_FEED_MAX_SUBSCRIBERS); \
+                         retry later, or read it without waiting (no wait, no event stream)"
+                    ),
                 ),
-            );
+                Full::Share(share) => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "{holder} already has {share} clients waiting on the change feed, its whole share \
+                         (EXDAAS_FEED_MAX_SUBSCRIBERS_PER_CLIENT); end one of them, or read the feed without \
+                         waiting (no wait, no event stream)"
+                    ),
+                ),
+            };
+            let mut err = ApiError::new(Flavor::V1, status, detail);
             err.retry_after = Some(1);
             FeedProblem(err)
         })?;
         self.metrics.feed_followers.inc();
         Ok(Following {
-            _permit: permit,
+            _place: place,
             metrics: self.metrics.clone(),
         })
     }
@@ -445,7 +465,7 @@ impl FeedApi {
 /// A client's place among those waiting on the feed, given back when it
 /// goes (the answer sent, or the stream dropped).
 struct Following {
-    _permit: OwnedSemaphorePermit,
+    _place: Place,
     metrics: Arc<Metrics>,
 }
 

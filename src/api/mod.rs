@@ -10,6 +10,7 @@ mod conditional;
 mod docs;
 pub mod error;
 mod feed;
+mod followers;
 mod grant;
 mod health;
 mod indexes;
@@ -64,8 +65,10 @@ pub struct ApiOptions {
     /// Where backups taken over HTTP go.
     pub backup_dir: std::path::PathBuf,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
-    /// Clients that may wait on the change feed at once.
+    /// Clients that may wait on the change feed at once...
     pub feed_max_subscribers: usize,
+    /// ...and at most for one key (or one address without keys).
+    pub feed_max_subscribers_per_client: usize,
     /// Documents (or index entries) a query reads at most.
     pub query_max_scan: usize,
     /// Units of work a query does at most.
@@ -132,8 +135,7 @@ pub fn openapi(store: &Store, options: &ApiOptions) -> OpenApiService<Apis, ()> 
                 store: store.clone(),
                 access: access.clone(),
                 page_bytes: options.max_page_bytes,
-                followers: std::sync::Arc::new(tokio::sync::Semaphore::new(options.feed_max_subscribers)),
-                max_followers: options.feed_max_subscribers,
+                places: followers::Places::new(options.feed_max_subscribers, options.feed_max_subscribers_per_client),
                 heartbeat: options.feed_heartbeat,
                 stopping: options.stopping.clone(),
                 metrics: options.metrics.clone(),

@@ -840,3 +840,171 @@ async fn a_stream_whose_client_stops_reading_is_closed_and_gives_back_its_place(
     // Other clients were served all along, and still are.
     assert_eq!(app.get_doc("big", "d0").await.status(), 200);
 }
+
+/// Opens `n` long polls of `path` over raw TCP, each on a connection of its
+/// own from `from` (an address of the loopback network), sends their
+/// requests and returns the sockets: drop them to hang up.
+async fn raw_long_polls(
+    app: &TestApp,
+    from: [u8; 4],
+    path: &str,
+    key: Option<&str>,
+    n: usize,
+) -> Vec<tokio::net::TcpStream> {
+    let addr: std::net::SocketAddr = app.address.trim_start_matches("http://").parse().expect("address");
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    let head = format!("GET {path} HTTP/1.1\r\nHost: exdaas\r\n{auth}\r\n");
+    let mut sockets = Vec::with_capacity(n);
+    for _ in 0..n {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(std::net::SocketAddr::from((from, 0)))
+            .expect("a loopback address");
+        let mut socket = socket.connect(addr).await.expect("connect");
+        tokio::io::AsyncWriteExt::write_all(&mut socket, head.as_bytes())
+            .await
+            .expect("request sent");
+        sockets.push(socket);
+    }
+    sockets
+}
+
+/// The status of a one-second long poll of the feed with `key`.
+async fn long_poll(app: &TestApp, key: Option<&str>) -> u16 {
+    let mut request = app.request(Method::GET, "/v1/changes?wait=1");
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    send(request).await.status().as_u16()
+}
+
+/// Waits (up to 2 s) until the feed's waits number `n` in the metrics.
+async fn followers_reach(app: &TestApp, n: usize) {
+    let wanted = format!("exdaas_feed_followers {n}\n");
+    for _ in 0..100 {
+        let metrics = app.get("/metrics").await.text().await.expect("metrics");
+        if metrics.contains(&wanted) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the feed never had {n} followers");
+}
+
+const READER: &str = "read:0123456789abcdef-reader";
+const ADMIN: &str = "admin:0123456789abcdef-admin";
+
+#[tokio::test]
+async fn abandoned_long_polls_give_back_their_places_when_their_clients_hang_up() {
+    let keys = format!("{READER};{ADMIN}");
+    let app = spawn_app_with(&[
+        ("EXDAAS_API_KEYS", &keys),
+        ("EXDAAS_FEED_MAX_SUBSCRIBERS", "300"),
+        ("EXDAAS_FEED_MAX_SUBSCRIBERS_PER_CLIENT", "300"),
+    ])
+    .await;
+    let reader = Some("0123456789abcdef-reader");
+    let admin = Some("0123456789abcdef-admin");
+    // A reader opens 300 long polls of five minutes, then hangs up on them.
+    let polls = raw_long_polls(&app, [127, 0, 0, 1], "/v1/changes?wait=300", reader, 300).await;
+    followers_reach(&app, 300).await;
+    assert_eq!(long_poll(&app, admin).await, 503, "every place is taken");
+    drop(polls);
+    let started = Instant::now();
+    loop {
+        let status = long_poll(&app, admin).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "polls whose clients hung up still hold their places after {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("the places were given back within {:?}", started.elapsed());
+    followers_reach(&app, 0).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_whose_client_hangs_up_gives_back_its_place_at_once() {
+    let app = spawn_app_with(&[
+        ("EXDAAS_FEED_MAX_SUBSCRIBERS", "1"),
+        ("EXDAAS_FEED_HEARTBEAT_SECS", "300"),
+    ])
+    .await;
+    let addr: std::net::SocketAddr = app.address.trim_start_matches("http://").parse().expect("address");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = "GET /v1/changes HTTP/1.1\r\nHost: exdaas\r\nAccept: text/event-stream\r\n\r\n";
+    tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes())
+        .await
+        .expect("request sent");
+    followers_reach(&app, 1).await;
+    drop(stream);
+    // No heartbeat for five minutes: only the hang-up can end it.
+    followers_reach(&app, 0).await;
+    assert_eq!(long_poll(&app, None).await, 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn one_key_holding_its_whole_share_leaves_places_for_the_others() {
+    let keys = format!("{READER};{ADMIN}");
+    let app = spawn_app_with(&[
+        ("EXDAAS_API_KEYS", &keys),
+        ("EXDAAS_FEED_MAX_SUBSCRIBERS", "8"),
+        ("EXDAAS_FEED_MAX_SUBSCRIBERS_PER_CLIENT", "3"),
+    ])
+    .await;
+    let reader = Some("0123456789abcdef-reader");
+    let admin = Some("0123456789abcdef-admin");
+    let _held = raw_long_polls(&app, [127, 0, 0, 1], "/v1/changes?wait=300", reader, 3).await;
+    followers_reach(&app, 3).await;
+    let refused = send(
+        app.request(Method::GET, "/v1/changes?wait=1")
+            .bearer_auth("0123456789abcdef-reader"),
+    )
+    .await;
+    assert_eq!(refused.status(), 429, "the reader has its whole share");
+    assert!(refused.headers().contains_key("retry-after"));
+    let detail = json(refused).await["detail"].as_str().unwrap_or_default().to_owned();
+    assert!(detail.contains("EXDAAS_FEED_MAX_SUBSCRIBERS_PER_CLIENT"), "{detail}");
+    // Reading without waiting needs no place.
+    let page = send(
+        app.request(Method::GET, "/v1/changes")
+            .bearer_auth("0123456789abcdef-reader"),
+    )
+    .await;
+    assert_eq!(page.status(), 200);
+    assert_eq!(long_poll(&app, admin).await, 200, "another key still finds a place");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_keys_one_client_address_holding_its_share_leaves_places_for_the_others() {
+    let app = spawn_app_with(&[
+        ("EXDAAS_FEED_MAX_SUBSCRIBERS", "8"),
+        ("EXDAAS_FEED_MAX_SUBSCRIBERS_PER_CLIENT", "3"),
+    ])
+    .await;
+    let mut held = raw_long_polls(&app, [127, 0, 0, 2], "/v1/changes?wait=300", None, 4).await;
+    // The fourth is refused: its answer comes at once.
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut held[3], &mut answer),
+    )
+    .await
+    .expect("answered at once")
+    .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    followers_reach(&app, 3).await;
+    assert_eq!(long_poll(&app, None).await, 200, "another address still finds a place");
+    app.stop().await;
+}
