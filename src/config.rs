@@ -142,7 +142,7 @@ impl TraceExport {
         if !endpoint.starts_with("http://") {
             return Err(invalid(
                 name,
-                endpoint,
+                &redact_url(endpoint),
                 "an http:// URL such as http://localhost:4318 (export over TLS through a collector beside exdaas)",
             ));
         }
@@ -415,18 +415,126 @@ fn beside_data(dets_root: &str, path: &str, extension: &str) -> PathBuf {
     }
 }
 
-/// `url` without its password, fit for an error message or a log.
+/// `url` without its secrets, fit for an error message or a log: the
+/// password of its user information (`user:***@`), and the value of every
+/// query parameter whose name looks like a secret (`password=***`,
+/// `sslpassword=***`, `token=***`...). Not a URL (a PostgreSQL
+/// `key=value ...` string): the values of such keys.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.find(':') {
-                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &credentials[..colon], &url[at..]),
-                None => url.to_owned(),
+    let Some(scheme_end) = url.find("://") else {
+        return redact_keywords(url);
+    };
+    let (scheme, rest) = url.split_at(scheme_end + 3);
+    // The user information ends at the authority's last `@`. A password
+    // with a raw `/`, `?` or `#` (not a valid URL, yet one a hand may type)
+    // ends the authority early: then the last `@` anywhere after a `:`
+    // counts, which may hide more than the password but never less.
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let at = rest[..authority_end]
+        .rfind('@')
+        .or_else(|| rest.rfind('@').filter(|&at| rest[..at].contains(':')));
+    let (userinfo, after) = match at {
+        Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+        None => (None, rest),
+    };
+    let mut shown = String::with_capacity(url.len());
+    shown.push_str(scheme);
+    if let Some(userinfo) = userinfo {
+        match userinfo.split_once(':') {
+            Some((user, _)) => {
+                shown.push_str(user);
+                shown.push_str(":***");
             }
+            None => shown.push_str(userinfo),
         }
-        _ => url.to_owned(),
+        shown.push('@');
     }
+    let (before_fragment, fragment) = match after.find('#') {
+        Some(hash) => after.split_at(hash),
+        None => (after, ""),
+    };
+    match before_fragment.split_once('?') {
+        Some((path, query)) => {
+            shown.push_str(path);
+            shown.push('?');
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _)) if looks_secret(name) => format!("{name}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            shown.push_str(&pairs.join("&"));
+        }
+        None => shown.push_str(before_fragment),
+    }
+    if !fragment.is_empty() {
+        shown.push_str("#***");
+    }
+    shown
+}
+
+/// A PostgreSQL keyword/value connection string (`host=db password='x y'`)
+/// with the values of secret-looking keys replaced by `***`.
+fn redact_keywords(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(eq) = rest.find('=') {
+        let name = rest[..eq]
+            .trim_end()
+            .rsplit(char::is_whitespace)
+            .next()
+            .unwrap_or_default();
+        let value_start = eq + 1 + (rest[eq + 1..].len() - rest[eq + 1..].trim_start().len());
+        // A quoted value ends at its closing quote (`\'` escapes one), a
+        // bare one at the next white space.
+        let value_len = if rest[value_start..].starts_with('\'') {
+            let mut escaped = false;
+            rest[value_start + 1..]
+                .char_indices()
+                .find(|&(_, c)| {
+                    let closes = c == '\'' && !escaped;
+                    escaped = c == '\\' && !escaped;
+                    closes
+                })
+                .map_or(rest.len() - value_start, |(i, _)| i + 2)
+        } else {
+            rest[value_start..]
+                .find(char::is_whitespace)
+                .unwrap_or(rest.len() - value_start)
+        };
+        shown.push_str(&rest[..value_start]);
+        if looks_secret(name.trim()) {
+            shown.push_str("***");
+        } else {
+            shown.push_str(&rest[value_start..value_start + value_len]);
+        }
+        rest = &rest[value_start + value_len..];
+    }
+    shown.push_str(rest);
+    shown
+}
+
+/// Whether a parameter's name (`password`, `sslpassword`, `api_key`,
+/// `X-Amz-Signature`, `access_token`...) says its value is a secret.
+fn looks_secret(name: &str) -> bool {
+    let name: String = form_urlencoded::parse(name.as_bytes())
+        .next()
+        .map(|(name, _)| name.to_ascii_lowercase())
+        .unwrap_or_default();
+    [
+        "pass",
+        "pwd",
+        "secret",
+        "token",
+        "key",
+        "auth",
+        "sig",
+        "credential",
+        "session",
+    ]
+    .iter()
+    .any(|word| name.contains(word))
 }
 
 impl Settings {
@@ -855,6 +963,42 @@ mod tests {
         let path = path.to_string_lossy().into_owned();
         let s = Settings::from_env(env(&[("EXDAAS_CONFIG", &path), ("PORT", "6000")])).expect("valid");
         assert_eq!((s.shards.get(), s.port), (8, 6000));
+    }
+
+    #[test]
+    fn redaction_hides_every_form_a_secret_takes_in_a_url() {
+        for (url, shown) in [
+            (
+                "postgres://exdaas:s3cret@db:5432/exdaas",
+                "postgres://exdaas:***@db:5432/exdaas",
+            ),
+            (
+                "postgres://exdaas@db/exdaas?password=s3cret&sslmode=require",
+                "postgres://exdaas@db/exdaas?password=***&sslmode=require",
+            ),
+            (
+                "postgresql://db/x?sslpassword=s3cret&application_name=a",
+                "postgresql://db/x?sslpassword=***&application_name=a",
+            ),
+            ("postgres://u:p/s?x@db/x", "postgres://u:***@db/x"),
+            ("postgres://db/x?pass%77ord=s3cret", "postgres://db/x?pass%77ord=***"),
+            (
+                "http://otel:s3cret@collector:4318/v1?api_key=s3cret&region=eu",
+                "http://otel:***@collector:4318/v1?api_key=***&region=eu",
+            ),
+            ("http://collector:4318#s3cret", "http://collector:4318#***"),
+            ("postgres://db/exdaas", "postgres://db/exdaas"),
+            (
+                "host=db user=me password=s3cret dbname=x",
+                "host=db user=me password=*** dbname=x",
+            ),
+            (
+                "host=db password = 's3 cr\\'et' port=5",
+                "host=db password = *** port=5",
+            ),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
     }
 
     #[test]

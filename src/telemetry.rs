@@ -14,7 +14,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::{LogFormat, TraceExport};
+use crate::config::{redact_url, LogFormat, TraceExport};
 
 /// The target of the spans made for export: `exdaas::trace::http` for
 /// requests, `exdaas::trace::store` for shard writes.
@@ -76,7 +76,11 @@ pub fn init(format: LogFormat, traces: &TraceExport) -> Telemetry {
         TraceExport::Otlp { endpoint } => match tracer_provider() {
             Ok(provider) => Some(provider),
             Err(e) => {
-                eprintln!("exdaas: cannot export traces to {endpoint}: {e}; going on without");
+                // The endpoint may carry credentials; the headers
+                // (OTEL_EXPORTER_OTLP_HEADERS) are never shown.
+                let shown = redact_url(endpoint);
+                let e = e.to_string().replace(endpoint.as_str(), &shown);
+                eprintln!("exdaas: cannot export traces to {shown}: {e}; going on without");
                 None
             }
         },
@@ -92,7 +96,7 @@ pub fn init(format: LogFormat, traces: &TraceExport) -> Telemetry {
     }
     if let TraceExport::Otlp { endpoint } = traces {
         if provider.is_some() {
-            tracing::info!(%endpoint, "exporting traces over OTLP/HTTP");
+            tracing::info!(endpoint = %redact_url(endpoint), "exporting traces over OTLP/HTTP");
         }
     }
     Telemetry {

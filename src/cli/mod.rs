@@ -92,8 +92,12 @@ pub enum Command {
     /// each collection's count and checksum read back from the target.
     /// Documents keep their versions; the change feed starts afresh. --to
     /// needs the server stopped and a database exdaas has not written to;
-    /// --from copies one snapshot, so replicas may keep serving.
-    #[command(group(clap::ArgGroup::new("direction").required(true).args(["to", "from"])))]
+    /// --from copies one snapshot, so replicas may keep serving. A URL
+    /// given on the command line can be read by every local user (ps,
+    /// /proc): give one with a password in an environment variable, named
+    /// by --to-env or --from-env (e.g. --to-env EXDAAS_DATABASE_URL).
+    /// Passwords are never printed.
+    #[command(group(clap::ArgGroup::new("direction").required(true).args(["to", "from", "to_env", "from_env"])))]
     Migrate {
         /// The database to copy DETS_ROOT into (postgres://...)
         #[arg(long, value_name = "URL")]
@@ -101,6 +105,12 @@ pub enum Command {
         /// The database to copy into DETS_ROOT (postgres://...)
         #[arg(long, value_name = "URL")]
         from: Option<String>,
+        /// As --to, with the URL read from this environment variable
+        #[arg(long, value_name = "VAR")]
+        to_env: Option<String>,
+        /// As --from, with the URL read from this environment variable
+        #[arg(long, value_name = "VAR")]
+        from_env: Option<String>,
     },
 }
 
@@ -157,9 +167,22 @@ pub async fn run_maintenance(command: Command) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Command::Migrate { to, from } = command {
+    if let Command::Migrate {
+        to,
+        from,
+        to_env,
+        from_env,
+    } = command
+    {
+        let (into_database, url) = match migration_url(to, from, to_env, from_env) {
+            Ok(direction) => direction,
+            Err(message) => {
+                eprintln!("exdaas: {message}");
+                return ExitCode::from(2);
+            }
+        };
         let logs = crate::telemetry::init(settings.log_format, &crate::config::TraceExport::Off);
-        let outcome = migrate(&settings.data_dir, to, from).await;
+        let outcome = migrate(&settings.data_dir, into_database, &url).await;
         logs.shutdown().await;
         return match outcome {
             Ok(code) => code,
@@ -296,9 +319,30 @@ async fn reshard(root: &std::path::Path, to: u32) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn migrate(root: &std::path::Path, to: Option<String>, from: Option<String>) -> Outcome {
+/// Which way `migrate` goes (`true`: into the database) and the database's
+/// URL, from the command line or the environment variable it names.
+fn migration_url(
+    to: Option<String>,
+    from: Option<String>,
+    to_env: Option<String>,
+    from_env: Option<String>,
+) -> Result<(bool, String), String> {
+    let from_env_var = |flag: &str, name: String| match std::env::var(&name) {
+        Ok(url) if !url.trim().is_empty() => Ok(url.trim().to_owned()),
+        _ => Err(format!("{flag} {name}: the environment variable {name} is not set")),
+    };
+    let (into_database, url) = match (to, from, to_env, from_env) {
+        (Some(url), ..) => (true, url),
+        (_, Some(url), ..) => (false, url),
+        (_, _, Some(name), _) => (true, from_env_var("--to-env", name)?),
+        (_, _, _, Some(name)) => (false, from_env_var("--from-env", name)?),
+        (None, None, None, None) => return Err("say --to, --from, --to-env or --from-env".into()),
+    };
+    Ok((into_database, url))
+}
+
+async fn migrate(root: &std::path::Path, into_database: bool, url: &str) -> Outcome {
     use crate::store::transfer::{self, Progress, Stage};
-    let url = to.as_deref().or(from.as_deref()).unwrap_or_default();
     let shown = crate::config::redact_url(url);
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         eprintln!("exdaas: {shown}: expected a postgres:// or postgresql:// URL");
@@ -319,7 +363,13 @@ async fn migrate(root: &std::path::Path, to: Option<String>, from: Option<String
         let rate = p.done as f64 / p.elapsed.as_secs_f64().max(0.001);
         println!("  {verb} {} of {} documents ({percent}%), {rate:.0}/s", p.done, p.total);
     };
-    let migrated = if to.is_some() {
+    if shown != url && std::env::args().any(|arg| arg.contains(url)) {
+        eprintln!(
+            "exdaas: warning: the database URL on the command line holds a secret that every local user \
+             can read (ps, /proc); give it in an environment variable with --to-env or --from-env"
+        );
+    }
+    let migrated = if into_database {
         println!("migrating {} into {shown}", root.display());
         transfer::folder_to_database(root, url, &mut report).await?
     } else {
@@ -333,7 +383,7 @@ async fn migrate(root: &std::path::Path, to: Option<String>, from: Option<String
             collection.checksum()
         );
     }
-    let next = if to.is_some() {
+    let next = if into_database {
         format!(
             "start the replicas with EXDAAS_DATABASE_URL={shown} SHARD_LIMIT={}",
             migrated.shards

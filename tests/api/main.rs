@@ -30,5 +30,6 @@ mod query;
 mod replicas;
 mod restart;
 mod schemas;
+mod security;
 mod shutdown;
 mod transfer;

@@ -260,3 +260,43 @@ async fn mark_unfinished(url: &str) {
         .await
         .expect("marked");
 }
+
+/// A URL with a password in each place a URL can hold one, to a port where
+/// no database answers.
+const SECRET_URL: &str =
+    "postgres://exdaas:userinfo-s3cret@127.0.0.1:1/exdaas?password=param-s3cret&sslpassword=ssl-s3cret";
+
+fn assert_no_password(run: &crate::helpers::Run) {
+    for secret in ["userinfo-s3cret", "param-s3cret", "ssl-s3cret"] {
+        assert!(!run.said().contains(secret), "{secret} shows: {}", run.said());
+    }
+}
+
+#[tokio::test]
+async fn migrate_never_prints_a_password_and_takes_its_url_from_the_environment() {
+    let folder = tempfile::tempdir().expect("temp dir");
+    let info = [("RUST_LOG", "info")];
+    for direction in ["--to", "--from"] {
+        let run = exdaas(folder.path(), &["migrate", direction, SECRET_URL], &info).await;
+        assert_ne!(run.code, Some(0), "{}", run.said());
+        assert!(run.stdout.contains("exdaas:***@127.0.0.1:1"), "{}", run.said());
+        // Said on the command line, the password is in every user's `ps`.
+        assert!(run.stderr.contains("--to-env or --from-env"), "{}", run.said());
+        assert_no_password(&run);
+    }
+    // From the environment: the same copy, nothing on the command line.
+    let env = [("RUST_LOG", "info"), ("SOURCE_DATABASE_URL", SECRET_URL)];
+    let run = exdaas(folder.path(), &["migrate", "--from-env", "SOURCE_DATABASE_URL"], &env).await;
+    assert_eq!(run.code, Some(1), "{}", run.said());
+    assert!(
+        run.stdout.contains("migrating postgres://exdaas:***@127.0.0.1:1"),
+        "{}",
+        run.said()
+    );
+    assert!(run.stderr.contains("cannot connect to the database"), "{}", run.said());
+    assert!(!run.stderr.contains("--to-env or --from-env"), "{}", run.said());
+    assert_no_password(&run);
+    let run = exdaas(folder.path(), &["migrate", "--to-env", "NO_SUCH_VARIABLE"], &info).await;
+    assert_eq!(run.code, Some(2), "{}", run.said());
+    assert!(run.stderr.contains("NO_SUCH_VARIABLE"), "{}", run.said());
+}

@@ -49,10 +49,7 @@ impl PgDatabase {
 
     /// [`PgDatabase::open`], whatever a migration left.
     pub(crate) async fn prepare(url: &str, shards: u32, connections: u32, wait: Duration) -> Result<Self, StoreError> {
-        let options: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| StoreError::Database {
-            reason: format!("EXDAAS_DATABASE_URL is not a PostgreSQL URL: {e}"),
-        })?;
-        let options = options.application_name("exdaas");
+        let options = connect_options(url, "EXDAAS_DATABASE_URL")?.application_name("exdaas");
         let pool = PgPoolOptions::new()
             .max_connections(connections)
             .min_connections(0)
@@ -64,6 +61,61 @@ impl PgDatabase {
         let id = identity(&pool, shards).await?;
         Ok(Self { pool, id })
     }
+}
+
+/// The driver's options from `url` (named `what` in messages). The driver
+/// logs the value of a query parameter it does not read (an `sslpassword`
+/// it would print in clear), so those are taken off first and named here,
+/// without their values.
+pub(crate) fn connect_options(url: &str, what: &str) -> Result<PgConnectOptions, StoreError> {
+    const READ: &[&str] = &[
+        "sslmode",
+        "ssl-mode",
+        "sslrootcert",
+        "ssl-root-cert",
+        "ssl-ca",
+        "sslcert",
+        "ssl-cert",
+        "sslkey",
+        "ssl-key",
+        "statement-cache-capacity",
+        "host",
+        "hostaddr",
+        "port",
+        "dbname",
+        "user",
+        "password",
+        "application_name",
+        "options",
+    ];
+    let (before_fragment, fragment) = url.split_at(url.find('#').unwrap_or(url.len()));
+    let url = match before_fragment.split_once('?') {
+        None => url.to_owned(),
+        Some((base, query)) => {
+            let mut kept = Vec::new();
+            for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+                let name = form_urlencoded::parse(pair.as_bytes())
+                    .next()
+                    .map(|(name, _)| name.into_owned())
+                    .unwrap_or_default();
+                if READ.contains(&name.as_str()) || (name.starts_with("options[") && name.ends_with(']')) {
+                    kept.push(pair);
+                } else {
+                    tracing::warn!(
+                        parameter = %name,
+                        "{what}: exdaas does not read the connection parameter {name:?}; it is ignored"
+                    );
+                }
+            }
+            match kept.is_empty() {
+                true => format!("{base}{fragment}"),
+                false => format!("{base}?{}{fragment}", kept.join("&")),
+            }
+        }
+    };
+    url.parse().map_err(|e: sqlx::Error| StoreError::Database {
+        reason: format!("{what} is not a PostgreSQL URL: {e}"),
+    })
 }
 
 fn unavailable(what: &str, err: sqlx::Error) -> StoreError {

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, Row};
 
 use super::{engine_error, PgDatabase};
@@ -35,9 +34,7 @@ impl DatabaseSource {
     /// Connects and opens the snapshot. A database an unfinished migration
     /// is filling is refused, unless `unfinished` (verifying that copy).
     pub async fn connect(url: &str, unfinished: bool) -> Result<Self, StoreError> {
-        let options: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| StoreError::Database {
-            reason: format!("not a PostgreSQL URL: {e}"),
-        })?;
+        let options = super::connect_options(url, "the database URL")?;
         let mut conn = PgConnection::connect_with(&options.application_name("exdaas migrate"))
             .await
             .map_err(failed("cannot connect to the database"))?;
