@@ -13,6 +13,7 @@ use exdaas::{app, telemetry, Application, Settings};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    files_private_to_this_user();
     let command = Cli::parse().command.unwrap_or(Command::Serve);
     // The console and the background-server commands are plain blocking
     // programs; the server and the data folder commands need a runtime.
@@ -32,6 +33,19 @@ fn main() -> ExitCode {
             other => exdaas::cli::run_maintenance(other).await,
         }
     })
+}
+
+/// What the process creates (the data folder and its shards, backups, the
+/// pid and log files) is its user's alone: umask 077 on top of the one it
+/// was given (under the usual 022, files were readable by every local user).
+fn files_private_to_this_user() {
+    #[cfg(unix)]
+    {
+        use nix::sys::stat::{umask, Mode};
+        let private = Mode::from_bits_truncate(0o077);
+        let given = umask(private);
+        umask(given | private);
+    }
 }
 
 async fn serve() -> ExitCode {

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::helpers::{database_for, on_postgres};
+use crate::helpers::{database_for, exdaas, on_postgres};
 
 /// Every secret the tests hide in URLs; none may show in any output.
 const SECRETS: &[&str] = &[
@@ -113,4 +113,82 @@ async fn the_boot_log_never_shows_a_password_in_any_form() {
         assert!(log.contains("password=***"), "{log}");
         assert_no_secret(&log);
     }
+}
+
+/// Every file and folder under `path` (itself included) whose mode lets
+/// its group or others in, with the mode.
+fn open_to_others(path: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut found = Vec::new();
+    let mut pending = vec![path.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            found.push(format!("{} {mode:o}", path.display()));
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).expect("readable") {
+                pending.push(entry.expect("entry").path());
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn what_the_server_writes_is_its_users_alone() {
+    if crate::helpers::skip_on_postgres("the data folder's files") {
+        return;
+    }
+    let folder = tempfile::tempdir().expect("temp dir");
+    let data = folder.path().join("data");
+    let backups = folder.path().join("backups");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+        .to_string();
+    let env = [
+        ("PORT", port.as_str()),
+        ("EXDAAS_LISTEN_ADDR", "127.0.0.1"),
+        ("EXDAAS_BACKUP_DIR", backups.to_str().expect("utf-8")),
+    ];
+    let started = exdaas(&data, &["start"], &env).await;
+    assert_eq!(started.code, Some(0), "{}", started.said());
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let put = client
+        .put(format!("{base}/v1/collections/things/docs/a"))
+        .json(&serde_json::json!({"secret": true}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(put.status(), 201);
+    let backup = client
+        .post(format!("{base}/v1/admin/backup"))
+        .send()
+        .await
+        .expect("backup");
+    assert_eq!(backup.status(), 201);
+    let cli_backup = folder.path().join("cli-backup");
+    let run = exdaas(&data, &["backup", cli_backup.to_str().expect("utf-8")], &env).await;
+    assert_eq!(run.code, Some(0), "{}", run.said());
+    // While it runs: the pid file, the log, the shards and their WAL files.
+    let mut open = Vec::new();
+    for path in [
+        &data,
+        &data.with_extension("pid"),
+        &data.with_extension("log"),
+        &backups,
+        &cli_backup,
+    ] {
+        assert!(path.exists(), "{}", path.display());
+        open.extend(open_to_others(path));
+    }
+    let stopped = exdaas(&data, &["stop"], &env).await;
+    assert_eq!(stopped.code, Some(0), "{}", stopped.said());
+    assert!(open.is_empty(), "readable by others: {open:#?}");
 }
