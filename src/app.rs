@@ -120,7 +120,11 @@ impl Application {
             max_page_bytes: self.settings.max_page_bytes,
             access: Access::new(self.settings.api_keys.clone()),
             cors_origins: self.settings.cors_origins.clone(),
-            backup_dir: self.settings.backup_dir.clone(),
+            backups: api::Backups {
+                dir: self.settings.backup_dir.clone(),
+                max_count: self.settings.backup_max_count,
+                min_free_bytes: self.settings.backup_min_free_bytes,
+            },
             metrics: self.metrics.clone(),
             feed_max_subscribers: self.settings.feed_max_subscribers,
             feed_max_subscribers_per_client: self.settings.feed_max_subscribers_per_client,

@@ -73,7 +73,12 @@ pub struct Settings {
     /// What one connection may hold, and how many there may be.
     pub connections: ConnectionSettings,
     pub log_format: LogFormat,
-    pub backup_dir: PathBuf,
+    /// Where backups over HTTP go; `None`: they are off.
+    pub backup_dir: Option<PathBuf>,
+    /// Backups that folder may hold before another is refused...
+    pub backup_max_count: usize,
+    /// ...and the bytes a backup must leave free on its disk.
+    pub backup_min_free_bytes: u64,
     /// Empty: the API is open to everyone, as the original was.
     pub api_keys: Vec<ApiKey>,
     pub cors_origins: Vec<String>,
@@ -351,8 +356,20 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         key: "backup_dir",
         env: "EXDAAS_BACKUP_DIR",
-        default: "./backups",
-        meaning: "where POST /v1/admin/backup writes backups (a new folder each)",
+        default: "",
+        meaning: "where POST /v1/admin/backup writes backups (a new folder each); none: backups over HTTP are off (403)",
+    },
+    SettingDoc {
+        key: "backup_max_count",
+        env: "EXDAAS_BACKUP_MAX_COUNT",
+        default: "8",
+        meaning: "backups EXDAAS_BACKUP_DIR may hold: one more over HTTP is refused (507) until old ones are moved or deleted",
+    },
+    SettingDoc {
+        key: "backup_min_free_mib",
+        env: "EXDAAS_BACKUP_MIN_FREE_MIB",
+        default: "1024",
+        meaning: "MiB a backup over HTTP must leave free on its disk, counting the data folder's size as the backup's (less: 507)",
     },
     SettingDoc {
         key: "api_keys",
@@ -828,11 +845,24 @@ impl Settings {
             log_file: beside_data(&raw("dets_root")?, &raw("log_file")?, "log"),
             backup_dir: {
                 let dir = raw("backup_dir")?;
-                if dir.trim().is_empty() {
-                    return Err(invalid("EXDAAS_BACKUP_DIR", &dir, "a folder path"));
-                }
-                PathBuf::from(dir)
+                let dir = dir.trim();
+                (!dir.is_empty()).then(|| PathBuf::from(dir))
             },
+            backup_max_count: ranged(
+                "EXDAAS_BACKUP_MAX_COUNT",
+                &raw("backup_max_count")?,
+                1,
+                100_000,
+                "a count from 1 to 100000",
+            )?,
+            backup_min_free_bytes: (ranged(
+                "EXDAAS_BACKUP_MIN_FREE_MIB",
+                &raw("backup_min_free_mib")?,
+                0,
+                1 << 30,
+                "MiB from 0 to 1073741824",
+            )? as u64)
+                << 20,
             api_keys: {
                 // A TOML file may give a list; the environment gives one string.
                 let listed = config.get::<Vec<String>>("api_keys").map(|keys| keys.join(";"));

@@ -3,6 +3,7 @@
 //! the store only through [`Store`]'s methods; no SQL up here.
 
 mod admin;
+pub use admin::Backups;
 pub mod auth;
 mod brackets;
 mod collections;
@@ -62,8 +63,8 @@ pub struct ApiOptions {
     pub access: Access,
     /// Origins browsers may call from (CORS); empty: none.
     pub cors_origins: Vec<String>,
-    /// Where backups taken over HTTP go.
-    pub backup_dir: std::path::PathBuf,
+    /// Where backups taken over HTTP go, and their bounds.
+    pub backups: Backups,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Clients that may wait on the change feed at once...
     pub feed_max_subscribers: usize,
@@ -143,7 +144,8 @@ pub fn openapi(store: &Store, options: &ApiOptions) -> OpenApiService<Apis, ()> 
             admin::AdminApi {
                 store: store.clone(),
                 access: access.clone(),
-                backup_dir: options.backup_dir.clone(),
+                backups: options.backups.clone(),
+                taking: tokio::sync::Mutex::new(()),
             },
             grant::GrantApi { access },
             health::HealthApi {

@@ -806,6 +806,11 @@ impl Store {
         maintenance::backup(&self.inner.data_dir, dest).await
     }
 
+    /// What a backup into `dir` would meet (see [`maintenance::backup_room`]).
+    pub async fn backup_room(&self, dir: &std::path::Path) -> Result<maintenance::BackupRoom, StoreError> {
+        maintenance::backup_room(&self.inner.data_dir, dir).await
+    }
+
     /// The documents are in the data folder's files (not a database): what
     /// backups of files need.
     pub fn has_data_folder(&self) -> bool {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{exdaas, json, send, skip_on_postgres, spawn_app_on, spawn_app_with, TestApp};
+use crate::helpers::{exdaas, json, send, skip_on_postgres, spawn_app, spawn_app_on, spawn_app_with, TestApp};
 
 /// Imports `n` documents `{"n": i, "name": "doc-i"}` with ids `d000000..`
 /// into `collection`, in one NDJSON request.
@@ -492,8 +492,14 @@ async fn admins_take_backups_over_http() {
     let taken = json(resp).await;
     assert_eq!(taken["documents"], 1, "{taken}");
     assert_eq!(taken["shards"], 4, "{taken}");
-    let path = PathBuf::from(taken["path"].as_str().expect("path"));
-    assert!(path.starts_with(backups.path()), "{taken}");
+    // Named within the backup folder: the server's paths stay its own.
+    assert!(
+        !taken.to_string().contains(backups.path().to_str().expect("utf-8")),
+        "{taken}"
+    );
+    let name = taken["name"].as_str().expect("name");
+    assert!(name.starts_with("exdaas-backup-") && !name.contains('/'), "{taken}");
+    let path = backups.path().join(name);
     assert!(path.join("manifest.json").exists());
     app.stop().await;
 
@@ -641,5 +647,82 @@ async fn a_backup_over_http_does_not_stall_other_requests() {
         slowest < Duration::from_millis(100),
         "a read waited {slowest:?} behind the backup"
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn backups_over_http_are_off_unless_the_server_names_a_folder_for_them() {
+    if skip_on_postgres("backups over HTTP are the data folder's") {
+        return;
+    }
+    let app = spawn_app().await;
+    let resp = send(app.client.post(app.url("/v1/admin/backup"))).await;
+    assert_eq!(resp.status(), 403);
+    let problem = json(resp).await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("EXDAAS_BACKUP_DIR")),
+        "{problem}"
+    );
+    assert!(
+        !Path::new("backups").exists(),
+        "nothing was written in the working directory"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn backups_over_http_are_bounded_in_number_and_by_the_free_space_they_leave() {
+    if skip_on_postgres("backups over HTTP are the data folder's") {
+        return;
+    }
+    let backups = tempfile::tempdir().expect("temp dir");
+    let backup_dir = backups.path().to_string_lossy().into_owned();
+    let app = spawn_app_with(&[("EXDAAS_BACKUP_DIR", &backup_dir), ("EXDAAS_BACKUP_MAX_COUNT", "2")]).await;
+    assert_eq!(app.put_doc("things", "a", &json!({})).await.status(), 201);
+    let take = || send(app.client.post(app.url("/v1/admin/backup")));
+    for _ in 0..2 {
+        assert_eq!(take().await.status(), 201);
+    }
+    let refused = take().await;
+    assert_eq!(refused.status(), 507);
+    let problem = json(refused).await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("EXDAAS_BACKUP_MAX_COUNT=2")),
+        "{problem}"
+    );
+    let held = || std::fs::read_dir(backups.path()).expect("read").count();
+    assert_eq!(held(), 2);
+    // Once an old one goes, there is room again.
+    let oldest = std::fs::read_dir(backups.path())
+        .expect("read")
+        .map(|e| e.expect("entry").path())
+        .min()
+        .expect("a backup");
+    std::fs::remove_dir_all(oldest).expect("removed");
+    assert_eq!(take().await.status(), 201);
+    app.stop().await;
+
+    // A disk that would keep less free than asked: refused, nothing written.
+    let small = tempfile::tempdir().expect("temp dir");
+    let small_dir = small.path().to_string_lossy().into_owned();
+    let app = spawn_app_with(&[
+        ("EXDAAS_BACKUP_DIR", &small_dir),
+        ("EXDAAS_BACKUP_MIN_FREE_MIB", "1073741824"),
+    ])
+    .await;
+    let refused = send(app.client.post(app.url("/v1/admin/backup"))).await;
+    assert_eq!(refused.status(), 507);
+    let problem = json(refused).await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("EXDAAS_BACKUP_MIN_FREE_MIB=1073741824")),
+        "{problem}"
+    );
+    assert_eq!(std::fs::read_dir(small.path()).expect("read").count(), 0);
     app.stop().await;
 }

@@ -465,7 +465,7 @@ async function healthView() {
       button.disabled = false;
       if (answer.ok) {
         result.className = "ok";
-        result.textContent = `Backup complete: ${answer.json.documents} documents in ${answer.json.shards} shards, at ${answer.json.path} on the server.`;
+        result.textContent = `Backup complete: ${answer.json.documents} documents in ${answer.json.shards} shards, in ${answer.json.name} in the server's backup folder.`;
       } else {
         result.className = "error";
         result.textContent = `No backup: ${problem(answer)}`;

@@ -220,6 +220,52 @@ pub async fn backup(root: &Path, dest: &Path) -> Result<Manifest, StoreError> {
     Ok(manifest)
 }
 
+/// How the names of the backups taken over HTTP begin: what
+/// [`backup_room`] counts.
+pub const BACKUP_PREFIX: &str = "exdaas-backup-";
+
+/// What a new backup in a folder would meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupRoom {
+    /// Backups already there (folders named [`BACKUP_PREFIX`]...).
+    pub backups: usize,
+    /// Bytes free for an unprivileged user on the folder's disk.
+    pub free_bytes: u64,
+    /// The data folder's size: a backup is at most about as large.
+    pub needed_bytes: u64,
+}
+
+/// Creates `dir` if needed and says what a backup of `root` into it would
+/// meet: for bounds on backups taken over HTTP.
+pub async fn backup_room(root: &Path, dir: &Path) -> Result<BackupRoom, StoreError> {
+    let (root, dir) = (root.to_path_buf(), dir.to_path_buf());
+    blocking(move || {
+        std::fs::create_dir_all(&dir).map_err(|e| folder_error(&dir, format!("cannot create it: {e}")))?;
+        let entries = std::fs::read_dir(&dir).map_err(|e| folder_error(&dir, format!("cannot read it: {e}")))?;
+        let backups = entries
+            .filter_map(Result::ok)
+            .filter(|entry| entry.file_name().to_string_lossy().starts_with(BACKUP_PREFIX))
+            .count();
+        let needed_bytes = std::fs::read_dir(&root)
+            .map_err(|e| folder_error(&root, format!("cannot read it: {e}")))?
+            .filter_map(|entry| entry.ok()?.metadata().ok())
+            .filter(|meta| meta.is_file())
+            .map(|meta| meta.len())
+            .sum();
+        let disk = nix::sys::statvfs::statvfs(&dir)
+            .map_err(|e| folder_error(&dir, format!("cannot tell the free space of its disk: {e}")))?;
+        // The types are u64 on Linux, narrower on some other systems.
+        #[allow(clippy::useless_conversion)]
+        let free_bytes = u64::from(disk.blocks_available()).saturating_mul(u64::from(disk.fragment_size()));
+        Ok(BackupRoom {
+            backups,
+            free_bytes,
+            needed_bytes,
+        })
+    })
+    .await
+}
+
 fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
