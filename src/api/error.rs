@@ -133,11 +133,13 @@ impl ApiError {
         api_error
     }
 
-    /// Renders any error that left an endpoint, in the flavor of its path.
-    pub fn render(err: poem::Error, path: &str) -> Response {
+    /// Renders any error that left an endpoint, in the flavor of its path;
+    /// a parameter poem-openapi could not read in the document's words.
+    pub fn render(err: poem::Error, uri: &poem::http::Uri, spec: &super::spec::Spec) -> Response {
         if let Some(api_error) = err.downcast_ref::<ApiError>() {
             return api_error.as_response();
         }
+        let path = uri.path();
         let status = err.status();
         let flavor = Flavor::of_path(path);
         if status.is_server_error() {
@@ -146,10 +148,110 @@ impl ApiError {
         let detail = match status {
             StatusCode::NOT_FOUND => format!("no route for {path}"),
             StatusCode::METHOD_NOT_ALLOWED => format!("method not allowed on {path}"),
-            _ => err.to_string(),
+            _ => parameter_problem(&err, uri, spec).unwrap_or_else(|| err.to_string()),
         };
         ApiError::new(flavor, status, detail).as_response()
     }
+}
+
+/// What poem-openapi says of a parameter it could not read, in the API's
+/// words: a path parameter by the name the document gives it (poem's router
+/// calls it `param0`), and what the parameter takes said plainly instead of
+/// by type names (`integer(uint64)`) and validator calls
+/// (`minimum(1, exclusive: false)`). `None`: not a parameter's error.
+fn parameter_problem(err: &poem::Error, uri: &poem::http::Uri, spec: &super::spec::Spec) -> Option<String> {
+    use poem_openapi::error::{ParseParamError, ParsePathError};
+    let (place, name, reason) = if let Some(e) = err.downcast_ref::<ParsePathError>() {
+        let documented = e
+            .name
+            .strip_prefix("param")
+            .and_then(|n| n.parse::<usize>().ok())
+            .and_then(|n| spec.path_parameter(uri.path(), n))
+            .unwrap_or(e.name);
+        ("the path parameter", documented, e.reason.as_str())
+    } else if let Some(e) = err.downcast_ref::<ParseParamError>() {
+        let in_query = uri
+            .query()
+            .is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == e.name));
+        let place = if spec.path_parameters(uri.path()).any(|p| p == e.name) {
+            "the path parameter"
+        } else if in_query || e.name.chars().all(|c| !c.is_ascii_uppercase()) {
+            "the query parameter"
+        } else {
+            "the header"
+        };
+        (place, e.name, e.reason.as_str())
+    } else {
+        return None;
+    };
+    // `(occurred while parsing "optional_integer(uint64)")` says nothing a
+    // client can act on.
+    let reason = reason
+        .find(" (occurred while parsing \"")
+        .map_or(reason, |at| &reason[..at]);
+    let given = uri.query().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.chars().take(64).collect::<String>())
+    });
+    let not = given.map(|v| format!(", not {v:?}")).unwrap_or_default();
+    if let Some(check) = reason.strip_prefix("verification failed. ") {
+        // A list's length is not about the one value shown.
+        let not = if check.contains("Items(") { "" } else { not.as_str() };
+        return Some(format!("{place} {name} {}{not}", plain_check(check)));
+    }
+    if reason.starts_with("Type \"") && reason.ends_with("expects an input value.") {
+        return Some(format!("{place} {name} is required"));
+    }
+    if let Some((kind, why)) = reason
+        .strip_prefix("failed to parse \"")
+        .and_then(|rest| rest.split_once("\": "))
+    {
+        return Some(match plain_type(kind) {
+            Some(takes) => format!("{place} {name} must be {takes}{not}"),
+            // One of exdaas's own types (a collection name, a document id,
+            // the original's integer id): its message says it already.
+            None => format!("{place} {name}: {why}"),
+        });
+    }
+    Some(format!("{place} {name}: {reason}"))
+}
+
+/// A validator's failure (`minimum(1, exclusive: false)`) in words.
+fn plain_check(check: &str) -> String {
+    let (validator, argument) = check
+        .strip_suffix(')')
+        .and_then(|c| c.split_once('('))
+        .unwrap_or((check, ""));
+    let (bound, exclusive) = match argument.split_once(", exclusive: ") {
+        Some((bound, exclusive)) => (bound, exclusive == "true"),
+        None => (argument, false),
+    };
+    match (validator, exclusive) {
+        ("minimum", false) => format!("must be at least {bound}"),
+        ("minimum", true) => format!("must be more than {bound}"),
+        ("maximum", false) => format!("must be at most {bound}"),
+        ("maximum", true) => format!("must be less than {bound}"),
+        ("maxLength", _) => format!("must be at most {bound} characters long"),
+        ("minLength", _) => format!("must be at least {bound} characters long"),
+        ("maxItems", _) => format!("may be given at most {bound} times"),
+        ("minItems", _) => format!("must be given at least {bound} times"),
+        ("pattern", _) => format!("is not in the form it takes (it must match {bound})"),
+        _ => format!("is not valid ({check})"),
+    }
+}
+
+/// What a value of poem-openapi's type `kind` is, in words; `None` for a
+/// type of exdaas's own.
+fn plain_type(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "boolean" => "true or false",
+        "string" => "text",
+        k if k.starts_with("integer(u") => "a whole number, 0 or more",
+        k if k.starts_with("integer(") => "a whole number",
+        k if k.starts_with("number(") => "a number",
+        _ => return None,
+    })
 }
 
 impl ResponseError for ApiError {

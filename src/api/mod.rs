@@ -324,7 +324,7 @@ impl<E: Endpoint> Endpoint for Edge<E> {
             Err(err) => {
                 // Keep the matched route for metrics and traces.
                 let route = err.data::<PathPattern>().cloned();
-                let mut resp = error::ApiError::render(err, uri.path());
+                let mut resp = error::ApiError::render(err, &uri, spec);
                 if resp.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED {
                     // RFC 9110 15.5.6: a 405 says which methods the path takes.
                     let allow = match uri.path() {

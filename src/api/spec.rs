@@ -77,17 +77,32 @@ impl Spec {
 
     /// The methods `path` takes (`GET, HEAD, PUT`), if the document has it.
     pub fn allow(&self, path: &str) -> Option<&str> {
+        self.find(path).map(|p| p.allow.as_str())
+    }
+
+    /// The name the document gives the `index`-th parameter of `path`'s
+    /// template (`collection`, `id`): poem calls it `param0`, `param1`...
+    pub fn path_parameter(&self, path: &str, index: usize) -> Option<&str> {
+        self.path_parameters(path).nth(index)
+    }
+
+    /// The names of the parameters of `path`'s template.
+    pub fn path_parameters(&self, path: &str) -> impl Iterator<Item = &str> {
+        self.find(path)
+            .into_iter()
+            .flat_map(|p| p.template.split('/'))
+            .filter_map(|part| part.strip_prefix('{')?.strip_suffix('}'))
+    }
+
+    fn find(&self, path: &str) -> Option<&PathMethods> {
         let parts: Vec<&str> = path.split('/').collect();
-        self.paths
-            .iter()
-            .find(|p| {
-                p.segments.len() == parts.len()
-                    && p.segments.iter().zip(&parts).all(|(segment, part)| match segment {
-                        Some(fixed) => fixed == part,
-                        None => !part.is_empty(),
-                    })
-            })
-            .map(|p| p.allow.as_str())
+        self.paths.iter().find(|p| {
+            p.segments.len() == parts.len()
+                && p.segments.iter().zip(&parts).all(|(segment, part)| match segment {
+                    Some(fixed) => fixed == part,
+                    None => !part.is_empty(),
+                })
+        })
     }
 }
 
@@ -110,6 +125,15 @@ mod tests {
         assert_eq!(spec.allow("/healthz"), Some("GET, HEAD"));
         assert_eq!(spec.allow("/v1/collections/c/docs"), None);
         assert_eq!(spec.allow("/v1/collections//docs/7"), None);
+    }
+
+    #[test]
+    fn path_parameters_have_the_documents_names() {
+        let spec = Spec::new(GENERATED, false);
+        assert_eq!(spec.path_parameter("/v1/collections/c/docs/7", 0), Some("collection"));
+        assert_eq!(spec.path_parameter("/v1/collections/c/docs/7", 1), Some("id"));
+        assert_eq!(spec.path_parameter("/v1/collections/c/docs/7", 2), None);
+        assert_eq!(spec.path_parameter("/healthz", 0), None);
     }
 
     #[test]

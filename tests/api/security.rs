@@ -192,3 +192,78 @@ async fn what_the_server_writes_is_its_users_alone() {
     assert_eq!(stopped.code, Some(0), "{}", stopped.said());
     assert!(open.is_empty(), "readable by others: {open:#?}");
 }
+
+#[tokio::test]
+async fn a_parameter_the_server_cannot_read_is_named_as_the_api_documents_it_in_plain_words() {
+    let app = crate::helpers::spawn_app().await;
+    let legacy = app.post_api(serde_json::json!({"id": 1, "data": {}})).await;
+    assert!(legacy.status().is_success());
+    let many_keys = vec!["cmd%5Bkeys%5D%5B%5D=a"; 1001].join("&");
+    let many_keys = format!("/api/cmd?id=1&cmd%5Bquery%5D=ONLY&{many_keys}");
+    for (path, header, name, says) in [
+        ("/v1/changes?limit=abc", None, "limit", "a whole number"),
+        ("/v1/changes?limit=0", None, "limit", "at least 1"),
+        ("/v1/changes?wait=999", None, "wait", "at most 300"),
+        ("/v1/changes?include_docs=maybe", None, "include_docs", "true or false"),
+        ("/v1/changes?since=zz", None, "since", "not in the form"),
+        (
+            "/v1/changes",
+            Some(("Last-Event-ID", "zz")),
+            "header Last-Event-ID",
+            "not in the form",
+        ),
+        (
+            "/v1/collections/x/docs?limit=99999999999999999999999",
+            None,
+            "limit",
+            "a whole number",
+        ),
+        ("/v1/collections/x/docs?keys_only=2", None, "keys_only", "true or false"),
+        (
+            "/v1/collections/Bad%20Name/docs",
+            None,
+            "path parameter collection",
+            "Bad Name",
+        ),
+        ("/v1/collections/x/docs/a%20b", None, "path parameter id", "a b"),
+        (
+            "/v1/collections/x/indexes/bad%20name",
+            None,
+            "path parameter name",
+            "not in the form",
+        ),
+        (
+            "/v1/collections/x/schema/mismatches?limit=0",
+            None,
+            "limit",
+            "at least 1",
+        ),
+        ("/api?id=abc", None, "id", "a whole number"),
+        ("/api/cmd?id=1", None, "cmd[query]", "is required"),
+        (&many_keys, None, "cmd[keys][]", "at most 1000 times"),
+    ] {
+        let mut request = app.request(reqwest::Method::GET, path);
+        if let Some((header, value)) = header {
+            request = request.header(header, value);
+        }
+        let resp = crate::helpers::send(request).await;
+        assert_eq!(resp.status(), 400, "{path}");
+        let body: serde_json::Value = resp.json().await.expect("a JSON body");
+        let detail = body["detail"].as_str().or(body["message"].as_str()).unwrap_or_default();
+        assert!(detail.contains(name) && detail.contains(says), "{path}: {detail}");
+        for internal in [
+            "param0",
+            "param1",
+            "integer(",
+            "\"boolean\"",
+            "optional_",
+            "verification failed",
+            "exclusive",
+            "failed to parse",
+            "expects an input value",
+        ] {
+            assert!(!detail.contains(internal), "{path}: {internal} in {detail}");
+        }
+    }
+    app.stop().await;
+}
