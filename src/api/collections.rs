@@ -36,6 +36,8 @@ pub struct CollectionsApi {
     /// Bytes of documents one answer (a batch's results) or one import
     /// chunk holds (`EXDAAS_MAX_PAGE_BYTES`).
     pub page_bytes: usize,
+    /// The count of every collection, one at a time for all who ask.
+    pub every_count: super::counts::SharedCount<Vec<crate::store::CollectionInfo>>,
 }
 
 /// A batch operation's kind.
@@ -406,20 +408,28 @@ impl CollectionsApi {
     /// List collections
     ///
     /// Every collection the caller may read, with its number of documents.
+    /// A key limited to some collections counts those alone; counting every
+    /// collection reads every shard's whole collection index, so requests
+    /// that arrive while such a count runs share the next one.
     #[oai(path = "/", method = "get")]
     async fn collections(&self, auth: Credentials) -> Result<Json<CollectionList>, ProblemError> {
         let caller = self.access.caller(&auth, Flavor::V1).map_err(ProblemError)?;
-        let collections = self
-            .store
-            .collections()
-            .await?
-            .into_iter()
-            .filter(|c| caller.can_read(&c.name))
-            .map(|c| CollectionSummary {
-                name: c.name.as_str().to_owned(),
-                documents: c.documents,
-            })
-            .collect();
+        let summary = |c: &crate::store::CollectionInfo| CollectionSummary {
+            name: c.name.as_str().to_owned(),
+            documents: c.documents,
+        };
+        let collections = match caller.readable_collections() {
+            // A key that reads nothing has nothing to list.
+            None => Vec::new(),
+            Some(Some(only)) => self.store.collections_of(&only).await?.iter().map(summary).collect(),
+            Some(None) => self
+                .every_count
+                .get(|| self.store.collections())
+                .await?
+                .iter()
+                .map(summary)
+                .collect(),
+        };
         Ok(Json(CollectionList { collections }))
     }
 

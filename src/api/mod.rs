@@ -8,6 +8,7 @@ pub mod auth;
 mod brackets;
 mod collections;
 mod conditional;
+mod counts;
 mod docs;
 pub mod error;
 mod feed;
@@ -114,6 +115,7 @@ pub fn openapi(store: &Store, options: &ApiOptions) -> OpenApiService<Apis, ()> 
                 access: access.clone(),
                 max_line_bytes: options.max_body_bytes,
                 page_bytes: options.max_page_bytes,
+                every_count: Default::default(),
             },
             schemas::SchemasApi {
                 store: store.clone(),

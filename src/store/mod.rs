@@ -806,6 +806,26 @@ impl Store {
         maintenance::backup(&self.inner.data_dir, dest).await
     }
 
+    /// [`Store::collections`] of these collections only: the work is their
+    /// part of each shard's collection index, not every document's entry.
+    pub async fn collections_of(&self, only: &[CollectionName]) -> Result<Vec<CollectionInfo>, StoreError> {
+        let now = now_millis();
+        let mut totals = std::collections::BTreeMap::new();
+        for shard in self.shards() {
+            shard.reads().add_counts_of(now, only, &mut totals).await?;
+        }
+        Ok(totals
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .filter_map(|(name, n)| {
+                Some(CollectionInfo {
+                    name: CollectionName::parse(&name).ok()?,
+                    documents: u64::try_from(n).ok()?,
+                })
+            })
+            .collect())
+    }
+
     /// What a backup into `dir` would meet (see [`maintenance::backup_room`]).
     pub async fn backup_room(&self, dir: &std::path::Path) -> Result<maintenance::BackupRoom, StoreError> {
         maintenance::backup_room(&self.inner.data_dir, dir).await

@@ -136,3 +136,37 @@ async fn a_large_collection_is_dropped_whole_and_its_rows_leave_the_disk() {
     assert_eq!(rows_on_disk(&app.data_dir, "small").await.iter().sum::<i64>(), 3);
     assert_eq!(collections(&app).await, json!([{"name": "small", "documents": 3}]));
 }
+
+#[tokio::test]
+async fn a_key_limited_to_some_collections_lists_and_counts_those_alone() {
+    let keys = "admin:0123456789abcdef-admin;read:0123456789abcdef-reader:users,logs";
+    let served = crate::helpers::spawn_app_with(&[("EXDAAS_API_KEYS", keys)]).await;
+    let app = &served;
+    let put = |collection: &str, id: &str, ttl: &str| {
+        app.request(Method::PUT, &format!("/v1/collections/{collection}/docs/{id}{ttl}"))
+            .bearer_auth("0123456789abcdef-admin")
+            .json(&json!({}))
+            .send()
+    };
+    for i in 0..3 {
+        assert_eq!(put("users", &format!("u{i}"), "").await.expect("put").status(), 201);
+        assert_eq!(put("orders", &format!("o{i}"), "").await.expect("put").status(), 201);
+    }
+    assert_eq!(put("users", "brief", "?ttl=1").await.expect("put").status(), 201);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let list = |key: &'static str| async move {
+        let resp = send(app.request(Method::GET, "/v1/collections").bearer_auth(key)).await;
+        assert_eq!(resp.status(), 200);
+        json(resp).await["collections"].clone()
+    };
+    // Its own collections, live documents only; no word of the others.
+    assert_eq!(
+        list("0123456789abcdef-reader").await,
+        json!([{"name": "users", "documents": 3}])
+    );
+    let everything = json!([{"name": "orders", "documents": 3}, {"name": "users", "documents": 3}]);
+    // Many at once share counts, and each sees what was written before it.
+    let all = futures_util::future::join_all((0..20).map(|_| list("0123456789abcdef-admin"))).await;
+    assert!(all.iter().all(|listed| *listed == everything), "{all:?}");
+    served.stop().await;
+}

@@ -390,6 +390,17 @@ impl ShardReads {
         dispatch!(self, r => r.add_collection_counts(now, totals).await)
     }
 
+    /// [`ShardReads::add_collection_counts`] of these collections only:
+    /// reads their part of the collection index, not all of it.
+    pub async fn add_counts_of(
+        &self,
+        now: i64,
+        collections: &[CollectionName],
+        totals: &mut BTreeMap<String, i64>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, r => r.add_counts_of(now, collections, totals).await)
+    }
+
     /// The documents the cache is warmed with: the most recently changed
     /// ones live at `now`, as many as `budget` bytes hold (by the cache's
     /// weight), in no promised order.

@@ -316,6 +316,34 @@ impl PgReads {
         Ok(())
     }
 
+    /// Live documents of this shard at `now` of each of `collections`,
+    /// added to `totals`.
+    pub async fn add_counts_of(
+        &self,
+        now: i64,
+        collections: &[CollectionName],
+        totals: &mut BTreeMap<String, i64>,
+    ) -> Result<(), StoreError> {
+        let names: Vec<&str> = collections.iter().map(CollectionName::as_str).collect();
+        let rows = sqlx::query(
+            "SELECT collection, count(*) AS n FROM exdaas_documents \
+             WHERE shard = $1 AND collection = ANY($3) AND (expires_at IS NULL OR expires_at > $2) \
+             GROUP BY collection",
+        )
+        .bind(self.shard_param())
+        .bind(now)
+        .bind(&names)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.error(e))?;
+        for row in rows {
+            let name: String = row.try_get("collection").unwrap_or_default();
+            let n: i64 = row.try_get("n").unwrap_or(0);
+            *totals.entry(name).or_default() += n;
+        }
+        Ok(())
+    }
+
     /// This shard's documents live at `now`, most recently changed first,
     /// as many as `budget` bytes hold by the cache's weight: what the cache
     /// is warmed with.

@@ -300,6 +300,31 @@ impl SqliteReads {
         Ok(())
     }
 
+    /// Live documents at `now` of each of `collections`, added to `totals`:
+    /// a range of the collection index each, in one read transaction.
+    pub async fn add_counts_of(
+        &self,
+        now: i64,
+        collections: &[CollectionName],
+        totals: &mut BTreeMap<String, i64>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
+        for collection in collections {
+            let (all, expired): (i64, i64) = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM documents INDEXED BY documents_by_collection WHERE collection = ?1), \
+                        (SELECT count(*) FROM documents WHERE collection = ?1 AND expires_at <= ?2)",
+            )
+            .bind(collection.as_str())
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| self.error(e))?;
+            *totals.entry(collection.as_str().to_owned()).or_default() += all - expired;
+        }
+        tx.rollback().await.map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
     /// The documents the cache is warmed with: the most recently changed
     /// ones live at `now`, as many as `budget` bytes hold by the cache's
     /// [`weight`], in id order.
