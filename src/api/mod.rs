@@ -8,6 +8,7 @@ pub mod auth;
 mod brackets;
 mod collections;
 mod conditional;
+mod cors;
 mod counts;
 mod docs;
 pub mod error;
@@ -224,7 +225,7 @@ pub fn routes(store: &Store, options: &ApiOptions) -> impl Endpoint<Output = Res
         api: api.into_endpoint(),
     };
     let edge = Edge {
-        next: site.with_if(cors.is_some(), cors.unwrap_or_else(Cors::new)),
+        next: site.with_if(cors.is_some(), cors::CrossOrigin::new(cors.unwrap_or_else(Cors::new))),
         max_body_bytes,
         access,
         spec,

@@ -267,3 +267,45 @@ async fn a_parameter_the_server_cannot_read_is_named_as_the_api_documents_it_in_
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn with_cors_origins_set_the_admin_pages_own_writes_pass() {
+    let app = crate::helpers::spawn_app_with(&[
+        ("EXDAAS_API_KEYS", "admin:0123456789abcdef-admin"),
+        ("EXDAAS_CORS_ORIGINS", "https://app.example.com"),
+    ])
+    .await;
+    let own = app.address.clone();
+    let put = |id: &str, headers: &[(&str, &str)]| {
+        let mut request = app
+            .request(reqwest::Method::PUT, &format!("/v1/collections/things/docs/{id}"))
+            .bearer_auth("0123456789abcdef-admin")
+            .json(&serde_json::json!({}));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        crate::helpers::send(request)
+    };
+    // What a browser sends with the admin page's fetch: its own origin.
+    let resp = put("a", &[("Origin", &own)]).await;
+    assert_eq!(resp.status(), 201, "the page's own write");
+    let resp = put(
+        "b",
+        &[("Origin", "https://db.example.com"), ("Sec-Fetch-Site", "same-origin")],
+    )
+    .await;
+    assert_eq!(resp.status(), 201, "behind a proxy that sets its own Host");
+    // Other origins are still CORS's to judge.
+    let resp = put("c", &[("Origin", "https://app.example.com")]).await;
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.headers()["access-control-allow-origin"], "https://app.example.com");
+    let resp = put(
+        "d",
+        &[("Origin", "https://evil.example"), ("Sec-Fetch-Site", "cross-site")],
+    )
+    .await;
+    assert_eq!(resp.status(), 403);
+    let resp = put("e", &[("Origin", "https://evil.example")]).await;
+    assert_eq!(resp.status(), 403);
+    app.stop().await;
+}
