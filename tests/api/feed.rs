@@ -913,21 +913,10 @@ async fn abandoned_long_polls_give_back_their_places_when_their_clients_hang_up(
     assert_eq!(long_poll(&app, admin).await, 503, "every place is taken");
     drop(polls);
     let started = Instant::now();
-    loop {
-        let status = long_poll(&app, admin).await;
-        if status == 200 {
-            break;
-        }
-        assert_eq!(status, 503);
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "polls whose clients hung up still hold their places after {:?}",
-            started.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    eprintln!("the places were given back within {:?}", started.elapsed());
+    // At most 2 s, or this fails.
     followers_reach(&app, 0).await;
+    eprintln!("300 places were given back within {:?}", started.elapsed());
+    assert_eq!(long_poll(&app, admin).await, 200, "another key waits again");
     app.stop().await;
 }
 
