@@ -4,7 +4,10 @@
 //! operations on one shard are all there or none; ids are never reused.
 //! Run in both sync modes (a process crash loses nothing in either).
 //!
-//! A new folder's first boot, killed at any moment, boots again.
+//! A new folder's first boot, killed at any moment, boots again; what an
+//! older version's interrupted first boot left is made anew, and an empty
+//! file where the layout records a created shard is refused, by the server
+//! and by `exdaas check` alike.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -324,4 +327,90 @@ async fn a_first_boot_killed_at_any_moment_boots_again() {
         mid_creation >= kills / 10,
         "only {mid_creation} of {kills} kills came while the shard files were being created"
     );
+}
+
+/// Sets the layout's `shards_created` of the folder `dir`.
+fn set_shards_created(dir: &std::path::Path, created: bool) {
+    let path = dir.join("exdaas-layout.json");
+    let mut layout: Value = serde_json::from_slice(&std::fs::read(&path).expect("layout")).expect("JSON");
+    layout["shards_created"] = json!(created);
+    std::fs::write(&path, layout.to_string()).expect("write layout");
+}
+
+/// A first boot of an older version, killed after sqlx made its
+/// `_sqlx_migrations` table but before the first migration committed, left
+/// a shard file with that table alone, empty, and no application id: the
+/// next boot takes it for a new file (it holds nothing) instead of refusing
+/// it as another program's database forever, and `exdaas check` agrees.
+/// Where the layout records every shard as created, though, an empty file
+/// stands where a shard's data was: both refuse it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_made_shard_file_is_made_anew_and_an_empty_one_refused() {
+    if skip_on_postgres("a data folder's shard files") {
+        return;
+    }
+    use sqlx::{ConnectOptions, Connection};
+    let folder = tempfile::tempdir().expect("temp dir");
+    crate::helpers::spawn_app_on(folder.path(), &[]).await.stop().await;
+    set_shards_created(folder.path(), false);
+    let shard = folder.path().join("shard-0002.sqlite3");
+    std::fs::remove_file(&shard).expect("remove the shard");
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&shard)
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .connect()
+        .await
+        .expect("create the half-made file");
+    // The table as sqlx 0.8 creates it, and nothing else.
+    sqlx::query(
+        "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL, \
+         installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, success BOOLEAN NOT NULL, \
+         checksum BLOB NOT NULL, execution_time BIGINT NOT NULL)",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("create table");
+    conn.close().await.expect("close");
+
+    let checked = crate::helpers::exdaas(folder.path(), &["check"], &[]).await;
+    assert_eq!(
+        checked.code,
+        Some(0),
+        "check passes a first boot cut short: {}",
+        checked.said()
+    );
+    let mut server = ServerProcess::try_start(folder.path(), &[])
+        .await
+        .unwrap_or_else(|said| panic!("the server boots over it: {said}"));
+    let resp = reqwest::Client::new()
+        .post(server.url("/api"))
+        .json(&json!({"id": null, "data": "after"}))
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(resp.status(), 200);
+    server.signal("TERM");
+    assert_eq!(server.wait().await, Some(0));
+    let layout: Value =
+        serde_json::from_slice(&std::fs::read(folder.path().join("exdaas-layout.json")).expect("layout"))
+            .expect("JSON");
+    assert_eq!(layout["shards_created"], json!(true));
+    let checked = crate::helpers::exdaas(folder.path(), &["check"], &[]).await;
+    assert_eq!(checked.code, Some(0), "{}", checked.said());
+
+    // The folder's first boot finished: an empty file is lost data.
+    std::fs::write(folder.path().join("shard-0001.sqlite3"), b"").expect("empty the shard");
+    let said = match ServerProcess::try_start(folder.path(), &[]).await {
+        Ok(_) => panic!("a server booted over an empty shard file"),
+        Err(said) => said,
+    };
+    let last = said.lines().last().unwrap_or_default();
+    assert!(
+        said.starts_with("exit Some(2)") && last.contains("shard-0001.sqlite3") && last.contains("empty"),
+        "refused, naming the file: {said}"
+    );
+    let checked = crate::helpers::exdaas(folder.path(), &["check"], &[]).await;
+    assert_eq!(checked.code, Some(1), "{}", checked.said());
+    assert!(checked.stdout.contains("no exdaas schema"), "{}", checked.said());
 }
