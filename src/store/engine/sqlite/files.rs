@@ -126,14 +126,48 @@ impl ShardFile {
 
 /// Connection options shared by the writer and the readers.
 pub fn base_options(path: &Path) -> SqliteConnectOptions {
-    SqliteConnectOptions::new()
+    let options = SqliteConnectOptions::new()
         .filename(path)
         .journal_mode(SqliteJournalMode::Wal)
         .busy_timeout(Duration::from_secs(10))
         .log_statements(tracing::log::LevelFilter::Trace)
         // The cache's warm-up reads a whole shard in one statement: a long
         // one, expected. `RUST_LOG=sqlx=info` shows any over a second.
-        .log_slow_statements(tracing::log::LevelFilter::Info, Duration::from_secs(1))
+        .log_slow_statements(tracing::log::LevelFilter::Info, Duration::from_secs(1));
+    #[cfg(feature = "fault-injection")]
+    if let Some(vfs) = test_vfs::of(path) {
+        return options.vfs(vfs);
+    }
+    options
+}
+
+/// Test hook (the `fault-injection` feature, which only the tests turn
+/// on): the shard files of chosen folders are opened through an SQLite VFS
+/// the tests registered, such as one that keeps what was synced to model a
+/// power cut (tests/api/power_cut.rs).
+#[cfg(feature = "fault-injection")]
+pub mod test_vfs {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    static ROUTES: Mutex<Vec<(PathBuf, &'static str)>> = Mutex::new(Vec::new());
+
+    /// Opens the SQLite files under `folder` through the VFS `vfs` (which
+    /// must be registered before they are opened).
+    pub fn route(folder: &Path, vfs: &'static str) {
+        if let Ok(mut routes) = ROUTES.lock() {
+            routes.push((folder.to_path_buf(), vfs));
+        }
+    }
+
+    /// The VFS that files under `path` go through, if a test chose one.
+    pub fn of(path: &Path) -> Option<&'static str> {
+        let routes = ROUTES.lock().ok()?;
+        routes
+            .iter()
+            .find(|(folder, _)| path.starts_with(folder))
+            .map(|(_, vfs)| *vfs)
+    }
 }
 
 /// An existing, non-empty shard file must start as every SQLite database
