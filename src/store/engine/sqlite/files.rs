@@ -359,7 +359,10 @@ impl ShardFile {
             last_seq: u64::try_from(last_seq).unwrap_or(0),
             schema_seq: 0,
         };
-        Ok((SqliteWrites::new(self.index, conn, file), opened))
+        Ok((
+            SqliteWrites::new(self.index, conn, file, self.sync, ids.counter),
+            opened,
+        ))
     }
 
     /// Refuses a foreign database: one with tables that is not marked as
