@@ -280,10 +280,12 @@ impl ShardFile {
             tracing::info!(shard = self.index, path = %self.path.display(), "a shard file an interrupted first boot left empty is made anew");
             remove_with_journals(&self.path).map_err(|e| self.corrupt(format!("cannot remove it: {e}")))?;
         }
+        // Unsynced commits: nothing of the file counts until the final
+        // checkpoint, which syncs it.
         let mut conn = self
             .options(&building)
             .create_if_missing(true)
-            .synchronous(SqliteSynchronous::Full)
+            .synchronous(SqliteSynchronous::Normal)
             .connect()
             .await
             .map_err(|e| self.corrupt(format!("cannot create {}: {e}", building.display())))?;
