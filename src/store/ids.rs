@@ -2,10 +2,14 @@
 //!
 //! It lives in memory and restarts past the highest id it ever handed out or
 //! moved past: each shard keeps that bound in `shard_meta` (`counter_high`),
-//! raised in the same transaction as the documents and always with a
-//! reserve, so a run of writes raises it once per thousand ids; a clean stop
-//! records the exact value. So an id is never reused, after a crash or a
-//! restart, and persisting the counter costs no extra disk write per id (a
+//! always raised with a reserve, so a run of writes raises it once per
+//! thousand ids, and durably before any id it covers is acknowledged: with
+//! `EXDAAS_SYNC=full` in the commit of the documents (synced), with `normal`
+//! (whose last commits a power cut may take back) in a synced transaction
+//! of its own just before it. A clean stop records the exact value. So an id
+//! is never handed out twice, after a crash, a power cut or a restart, even
+//! where the write that took it was lost; persisting the counter costs no
+//! extra disk write per id, and under `normal` one fsync per reserve (a
 //! crash may skip up to a reserve's worth of ids).
 //!
 //! It moves past a numeric id a client chooses when that id is near (within

@@ -408,6 +408,7 @@ impl Store {
                                 options.cache_bytes,
                                 options.shards.get(),
                             ),
+                            created: layout.shards_created,
                         })
                     })
                     .collect::<Vec<_>>();

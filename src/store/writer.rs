@@ -1106,6 +1106,12 @@ impl Writer {
         let ceilings = ids
             .exceeds(self.ceilings)
             .then(|| ids.reserved(self.ceilings, ID_RESERVE));
+        if let Some(ceilings) = ceilings {
+            self.writes
+                .reserve_ids(ceilings)
+                .await
+                .map_err(|e| self.engine_error(e))?;
+        }
         let mut ordered: Vec<(&DocKey, &Change)> = changes.iter().collect();
         ordered.sort_unstable_by_key(|(_, change)| change.order);
         let feed = self.feed.number(
@@ -1259,7 +1265,8 @@ impl Writer {
 }
 
 /// Ids the ceiling is raised past the highest one written, so that a run
-/// of anonymous writes updates `shard_meta` once per this many ids instead
+/// of anonymous writes updates `shard_meta` (and, under `EXDAAS_SYNC=normal`,
+/// syncs it: see `ShardWrites::reserve_ids`) once per this many ids instead
 /// of in every commit. A crash can skip up to this many ids; a clean stop
 /// records the exact highest one.
 const ID_RESERVE: u64 = 1024;

@@ -375,9 +375,9 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts the binary on an ephemeral port and waits until it listens.
-    pub async fn start(dir: &Path, extra: &[(&str, &str)]) -> Self {
-        use tokio::io::{AsyncBufReadExt, BufReader};
+    /// The command that runs the binary over `dir` on an ephemeral port,
+    /// logging JSON to a piped stderr.
+    pub fn command(dir: &Path, extra: &[(&str, &str)]) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_exdaas"));
         command
             .env("DETS_ROOT", dir)
@@ -393,19 +393,38 @@ impl ServerProcess {
         for (k, v) in extra {
             command.env(k, v);
         }
-        let mut child = command.spawn().expect("exdaas starts");
+        command
+    }
+
+    /// Starts the binary on an ephemeral port and waits until it listens.
+    pub async fn start(dir: &Path, extra: &[(&str, &str)]) -> Self {
+        Self::try_start(dir, extra)
+            .await
+            .unwrap_or_else(|said| panic!("the server did not start: {said}"))
+    }
+
+    /// [`ServerProcess::start`], or what the binary said (its last log
+    /// lines) if it exited before listening.
+    pub async fn try_start(dir: &Path, extra: &[(&str, &str)]) -> Result<Self, String> {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut child = Self::command(dir, extra).spawn().expect("exdaas starts");
         let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let mut said = Vec::new();
         let port = loop {
             let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
                 .await
                 .expect("server logs within 30 s")
-                .expect("stderr readable")
-                .expect("server did not exit before listening");
+                .expect("stderr readable");
+            let Some(line) = line else {
+                let code = child.wait().await.ok().and_then(|status| status.code());
+                return Err(format!("exit {code:?}: {}", said.join("\n")));
+            };
             let event: Value = serde_json::from_str(&line).unwrap_or_default();
             if event["fields"]["message"] == "exdaas listening" {
                 let port = event["fields"]["port"].as_u64().expect("port logged");
                 break u16::try_from(port).expect("a port");
             }
+            said.push(line);
         };
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = log.clone();
@@ -414,7 +433,7 @@ impl ServerProcess {
                 sink.lock().expect("log").push(line);
             }
         });
-        Self { child, port, log }
+        Ok(Self { child, port, log })
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -26,6 +26,7 @@ mod migrate;
 mod model;
 mod observe;
 mod patch;
+mod power_cut;
 mod query;
 mod replicas;
 mod restart;

@@ -138,6 +138,16 @@ impl ShardWrites {
         dispatch!(self, w => w.load_texts(keys).await)
     }
 
+    /// Makes the id counter's reservation in `ceilings` durable before the
+    /// commit that writes ids it covers (see `SqliteWrites::reserve_ids`).
+    /// On a database, whose commits are all durable, the commit does.
+    pub async fn reserve_ids(&mut self, ceilings: IdBounds) -> Result<(), EngineError> {
+        match self {
+            Self::Sqlite(w) => w.reserve_ids(ceilings).await,
+            Self::Postgres(_) => Ok(()),
+        }
+    }
+
     pub async fn commit<'a>(
         &mut self,
         changes: impl Iterator<Item = (&'a DocKey, u32, Option<&'a Document>)>,

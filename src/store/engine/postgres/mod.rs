@@ -222,8 +222,18 @@ impl PgDatabase {
     /// Reserves `count` ids of the counter for this process, after every id
     /// reserved before (by any replica) and at least from `at_least`:
     /// answers the first and the last. The row starts past `highest_used`.
+    ///
+    /// The reservation is committed durably even where the server lets
+    /// commits be lost (`synchronous_commit = off`): a crash may then take
+    /// acknowledged writes back, but never the block their ids came from,
+    /// so no id is handed out twice.
     pub async fn reserve_ids(&self, count: u64, at_least: u64, highest_used: u64) -> Result<(u64, u64), EngineError> {
         let count = i64::try_from(count).unwrap_or(i64::MAX);
+        let mut tx = self.pool.begin().await.map_err(engine_error)?;
+        sqlx::query("SET LOCAL synchronous_commit = on")
+            .execute(&mut *tx)
+            .await
+            .map_err(engine_error)?;
         let last: i64 = sqlx::query_scalar(
             "INSERT INTO exdaas_meta (key, value) VALUES ('id_block', greatest($2, $3 - 1) + $1) \
              ON CONFLICT (key) DO UPDATE SET value = greatest(exdaas_meta.value, $3 - 1) + $1 RETURNING value",
@@ -231,9 +241,10 @@ impl PgDatabase {
         .bind(count)
         .bind(i64::try_from(highest_used).unwrap_or(i64::MAX))
         .bind(i64::try_from(at_least).unwrap_or(i64::MAX))
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(engine_error)?;
+        tx.commit().await.map_err(engine_error)?;
         let last = u64::try_from(last).unwrap_or(0);
         Ok((last.saturating_sub(u64::try_from(count).unwrap_or(0)) + 1, last))
     }

@@ -1,6 +1,14 @@
-//! A shard's SQLite file: opening it, and refusing one that is not this
-//! folder's shard (not SQLite, another program's database, another folder's
-//! or another shard's file, damaged), before anything is written to it.
+//! A shard's SQLite file: creating it, opening it, and refusing one that is
+//! not this folder's shard (not SQLite, another program's database, another
+//! folder's or another shard's file, damaged), before anything is written
+//! to it.
+//!
+//! A shard file is created whole or not at all: built under a temporary
+//! name (schema, mark, identity), checkpointed and synced, then renamed
+//! into place and its folder synced. So a crash or a power cut during a new
+//! folder's first boot leaves each shard either without a file (the next
+//! boot creates it) or with a complete one, and the layout records the
+//! shards as created only after every file is there for good.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -74,6 +82,10 @@ pub struct ShardFile {
     pub shards: u32,
     /// The writer's SQLite page cache (see [`writer_page_cache_kib`]).
     pub writer_cache_kib: u32,
+    /// The layout records every shard file of the folder as created: a
+    /// file missing or without the schema is then lost data, never a new
+    /// shard.
+    pub created: bool,
 }
 
 /// SQLite's page caches count in the process's memory beside the document
@@ -114,14 +126,48 @@ impl ShardFile {
 
 /// Connection options shared by the writer and the readers.
 pub fn base_options(path: &Path) -> SqliteConnectOptions {
-    SqliteConnectOptions::new()
+    let options = SqliteConnectOptions::new()
         .filename(path)
         .journal_mode(SqliteJournalMode::Wal)
         .busy_timeout(Duration::from_secs(10))
         .log_statements(tracing::log::LevelFilter::Trace)
         // The cache's warm-up reads a whole shard in one statement: a long
         // one, expected. `RUST_LOG=sqlx=info` shows any over a second.
-        .log_slow_statements(tracing::log::LevelFilter::Info, Duration::from_secs(1))
+        .log_slow_statements(tracing::log::LevelFilter::Info, Duration::from_secs(1));
+    #[cfg(feature = "fault-injection")]
+    if let Some(vfs) = test_vfs::of(path) {
+        return options.vfs(vfs);
+    }
+    options
+}
+
+/// Test hook (the `fault-injection` feature, which only the tests turn
+/// on): the shard files of chosen folders are opened through an SQLite VFS
+/// the tests registered, such as one that keeps what was synced to model a
+/// power cut (tests/api/power_cut.rs).
+#[cfg(feature = "fault-injection")]
+pub mod test_vfs {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    static ROUTES: Mutex<Vec<(PathBuf, &'static str)>> = Mutex::new(Vec::new());
+
+    /// Opens the SQLite files under `folder` through the VFS `vfs` (which
+    /// must be registered before they are opened).
+    pub fn route(folder: &Path, vfs: &'static str) {
+        if let Ok(mut routes) = ROUTES.lock() {
+            routes.push((folder.to_path_buf(), vfs));
+        }
+    }
+
+    /// The VFS that files under `path` go through, if a test chose one.
+    pub fn of(path: &Path) -> Option<&'static str> {
+        let routes = ROUTES.lock().ok()?;
+        routes
+            .iter()
+            .find(|(folder, _)| path.starts_with(folder))
+            .map(|(_, vfs)| *vfs)
+    }
 }
 
 /// An existing, non-empty shard file must start as every SQLite database
@@ -156,12 +202,16 @@ impl ShardFile {
         }
     }
 
-    /// Opens the write connection, checks the file, migrates it: at boot,
-    /// when the file may be created. `boot_check`: check its integrity
+    /// Opens the write connection, checks the file, migrates it: at boot.
+    /// On a first boot, creates the file first if it is not there (see
+    /// [`ShardFile::finish_creation`]). `boot_check`: check its integrity
     /// first (reads it whole).
     pub async fn open_at_boot(&self, boot_check: bool) -> Result<(SqliteWrites, Opened), StoreError> {
         check_header(&self.path)?;
-        let mut conn = self.connect(true).await?;
+        if !self.created {
+            self.finish_creation().await?;
+        }
+        let mut conn = self.connect(false).await?;
         let checked = match self.check_ours(&mut conn).await {
             Ok(()) => match self.check_integrity_and_migrate(&mut conn, boot_check).await {
                 Ok(()) => self.check_identity(&mut conn, true).await,
@@ -193,8 +243,16 @@ impl ShardFile {
     }
 
     async fn connect(&self, create: bool) -> Result<SqliteConnection, StoreError> {
-        base_options(&self.path)
+        self.options(&self.path)
             .create_if_missing(create)
+            .connect()
+            .await
+            .map_err(|e| self.corrupt(e.to_string()))
+    }
+
+    /// The write connection's options, on `path`.
+    fn options(&self, path: &Path) -> SqliteConnectOptions {
+        base_options(path)
             .pragma("cache_size", format!("-{}", self.writer_cache_kib))
             .pragma("temp_store", "memory")
             .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string())
@@ -202,9 +260,72 @@ impl ShardFile {
                 SyncMode::Normal => SqliteSynchronous::Normal,
                 SyncMode::Full => SqliteSynchronous::Full,
             })
+    }
+
+    /// On a first boot: makes sure a whole shard file is in place. One
+    /// there already is left to the checks that follow, unless it is one an
+    /// earlier version's interrupted first boot left half-made (holding
+    /// nothing, see [`holds_nothing`]): that one is made anew. A new file
+    /// is built under a temporary name, checkpointed and synced, renamed
+    /// into place and its folder synced: a crash at any moment leaves no
+    /// file or a whole one (and at worst the temporary one, removed here).
+    async fn finish_creation(&self) -> Result<(), StoreError> {
+        let building = building_path(&self.path);
+        remove_with_journals(&building)
+            .map_err(|e| self.corrupt(format!("cannot remove {}: {e}", building.display())))?;
+        if self.path.exists() {
+            if !holds_nothing(&self.path).await? {
+                return Ok(());
+            }
+            tracing::info!(shard = self.index, path = %self.path.display(), "a shard file an interrupted first boot left empty is made anew");
+            remove_with_journals(&self.path).map_err(|e| self.corrupt(format!("cannot remove it: {e}")))?;
+        }
+        // Unsynced commits: nothing of the file counts until the final
+        // checkpoint, which syncs it.
+        let mut conn = self
+            .options(&building)
+            .create_if_missing(true)
+            .synchronous(SqliteSynchronous::Normal)
             .connect()
             .await
-            .map_err(|e| self.corrupt(e.to_string()))
+            .map_err(|e| self.corrupt(format!("cannot create {}: {e}", building.display())))?;
+        let built = self.build(&mut conn).await;
+        let closed = conn.close().await;
+        built?;
+        closed.map_err(|e| store_error(self.index, e))?;
+        let placed = super::maintenance::fsync(&building)
+            .and_then(|()| {
+                std::fs::rename(&building, &self.path)
+                    .map_err(|e| self.corrupt(format!("cannot rename {} to it: {e}", building.display())))
+            })
+            .and_then(|()| {
+                let folder = self.path.parent().unwrap_or(Path::new("."));
+                super::layout::sync_dir(folder).map_err(|e| self.corrupt(format!("cannot sync its folder: {e}")))
+            });
+        placed?;
+        tracing::debug!(shard = self.index, path = %self.path.display(), "shard file created");
+        Ok(())
+    }
+
+    /// A new shard file's content: the schema, the mark, the identity, all
+    /// checkpointed into the file (whose WAL then goes with the connection).
+    async fn build(&self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
+        MIGRATOR
+            .run(&mut *conn)
+            .await
+            .map_err(|e| self.corrupt(format!("cannot apply schema: {e}")))?;
+        sqlx::query(&format!("PRAGMA application_id = {APPLICATION_ID}"))
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| store_error(self.index, e))?;
+        stamp_identity(conn, self.folder_id, self.index)
+            .await
+            .map_err(|e| store_error(self.index, e))?;
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| store_error(self.index, e))?;
+        Ok(())
     }
 
     async fn writer_on(&self, mut conn: SqliteConnection) -> Result<(SqliteWrites, Opened), StoreError> {
@@ -240,7 +361,10 @@ impl ShardFile {
             last_seq: u64::try_from(last_seq).unwrap_or(0),
             schema_seq: 0,
         };
-        Ok((SqliteWrites::new(self.index, conn, file), opened))
+        Ok((
+            SqliteWrites::new(self.index, conn, file, self.sync, ids.counter),
+            opened,
+        ))
     }
 
     /// Refuses a foreign database: one with tables that is not marked as
@@ -257,8 +381,16 @@ impl ShardFile {
         let has = |name: &str| tables.iter().any(|t| t == name);
         let ours =
             application_id == APPLICATION_ID || (application_id == 0 && has("documents") && has("_sqlx_migrations"));
-        if ours || tables.is_empty() {
+        if ours {
             Ok(())
+        } else if tables.is_empty() && application_id == 0 {
+            // Shard files are created whole (see `finish_creation`): an
+            // empty one stands where a shard's data was.
+            Err(self.corrupt(format!(
+                "empty (no exdaas schema), though {} records it as created: its data is gone; \
+                 restore the file (or the folder) from a backup, the server will not start without it",
+                super::layout::LAYOUT_FILE
+            )))
         } else {
             Err(self.corrupt(format!(
                 "a foreign SQLite database (application_id {application_id:#x}, tables {}): not a shard exdaas wrote",
@@ -338,6 +470,64 @@ impl ShardFile {
             .map_err(|e| store_error(self.index, e))?;
         Ok(())
     }
+}
+
+/// Where a shard file is built before it is renamed into place.
+fn building_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".new");
+    path.with_file_name(name)
+}
+
+/// Removes an SQLite file and its WAL and shared-memory files, if there.
+fn remove_with_journals(path: &Path) -> std::io::Result<()> {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_os_string();
+        name.push(suffix);
+        match std::fs::remove_file(&name) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// An SQLite file holds nothing: no table but sqlx's `_sqlx_migrations`,
+/// empty, and no application id. What a first boot before shard files were
+/// created whole could leave when cut short (sqlx commits that table before
+/// the first migration): nothing is lost in making it anew, and another
+/// program's database, which has tables of its own, is never taken for it.
+pub async fn holds_nothing(path: &Path) -> Result<bool, StoreError> {
+    let corrupt = |e: sqlx::Error| StoreError::CorruptFile {
+        path: path.to_path_buf(),
+        reason: format!("cannot read it: {e}"),
+    };
+    let mut conn = SqliteConnectOptions::new()
+        .filename(path)
+        .busy_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(corrupt)?;
+    let looked = async {
+        let application_id: i32 = sqlx::query_scalar("PRAGMA application_id").fetch_one(&mut conn).await?;
+        let tables: Vec<String> = sqlx::query_scalar("SELECT name FROM sqlite_schema WHERE type = 'table'")
+            .fetch_all(&mut conn)
+            .await?;
+        let empty = match tables.as_slice() {
+            [] => true,
+            [only] if only == "_sqlx_migrations" => {
+                sqlx::query_scalar::<_, i64>("SELECT count(*) FROM _sqlx_migrations")
+                    .fetch_one(&mut conn)
+                    .await?
+                    == 0
+            }
+            _ => false,
+        };
+        Ok::<_, sqlx::Error>(application_id == 0 && empty)
+    }
+    .await;
+    let _ = conn.close().await;
+    looked.map_err(corrupt)
 }
 
 /// Which folder and shard a shard file says it belongs to.

@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
 
-use super::files::{read_identity, stamp_identity, APPLICATION_ID, MIGRATOR};
+use super::files::{holds_nothing, read_identity, stamp_identity, APPLICATION_ID, MIGRATOR};
 use super::layout::{self, Layout};
 use crate::domain::ShardCount;
 use crate::domain::{CollectionName, DocId, DocKey};
@@ -404,9 +404,11 @@ async fn integrity_problems(path: &Path) -> Result<Vec<String>, StoreError> {
 }
 
 /// Checks every shard of `root`: SQLite's integrity check, the file is an
-/// exdaas shard, every document sits in the shard its id hashes to with
-/// the bucket it hashes to, and the id ceiling covers every counter id.
-/// Read-only: safe while a server runs.
+/// exdaas shard with its schema (as the server, which refuses to boot
+/// without it), every document sits in the shard its id hashes to with the
+/// bucket it hashes to, and the id ceiling covers every counter id. A shard
+/// whose file a first boot cut short did not make yet is no problem: the
+/// next boot makes it. Read-only: safe while a server runs.
 pub async fn check(root: &Path) -> Result<Vec<ShardReport>, StoreError> {
     let layout = existing_layout(root)?;
     let shards = ShardCount::new(layout.shards).ok_or(StoreError::Internal("a layout with no shards"))?;
@@ -419,6 +421,12 @@ pub async fn check(root: &Path) -> Result<Vec<ShardReport>, StoreError> {
             path: path.clone(),
             ..ShardReport::default()
         };
+        // A first boot cut short may have left a shard without a file, or
+        // with one holding nothing: the next boot creates it, as new.
+        if !layout.shards_created && (!path.exists() || holds_nothing(&path).await?) {
+            reports.push(report);
+            continue;
+        }
         report.problems = integrity_problems(&path).await?;
         let mut conn = open_read_only(&path).await?;
         let application_id: i32 = sqlx::query_scalar("PRAGMA application_id")
@@ -429,6 +437,26 @@ pub async fn check(root: &Path) -> Result<Vec<ShardReport>, StoreError> {
             report
                 .problems
                 .push(format!("application_id is {application_id:#x}, not exdaas's"));
+        }
+        let tables: Vec<String> = sqlx::query_scalar("SELECT name FROM sqlite_schema WHERE type = 'table'")
+            .fetch_all(&mut conn)
+            .await
+            .map_err(|e| sql_error(&path, e))?;
+        if !["documents", "shard_meta"]
+            .iter()
+            .all(|t| tables.iter().any(|name| name == t))
+        {
+            let tables = if tables.is_empty() {
+                "none".to_owned()
+            } else {
+                tables.join(", ")
+            };
+            report.problems.push(format!(
+                "no exdaas schema (tables: {tables}): not a shard file, or one whose data is gone"
+            ));
+            conn.close().await.map_err(|e| sql_error(&path, e))?;
+            reports.push(report);
+            continue;
         }
         let identity = read_identity(&mut conn).await.map_err(|e| sql_error(&path, e))?;
         if identity.folder_id.is_some_and(|id| Some(id) != layout.folder_id) {

@@ -11,7 +11,7 @@ use super::super::{EngineError, FeedEntry, IdBounds, IndexChanges, StoredIndex, 
 use super::engine_error;
 use super::files::FileIdentity;
 use super::rows::{document_from_row, keys_param};
-use crate::domain::{CollectionName, DocId, DocKey};
+use crate::domain::{CollectionName, DocId, DocKey, SyncMode};
 use crate::store::Document;
 
 /// The statement that records ?1's `feed` in the change feed.
@@ -32,18 +32,28 @@ pub struct SqliteWrites {
     file: FileIdentity,
     /// `index_changes` opened the transaction the next commit ends.
     open_tx: bool,
+    /// Commits are not synced one by one (`EXDAAS_SYNC=normal`): a power
+    /// cut may take the last ones back, so the id counter's reservation is
+    /// synced on its own before ids it covers are written (`reserve_ids`).
+    unsynced_commits: bool,
+    /// The counter's reservation (`counter_high`) as it is on disk for good.
+    durable_counter: u64,
 }
 
 /// How every write script starts, unless `index_changes` already did.
 const BEGIN: &str = "BEGIN IMMEDIATE;";
 
 impl SqliteWrites {
-    pub fn new(shard: usize, conn: SqliteConnection, file: FileIdentity) -> Self {
+    /// The writes of `shard` on `conn`, whose file records the counter's
+    /// reservation `counter` (see `reserve_ids`).
+    pub fn new(shard: usize, conn: SqliteConnection, file: FileIdentity, sync: SyncMode, counter: u64) -> Self {
         Self {
             shard,
             conn: Some(conn),
             file,
             open_tx: false,
+            unsynced_commits: sync == SyncMode::Normal,
+            durable_counter: counter,
         }
     }
 
@@ -76,6 +86,39 @@ impl SqliteWrites {
     /// text).
     pub async fn load_texts(&mut self, keys: &[DocKey]) -> Result<Vec<(usize, Arc<str>)>, EngineError> {
         select_texts(self.conn()?, keys).await.map_err(engine_error)
+    }
+
+    /// Makes the id counter's reservation `ceilings.counter` durable before
+    /// any id it covers is written, where commits are not synced one by one:
+    /// one synced transaction per reservation (a block of ids), so a power
+    /// cut may take acknowledged writes back, as `EXDAAS_SYNC=normal` allows,
+    /// but never the reservation that covers their ids, and the counter
+    /// restarts past them. Where every commit is synced, the commit that
+    /// raises the reservation makes it durable itself.
+    pub async fn reserve_ids(&mut self, ceilings: IdBounds) -> Result<(), EngineError> {
+        if !self.unsynced_commits || ceilings.counter <= self.durable_counter {
+            return Ok(());
+        }
+        // The safety level may only change outside a transaction: this one
+        // is synced, and the connection goes back to unsynced commits.
+        let reserved = sqlx::query(
+            "PRAGMA synchronous = FULL; BEGIN IMMEDIATE; \
+             UPDATE shard_meta SET value = max(value, ?1) WHERE key = 'counter_high'; COMMIT;",
+        )
+        .bind(meta_value(ceilings.counter))
+        .execute(self.conn()?)
+        .await;
+        if let Err(err) = reserved {
+            self.rollback().await;
+            let _ = sqlx::query("PRAGMA synchronous = NORMAL").execute(self.conn()?).await;
+            return Err(engine_error(err));
+        }
+        sqlx::query("PRAGMA synchronous = NORMAL")
+            .execute(self.conn()?)
+            .await
+            .map_err(engine_error)?;
+        self.durable_counter = ceilings.counter;
+        Ok(())
     }
 
     /// Writes every change's final state (`None`: deleted), its feed
