@@ -1,12 +1,16 @@
 //! Collection schemas: a JSON Schema (draft 2020-12) a collection's
-//! documents must match, compiled once and checked by the shard writers
-//! wherever a write meets its final document (a put, a merge patch's
-//! result, each batch operation, each import line, the original API).
+//! documents must match, compiled once and checked on every write path
+//! (a put, a merge patch's result, each batch operation, each import line,
+//! the original API).
 //!
 //! Validation is the `jsonschema` crate's. What is exdaas's own is the
-//! bounds on what a client may send as a schema: its size and depth, no
-//! references outside it (nothing is fetched), and patterns compiled by a
-//! linear-time regex engine, so no schema can make a write slow.
+//! bounds on what a client may send as a schema and on what checking a
+//! document may cost: its size and depth, no references outside it
+//! (nothing is fetched), patterns compiled by a linear-time regex engine,
+//! and what a schema expands to once its `$ref`s are written out ([`cost`]):
+//! at most [`MAX_SCHEMA_COST`] subschemas per value of a document.
+
+mod cost;
 
 use std::sync::Arc;
 
@@ -22,6 +26,10 @@ pub const MAX_SCHEMA_BYTES: usize = 64 << 10;
 /// The most violations one refusal lists.
 pub const MAX_VIOLATIONS: usize = 16;
 
+/// The most subschemas a schema may apply to one value of a document, its
+/// `$ref`s written out in full: a schema that could cost more is refused.
+pub const MAX_SCHEMA_COST: u64 = 10_000;
+
 /// A regex in a schema's `pattern` may compile to at most this much.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
@@ -30,6 +38,9 @@ pub struct CollectionSchema {
     /// The schema as canonical JSON text, as stored.
     pub text: Arc<str>,
     validator: jsonschema::Validator,
+    /// What checking a document costs, or why this (stored) schema is not
+    /// run at all.
+    cost: Result<cost::CostModel, String>,
 }
 
 impl std::fmt::Debug for CollectionSchema {
@@ -49,15 +60,36 @@ pub struct Violation {
     /// JSON Pointer (RFC 6901) to the failing value in the document: `""`
     /// is the document itself.
     pub pointer: String,
-    /// The schema keyword that failed (`type`, `required`, `maximum`...).
+    /// The schema keyword that failed (`type`, `required`, `maximum`...),
+    /// or `cost` when the collection's schema is too costly to run.
     pub keyword: String,
     pub message: String,
 }
 
 impl CollectionSchema {
     /// Compiles a client's schema, refusing what is too large or deep, not
-    /// a schema, or refers to anything outside itself.
+    /// a schema, refers to anything outside itself, or costs too much to
+    /// check (see [`MAX_SCHEMA_COST`]).
     pub fn compile(schema: &Value) -> Result<Self, SchemaError> {
+        let compiled = Self::compile_unbounded(schema)?;
+        match &compiled.cost {
+            Ok(_) => Ok(compiled),
+            Err(why) => Err(SchemaError(why.clone())),
+        }
+    }
+
+    /// Compiles a schema as stored (which compiled when it was set). One set
+    /// before schemas were bounded in cost and over the bound is kept, but
+    /// refuses every document (see [`CollectionSchema::refusal`]): running
+    /// it could stall the server, and letting anything in would break the
+    /// collection's promise.
+    pub fn from_stored(text: &str) -> Result<Self, SchemaError> {
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| SchemaError(format!("a stored schema is not JSON: {e}")))?;
+        Self::compile_unbounded(&value)
+    }
+
+    fn compile_unbounded(schema: &Value) -> Result<Self, SchemaError> {
         let size = measure(schema);
         if size.depth > MAX_DEPTH {
             return Err(SchemaError(format!(
@@ -88,22 +120,44 @@ impl CollectionSchema {
                 };
                 SchemaError(format!("not a valid JSON Schema (draft 2020-12){at}: {e}"))
             })?;
+        let cost = cost::analyse(schema, MAX_SCHEMA_COST).map_err(|e| match e {
+            cost::CostError::TooCostly { .. } => format!(
+                "the schema is too costly to check: {e}; a schema may apply at most {MAX_SCHEMA_COST} \
+                 subschemas to one value"
+            ),
+            _ => format!("the schema cannot be used: {e}"),
+        });
         Ok(Self {
             text: canonical_json(schema),
             validator,
+            cost,
         })
     }
 
-    /// Compiles a schema as stored (which compiled when it was set).
-    pub fn from_stored(text: &str) -> Result<Self, SchemaError> {
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| SchemaError(format!("a stored schema is not JSON: {e}")))?;
-        Self::compile(&value)
+    /// Why this schema (stored before schemas were bounded in cost) refuses
+    /// every document, if it does.
+    pub fn refusal(&self) -> Option<&str> {
+        self.cost.as_ref().err().map(String::as_str)
+    }
+
+    /// The most subschemas it applies to one value of a document.
+    pub fn cost(&self) -> u64 {
+        self.cost.as_ref().map_or(u64::MAX, cost::CostModel::per_value)
+    }
+
+    /// About how many checks `data` takes.
+    pub fn work(&self, data: &Value) -> u64 {
+        self.cost.as_ref().map_or(0, |model| model.work(data))
     }
 
     /// The ways `data` fails the schema (none: it matches), at most
     /// [`MAX_VIOLATIONS`].
     pub fn violations(&self, data: &Value) -> Vec<Violation> {
+        if let Some(refusal) = self.refusal() {
+            return vec![cost_violation(format!(
+                "the collection's schema refuses every document until it is set again: {refusal}"
+            ))];
+        }
         self.validator
             .iter_errors(data)
             .take(MAX_VIOLATIONS)
@@ -119,13 +173,26 @@ impl CollectionSchema {
     pub fn violations_of_text(&self, text: &str) -> Vec<Violation> {
         match serde_json::from_str::<Value>(text) {
             Ok(data) => self.violations(&data),
-            // Stored text is always JSON; if not, say so rather than pass it.
-            Err(e) => vec![Violation {
-                pointer: String::new(),
-                keyword: "type".into(),
-                message: format!("the stored document is not JSON: {e}"),
-            }],
+            Err(e) => vec![not_json(&e)],
         }
+    }
+}
+
+/// A schema too costly to run, as a violation.
+fn cost_violation(message: String) -> Violation {
+    Violation {
+        pointer: String::new(),
+        keyword: "cost".into(),
+        message,
+    }
+}
+
+/// Stored text is always JSON; if not, say so rather than pass it.
+fn not_json(e: &serde_json::Error) -> Violation {
+    Violation {
+        pointer: String::new(),
+        keyword: "type".into(),
+        message: format!("the stored document is not JSON: {e}"),
     }
 }
 
@@ -299,5 +366,69 @@ mod tests {
         let evil = format!("{}!", "a".repeat(10_000));
         assert_eq!(schema.violations(&json!(evil)).len(), 1);
         assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod bounded {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn references_are_followed_as_jsonschema_does() {
+        for schema in [
+            json!({"$id": "https://example.com/person", "$defs": {"name": {"type": "string"}}, "properties": {"name": {"$ref": "https://example.com/person#/$defs/name"}}}),
+            json!({"$defs": {"name": {"$anchor": "name", "type": "string"}}, "properties": {"name": {"$ref": "#name"}}}),
+            json!({"$id": "https://example.com/a", "$defs": {"b": {"$id": "b", "type": "integer"}}, "items": {"$ref": "b"}}),
+            json!({"$defs": {"a~b/c%d": {"type": "string"}}, "items": {"$ref": "#/$defs/a~0b~1c%25d"}}),
+            json!({
+                "$id": "https://example.com/strict-tree",
+                "$dynamicAnchor": "node",
+                "$ref": "tree",
+                "unevaluatedProperties": false,
+                "$defs": {"tree": {
+                    "$id": "https://example.com/tree",
+                    "$dynamicAnchor": "node",
+                    "type": "object",
+                    "properties": {"data": true, "children": {"type": "array", "items": {"$dynamicRef": "#node"}}}
+                }}
+            }),
+        ] {
+            let compiled = CollectionSchema::compile(&schema).unwrap_or_else(|e| panic!("{schema}: {e}"));
+            assert!(compiled.cost() < 20, "{schema}: {}", compiled.cost());
+        }
+        let strict = CollectionSchema::compile(&json!({
+            "$id": "https://example.com/strict-tree",
+            "$dynamicAnchor": "node",
+            "$ref": "tree",
+            "unevaluatedProperties": false,
+            "$defs": {"tree": {
+                "$id": "https://example.com/tree",
+                "$dynamicAnchor": "node",
+                "type": "object",
+                "properties": {"data": true, "children": {"type": "array", "items": {"$dynamicRef": "#node"}}}
+            }}
+        }))
+        .expect("a schema");
+        assert!(strict.violations(&json!({"children": [{"data": 1}]})).is_empty());
+        assert_eq!(strict.violations(&json!({"children": [{"daat": 1}]})).len(), 1);
+    }
+
+    #[test]
+    fn a_stored_schema_over_the_bound_refuses_every_document() {
+        let mut defs = serde_json::Map::new();
+        for i in 0..20 {
+            let next = format!("#/$defs/d{}", i + 1);
+            defs.insert(format!("d{i}"), json!({"allOf": [{"$ref": next}, {"$ref": next}]}));
+        }
+        defs.insert("d20".into(), json!({}));
+        let costly = json!({"$defs": defs, "$ref": "#/$defs/d0"});
+        let refused = CollectionSchema::compile(&costly).expect_err("too costly");
+        assert!(refused.0.contains(&MAX_SCHEMA_COST.to_string()), "{}", refused.0);
+        let stored = CollectionSchema::from_stored(&costly.to_string()).expect("kept");
+        assert!(stored.refusal().is_some());
+        let found = stored.violations(&json!({}));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].keyword, "cost");
     }
 }

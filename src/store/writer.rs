@@ -602,6 +602,9 @@ impl Writer {
                         .ok()
                         .map(Arc::new)
                 });
+                if let Some(refusal) = schema.as_ref().and_then(|schema| schema.refusal()) {
+                    tracing::error!(shard = self.shard, collection = %row.collection, reason = %refusal, "a stored schema is over today's bounds; its collection refuses every write until the schema is set again");
+                }
                 let state = SchemaState {
                     version: row.version,
                     schema,

@@ -312,3 +312,152 @@ async fn a_schema_holds_across_a_restart() {
     }
     app.stop().await;
 }
+
+/// `d0 … d{levels-1}`, each `{"allOf": [{"$ref": d(i+1)}, {"$ref": d(i+1)}]}`,
+/// down to `leaf`: a value checked against `d0` is checked against
+/// 2^levels copies of `leaf`, though the text stays small.
+fn doubling_defs(levels: usize, leaf: Value) -> serde_json::Map<String, Value> {
+    let mut defs = serde_json::Map::new();
+    for i in 0..levels {
+        let next = format!("#/$defs/d{}", i + 1);
+        defs.insert(format!("d{i}"), json!({"allOf": [{"$ref": next}, {"$ref": next}]}));
+    }
+    defs.insert(format!("d{levels}"), leaf);
+    defs
+}
+
+/// The security review's schema: its refs fan out `levels` times over.
+fn doubling_schema(levels: usize) -> Value {
+    json!({"$defs": doubling_defs(levels, json!({"type": "object"})), "$ref": "#/$defs/d0"})
+}
+
+/// The `detail` of a refusal.
+async fn detail(resp: reqwest::Response) -> String {
+    let body = json(resp).await;
+    body["detail"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no detail: {body}"))
+        .to_owned()
+}
+
+/// A field of `/proc/PID/status`, in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+#[tokio::test]
+async fn a_schema_whose_refs_fan_out_is_refused_when_set_naming_the_bound() {
+    let folder = tempfile::tempdir().expect("temp dir");
+    let server = crate::helpers::ServerProcess::start(folder.path(), &[]).await;
+    let client = reqwest::Client::new();
+    let schema_url = server.url("/v1/collections/tenant_a/schema");
+
+    // 1.7 KB of text, 2^25 subschemas once the refs are written out: it
+    // killed the server at its first write.
+    let schema = doubling_schema(25);
+    assert!(schema.to_string().len() < 2_000);
+    let resp = client.put(&schema_url).json(&schema).send().await.expect("sent");
+    assert_eq!(resp.status(), 400);
+    let said = detail(resp).await;
+    assert!(said.contains("10000"), "the bound is named: {said}");
+    assert!(said.contains("134217726"), "the cost found is named: {said}");
+
+    // Fan-out through recursion: each level of the document doubles it.
+    let recursive = json!({"allOf": [
+        {"properties": {"a": {"$ref": "#"}}},
+        {"properties": {"a": {"$ref": "#"}}}
+    ]});
+    let resp = client.put(&schema_url).json(&recursive).send().await.expect("sent");
+    assert_eq!(resp.status(), 400);
+    let said = detail(resp).await;
+    assert!(said.contains("10000") && said.contains("/a/a/a"), "{said}");
+
+    // Nothing was set: the write goes in, and the server stays up and small.
+    let resp = client.get(&schema_url).send().await.expect("sent");
+    assert_eq!(resp.status(), 404);
+    let resp = client
+        .put(server.url("/v1/collections/tenant_a/docs/x"))
+        .json(&json!([]))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 201);
+    let health = client.get(server.url("/healthz")).send().await.expect("sent");
+    assert_eq!(health.status(), 200);
+    let peak_mib = status_kib(server.child.id().expect("running"), "VmHWM:") / 1024;
+    assert!(peak_mib < 256, "the server peaked at {peak_mib} MiB");
+}
+
+#[tokio::test]
+async fn a_ref_cycle_that_does_not_descend_is_refused_and_a_recursive_tree_schema_works() {
+    let app = spawn_app().await;
+    for cycle in [
+        json!({"$ref": "#"}),
+        json!({
+            "$defs": {
+                "a": {"allOf": [{"$ref": "#/$defs/b"}]},
+                "b": {"anyOf": [{"type": "null"}, {"$ref": "#/$defs/a"}]}
+            },
+            "$ref": "#/$defs/a"
+        }),
+    ] {
+        let resp = put_json(&app, PEOPLE, &cycle).await;
+        assert_eq!(resp.status(), 400, "{cycle}");
+        let said = detail(resp).await;
+        assert!(said.contains("cycle"), "{cycle}: {said}");
+    }
+    assert_eq!(app.get(PEOPLE).await.status(), 404, "nothing was set");
+
+    // Recursion through the document's own nesting is a tree: accepted.
+    let tree = json!({
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string"},
+            "children": {"type": "array", "items": {"$ref": "#"}}
+        }
+    });
+    assert_eq!(
+        put_json(&app, "/v1/collections/trees/schema", &tree).await.status(),
+        200
+    );
+    // So is a binary tree, whose two branches recurse on different keys.
+    let binary = json!({"properties": {"left": {"$ref": "#"}, "right": {"$ref": "#"}, "v": {"type": "integer"}}});
+    assert_eq!(
+        put_json(&app, "/v1/collections/pairs/schema", &binary).await.status(),
+        200
+    );
+
+    // 45 levels of children: 90 arrays and objects deep.
+    let nest = |leaf: Value| {
+        let mut doc = leaf;
+        for level in 0..44 {
+            doc = json!({"name": format!("n{level}"), "children": [doc]});
+        }
+        doc
+    };
+    assert_eq!(
+        app.put_doc("trees", "good", &nest(json!({"name": "leaf"})))
+            .await
+            .status(),
+        201
+    );
+    let resp = app.put_doc("trees", "bad", &nest(json!({"name": 7}))).await;
+    assert_eq!(resp.status(), 422);
+    let found = violations(&json(resp).await);
+    let deep = format!("{}/name", "/children/0".repeat(44));
+    assert_eq!(found, vec![(deep, "type".to_owned())]);
+
+    let mut pair = json!({"v": 1});
+    for _ in 0..40 {
+        pair = json!({"left": pair.clone(), "right": {"v": 2}, "v": 3});
+    }
+    assert_eq!(app.put_doc("pairs", "p", &pair).await.status(), 201);
+    let resp = app.put_doc("pairs", "q", &json!({"left": {"right": {"v": "x"}}})).await;
+    assert_eq!(violations(&json(resp).await), pairs(&[("/left/right/v", "type")]));
+    app.stop().await;
+}
