@@ -129,7 +129,8 @@ impl SchemasApi {
     /// path: PUT, POST, the result of a PATCH, each batch operation, each
     /// import line, the original API. A write that does not match is
     /// refused with 422 and `violations`: the JSON Pointer of each failing
-    /// value and the keyword that failed. Documents already stored are not
+    /// value and the keyword that failed (at most 16; only the first for a
+    /// document costly to check). Documents already stored are not
     /// touched: the answer counts those that do not match and lists the
     /// first 100. Needs an admin key. At most 64 KiB and 100 levels deep;
     /// `$ref` only within the schema (nothing is fetched); `format` is an
@@ -138,7 +139,9 @@ impl SchemasApi {
     /// a schema that applies more than 10,000 subschemas to one value of a
     /// document once its `$ref`s are written out, and `$ref`s that go round
     /// a cycle without reaching into the document (recursion through
-    /// `properties`, `items` and the like is fine).
+    /// `properties`, `items` and the like is fine). A document whose check
+    /// would take more than 50,000,000 subschema checks is refused with 422
+    /// and the keyword `cost`.
     #[oai(path = "/:collection/schema", method = "put")]
     async fn set_schema(
         &self,

@@ -461,3 +461,42 @@ async fn a_ref_cycle_that_does_not_descend_is_refused_and_a_recursive_tree_schem
     assert_eq!(violations(&json(resp).await), pairs(&[("/left/right/v", "type")]));
     app.stop().await;
 }
+
+/// The costliest schema still accepted: each item of an array is checked
+/// against 2^11 copies of `{"type": "object"}`, 8,190 subschemas in all.
+fn costliest_items_schema(leaf: Value) -> Value {
+    json!({"$defs": doubling_defs(11, leaf), "type": "array", "items": {"$ref": "#/$defs/d0"}})
+}
+
+#[tokio::test]
+async fn a_document_with_thousands_of_violations_answers_at_most_16_quickly() {
+    use std::time::{Duration, Instant};
+    let app = spawn_app().await;
+    let strings = json!({"type": "array", "items": {"type": "string"}});
+    assert_eq!(
+        put_json(&app, "/v1/collections/plain/schema", &strings).await.status(),
+        200
+    );
+    let numbers = Value::Array((0..5_000).map(|n| json!(n)).collect());
+    let resp = app.put_doc("plain", "n", &numbers).await;
+    assert_eq!(resp.status(), 422);
+    let found = violations(&json(resp).await);
+    assert!((1..=16).contains(&found.len()), "{found:?}");
+
+    // Every item fails 2,048 times over: 2 million violations in all.
+    let schema = costliest_items_schema(json!({"type": "string"}));
+    assert_eq!(
+        put_json(&app, "/v1/collections/fanned/schema", &schema).await.status(),
+        200
+    );
+    let numbers = Value::Array((0..1_000).map(|n| json!(n)).collect());
+    let started = Instant::now();
+    let resp = app.put_doc("fanned", "n", &numbers).await;
+    let took = started.elapsed();
+    assert_eq!(resp.status(), 422);
+    let found = violations(&json(resp).await);
+    assert!((1..=16).contains(&found.len()), "{} violations", found.len());
+    assert_eq!(found[0], ("/0".to_owned(), "type".to_owned()));
+    assert!(took < Duration::from_secs(2), "the refusal took {took:?}");
+    app.stop().await;
+}
