@@ -94,7 +94,7 @@ impl ApiError {
             | StoreError::SchemaViolation { .. }
             | StoreError::QueryTooBroad { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             StoreError::InvalidSchema(_) => StatusCode::BAD_REQUEST,
-            StoreError::Conflict { .. } => StatusCode::CONFLICT,
+            StoreError::Conflict { .. } | StoreError::SchemaRace { .. } => StatusCode::CONFLICT,
             StoreError::FeedGone { .. } => StatusCode::GONE,
             StoreError::Unavailable { .. } | StoreError::Busy { .. } | StoreError::IdsExhausted { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE

@@ -1,6 +1,6 @@
 //! `/v1/collections/{collection}/schema`: a collection's JSON Schema, which
-//! every write path checks its documents against (in the store's writers),
-//! and the existing documents that do not match it.
+//! every write path checks its documents against (before the shard writers
+//! take them), and the existing documents that do not match it.
 
 use poem::http::StatusCode;
 use poem_openapi::param::{Path, Query};

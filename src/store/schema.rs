@@ -8,16 +8,23 @@
 //! document may cost: its size and depth, no references outside it
 //! (nothing is fetched), patterns compiled by a linear-time regex engine,
 //! and what a schema expands to once its `$ref`s are written out ([`cost`]):
-//! at most [`MAX_SCHEMA_COST`] subschemas per value of a document.
+//! at most [`MAX_SCHEMA_COST`] subschemas per value of a document. A check
+//! runs before the write is queued, off the runtime's workers when it is
+//! long ([`check_documents`]); the shard's writer only confirms that the
+//! schema it checked is still the collection's, so a costly check holds no
+//! other collection's commit.
 
 mod cost;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
 
+use super::ops::{decide, Action, WriteOp};
+use super::shard::Shard;
 use super::writer::SchemaChange;
-use super::{canonical_json, ListRequest, Store, StoreError, MAX_PAGE};
+use super::{canonical_json, Document, ListRequest, Store, StoreError, MAX_PAGE};
 use crate::domain::{measure, CollectionName, DocId, DocKey, MAX_DEPTH};
 
 /// The largest a schema's text may be.
@@ -36,10 +43,18 @@ pub const MAX_SCHEMA_COST: u64 = 10_000;
 /// build (1.7 ns a check, measured with the costliest schema accepted).
 pub const MAX_DOCUMENT_CHECKS: u64 = 50_000_000;
 
+/// Checks short enough to run where they are asked for (a runtime worker,
+/// a shard writer): about 0.1 ms on a release build.
+pub const INLINE_CHECKS: u64 = 50_000;
+
 /// Checks under which a refused document's violations are all collected
 /// (jsonschema collects every one before any is read) and the first 16
 /// listed; above, only the first is.
 const LISTED_CHECKS: u64 = 200_000;
+
+/// Times one write is checked and sent again when its document changed
+/// while it was checked (see [`StoreError::SchemaRace`]).
+pub(super) const SCHEMA_RACE_ATTEMPTS: u32 = 3;
 
 /// A regex in a schema's `pattern` may compile to at most this much.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -75,6 +90,19 @@ pub struct Violation {
     /// or `cost` when the document is too costly to check at all.
     pub keyword: String,
     pub message: String,
+}
+
+/// A document checked before its write was queued: the writer takes the
+/// answer if the document it would store is this one and the collection's
+/// schema is still this version.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// The schema's version (see [`SchemaState`]).
+    pub schema_version: u64,
+    /// The document checked, as canonical JSON text.
+    pub text: Arc<str>,
+    /// None: it matches.
+    pub violations: Vec<Violation>,
 }
 
 impl CollectionSchema {
@@ -240,6 +268,74 @@ fn not_json(e: &serde_json::Error) -> Violation {
     }
 }
 
+/// Blocking threads checking documents, at most one per core at a time:
+/// costly checks queue for each other, not for the runtime's workers or
+/// the shard writers.
+fn checkers() -> Arc<tokio::sync::Semaphore> {
+    static CHECKERS: OnceLock<Arc<tokio::sync::Semaphore>> = OnceLock::new();
+    CHECKERS
+        .get_or_init(|| {
+            let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+            Arc::new(tokio::sync::Semaphore::new(cores))
+        })
+        .clone()
+}
+
+/// The violations of each of `documents` (none: it matches): checked here
+/// when that is quick ([`INLINE_CHECKS`] in all), else on a blocking
+/// thread among [`checkers`].
+pub async fn check_documents(
+    schema: Arc<CollectionSchema>,
+    documents: Vec<Value>,
+) -> Result<Vec<Vec<Violation>>, StoreError> {
+    let works: Vec<u64> = documents.iter().map(|data| schema.work(data)).collect();
+    let total = works_total(&works);
+    let check = move || -> Vec<Vec<Violation>> {
+        documents
+            .iter()
+            .zip(&works)
+            .map(|(data, &work)| schema.violations_within(data, work))
+            .collect()
+    };
+    if total <= INLINE_CHECKS {
+        return Ok(check());
+    }
+    let turn = checkers()
+        .acquire_owned()
+        .await
+        .map_err(|_| StoreError::Internal("the schema checkers were closed"))?;
+    tokio::task::spawn_blocking(move || {
+        // Held by the thread: a request that goes away leaves its check
+        // counted until it ends.
+        let _turn = turn;
+        check()
+    })
+    .await
+    .map_err(|_| StoreError::Internal("a schema check panicked"))
+}
+
+fn works_total(works: &[u64]) -> u64 {
+    works.iter().fold(0, |sum, &work| sum.saturating_add(work))
+}
+
+/// The schemas a shard's writer holds, as it last published them: what
+/// writes are checked against before they are queued.
+#[derive(Clone, Default)]
+pub struct PublishedSchemas(Arc<std::sync::RwLock<Arc<HashMap<CollectionName, SchemaState>>>>);
+
+impl PublishedSchemas {
+    pub fn publish(&self, schemas: &HashMap<CollectionName, SchemaState>) {
+        if let Ok(mut held) = self.0.write() {
+            *held = Arc::new(schemas.clone());
+        }
+    }
+
+    /// A collection's schema as last published.
+    pub fn of(&self, collection: &CollectionName) -> Option<SchemaState> {
+        self.0.read().ok().and_then(|held| held.get(collection).cloned())
+    }
+}
+
 /// A collection's schema as a shard holds it: the version rises with every
 /// change, a removal included (`schema: None`), so every shard keeps the
 /// latest whatever order the changes reach it in.
@@ -306,6 +402,96 @@ impl Store {
         self.inner.shards[self.numbering_shard(collection)]
             .schema_of(collection)
             .await
+    }
+
+    /// Checks the documents `ops` (bound for `shard`, in order) would
+    /// store against their collection's schema as the shard last published
+    /// it, and notes each answer in its operation ([`Checked`]). A patch's
+    /// result is worked out from the document as committed now, as the
+    /// writer will (it checks again only if the document or the schema
+    /// changed in between). Runs off the runtime's workers when long.
+    pub(super) async fn check_before_writing(&self, shard: &Shard, ops: &mut [WriteOp]) -> Result<(), StoreError> {
+        let Some(first) = ops.first() else {
+            return Ok(());
+        };
+        let Some(state) = shard.published_schemas().of(&first.key.collection) else {
+            return Ok(());
+        };
+        let Some(schema) = state.schema.clone() else {
+            return Ok(());
+        };
+        let now = super::writer::now_millis();
+        // A key written twice in one request: the second sees the first.
+        let mut seen: HashMap<&DocKey, u32> = HashMap::new();
+        for op in ops.iter() {
+            *seen.entry(&op.key).or_default() += 1;
+        }
+        let repeated: std::collections::HashSet<DocKey> = seen
+            .into_iter()
+            .filter(|&(_, times)| times > 1)
+            .map(|(key, _)| key.clone())
+            .collect();
+        let mut states: HashMap<DocKey, Option<Document>> = HashMap::new();
+        let mut unknown: std::collections::HashSet<DocKey> = std::collections::HashSet::new();
+        let mut read_bytes = 0usize;
+        let mut texts: Vec<(usize, Arc<str>)> = Vec::new();
+        for (at, op) in ops.iter().enumerate() {
+            if op.key.collection != first.key.collection || unknown.contains(&op.key) {
+                continue;
+            }
+            let patch = matches!(op.action, Action::Patch { .. });
+            if !patch && !repeated.contains(&op.key) {
+                if let Action::Put { data, .. } = &op.action {
+                    texts.push((at, data.clone()));
+                }
+                continue;
+            }
+            let current = match states.get(&op.key) {
+                Some(state) => state.clone(),
+                // Read as the writer will, within the request's page of
+                // bytes; past it, the writer checks what is left.
+                None if read_bytes < self.inner.page_bytes => match self.get(&op.key).await {
+                    Ok(doc) => {
+                        read_bytes += doc.as_ref().map_or(0, |doc| doc.data.len());
+                        doc
+                    }
+                    Err(_) => {
+                        unknown.insert(op.key.clone());
+                        continue;
+                    }
+                },
+                None => {
+                    unknown.insert(op.key.clone());
+                    continue;
+                }
+            };
+            let (_, next) = decide(op, current.as_ref(), now);
+            if let Some(next) = next {
+                if let Some(doc) = &next {
+                    texts.push((at, doc.data.clone()));
+                }
+                states.insert(op.key.clone(), next);
+            }
+        }
+        if texts.is_empty() {
+            return Ok(());
+        }
+        let mut documents = Vec::with_capacity(texts.len());
+        for (_, text) in &texts {
+            documents.push(
+                serde_json::from_str::<Value>(text)
+                    .map_err(|_| StoreError::Internal("a document to store is not JSON"))?,
+            );
+        }
+        let answers = check_documents(schema, documents).await?;
+        for ((at, text), violations) in texts.into_iter().zip(answers) {
+            ops[at].checked = Some(Checked {
+                schema_version: state.version,
+                text,
+                violations,
+            });
+        }
+        Ok(())
     }
 
     /// The shard that numbers a collection's schema changes.

@@ -468,6 +468,56 @@ fn costliest_items_schema(leaf: Value) -> Value {
     json!({"$defs": doubling_defs(11, leaf), "type": "array", "items": {"$ref": "#/$defs/d0"}})
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_costly_check_holds_no_other_collections_write_on_its_shard() {
+    use std::time::{Duration, Instant};
+    // One shard: both collections are written by the same writer.
+    let app = std::sync::Arc::new(spawn_app_with(&[("SHARD_LIMIT", "1")]).await);
+    let schema = costliest_items_schema(json!({"type": "object"}));
+    assert_eq!(
+        put_json(&app, "/v1/collections/heavy/schema", &schema).await.status(),
+        200
+    );
+    // A small document answers at once.
+    let started = Instant::now();
+    assert_eq!(app.put_doc("heavy", "small", &json!([{}])).await.status(), 201);
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+
+    // Large ones take a while each to check.
+    let large = Value::Array(vec![json!({}); 3_000]);
+    let heavy: Vec<_> = (0..3)
+        .map(|n| {
+            let (app, large) = (app.clone(), large.clone());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let status = app.put_doc("heavy", &format!("large{n}"), &large).await.status();
+                (status, started.elapsed())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    assert_eq!(app.put_doc("light", "a", &json!({"n": 1})).await.status(), 201);
+    let light = started.elapsed();
+    let started = Instant::now();
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    let health = started.elapsed();
+
+    let mut slowest = Duration::ZERO;
+    for task in heavy {
+        let (status, took) = task.await.expect("a heavy write");
+        assert_eq!(status, 201);
+        slowest = slowest.max(took);
+    }
+    eprintln!("light write {light:?}, /healthz {health:?}, while the heavy writes took up to {slowest:?}");
+    assert!(
+        light < Duration::from_secs(2),
+        "the other collection's write took {light:?}"
+    );
+    assert!(health < Duration::from_secs(2), "/healthz took {health:?}");
+}
+
 #[tokio::test]
 async fn a_document_with_thousands_of_violations_answers_at_most_16_quickly() {
     use std::time::{Duration, Instant};
