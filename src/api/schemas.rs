@@ -16,7 +16,7 @@ use super::payload::JsonBody;
 use super::ApiTags;
 use crate::domain::access::Scope;
 use crate::domain::CollectionName;
-use crate::store::schema::{CollectionSchema, Mismatches, SchemaState, Violation};
+use crate::store::schema::{CollectionSchema, MismatchPass, Mismatches, SchemaState, Violation, MAX_DOCUMENT_CHECKS};
 use crate::store::Store;
 
 /// Mismatching documents a schema's answer lists (it counts them all).
@@ -25,6 +25,11 @@ const LISTED_MISMATCHES: usize = 100;
 /// Documents one page of mismatches reads at most, so a page costs the
 /// same whether mismatches are many or few.
 const MISMATCH_PAGE_READS: u64 = 10_000;
+
+/// Checks one page of mismatches makes at most (see
+/// `CollectionSchema::work`): two documents at the most costly a document
+/// may be, a fraction of a second of one core.
+const MISMATCH_PAGE_CHECKS: u64 = 2 * MAX_DOCUMENT_CHECKS;
 
 pub struct SchemasApi {
     pub store: Store,
@@ -158,10 +163,16 @@ impl SchemasApi {
             .clone()
             .ok_or_else(|| ProblemError::new(StatusCode::CONFLICT, "the schema was removed while it was being set"))?;
         tracing::info!(collection = %collection, version = state.version, "collection schema set");
-        let existing = self
-            .store
-            .mismatches(&collection, &schema, None, LISTED_MISMATCHES, false, u64::MAX)
-            .await?;
+        // Every document, however long it takes (an admin asked): checked
+        // on the checker threads, chunk by chunk.
+        let every = MismatchPass {
+            after: None,
+            keep: LISTED_MISMATCHES,
+            stop_when_kept: false,
+            read_at_most: u64::MAX,
+            checks_at_most: u64::MAX,
+        };
+        let existing = self.store.mismatches(&collection, &schema, &every).await?;
         Ok(SetResponse::Set(Json(SchemaSet {
             schema: schema_body(&collection, &state)?,
             existing: report(existing),
@@ -205,10 +216,11 @@ impl SchemasApi {
     /// List the documents that do not match the schema
     ///
     /// Pages through the collection in id order, checking each document
-    /// against the current schema. A page lists at most `limit` documents
-    /// and reads at most 10,000; `next_start_after` says where the next
-    /// page starts (`null` at the end). `count` counts the mismatches among
-    /// the documents this page read. 404 if the collection has no schema.
+    /// against the current schema. A page lists at most `limit` documents,
+    /// reads at most 10,000 and checks at most 100,000,000 subschemas (at
+    /// least one document); `next_start_after` says where the next page
+    /// starts (`null` at the end). `count` counts the mismatches among the
+    /// documents this page read. 404 if the collection has no schema.
     #[oai(path = "/:collection/schema/mismatches", method = "get")]
     async fn mismatches(
         &self,
@@ -230,10 +242,14 @@ impl SchemasApi {
         let after = start_after.0.filter(|a| !a.is_empty());
         let state = self.current(&collection).await?;
         let schema = state.schema.ok_or_else(|| not_found(&collection))?;
-        let page = self
-            .store
-            .mismatches(&collection, &schema, after.as_deref(), limit, true, MISMATCH_PAGE_READS)
-            .await?;
+        let pass = MismatchPass {
+            after: after.as_deref(),
+            keep: limit,
+            stop_when_kept: true,
+            read_at_most: MISMATCH_PAGE_READS,
+            checks_at_most: MISMATCH_PAGE_CHECKS,
+        };
+        let page = self.store.mismatches(&collection, &schema, &pass).await?;
         Ok(MismatchResponse::Page(Json(report(page))))
     }
 }

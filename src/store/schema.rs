@@ -189,6 +189,15 @@ impl CollectionSchema {
         self.cost.as_ref().map_or(0, |model| model.work(data))
     }
 
+    /// The checks [`CollectionSchema::violations`] makes of `data`: none
+    /// when it refuses it as too costly without checking.
+    pub fn checks_of(&self, data: &Value) -> u64 {
+        match self.work(data) {
+            work if work > MAX_DOCUMENT_CHECKS => 0,
+            work => work,
+        }
+    }
+
     /// The ways `data` fails the schema (none: it matches), at most
     /// [`MAX_VIOLATIONS`].
     pub fn violations(&self, data: &Value) -> Vec<Violation> {
@@ -500,21 +509,18 @@ impl Store {
     }
 
     /// Checks a collection's documents against `schema`, in id order from
-    /// after `after`: counts every mismatch among those read and keeps the
-    /// first `keep` with their violations. It reads to the end, or stops
-    /// once it kept `keep` (if `stop_when_kept`) or read about
-    /// `read_at_most` documents; `next_after` then says where it stopped.
+    /// after `pass.after`: counts every mismatch among those read and keeps
+    /// the first `pass.keep` with their violations. It reads to the end, or
+    /// stops where `pass` says; `next_after` then says where it stopped.
     pub async fn mismatches(
         &self,
         collection: &CollectionName,
-        schema: &CollectionSchema,
-        after: Option<&str>,
-        keep: usize,
-        stop_when_kept: bool,
-        read_at_most: u64,
+        schema: &Arc<CollectionSchema>,
+        pass: &MismatchPass<'_>,
     ) -> Result<Mismatches, StoreError> {
         let mut report = Mismatches::default();
-        let mut start_after = after.map(str::to_owned);
+        let mut start_after = pass.after.map(str::to_owned);
+        let mut spent = 0u64;
         loop {
             let request = ListRequest {
                 prefix: None,
@@ -523,31 +529,111 @@ impl Store {
                 keys_only: false,
             };
             let page = self.list(collection, &request).await?;
+            // What of the page this pass can afford, in chunks a checker
+            // thread takes at once.
+            let mut taken: Vec<(DocId, Result<Value, Violation>, u64)> = Vec::new();
+            let mut out_of_checks = false;
             for listed in &page.items {
+                let (data, checks) = match serde_json::from_str::<Value>(&listed.doc.data) {
+                    Ok(data) => {
+                        let checks = 1 + schema.checks_of(&data);
+                        (Ok(data), checks)
+                    }
+                    Err(e) => (Err(not_json(&e)), 1),
+                };
+                if spent.saturating_add(checks) > pass.checks_at_most && (spent > 0 || !taken.is_empty()) {
+                    out_of_checks = true;
+                    break;
+                }
+                spent = spent.saturating_add(checks);
+                taken.push((listed.id.clone(), data, checks));
+            }
+            let mut found = Vec::with_capacity(taken.len());
+            let mut chunk: Vec<(DocId, Result<Value, Violation>)> = Vec::new();
+            let mut chunk_checks = 0u64;
+            let count = taken.len();
+            for (at, (id, data, checks)) in taken.into_iter().enumerate() {
+                chunk.push((id, data));
+                chunk_checks = chunk_checks.saturating_add(checks);
+                if chunk_checks >= MAX_DOCUMENT_CHECKS || at + 1 == count {
+                    found.extend(check_chunk(schema, std::mem::take(&mut chunk)).await?);
+                    chunk_checks = 0;
+                }
+            }
+            let mut last = None;
+            for (id, violations) in found {
                 report.checked += 1;
-                let violations = schema.violations_of_text(&listed.doc.data);
                 if !violations.is_empty() {
                     report.count += 1;
-                    if report.found.len() < keep {
-                        report.found.push((listed.id.clone(), violations));
-                        if stop_when_kept && report.found.len() == keep {
-                            report.next_after = Some(listed.id.clone());
+                    if report.found.len() < pass.keep {
+                        report.found.push((id.clone(), violations));
+                        if pass.stop_when_kept && report.found.len() == pass.keep {
+                            report.next_after = Some(id);
                             return Ok(report);
                         }
                     }
                 }
+                last = Some(id);
+            }
+            if out_of_checks {
+                report.next_after = last;
+                return Ok(report);
             }
             let Some(next) = page.next_after else {
                 report.next_after = None;
                 return Ok(report);
             };
-            if report.checked >= read_at_most {
+            if report.checked >= pass.read_at_most {
                 report.next_after = Some(next);
                 return Ok(report);
             }
             start_after = Some(next.as_str().to_owned());
         }
     }
+}
+
+/// How far one pass of [`Store::mismatches`] goes.
+#[derive(Debug, Clone)]
+pub struct MismatchPass<'a> {
+    /// From after this id (in id order).
+    pub after: Option<&'a str>,
+    /// Mismatches kept with their violations.
+    pub keep: usize,
+    /// Stop once `keep` are kept.
+    pub stop_when_kept: bool,
+    /// Stop after a page once about this many documents were read...
+    pub read_at_most: u64,
+    /// ...or before a document once this many checks were spent (at least
+    /// one document is always checked).
+    pub checks_at_most: u64,
+}
+
+/// Each document of `chunk` with its violations.
+async fn check_chunk(
+    schema: &Arc<CollectionSchema>,
+    chunk: Vec<(DocId, Result<Value, Violation>)>,
+) -> Result<Vec<(DocId, Vec<Violation>)>, StoreError> {
+    let mut ids = Vec::with_capacity(chunk.len());
+    let mut documents = Vec::new();
+    let mut unreadable: HashMap<usize, Violation> = HashMap::new();
+    for (at, (id, data)) in chunk.into_iter().enumerate() {
+        ids.push(id);
+        match data {
+            Ok(data) => documents.push(data),
+            Err(violation) => {
+                unreadable.insert(at, violation);
+            }
+        }
+    }
+    let mut checked = check_documents(schema.clone(), documents).await?.into_iter();
+    Ok(ids
+        .into_iter()
+        .enumerate()
+        .map(|(at, id)| match unreadable.remove(&at) {
+            Some(violation) => (id, vec![violation]),
+            None => (id, checked.next().unwrap_or_default()),
+        })
+        .collect())
 }
 
 #[cfg(test)]

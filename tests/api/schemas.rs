@@ -550,3 +550,43 @@ async fn a_document_with_thousands_of_violations_answers_at_most_16_quickly() {
     assert!(took < Duration::from_secs(2), "the refusal took {took:?}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn checking_is_bounded_per_document_and_per_page_of_mismatches() {
+    use std::time::{Duration, Instant};
+    let app = spawn_app().await;
+    let path = "/v1/collections/heavy/schema";
+    let set = json(put_json(&app, path, &costliest_items_schema(json!({"type": "object"}))).await).await;
+    let cost = set["cost"].as_u64().unwrap_or_else(|| panic!("a cost: {set}"));
+    assert!((8_000..=10_000).contains(&cost), "{set}");
+
+    // What a document may cost to check: 50 million subschemas.
+    let items = (50_000_000 / cost) as usize;
+    let started = Instant::now();
+    let resp = app
+        .put_doc("heavy", "over", &Value::Array(vec![json!({}); items + 10]))
+        .await;
+    assert_eq!(resp.status(), 422);
+    let found = violations(&json(resp).await);
+    assert_eq!(found, pairs(&[("", "cost")]));
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    for n in 0..3 {
+        let resp = app
+            .put_doc("heavy", &format!("d{n}"), &Value::Array(vec![json!({}); items - 10]))
+            .await;
+        assert_eq!(resp.status(), 201);
+    }
+
+    // A page of mismatches stops once it spent two documents' worth.
+    let page = json(app.get(&format!("{path}/mismatches")).await).await;
+    assert_eq!(
+        (page["checked"].clone(), page["count"].clone()),
+        (json!(2), json!(0)),
+        "{page}"
+    );
+    assert_eq!(page["next_start_after"], "d1", "{page}");
+    let page = json(app.get(&format!("{path}/mismatches?start_after=d1")).await).await;
+    assert_eq!(page["checked"], 1, "{page}");
+    assert_eq!(page["next_start_after"], Value::Null, "{page}");
+    app.stop().await;
+}
