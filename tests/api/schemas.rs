@@ -590,3 +590,40 @@ async fn checking_is_bounded_per_document_and_per_page_of_mismatches() {
     assert_eq!(page["next_start_after"], Value::Null, "{page}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_patches_of_one_document_are_each_checked_on_what_they_make() {
+    // Each patch is checked before it is queued against the document as it
+    // was then; the writer checks again what another patch changed since.
+    let app = std::sync::Arc::new(spawn_app_with(&[("SHARD_LIMIT", "1")]).await);
+    let fields: serde_json::Map<String, Value> =
+        (0..20).map(|n| (format!("n{n}"), json!({"type": "integer"}))).collect();
+    let schema = json!({"type": "object", "properties": fields, "additionalProperties": false});
+    assert_eq!(
+        put_json(&app, "/v1/collections/counts/schema", &schema).await.status(),
+        200
+    );
+    assert_eq!(app.put_doc("counts", "c", &json!({})).await.status(), 201);
+    let patches: Vec<_> = (0..21)
+        .map(|n| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let patch = if n == 20 {
+                    json!({"other": 1})
+                } else {
+                    json!({ format!("n{n}"): n })
+                };
+                app.patch_doc("counts", "c", &patch).await.status()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for patch in patches {
+        statuses.push(patch.await.expect("a patch").as_u16());
+    }
+    assert_eq!(statuses[..20], [200; 20], "{statuses:?}");
+    assert_eq!(statuses[20], 422);
+    let doc = json(app.get_doc("counts", "c").await).await;
+    let expected: serde_json::Map<String, Value> = (0..20).map(|n| (format!("n{n}"), json!(n))).collect();
+    assert_eq!(doc["data"], Value::Object(expected));
+}
