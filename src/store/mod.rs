@@ -585,19 +585,21 @@ impl Store {
         };
         // Checked against the schema before it is queued; checked again
         // (the document changed in between) if the writer cannot do it
-        // quickly itself.
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            self.check_before_writing(shard, std::slice::from_mut(&mut op)).await?;
-            let answer = shard
-                .submit(vec![op.clone()])
-                .await?
+        // quickly itself. Kept for that only where there is a schema.
+        let answer = |mut answers: Vec<WriteResult>| {
+            answers
                 .pop()
-                .unwrap_or(Err(StoreError::Internal("the writer gave no answer")));
-            match answer {
-                Err(StoreError::SchemaRace { .. }) if attempts < schema::SCHEMA_RACE_ATTEMPTS => continue,
-                answer => return answer,
+                .unwrap_or(Err(StoreError::Internal("the writer gave no answer")))
+        };
+        let mut attempts = 1;
+        loop {
+            self.check_before_writing(shard, std::slice::from_mut(&mut op)).await?;
+            if op.checked.is_none() || attempts == schema::SCHEMA_RACE_ATTEMPTS {
+                return answer(shard.submit(vec![op]).await?);
+            }
+            match answer(shard.submit(vec![op.clone()]).await?) {
+                Err(StoreError::SchemaRace { .. }) => attempts += 1,
+                answered => return answered,
             }
         }
     }
