@@ -156,7 +156,12 @@ impl SchemasApi {
         body: JsonBody<Value>,
     ) -> Result<SetResponse, ProblemError> {
         let collection = self.access.authorized(&auth, Scope::Admin, collection.0 .0)?;
-        let schema = CollectionSchema::compile(&body.0).map_err(|e| bad_request(e.0))?;
+        // Compiling and bounding a large schema takes a while: not on a
+        // runtime worker.
+        let schema = tokio::task::spawn_blocking(move || CollectionSchema::compile(&body.0))
+            .await
+            .map_err(|_| ProblemError::from(crate::store::StoreError::Internal("compiling a schema panicked")))?
+            .map_err(|e| bad_request(e.0))?;
         let state = self.store.set_schema(&collection, Some(schema)).await?;
         let schema = state
             .schema
