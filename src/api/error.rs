@@ -95,7 +95,7 @@ impl ApiError {
             | StoreError::QueryTooBroad { .. }
             | StoreError::QueryTooCostly { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             StoreError::InvalidSchema(_) => StatusCode::BAD_REQUEST,
-            StoreError::Conflict { .. } => StatusCode::CONFLICT,
+            StoreError::Conflict { .. } | StoreError::SchemaRace { .. } => StatusCode::CONFLICT,
             StoreError::FeedGone { .. } => StatusCode::GONE,
             StoreError::Unavailable { .. } | StoreError::Busy { .. } | StoreError::IdsExhausted { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -394,7 +394,11 @@ const ERROR_STATUSES: &[(u16, &str)] = &[
          (`violations` says where and why)",
     ),
     (412, "A precondition (If-Match, If-None-Match, expected_version) failed"),
-    (409, "An index of that name exists with other fields"),
+    (
+        409,
+        "An index of that name exists with other fields, or a document changed while it was checked against its \
+         collection's schema (send the write again)",
+    ),
     (
         500,
         "The store failed: a stable message and an `error_id`, which the server's log line carries with the details",

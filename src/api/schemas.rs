@@ -1,6 +1,6 @@
 //! `/v1/collections/{collection}/schema`: a collection's JSON Schema, which
-//! every write path checks its documents against (in the store's writers),
-//! and the existing documents that do not match it.
+//! every write path checks its documents against (before the shard writers
+//! take them), and the existing documents that do not match it.
 
 use poem::http::StatusCode;
 use poem_openapi::param::{Path, Query};
@@ -16,7 +16,7 @@ use super::payload::JsonBody;
 use super::ApiTags;
 use crate::domain::access::Scope;
 use crate::domain::CollectionName;
-use crate::store::schema::{CollectionSchema, Mismatches, SchemaState, Violation};
+use crate::store::schema::{CollectionSchema, MismatchPass, Mismatches, SchemaState, Violation, MAX_DOCUMENT_CHECKS};
 use crate::store::Store;
 
 /// Mismatching documents a schema's answer lists (it counts them all).
@@ -25,6 +25,11 @@ const LISTED_MISMATCHES: usize = 100;
 /// Documents one page of mismatches reads at most, so a page costs the
 /// same whether mismatches are many or few.
 const MISMATCH_PAGE_READS: u64 = 10_000;
+
+/// Checks one page of mismatches makes at most (see
+/// `CollectionSchema::work`): two documents at the most costly a document
+/// may be, a fraction of a second of one core.
+const MISMATCH_PAGE_CHECKS: u64 = 2 * MAX_DOCUMENT_CHECKS;
 
 pub struct SchemasApi {
     pub store: Store,
@@ -42,6 +47,12 @@ pub struct SchemaBody {
     schema: Value,
     /// When it was set (RFC 3339, UTC).
     updated_at: String,
+    /// The most subschemas it applies to one value of a document, each
+    /// `$ref` counted as written out in full (at most 10,000). `null`: a
+    /// schema stored before that bound and over it, which refuses every
+    /// write until it is set again.
+    #[oai(nullable)]
+    cost: Option<u64>,
 }
 
 /// A document that does not match the schema, and why.
@@ -123,12 +134,19 @@ impl SchemasApi {
     /// path: PUT, POST, the result of a PATCH, each batch operation, each
     /// import line, the original API. A write that does not match is
     /// refused with 422 and `violations`: the JSON Pointer of each failing
-    /// value and the keyword that failed. Documents already stored are not
+    /// value and the keyword that failed (at most 16; only the first for a
+    /// document costly to check). Documents already stored are not
     /// touched: the answer counts those that do not match and lists the
     /// first 100. Needs an admin key. At most 64 KiB and 100 levels deep;
     /// `$ref` only within the schema (nothing is fetched); `format` is an
     /// annotation, as the draft has it; `pattern` uses linear-time regular
-    /// expressions (no look-around or backreferences).
+    /// expressions (no look-around or backreferences). Refused with 400:
+    /// a schema that applies more than 10,000 subschemas to one value of a
+    /// document once its `$ref`s are written out, and `$ref`s that go round
+    /// a cycle without reaching into the document (recursion through
+    /// `properties`, `items` and the like is fine). A document whose check
+    /// would take more than 50,000,000 subschema checks is refused with 422
+    /// and the keyword `cost`.
     #[oai(path = "/:collection/schema", method = "put")]
     async fn set_schema(
         &self,
@@ -138,17 +156,28 @@ impl SchemasApi {
         body: JsonBody<Value>,
     ) -> Result<SetResponse, ProblemError> {
         let collection = self.access.authorized(&auth, Scope::Admin, collection.0 .0)?;
-        let schema = CollectionSchema::compile(&body.0).map_err(|e| bad_request(e.0))?;
+        // Compiling and bounding a large schema takes a while: not on a
+        // runtime worker.
+        let schema = tokio::task::spawn_blocking(move || CollectionSchema::compile(&body.0))
+            .await
+            .map_err(|_| ProblemError::from(crate::store::StoreError::Internal("compiling a schema panicked")))?
+            .map_err(|e| bad_request(e.0))?;
         let state = self.store.set_schema(&collection, Some(schema)).await?;
         let schema = state
             .schema
             .clone()
             .ok_or_else(|| ProblemError::new(StatusCode::CONFLICT, "the schema was removed while it was being set"))?;
         tracing::info!(collection = %collection, version = state.version, "collection schema set");
-        let existing = self
-            .store
-            .mismatches(&collection, &schema, None, LISTED_MISMATCHES, false, u64::MAX)
-            .await?;
+        // Every document, however long it takes (an admin asked): checked
+        // on the checker threads, chunk by chunk.
+        let every = MismatchPass {
+            after: None,
+            keep: LISTED_MISMATCHES,
+            stop_when_kept: false,
+            read_at_most: u64::MAX,
+            checks_at_most: u64::MAX,
+        };
+        let existing = self.store.mismatches(&collection, &schema, &every).await?;
         Ok(SetResponse::Set(Json(SchemaSet {
             schema: schema_body(&collection, &state)?,
             existing: report(existing),
@@ -192,10 +221,11 @@ impl SchemasApi {
     /// List the documents that do not match the schema
     ///
     /// Pages through the collection in id order, checking each document
-    /// against the current schema. A page lists at most `limit` documents
-    /// and reads at most 10,000; `next_start_after` says where the next
-    /// page starts (`null` at the end). `count` counts the mismatches among
-    /// the documents this page read. 404 if the collection has no schema.
+    /// against the current schema. A page lists at most `limit` documents,
+    /// reads at most 10,000 and checks at most 100,000,000 subschemas (at
+    /// least one document); `next_start_after` says where the next page
+    /// starts (`null` at the end). `count` counts the mismatches among the
+    /// documents this page read. 404 if the collection has no schema.
     #[oai(path = "/:collection/schema/mismatches", method = "get")]
     async fn mismatches(
         &self,
@@ -217,10 +247,14 @@ impl SchemasApi {
         let after = start_after.0.filter(|a| !a.is_empty());
         let state = self.current(&collection).await?;
         let schema = state.schema.ok_or_else(|| not_found(&collection))?;
-        let page = self
-            .store
-            .mismatches(&collection, &schema, after.as_deref(), limit, true, MISMATCH_PAGE_READS)
-            .await?;
+        let pass = MismatchPass {
+            after: after.as_deref(),
+            keep: limit,
+            stop_when_kept: true,
+            read_at_most: MISMATCH_PAGE_READS,
+            checks_at_most: MISMATCH_PAGE_CHECKS,
+        };
+        let page = self.store.mismatches(&collection, &schema, &pass).await?;
         Ok(MismatchResponse::Page(Json(report(page))))
     }
 }
@@ -257,6 +291,11 @@ fn schema_body(collection: &CollectionName, state: &SchemaState) -> Result<Schem
         version: state.version,
         schema,
         updated_at: format_time(state.updated_at_ms),
+        cost: state
+            .schema
+            .as_ref()
+            .filter(|schema| schema.refusal().is_none())
+            .map(|schema| schema.cost()),
     })
 }
 

@@ -206,6 +206,10 @@ pub enum StoreError {
         schema_version: u64,
         violations: Vec<schema::Violation>,
     },
+    /// The document changed between its check against the schema and its
+    /// write, and checking it again would hold the shard's writer too long.
+    #[error("document {key} changed while it was checked against its collection's schema; send the write again")]
+    SchemaRace { key: DocKey },
     /// A query read more than a query may (no index fits it, or the one
     /// that does leaves too much to read).
     #[error(
@@ -286,6 +290,7 @@ impl StoreError {
             | StoreError::TooMuchToRead { .. }
             | StoreError::Unprocessable { .. }
             | StoreError::SchemaViolation { .. }
+            | StoreError::SchemaRace { .. }
             | StoreError::QueryTooBroad { .. }
             | StoreError::QueryTooCostly { .. }
             | StoreError::Conflict { .. }
@@ -587,19 +592,34 @@ impl Store {
         }
         let bucket = Placement::bucket_of(&key);
         let shard = self.shard_for(&key);
-        let op = WriteOp {
+        let mut op = WriteOp {
             key,
             bucket,
             expect,
             action,
             counted,
             budget: None,
+            checked: None,
         };
-        shard
-            .submit(vec![op])
-            .await?
-            .pop()
-            .unwrap_or(Err(StoreError::Internal("the writer gave no answer")))
+        // Checked against the schema before it is queued; checked again
+        // (the document changed in between) if the writer cannot do it
+        // quickly itself. Kept for that only where there is a schema.
+        let answer = |mut answers: Vec<WriteResult>| {
+            answers
+                .pop()
+                .unwrap_or(Err(StoreError::Internal("the writer gave no answer")))
+        };
+        let mut attempts = 1;
+        loop {
+            self.check_before_writing(shard, std::slice::from_mut(&mut op)).await?;
+            if op.checked.is_none() || attempts == schema::SCHEMA_RACE_ATTEMPTS {
+                return answer(shard.submit(vec![op]).await?);
+            }
+            match answer(shard.submit(vec![op.clone()]).await?) {
+                Err(StoreError::SchemaRace { .. }) => attempts += 1,
+                answered => return answered,
+            }
+        }
     }
 
     /// Applies operations on documents of one collection. Those that land
@@ -625,15 +645,22 @@ impl Store {
                 action,
                 counted,
                 budget: Some(budget.clone()),
+                checked: None,
             });
         }
         let submitted = per_shard
             .into_iter()
             .enumerate()
             .filter(|(_, (indices, _))| !indices.is_empty())
-            .map(|(shard, (indices, ops))| async move {
+            .map(|(shard, (indices, mut ops))| async move {
                 let count = ops.len();
-                let answers = match self.inner.shards[shard].submit(ops).await {
+                let shard = &self.inner.shards[shard];
+                let checked = self.check_before_writing(shard, &mut ops).await;
+                let submitted = match checked {
+                    Ok(()) => shard.submit(ops).await,
+                    Err(err) => Err(err),
+                };
+                let answers = match submitted {
                     Ok(answers) => answers,
                     Err(err) => vec![Err(err); count],
                 };

@@ -125,6 +125,9 @@ pub struct WriteOp {
     /// documents, shared by its operations on every shard; `None` for a
     /// request of one operation, which may always read its document.
     pub budget: Option<Arc<ReadBudget>>,
+    /// The document it would store, checked against its collection's
+    /// schema before it was queued (see `Store::check_before_writing`).
+    pub checked: Option<super::schema::Checked>,
 }
 
 /// Bytes of large stored documents one request's gets and patches may
@@ -281,6 +284,7 @@ mod tests {
             action,
             counted: false,
             budget: None,
+            checked: None,
         }
     }
 

@@ -21,6 +21,7 @@ use super::cache::DocCache;
 use super::engine::{Opened, ReadSlot, ShardFile, ShardReads, ShardWrites};
 use super::feed::RecentFeed;
 use super::ops::{WriteOp, WriteResult};
+use super::schema::PublishedSchemas;
 use super::writer::{Exit, FeedWriter, Job, Writer};
 use super::{Outage, StoreError, StoreOptions};
 use crate::domain::CollectionName;
@@ -90,6 +91,8 @@ struct WriterSetup {
     feed_published: Arc<watch::Sender<u64>>,
     /// The last entries published, for readers near the head.
     recent_feed: Arc<RecentFeed>,
+    /// The collection schemas whichever writer runs holds.
+    schemas: PublishedSchemas,
 }
 
 pub struct Shard {
@@ -117,6 +120,9 @@ pub struct Shard {
     /// was at most this when the shard was opened: where the counter
     /// restarts.
     pub counter_high: u64,
+    /// The collection schemas its writer holds: what a write is checked
+    /// against before it is queued.
+    schemas: PublishedSchemas,
 }
 
 impl Shard {
@@ -143,6 +149,7 @@ impl Shard {
             recent_feed: Arc::new(RecentFeed::new(
                 (RECENT_FEED_ENTRIES / options.shards.get() as usize).max(1024),
             )),
+            schemas: PublishedSchemas::default(),
         };
         let (writes, opened) = setup.file.open_at_boot(options.boot_check).await?;
         let mut writer = setup.writer_on(writes, opened);
@@ -153,6 +160,7 @@ impl Shard {
         let feed_head_tx = setup.feed_head.clone();
         let shared = writer.writes.shared();
         let recent_feed = setup.recent_feed.clone();
+        let schemas = setup.schemas.clone();
         let reads = setup
             .file
             .open_reads(options.read_connections, options.queue_wait)
@@ -176,6 +184,7 @@ impl Shard {
             engine,
             recent_feed,
             counter_high,
+            schemas,
         })
     }
 
@@ -230,6 +239,11 @@ impl Shard {
             Ok(Err(_)) => Err(StoreError::Internal("the write queue's byte count was closed")),
             Err(_) => Err(self.busy()),
         }
+    }
+
+    /// The collection schemas its writer holds now.
+    pub fn published_schemas(&self) -> &PublishedSchemas {
+        &self.schemas
     }
 
     /// Requests waiting in the writer's queue.
@@ -462,6 +476,7 @@ impl WriterSetup {
                 keep: self.options.feed_max_entries,
             },
             schemas: std::collections::HashMap::new(),
+            published: self.schemas.clone(),
             indexes: std::collections::HashMap::new(),
             schema_seq: opened.schema_seq,
         }

@@ -28,7 +28,7 @@ use super::engine::{ChangeKind, FeedEntry, IdBounds, ShardWrites};
 use super::index::{IndexDef, MAX_KEY_BYTES};
 use super::ops::{decide, Action, Expect, WriteOp, WriteResult};
 use super::query::FieldPath;
-use super::schema::{CollectionSchema, SchemaState};
+use super::schema::{Checked, CollectionSchema, PublishedSchemas, SchemaState, INLINE_CHECKS};
 use super::shard::ShardStatus;
 use super::{Document, Outage, StoreError};
 use crate::domain::{CollectionName, DocKey};
@@ -248,6 +248,8 @@ pub struct Writer {
     /// Every collection schema the shard holds, compiled: what each write
     /// is checked against.
     pub schemas: HashMap<CollectionName, SchemaState>,
+    /// `schemas` as the shard shows them to writes about to be queued.
+    pub published: PublishedSchemas,
     /// The shard's count of catalog changes (schemas and indexes) when
     /// `schemas` and `indexes` were read, where other processes change
     /// them too.
@@ -602,6 +604,9 @@ impl Writer {
                         .ok()
                         .map(Arc::new)
                 });
+                if let Some(refusal) = schema.as_ref().and_then(|schema| schema.refusal()) {
+                    tracing::error!(shard = self.shard, collection = %row.collection, reason = %refusal, "a stored schema is over today's bounds; its collection refuses every write until the schema is set again");
+                }
                 let state = SchemaState {
                     version: row.version,
                     schema,
@@ -610,6 +615,7 @@ impl Writer {
                 (row.collection, state)
             })
             .collect();
+        self.published.publish(&self.schemas);
         let stored = self.writes.indexes().await.map_err(|e| self.engine_error(e))?;
         let mut indexes: HashMap<CollectionName, Vec<IndexDef>> = HashMap::new();
         for index in stored {
@@ -788,6 +794,7 @@ impl Writer {
         &self,
         key: &DocKey,
         doc: &Document,
+        checked: Option<&Checked>,
         entries: &mut Vec<(String, Vec<u8>)>,
     ) -> Result<(), StoreError> {
         let schema = self
@@ -798,9 +805,27 @@ impl Writer {
         if schema.is_none() && indexes.is_none() {
             return Ok(());
         }
-        let value: serde_json::Value = serde_json::from_str(&doc.data).unwrap_or(serde_json::Value::Null);
+        // Parsed only if something here reads it (once for both).
+        let mut value: Option<serde_json::Value> = None;
+        let parse = || serde_json::from_str(&doc.data).unwrap_or(serde_json::Value::Null);
         if let Some((version, schema)) = schema {
-            let violations = schema.violations(&value);
+            // Checked before it was queued, against this schema: taken as
+            // is. Otherwise (the document or the schema changed since) it
+            // is checked here only if that is quick: this writer commits
+            // every collection of the shard.
+            let known = checked.filter(|checked| {
+                checked.schema_version == version && (Arc::ptr_eq(&checked.text, &doc.data) || checked.text == doc.data)
+            });
+            let violations = match known {
+                Some(checked) => checked.violations.clone(),
+                None => {
+                    let value = value.get_or_insert_with(parse);
+                    if schema.work(value) > INLINE_CHECKS {
+                        return Err(StoreError::SchemaRace { key: key.clone() });
+                    }
+                    schema.violations(value)
+                }
+            };
             if !violations.is_empty() {
                 return Err(StoreError::SchemaViolation {
                     key: key.clone(),
@@ -810,7 +835,7 @@ impl Writer {
             }
         }
         for index in indexes.into_iter().flatten() {
-            let entry = index.key_of(&value);
+            let entry = index.key_of(value.get_or_insert_with(parse));
             if entry.len() > MAX_KEY_BYTES {
                 return Err(StoreError::Unprocessable {
                     reason: format!(
@@ -873,6 +898,7 @@ impl Writer {
                 updated_at_ms: change.at_ms,
             };
             self.schemas.insert(change.collection.clone(), state);
+            self.published.publish(&self.schemas);
             self.feed.published(&feed);
         }
         self.schemas
@@ -950,7 +976,7 @@ impl Writer {
             // meets the document it would store (parsed once for both).
             let mut entries = Vec::new();
             if let Some(Some(doc)) = &new_state {
-                if let Err(refusal) = self.check_and_key(&op.key, doc, &mut entries) {
+                if let Err(refusal) = self.check_and_key(&op.key, doc, op.checked.as_ref(), &mut entries) {
                     answer = Err(refusal);
                     new_state = None;
                 }

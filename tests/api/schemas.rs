@@ -312,3 +312,318 @@ async fn a_schema_holds_across_a_restart() {
     }
     app.stop().await;
 }
+
+/// `d0 … d{levels-1}`, each `{"allOf": [{"$ref": d(i+1)}, {"$ref": d(i+1)}]}`,
+/// down to `leaf`: a value checked against `d0` is checked against
+/// 2^levels copies of `leaf`, though the text stays small.
+fn doubling_defs(levels: usize, leaf: Value) -> serde_json::Map<String, Value> {
+    let mut defs = serde_json::Map::new();
+    for i in 0..levels {
+        let next = format!("#/$defs/d{}", i + 1);
+        defs.insert(format!("d{i}"), json!({"allOf": [{"$ref": next}, {"$ref": next}]}));
+    }
+    defs.insert(format!("d{levels}"), leaf);
+    defs
+}
+
+/// The security review's schema: its refs fan out `levels` times over.
+fn doubling_schema(levels: usize) -> Value {
+    json!({"$defs": doubling_defs(levels, json!({"type": "object"})), "$ref": "#/$defs/d0"})
+}
+
+/// The `detail` of a refusal.
+async fn detail(resp: reqwest::Response) -> String {
+    let body = json(resp).await;
+    body["detail"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no detail: {body}"))
+        .to_owned()
+}
+
+/// A field of `/proc/PID/status`, in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+#[tokio::test]
+async fn a_schema_whose_refs_fan_out_is_refused_when_set_naming_the_bound() {
+    let folder = tempfile::tempdir().expect("temp dir");
+    let server = crate::helpers::ServerProcess::start(folder.path(), &[]).await;
+    let client = reqwest::Client::new();
+    let schema_url = server.url("/v1/collections/tenant_a/schema");
+
+    // 1.7 KB of text, 2^25 subschemas once the refs are written out: it
+    // killed the server at its first write.
+    let schema = doubling_schema(25);
+    assert!(schema.to_string().len() < 2_000);
+    let resp = client.put(&schema_url).json(&schema).send().await.expect("sent");
+    assert_eq!(resp.status(), 400);
+    let said = detail(resp).await;
+    assert!(said.contains("10000"), "the bound is named: {said}");
+    assert!(said.contains("134217726"), "the cost found is named: {said}");
+
+    // Fan-out through recursion: each level of the document doubles it.
+    let recursive = json!({"allOf": [
+        {"properties": {"a": {"$ref": "#"}}},
+        {"properties": {"a": {"$ref": "#"}}}
+    ]});
+    let resp = client.put(&schema_url).json(&recursive).send().await.expect("sent");
+    assert_eq!(resp.status(), 400);
+    let said = detail(resp).await;
+    assert!(said.contains("10000") && said.contains("/a/a/a"), "{said}");
+
+    // Nothing was set: the write goes in, and the server stays up and small.
+    let resp = client.get(&schema_url).send().await.expect("sent");
+    assert_eq!(resp.status(), 404);
+    let resp = client
+        .put(server.url("/v1/collections/tenant_a/docs/x"))
+        .json(&json!([]))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 201);
+    let health = client.get(server.url("/healthz")).send().await.expect("sent");
+    assert_eq!(health.status(), 200);
+    let peak_mib = status_kib(server.child.id().expect("running"), "VmHWM:") / 1024;
+    assert!(peak_mib < 256, "the server peaked at {peak_mib} MiB");
+}
+
+#[tokio::test]
+async fn a_ref_cycle_that_does_not_descend_is_refused_and_a_recursive_tree_schema_works() {
+    let app = spawn_app().await;
+    for cycle in [
+        json!({"$ref": "#"}),
+        json!({
+            "$defs": {
+                "a": {"allOf": [{"$ref": "#/$defs/b"}]},
+                "b": {"anyOf": [{"type": "null"}, {"$ref": "#/$defs/a"}]}
+            },
+            "$ref": "#/$defs/a"
+        }),
+    ] {
+        let resp = put_json(&app, PEOPLE, &cycle).await;
+        assert_eq!(resp.status(), 400, "{cycle}");
+        let said = detail(resp).await;
+        assert!(said.contains("cycle"), "{cycle}: {said}");
+    }
+    assert_eq!(app.get(PEOPLE).await.status(), 404, "nothing was set");
+
+    // Recursion through the document's own nesting is a tree: accepted.
+    let tree = json!({
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string"},
+            "children": {"type": "array", "items": {"$ref": "#"}}
+        }
+    });
+    assert_eq!(
+        put_json(&app, "/v1/collections/trees/schema", &tree).await.status(),
+        200
+    );
+    // So is a binary tree, whose two branches recurse on different keys.
+    let binary = json!({"properties": {"left": {"$ref": "#"}, "right": {"$ref": "#"}, "v": {"type": "integer"}}});
+    assert_eq!(
+        put_json(&app, "/v1/collections/pairs/schema", &binary).await.status(),
+        200
+    );
+
+    // 45 levels of children: 90 arrays and objects deep.
+    let nest = |leaf: Value| {
+        let mut doc = leaf;
+        for level in 0..44 {
+            doc = json!({"name": format!("n{level}"), "children": [doc]});
+        }
+        doc
+    };
+    assert_eq!(
+        app.put_doc("trees", "good", &nest(json!({"name": "leaf"})))
+            .await
+            .status(),
+        201
+    );
+    let resp = app.put_doc("trees", "bad", &nest(json!({"name": 7}))).await;
+    assert_eq!(resp.status(), 422);
+    let found = violations(&json(resp).await);
+    let deep = format!("{}/name", "/children/0".repeat(44));
+    assert_eq!(found, vec![(deep, "type".to_owned())]);
+
+    let mut pair = json!({"v": 1});
+    for _ in 0..40 {
+        pair = json!({"left": pair.clone(), "right": {"v": 2}, "v": 3});
+    }
+    assert_eq!(app.put_doc("pairs", "p", &pair).await.status(), 201);
+    let resp = app.put_doc("pairs", "q", &json!({"left": {"right": {"v": "x"}}})).await;
+    assert_eq!(violations(&json(resp).await), pairs(&[("/left/right/v", "type")]));
+    app.stop().await;
+}
+
+/// The costliest schema still accepted: each item of an array is checked
+/// against 2^11 copies of `{"type": "object"}`, 8,190 subschemas in all.
+fn costliest_items_schema(leaf: Value) -> Value {
+    json!({"$defs": doubling_defs(11, leaf), "type": "array", "items": {"$ref": "#/$defs/d0"}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_costly_check_holds_no_other_collections_write_on_its_shard() {
+    use std::time::{Duration, Instant};
+    // One shard: both collections are written by the same writer.
+    let app = std::sync::Arc::new(spawn_app_with(&[("SHARD_LIMIT", "1")]).await);
+    let schema = costliest_items_schema(json!({"type": "object"}));
+    assert_eq!(
+        put_json(&app, "/v1/collections/heavy/schema", &schema).await.status(),
+        200
+    );
+    // A small document answers at once.
+    let started = Instant::now();
+    assert_eq!(app.put_doc("heavy", "small", &json!([{}])).await.status(), 201);
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+
+    // Large ones take a while each to check.
+    let large = Value::Array(vec![json!({}); 3_000]);
+    let heavy: Vec<_> = (0..3)
+        .map(|n| {
+            let (app, large) = (app.clone(), large.clone());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let status = app.put_doc("heavy", &format!("large{n}"), &large).await.status();
+                (status, started.elapsed())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    assert_eq!(app.put_doc("light", "a", &json!({"n": 1})).await.status(), 201);
+    let light = started.elapsed();
+    let started = Instant::now();
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    let health = started.elapsed();
+
+    let mut slowest = Duration::ZERO;
+    for task in heavy {
+        let (status, took) = task.await.expect("a heavy write");
+        assert_eq!(status, 201);
+        slowest = slowest.max(took);
+    }
+    eprintln!("light write {light:?}, /healthz {health:?}, while the heavy writes took up to {slowest:?}");
+    assert!(
+        light < Duration::from_secs(2),
+        "the other collection's write took {light:?}"
+    );
+    assert!(health < Duration::from_secs(2), "/healthz took {health:?}");
+}
+
+#[tokio::test]
+async fn a_document_with_thousands_of_violations_answers_at_most_16_quickly() {
+    use std::time::{Duration, Instant};
+    let app = spawn_app().await;
+    let strings = json!({"type": "array", "items": {"type": "string"}});
+    assert_eq!(
+        put_json(&app, "/v1/collections/plain/schema", &strings).await.status(),
+        200
+    );
+    let numbers = Value::Array((0..5_000).map(|n| json!(n)).collect());
+    let resp = app.put_doc("plain", "n", &numbers).await;
+    assert_eq!(resp.status(), 422);
+    let found = violations(&json(resp).await);
+    assert!((1..=16).contains(&found.len()), "{found:?}");
+
+    // Every item fails 2,048 times over: 2 million violations in all.
+    let schema = costliest_items_schema(json!({"type": "string"}));
+    assert_eq!(
+        put_json(&app, "/v1/collections/fanned/schema", &schema).await.status(),
+        200
+    );
+    let numbers = Value::Array((0..1_000).map(|n| json!(n)).collect());
+    let started = Instant::now();
+    let resp = app.put_doc("fanned", "n", &numbers).await;
+    let took = started.elapsed();
+    assert_eq!(resp.status(), 422);
+    let found = violations(&json(resp).await);
+    assert!((1..=16).contains(&found.len()), "{} violations", found.len());
+    assert_eq!(found[0], ("/0".to_owned(), "type".to_owned()));
+    assert!(took < Duration::from_secs(2), "the refusal took {took:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn checking_is_bounded_per_document_and_per_page_of_mismatches() {
+    use std::time::{Duration, Instant};
+    let app = spawn_app().await;
+    let path = "/v1/collections/heavy/schema";
+    let set = json(put_json(&app, path, &costliest_items_schema(json!({"type": "object"}))).await).await;
+    let cost = set["cost"].as_u64().unwrap_or_else(|| panic!("a cost: {set}"));
+    assert!((8_000..=10_000).contains(&cost), "{set}");
+
+    // What a document may cost to check: 50 million subschemas.
+    let items = (50_000_000 / cost) as usize;
+    let started = Instant::now();
+    let resp = app
+        .put_doc("heavy", "over", &Value::Array(vec![json!({}); items + 10]))
+        .await;
+    assert_eq!(resp.status(), 422);
+    let found = violations(&json(resp).await);
+    assert_eq!(found, pairs(&[("", "cost")]));
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    for n in 0..3 {
+        let resp = app
+            .put_doc("heavy", &format!("d{n}"), &Value::Array(vec![json!({}); items - 10]))
+            .await;
+        assert_eq!(resp.status(), 201);
+    }
+
+    // A page of mismatches stops once it spent two documents' worth.
+    let page = json(app.get(&format!("{path}/mismatches")).await).await;
+    assert_eq!(
+        (page["checked"].clone(), page["count"].clone()),
+        (json!(2), json!(0)),
+        "{page}"
+    );
+    assert_eq!(page["next_start_after"], "d1", "{page}");
+    let page = json(app.get(&format!("{path}/mismatches?start_after=d1")).await).await;
+    assert_eq!(page["checked"], 1, "{page}");
+    assert_eq!(page["next_start_after"], Value::Null, "{page}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_patches_of_one_document_are_each_checked_on_what_they_make() {
+    // Each patch is checked before it is queued against the document as it
+    // was then; the writer checks again what another patch changed since.
+    let app = std::sync::Arc::new(spawn_app_with(&[("SHARD_LIMIT", "1")]).await);
+    let fields: serde_json::Map<String, Value> =
+        (0..20).map(|n| (format!("n{n}"), json!({"type": "integer"}))).collect();
+    let schema = json!({"type": "object", "properties": fields, "additionalProperties": false});
+    assert_eq!(
+        put_json(&app, "/v1/collections/counts/schema", &schema).await.status(),
+        200
+    );
+    assert_eq!(app.put_doc("counts", "c", &json!({})).await.status(), 201);
+    let patches: Vec<_> = (0..21)
+        .map(|n| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let patch = if n == 20 {
+                    json!({"other": 1})
+                } else {
+                    json!({ format!("n{n}"): n })
+                };
+                app.patch_doc("counts", "c", &patch).await.status()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for patch in patches {
+        statuses.push(patch.await.expect("a patch").as_u16());
+    }
+    assert_eq!(statuses[..20], [200; 20], "{statuses:?}");
+    assert_eq!(statuses[20], 422);
+    let doc = json(app.get_doc("counts", "c").await).await;
+    let expected: serde_json::Map<String, Value> = (0..20).map(|n| (format!("n{n}"), json!(n))).collect();
+    assert_eq!(doc["data"], Value::Object(expected));
+}
