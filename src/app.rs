@@ -46,6 +46,8 @@ pub struct Application {
     metrics: Arc<Metrics>,
     listener: TcpListener,
     port: u16,
+    /// Worked out at boot, where a lowered cap is said before listening.
+    limits: ConnectionLimits,
 }
 
 impl Application {
@@ -64,6 +66,7 @@ impl Application {
             }
         };
         let port = listener.local_addr().map_or(settings.port, |a| a.port());
+        let limits = connection_limits(&settings);
         if settings.api_keys.is_empty() {
             tracing::warn!(
                 "no API keys configured (EXDAAS_API_KEYS): every route is open to anyone who can reach the port"
@@ -93,6 +96,7 @@ impl Application {
             metrics,
             listener,
             port,
+            limits,
         })
     }
 
@@ -135,11 +139,10 @@ impl Application {
             stopping: stopping_rx,
         };
         let routes = api::routes(&self.store, &options);
-        let limits = connection_limits(&self.settings);
         let served = connections::serve(
             self.listener,
             routes,
-            limits,
+            self.limits,
             self.metrics.clone(),
             stop,
             self.settings.shutdown_timeout,

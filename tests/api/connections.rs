@@ -428,3 +428,61 @@ async fn an_http2_stream_with_a_window_that_never_grows_is_closed() {
     );
     app.stop().await;
 }
+
+/// The review's case: a process allowed 256 open files, and 400 idle
+/// connections with no key. The cap is lowered at boot to what the limit
+/// leaves room for (and says so), connections past it are refused at once
+/// rather than failing `accept`, the idle ones are closed after the head
+/// timeout, and `/healthz` answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_past_the_open_files_limit_do_not_lock_everyone_out() {
+    use tokio::io::AsyncBufReadExt;
+    let folder = tempfile::tempdir().expect("temp dir");
+    let mut command = tokio::process::Command::new("sh");
+    command
+        .args(["-c", "ulimit -n 256 && exec \"$0\"", env!("CARGO_BIN_EXE_exdaas")])
+        .env("DETS_ROOT", folder.path())
+        .env("PORT", "0")
+        .env("EXDAAS_LISTEN_ADDR", "127.0.0.1")
+        .env("EXDAAS_LOG_FORMAT", "json")
+        .env("EXDAAS_HEAD_TIMEOUT_SECS", "1")
+        .env("RUST_LOG", "info")
+        .env_remove("EXDAAS_DATABASE_URL")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("exdaas starts");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut warned = false;
+    let port = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("logs within 30 s")
+            .expect("stderr")
+            .expect("the server exited before listening");
+        warned |= line.contains("open-files limit");
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if event["fields"]["message"] == "exdaas listening" {
+            break event["fields"]["port"].as_u64().expect("port");
+        }
+    };
+    assert!(warned, "no warning that the open-files limit lowers the connection cap");
+    let address = format!("http://127.0.0.1:{port}");
+    let mut idle = Vec::new();
+    for _ in 0..400 {
+        if let Ok(stream) = TcpStream::connect(socket_address(&address)).await {
+            idle.push(stream);
+        }
+    }
+    let started = Instant::now();
+    let mut answered = false;
+    while started.elapsed() < Duration::from_secs(6) {
+        if healthz_answers(&address).await {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered, "/healthz did not answer within 6 s of 400 idle connections");
+    assert!(child.try_wait().expect("status").is_none(), "the server exited");
+    drop(idle);
+}
