@@ -158,7 +158,8 @@ impl TraceExport {
 }
 
 /// One row of the settings table: its key in the TOML file, its environment
-/// name, its default and what it means. `--help` and the README print this.
+/// name, its default and what it means (Markdown: the README's table is
+/// [`settings_markdown`], checked by a test; `--help` prints it as text).
 pub struct SettingDoc {
     pub key: &'static str,
     pub env: &'static str,
@@ -177,25 +178,25 @@ pub const SETTINGS: &[SettingDoc] = &[
         key: "dets_root",
         env: "DETS_ROOT",
         default: "./data",
-        meaning: "data folder (created if missing)",
+        meaning: "data folder, created if missing",
     },
     SettingDoc {
         key: "database_url",
         env: "EXDAAS_DATABASE_URL",
         default: "",
-        meaning: "postgres://… : keep the documents in a PostgreSQL-protocol database instead of DETS_ROOT",
+        meaning: "`postgres://…`: keep the documents in a PostgreSQL database instead of `DETS_ROOT` (see [Scale out](#scale-out)); `DETS_ROOT`, `EXDAAS_SYNC` and `EXDAAS_BOOT_CHECK` are then ignored, and the boot says so",
     },
     SettingDoc {
         key: "replica_poll_ms",
         env: "EXDAAS_REPLICA_POLL_MS",
         default: "100",
-        meaning: "with EXDAAS_DATABASE_URL: how often each replica looks for the others' writes (how long its cache may serve a document another replica changed)",
+        meaning: "with `EXDAAS_DATABASE_URL`: how often each replica looks for the others' writes, so how long its cache may serve a document another replica changed (10 to 60000; see [what each read sees](#what-each-read-sees))",
     },
     SettingDoc {
         key: "shard_limit",
         env: "SHARD_LIMIT",
         default: "4",
-        meaning: "number of shard files, 1 to 4096; fixed once the data folder is written",
+        meaning: "number of shard files, 1 to 4096; fixed once the folder is written (change it with [`exdaas reshard`](#backups-and-resharding))",
     },
     SettingDoc {
         key: "listen_addr",
@@ -207,19 +208,19 @@ pub const SETTINGS: &[SettingDoc] = &[
         key: "cache_mib",
         env: "EXDAAS_CACHE_MIB",
         default: "256",
-        meaning: "document cache size in MiB (0 disables it)",
+        meaning: "memory for cached data in MiB: seven eighths for documents (counted at what their entries really cost; 0 disables the cache), one eighth for the shards' writers' SQLite pages. The process stays within this plus 64 MiB",
     },
     SettingDoc {
         key: "max_body_bytes",
         env: "EXDAAS_MAX_BODY_BYTES",
         default: "1048576",
-        meaning: "largest request body accepted (larger gets 413), and the largest a document may grow to",
+        meaning: "largest request body accepted (larger gets 413), and the largest a document may grow to by patches (422); at most 512 MiB",
     },
     SettingDoc {
         key: "sync",
         env: "EXDAAS_SYNC",
         default: "full",
-        meaning: "commit durability: full (fsync each group commit) or normal",
+        meaning: "commit durability: `full` fsyncs each group commit; `normal` survives a process crash, not power loss (see [Durability](#durability))",
     },
     SettingDoc {
         key: "writer_batch",
@@ -237,73 +238,73 @@ pub const SETTINGS: &[SettingDoc] = &[
         key: "writer_queue_bytes",
         env: "EXDAAS_WRITER_QUEUE_BYTES",
         default: "67108864",
-        meaning: "bytes of documents that may wait for one shard's writer (beyond: the wait, then 503)",
+        meaning: "bytes of documents that may wait for one shard's writer (64 MiB); past it, writes wait as for a full queue",
     },
     SettingDoc {
         key: "writer_queue_wait_ms",
         env: "EXDAAS_WRITER_QUEUE_WAIT_MS",
         default: "2000",
-        meaning: "how long a write waits for room in a full queue, or a read for a free connection, before 503 with Retry-After",
+        meaning: "how long a write waits for room in a full queue, or a read for a free connection, before 503 with `Retry-After`",
     },
     SettingDoc {
         key: "max_page_bytes",
         env: "EXDAAS_MAX_PAGE_BYTES",
         default: "8388608",
-        meaning: "bytes of documents one listing page, batch answer or export chunk holds (at least one document)",
+        meaning: "bytes of documents one listing page, batch answer or export chunk holds (8 MiB; at least one document)",
     },
     SettingDoc {
         key: "feed_retention_hours",
         env: "EXDAAS_FEED_RETENTION_HOURS",
         default: "168",
-        meaning: "how long the change feed keeps an entry; a client further behind must start over (410)",
+        meaning: "how long the [change feed](#change-feed) keeps an entry (a week: a client offline over a weekend still resumes); a client further behind starts over (410)",
     },
     SettingDoc {
         key: "feed_max_entries",
         env: "EXDAAS_FEED_MAX_ENTRIES",
         default: "1000000",
-        meaning: "most change-feed entries one shard keeps (the oldest go first)",
+        meaning: "most change-feed entries one shard keeps, the oldest going first (about 100 MB per shard at most)",
     },
     SettingDoc {
         key: "feed_max_subscribers",
         env: "EXDAAS_FEED_MAX_SUBSCRIBERS",
         default: "256",
-        meaning: "clients that may wait on the change feed at once (long polls and streams; beyond: 503)",
+        meaning: "clients that may wait on the change feed at once (long polls and event streams); past it, 503 with `Retry-After`",
     },
     SettingDoc {
         key: "feed_max_subscribers_per_client",
         env: "EXDAAS_FEED_MAX_SUBSCRIBERS_PER_CLIENT",
         default: "64",
-        meaning: "of those, most one API key may hold (without keys: one client address; beyond: 429), so one cannot lock the others out",
+        meaning: "most of those places one API key may hold (without keys: one client address; behind one proxy, raise it); past it, 429 with `Retry-After`",
     },
     SettingDoc {
         key: "query_max_scan",
         env: "EXDAAS_QUERY_MAX_SCAN",
         default: "10000",
-        meaning: "documents (or index entries) a query reads at most: one that would read more is refused (422), naming the index that fits it",
+        meaning: "documents (or index entries) a query reads at most: one that would read more is refused with 422 naming the index that fits it, instead of scanning (1 to 100000000)",
     },
     SettingDoc {
         key: "query_max_work",
         env: "EXDAAS_QUERY_MAX_WORK",
         default: "1000000000",
-        meaning: "units of work a query does at most (a byte of a document read or of a value compared, a condition checked: about a second of one core): one that would do more is refused (422)",
+        meaning: "units of work one query may do: a byte of a document read or of a value written out to compare it, a condition checked, an array item looked at (about 1 GB of documents read). One that would do more is refused with 422 naming the bound and the index that fits it (100000 to 1000000000000)",
     },
     SettingDoc {
         key: "query_threads",
         env: "EXDAAS_QUERY_THREADS",
         default: "auto",
-        meaning: "queries evaluating documents at once, each on a thread of its own beside the ones that answer requests (auto: one per CPU core); more wait their turn",
+        meaning: "queries evaluating documents at once, each on a thread of its own beside those that answer requests (`auto`: one per CPU core); more wait their turn (1 to 1024)",
     },
     SettingDoc {
         key: "feed_heartbeat_secs",
         env: "EXDAAS_FEED_HEARTBEAT_SECS",
         default: "15",
-        meaning: "seconds between comment lines on a quiet event stream (under your proxies' idle timeout)",
+        meaning: "seconds between comment lines on a quiet event stream; keep it under your proxies' idle timeout (1 to 300)",
     },
     SettingDoc {
         key: "boot_check",
         env: "EXDAAS_BOOT_CHECK",
         default: "quick",
-        meaning: "integrity check of every shard at boot: quick (reads each file) or off",
+        meaning: "integrity check of every shard at boot: `quick` (reads each file) or `off`",
     },
     SettingDoc {
         key: "read_connections",
@@ -321,87 +322,124 @@ pub const SETTINGS: &[SettingDoc] = &[
         key: "send_timeout_secs",
         env: "EXDAAS_SEND_TIMEOUT_SECS",
         default: "60",
-        meaning: "a connection whose client takes no bytes of an answer for this long is closed (over HTTP/2: an answer whose stream takes none)",
+        meaning: "a connection whose client takes no bytes of an answer for this long is closed (a stalled event stream gives back its place among the feed's followers); over HTTP/2, an answer whose stream the client grants no window is one it does not take",
     },
     SettingDoc {
         key: "max_connections",
         env: "EXDAAS_MAX_CONNECTIONS",
         default: "1024",
-        meaning: "client connections open at once; past it a new one gets 503 and is closed (lowered at boot to what the open-files limit allows)",
+        meaning: "client connections open at once; past it a new one is answered 503 with `Retry-After: 1` and closed, and the open ones go on. Lowered at boot, with a warning, to what the open-files limit (`ulimit -n`, raised to its hard limit first) leaves room for",
     },
     SettingDoc {
         key: "head_timeout_secs",
         env: "EXDAAS_HEAD_TIMEOUT_SECS",
         default: "10",
-        meaning: "a connection that has not sent a whole request head this long after opening, or after the head's first byte, is closed",
+        meaning: "a connection that has not sent a whole request head this long after it opened, or after the head's first byte, is closed (slow clients that trickle headers)",
     },
     SettingDoc {
         key: "idle_timeout_secs",
         env: "EXDAAS_IDLE_TIMEOUT_SECS",
         default: "75",
-        meaning: "a kept-alive connection with no request for this long is closed (keep it above your load balancer's idle timeout)",
+        meaning: "a kept-alive connection with nothing in flight and no byte for this long is closed; keep it above your load balancer's idle timeout",
     },
     SettingDoc {
         key: "http2",
         env: "EXDAAS_HTTP2",
         default: "off",
-        meaning: "on: also serve HTTP/2 over cleartext (prior knowledge); off: HTTP/1.1 only",
+        meaning: "`on`: also serve HTTP/2 over cleartext (prior knowledge) beside HTTP/1.1; off, an HTTP/2 preface is refused like any malformed request",
     },
     SettingDoc {
         key: "http2_max_streams",
         env: "EXDAAS_HTTP2_MAX_STREAMS",
         default: "32",
-        meaning: "with EXDAAS_HTTP2=on: requests one HTTP/2 connection may have open at once",
+        meaning: "with `EXDAAS_HTTP2=on`: requests one connection may have open at once (1 to 1000)",
     },
     SettingDoc {
         key: "backup_dir",
         env: "EXDAAS_BACKUP_DIR",
         default: "",
-        meaning: "where POST /v1/admin/backup writes backups (a new folder each); none: backups over HTTP are off (403)",
+        meaning: "where `POST /v1/admin/backup` writes backups (a new folder each); unset, backups over HTTP are off (403). Best outside the data volume",
     },
     SettingDoc {
         key: "backup_max_count",
         env: "EXDAAS_BACKUP_MAX_COUNT",
         default: "8",
-        meaning: "backups EXDAAS_BACKUP_DIR may hold: one more over HTTP is refused (507) until old ones are moved or deleted",
+        meaning: "backups that folder may hold; one more over HTTP gets 507",
     },
     SettingDoc {
         key: "backup_min_free_mib",
         env: "EXDAAS_BACKUP_MIN_FREE_MIB",
         default: "1024",
-        meaning: "MiB a backup over HTTP must leave free on its disk, counting the data folder's size as the backup's (less: 507)",
+        meaning: "MiB a backup over HTTP must leave free on its disk, counting the data folder's size as the backup's; less gets 507",
     },
     SettingDoc {
         key: "api_keys",
         env: "EXDAAS_API_KEYS",
         default: "",
-        meaning: "API keys, ';'-separated scope:key[:collection,...] (scope read, write or admin; key 16+ chars or sha256:HEX); none: open to all",
+        meaning: "API keys and their scopes (see [API keys](#api-keys-and-cors)); a secret. In a file, a string or a list",
     },
     SettingDoc {
         key: "cors_origins",
         env: "EXDAAS_CORS_ORIGINS",
         default: "",
-        meaning: "origins browsers may call from, ','-separated (e.g. https://app.example.com); none by default",
+        meaning: "origins browsers may call from, `,`-separated, or `*`",
     },
     SettingDoc {
         key: "pid_file",
         env: "EXDAAS_PID_FILE",
         default: "",
-        meaning: "where `exdaas start` writes the server's process id, for stop and status (default DETS_ROOT.pid)",
+        meaning: "where [`exdaas start`](#in-the-background-and-the-console) records the server's process id, for `stop` and `status` (by default `DETS_ROOT.pid`: beside the data folder, not in it, so `./data` gives `./data.pid`)",
     },
     SettingDoc {
         key: "log_file",
         env: "EXDAAS_LOG_FILE",
         default: "",
-        meaning: "where the server `exdaas start` runs appends its logs (default DETS_ROOT.log)",
+        meaning: "where the server `exdaas start` runs appends its logs (by default `DETS_ROOT.log`)",
     },
     SettingDoc {
         key: "log_format",
         env: "EXDAAS_LOG_FORMAT",
         default: "text",
-        meaning: "log lines as text or json (filter with RUST_LOG)",
+        meaning: "`text` or `json` log lines; filter with `RUST_LOG`",
     },
 ];
+
+/// The README's settings table, header included: one row per setting, in
+/// the order of [`SETTINGS`].
+pub fn settings_markdown() -> String {
+    let mut table = String::from("| environment | file key | default | meaning |\n|---|---|---|---|\n");
+    for s in SETTINGS {
+        let default = if s.default.is_empty() {
+            "(none)".to_owned()
+        } else {
+            format!("`{}`", s.default)
+        };
+        table.push_str(&format!("| `{}` | `{}` | {default} | {} |\n", s.env, s.key, s.meaning));
+    }
+    table
+}
+
+impl SettingDoc {
+    /// The meaning as plain text for a terminal: links keep their words,
+    /// code loses its backticks.
+    pub fn meaning_text(&self) -> String {
+        let mut text = String::with_capacity(self.meaning.len());
+        let mut rest = self.meaning;
+        while let Some(open) = rest.find('[') {
+            let Some(close) = rest[open..].find("](").map(|i| open + i) else {
+                break;
+            };
+            let Some(end) = rest[close..].find(')').map(|i| close + i) else {
+                break;
+            };
+            text.push_str(&rest[..open]);
+            text.push_str(&rest[open + 1..close]);
+            rest = &rest[end + 1..];
+        }
+        text.push_str(rest);
+        text.replace('`', "")
+    }
+}
 
 /// A setting that could not be read or has a value outside what is allowed.
 #[derive(Debug, thiserror::Error)]
@@ -1052,5 +1090,37 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains("hunter2"), "the password stays out of messages: {err}");
+    }
+}
+
+#[cfg(test)]
+mod settings_table {
+    use super::*;
+
+    /// The README's table is the program's: a setting added, removed or
+    /// reworded in one and not the other fails here.
+    #[test]
+    fn the_readme_shows_the_settings_table_the_program_reads() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
+        let start = readme
+            .find("| environment | file key | default | meaning |")
+            .expect("the README has a settings table");
+        let end = readme[start..].find("\n\n").map_or(readme.len(), |i| start + i + 1);
+        assert_eq!(
+            &readme[start..end],
+            settings_markdown(),
+            "README.md's settings table differs from config::SETTINGS: paste settings_markdown()'s output"
+        );
+    }
+
+    #[test]
+    fn help_prints_links_as_their_words() {
+        let doc = SettingDoc {
+            key: "k",
+            env: "E",
+            default: "",
+            meaning: "see [Scale out](#scale-out) and `exdaas check`",
+        };
+        assert_eq!(doc.meaning_text(), "see Scale out and exdaas check");
     }
 }

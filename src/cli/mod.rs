@@ -121,7 +121,10 @@ fn settings_help() -> String {
     for s in SETTINGS {
         help.push_str(&format!(
             "  {:<30} {:<22} default {:<10} {}\n",
-            s.env, s.key, s.default, s.meaning
+            s.env,
+            s.key,
+            s.default,
+            s.meaning_text()
         ));
     }
     help.push_str("  RUST_LOG                       log filter, e.g. info or exdaas=debug\n");
