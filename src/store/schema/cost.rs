@@ -42,9 +42,9 @@ const MAX_ANALYSIS_STEPS: u64 = 1_000_000;
 /// bytes: `pattern` and `patternProperties` read all of it.
 const BYTES_PER_CHECK: usize = 64;
 
-/// What running a regex costs besides its bytes, in checks, and what hashing
-/// a value for `uniqueItems` does: measured against a plain subschema's
-/// 2 ns on a release build (80 to 200 ns a `pattern` on 130 bytes).
+/// What starting a regex costs, in checks, and what hashing a value for
+/// `uniqueItems` does: measured against a plain subschema's 2 ns on a
+/// release build (80 to 200 ns a `pattern` on 130 bytes).
 const REGEX_CHECKS: u64 = 32;
 const HASH_CHECKS: u64 = 8;
 
@@ -118,6 +118,8 @@ pub struct CostModel {
 #[derive(Debug)]
 struct State {
     cost: u64,
+    /// What its regexes cost for each byte of the value (and its name).
+    regex_per_byte: u64,
     steps: Arc<Steps>,
 }
 
@@ -170,7 +172,9 @@ impl CostModel {
             let steps = &state.steps;
             let bytes = name_bytes + if let Value::String(text) = value { text.len() } else { 0 };
             let weight = 1 + (bytes / BYTES_PER_CHECK) as u64;
-            total = total.saturating_add(state.cost.saturating_mul(weight));
+            total = total
+                .saturating_add(state.cost.saturating_mul(weight))
+                .saturating_add(state.regex_per_byte.saturating_mul(bytes as u64));
             match value {
                 Value::Object(members) => {
                     for (name, member) in members {
@@ -254,6 +258,10 @@ struct Node<'s> {
     /// What it costs for each value below (`uniqueItems` hashes whole
     /// items).
     deep: u64,
+    /// What its `pattern` costs for each byte of the value, in checks.
+    regex_per_byte: u64,
+    /// What its `patternProperties` cost for each byte of a member's name.
+    names_regex_per_byte: u64,
     /// Subschemas applied to the same value, one entry per application.
     same_value: Vec<u32>,
     /// Those of them that hold or not depending on the value (`anyOf`,
@@ -477,6 +485,8 @@ impl<'s> Builder<'s> {
             weight: 1,
             scans: 0,
             deep: 0,
+            regex_per_byte: 0,
+            names_regex_per_byte: 0,
             same_value: Vec::new(),
             branches: Vec::new(),
             unevaluated: false,
@@ -567,6 +577,8 @@ impl<'s> Builder<'s> {
         let mut below = Vec::new();
         let mut scans = 0u64;
         let mut deep = 0u64;
+        let mut regex_per_byte = 0u64;
+        let mut names_regex_per_byte = 0u64;
         for (keyword, sub) in members {
             let child = |this: &mut Self, sub: &'s Value| this.node(sub, resolver.clone(), draft);
             match keyword.as_str() {
@@ -635,8 +647,9 @@ impl<'s> Builder<'s> {
                     }
                 }
                 "patternProperties" => {
-                    for schema in sub.as_object().into_iter().flat_map(|map| map.values()) {
+                    for (pattern, schema) in sub.as_object().into_iter().flatten() {
                         scans = scans.saturating_add(REGEX_CHECKS);
+                        names_regex_per_byte = names_regex_per_byte.saturating_add(regex_checks_per_byte(pattern));
                         below.push((Step::AnyMember, child(self, schema)));
                     }
                 }
@@ -660,7 +673,10 @@ impl<'s> Builder<'s> {
                     below.push((Step::AnyItem, child(self, sub)));
                 }
                 "uniqueItems" => deep = HASH_CHECKS,
-                "pattern" => weight = weight.saturating_add(REGEX_CHECKS),
+                "pattern" => {
+                    weight = weight.saturating_add(REGEX_CHECKS);
+                    regex_per_byte = regex_checks_per_byte(sub.as_str().unwrap_or_default());
+                }
                 "enum" => weight = weight.saturating_add(enum_checks(sub)),
                 "const" => weight = weight.saturating_add(value_checks(sub)),
                 "required" => weight = weight.saturating_add(sub.as_array().map_or(0, Vec::len) as u64),
@@ -675,6 +691,8 @@ impl<'s> Builder<'s> {
         node.below = below;
         node.scans = scans;
         node.deep = deep;
+        node.regex_per_byte = regex_per_byte;
+        node.names_regex_per_byte = names_regex_per_byte;
         Ok(())
     }
 
@@ -714,6 +732,38 @@ fn walk_branches_again(nodes: &mut [Node<'_>]) {
     }
 }
 
+/// What a regex costs for each byte it reads, in checks. The lazy DFA
+/// reads a byte in a nanosecond or two, but a counted repetition makes it
+/// give up on a large enough pattern for a slower engine, slower by the
+/// size it expands to: measured (release, per byte) 15 ns for `\w{100}y`,
+/// 50 for `\w{300}y`, 130 for `\w{500}y`, 0.9 us for `\w{1000}y`, 11 us
+/// for `[a-z]{3000}y`. So: 4 checks, plus the expanded size squared over
+/// 1,250 (1 us a byte at 1,000).
+fn regex_checks_per_byte(pattern: &str) -> u64 {
+    let expanded = jsonschema_regex::to_rust_regex(pattern)
+        .ok()
+        .and_then(|translated| regex_syntax::Parser::new().parse(&translated).ok())
+        .map_or(pattern.len() as u64 * 1_000, |hir| expanded_size(&hir));
+    4u64.saturating_add(expanded.saturating_mul(expanded) / 1_250)
+}
+
+/// What a regex expands to, its counted repetitions written out.
+fn expanded_size(hir: &regex_syntax::hir::Hir) -> u64 {
+    use regex_syntax::hir::HirKind;
+    match hir.kind() {
+        HirKind::Empty | HirKind::Look(_) | HirKind::Class(_) => 1,
+        HirKind::Literal(literal) => literal.0.len() as u64,
+        HirKind::Repetition(repetition) => {
+            let times = repetition.max.unwrap_or(repetition.min).max(repetition.min).max(1);
+            expanded_size(&repetition.sub).saturating_mul(u64::from(times))
+        }
+        HirKind::Capture(capture) => expanded_size(&capture.sub),
+        HirKind::Concat(parts) | HirKind::Alternation(parts) => parts
+            .iter()
+            .fold(0, |sum, part| sum.saturating_add(expanded_size(part))),
+    }
+}
+
 /// What comparing a document's value with `value` may cost, in checks.
 fn value_checks(value: &Value) -> u64 {
     (crate::domain::measure(value).bytes / BYTES_PER_CHECK) as u64
@@ -745,6 +795,9 @@ struct Key {
     touched: u64,
     /// Applications above that read every value below them.
     inherited: u64,
+    /// What the parent's `patternProperties` cost for each byte of this
+    /// value's name.
+    name_regexes: u64,
 }
 
 /// A state during the exploration.
@@ -756,6 +809,7 @@ struct Explored {
     /// Worked out (states first met below the deepest value a document can
     /// have are not).
     steps: Option<Arc<Steps>>,
+    regex_per_byte: u64,
 }
 
 /// Explores the states depth by depth.
@@ -796,6 +850,7 @@ impl<'g, 's> Explorer<'g, 's> {
             applied: Vec::new(),
             touched: 0,
             inherited: 0,
+            name_regexes: 0,
         };
         self.intern(nothing, None)?;
         let applied = self.close(vec![(0, 1)])?;
@@ -803,6 +858,7 @@ impl<'g, 's> Explorer<'g, 's> {
             applied,
             touched: 0,
             inherited: 0,
+            name_regexes: 0,
         };
         let (root, _) = self.intern(root, None)?;
         let mut frontier = vec![root];
@@ -844,6 +900,7 @@ impl<'g, 's> Explorer<'g, 's> {
         }
         let mut inherited = key.inherited;
         let mut touched = 0u64;
+        let mut name_regexes = 0u64;
         let mut any_member: Applied = Vec::new();
         let mut any_item: Applied = Vec::new();
         let mut members: BTreeMap<&'s str, Applied> = BTreeMap::new();
@@ -852,6 +909,7 @@ impl<'g, 's> Explorer<'g, 's> {
             let node = &self.nodes[n as usize];
             touched = touched.saturating_add(times.saturating_mul(node.scans));
             inherited = inherited.saturating_add(times.saturating_mul(node.deep));
+            name_regexes = name_regexes.saturating_add(times.saturating_mul(node.names_regex_per_byte));
             for &(step, to) in &node.below {
                 match step {
                     Step::Member(name) => members.entry(name).or_default().push((to, times)),
@@ -868,6 +926,7 @@ impl<'g, 's> Explorer<'g, 's> {
                 applied,
                 touched,
                 inherited,
+                name_regexes,
             };
             let (id, new) = this.intern(key, Some((state, label)))?;
             if new {
@@ -973,10 +1032,14 @@ impl<'g, 's> Explorer<'g, 's> {
             return Err(CostError::TooIntricate);
         }
         let id = self.states.len() as u32;
+        let regex_per_byte = key.applied.iter().fold(key.name_regexes, |sum, &(n, times)| {
+            sum.saturating_add(times.saturating_mul(self.nodes[n as usize].regex_per_byte))
+        });
         // Nothing applies below what nothing applies to.
-        let nothing = key.applied.is_empty() && key.touched == 0 && key.inherited == 0;
+        let nothing = key.applied.is_empty() && key.touched == 0 && key.inherited == 0 && key.name_regexes == 0;
         self.states.push(Explored {
             steps: nothing.then(|| Steps::all_to(NOTHING)),
+            regex_per_byte,
             key: key.clone(),
             cost,
             parent,
@@ -1006,11 +1069,14 @@ impl<'g, 's> Explorer<'g, 's> {
             .into_iter()
             .map(|explored| State {
                 cost: explored.cost,
+                regex_per_byte: explored.regex_per_byte,
                 steps: explored.steps.unwrap_or_else(|| ceiling.clone()),
             })
             .collect();
+        let regex_per_byte = states.iter().map(|s| s.regex_per_byte).max().unwrap_or(0);
         states.push(State {
             cost: per_value,
+            regex_per_byte,
             steps: ceiling,
         });
         CostModel { states, per_value }
@@ -1141,6 +1207,14 @@ mod tests {
         let plain = cost(json!({"type": "string"})).expect("plain");
         let pattern = cost(json!({"type": "string", "pattern": "^a"})).expect("a pattern");
         assert!(pattern >= plain + REGEX_CHECKS, "{plain} then {pattern}");
+        // A regex costs by the byte, more as its counted repetitions grow
+        // (jsonschema: 15 ns a byte for the first, 10 us for the second).
+        let per_byte = |pattern: &str| {
+            let model = analyse(&json!({"pattern": pattern}), 10_000).expect("a pattern");
+            model.work(&json!("a".repeat(10_000))) / 10_000
+        };
+        assert!(per_byte("\\w{100}y") < 20, "{}", per_byte("\\w{100}y"));
+        assert!(per_byte("[a-z]{3000}y") > 5_000, "{}", per_byte("[a-z]{3000}y"));
         // Hashed: an enum of strings or of integers costs as one of two.
         let names: Vec<String> = (0..1000).map(|n| format!("name{n}")).collect();
         assert!(cost(json!({"enum": names})).expect("names") <= 5);
