@@ -310,14 +310,7 @@ impl ShardFile {
     /// A new shard file's content: the schema, the mark, the identity, all
     /// checkpointed into the file (whose WAL then goes with the connection).
     async fn build(&self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
-        MIGRATOR
-            .run(&mut *conn)
-            .await
-            .map_err(|e| self.corrupt(format!("cannot apply schema: {e}")))?;
-        sqlx::query(&format!("PRAGMA application_id = {APPLICATION_ID}"))
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| store_error(self.index, e))?;
+        self.migrate_and_mark(conn).await?;
         stamp_identity(conn, self.folder_id, self.index)
             .await
             .map_err(|e| store_error(self.index, e))?;
@@ -460,6 +453,13 @@ impl ShardFile {
                 "integrity check passed"
             );
         }
+        self.migrate_and_mark(conn).await
+    }
+
+    /// Brings the file's schema up to date (`migrations/`) and marks it as
+    /// an exdaas shard: what a new file is built with and what every boot
+    /// does to an existing one.
+    async fn migrate_and_mark(&self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
         MIGRATOR
             .run(&mut *conn)
             .await
