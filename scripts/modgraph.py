@@ -33,7 +33,7 @@ LAYERS = [
     ["metrics", "telemetry"],
     ["store"],
     ["store::engine"],
-    ["store::model", "stats", "config"],
+    ["store::document", "store::placement", "stats", "config"],
     ["domain", "clock"],
 ]
 

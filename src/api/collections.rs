@@ -499,7 +499,7 @@ impl CollectionsApi {
             (Some(ttl), None) => expiry(Some(ttl)).map_err(|e| e.0.detail)?,
             (None, Some(at)) => {
                 let at_ms = parse_time(&at).ok_or(format!("expires_at {at:?} is not an RFC 3339 time"))?;
-                if at_ms <= crate::store::now_millis() {
+                if at_ms <= crate::clock::now_millis() {
                     return Err(format!("expires_at {at:?} is in the past"));
                 }
                 Some(at_ms)

@@ -435,7 +435,7 @@ pub fn expiry(ttl: Option<u64>) -> Result<Option<i64>, ProblemError> {
             "ttl must be from 1 to {MAX_TTL_SECS} seconds, not {ttl}"
         )));
     }
-    Ok(Some(crate::store::now_millis() + ttl as i64 * 1000))
+    Ok(Some(crate::clock::now_millis() + ttl as i64 * 1000))
 }
 
 pub fn parse_id(raw: &str) -> Result<DocId, ProblemError> {

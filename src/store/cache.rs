@@ -31,6 +31,10 @@ use crate::domain::DocKey;
 /// documents ranged from 297 to 321 MiB against the promise of 320.
 pub const ENTRY_OVERHEAD: usize = 512;
 
+/// The largest document the warm-up loads: a larger one is read when first
+/// asked for.
+pub const WARM_DOC_BYTES: u64 = 64 << 10;
+
 /// The most entries the cache's table is sized for at boot: 16 MiB of
 /// table (moka makes it a power of two of twice as many 8-byte slots),
 /// reached at 256 MiB of documents. The default's 224 MiB share presizes

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use super::engine::EngineFault;
 use super::writer::Writer;
 use super::{Store, StoreError};
 
@@ -44,16 +45,6 @@ impl Store {
         let shard = self.shards().get(shard).ok_or(StoreError::Internal("no such shard"))?;
         shard.inject(fault).await
     }
-}
-
-/// The faults the engine makes itself: its connection breaks, or its
-/// storage answers as full or read-only (and back).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EngineFault {
-    BreakConnection,
-    DiskFull,
-    ReadOnly,
-    Heal,
 }
 
 /// The payload of [`Fault::PanicAndStayDown`]'s panic, which the

@@ -405,7 +405,7 @@ impl Store {
         name: &str,
         fields: Option<Vec<String>>,
     ) -> Result<(), StoreError> {
-        let at_ms = super::now_millis();
+        let at_ms = crate::clock::now_millis();
         let recording = self.numbering_shard(collection);
         self.inner.shards[recording]
             .change_index(collection, name, fields.clone(), true, at_ms)

@@ -6,6 +6,7 @@
 //! backend is a second implementation of these few calls, not a rewrite.
 
 pub mod cache;
+pub mod document;
 pub mod engine;
 #[cfg(feature = "fault-injection")]
 mod faults;
@@ -36,7 +37,8 @@ use crate::domain::SyncMode;
 use crate::domain::{CollectionName, DocId, DocKey, MAX_COUNTER_ID};
 use crate::stats::{ShardStats, StoreEvents, StoreSnapshot};
 use cache::DocCache;
-pub use engine::{ChangeKind, EngineError, ErrorKind, FeedEntry};
+pub use document::{canonical_json, Document};
+pub use engine::{ChangeKind, ErrorKind, FeedEntry, StorageError};
 #[cfg(feature = "fault-injection")]
 pub use faults::Fault;
 pub use feed::{CursorError, FeedCursor, FeedItem, FeedPage, FeedRequest, FeedStart};
@@ -46,31 +48,6 @@ use ops::{ReadBudget, WriteOp};
 use placement::Placement;
 pub use scan::{CollectionInfo, ListRequest, Listed, Page, MAX_PAGE};
 use shard::Shard;
-pub use writer::now_millis;
-
-/// A stored document's state. Cheap to clone: the JSON text is shared.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Document {
-    /// Starts at 1 and rises by one with every change.
-    pub version: u64,
-    /// Time of the last change, Unix milliseconds.
-    pub updated_at_ms: i64,
-    /// When the document expires, Unix milliseconds (`None`: never).
-    pub expires_at_ms: Option<i64>,
-    /// The document, as canonical (compact, keys sorted) JSON text.
-    pub data: Arc<str>,
-}
-
-impl Document {
-    /// Whether the document still exists at `now_ms`: from its expiry on, it
-    /// is gone for every read, swept from disk or not.
-    pub fn is_live(&self, now_ms: i64) -> bool {
-        match self.expires_at_ms {
-            Some(at) => now_ms < at,
-            None => true,
-        }
-    }
-}
 
 /// What a store needs to know to open.
 #[derive(Debug, Clone)]
@@ -164,7 +141,7 @@ pub enum StoreError {
     Busy { shard: usize, waited_ms: u64, reads: bool },
     /// The engine failed on this shard.
     #[error("shard {shard}: {error}")]
-    Engine { shard: usize, error: EngineError },
+    Engine { shard: usize, error: StorageError },
     #[error("DETS_ROOT={path:?} is unusable: {reason}")]
     DataFolder { path: PathBuf, reason: String },
     #[error("{path:?}: {reason}")]
@@ -255,9 +232,37 @@ pub enum StoreError {
     Internal(&'static str),
 }
 
+/// The engine's failures as the store reports them.
+impl From<engine::EngineError> for StoreError {
+    fn from(error: engine::EngineError) -> Self {
+        use engine::EngineError as E;
+        match error {
+            E::Storage { shard, error } => StoreError::Engine { shard, error },
+            E::Busy { shard, waited_ms } => StoreError::Busy {
+                shard,
+                waited_ms,
+                reads: true,
+            },
+            E::Database { reason } => StoreError::Database { reason },
+            E::DataFolder { path, reason } => StoreError::DataFolder { path, reason },
+            E::CorruptFile { path, reason } => StoreError::CorruptFile { path, reason },
+            E::ShardCountMismatch {
+                path,
+                on_disk,
+                configured,
+            } => StoreError::ShardCountMismatch {
+                path,
+                on_disk,
+                configured,
+            },
+            E::Internal(what) => StoreError::Internal(what),
+        }
+    }
+}
+
 impl StoreError {
     /// An engine failure on shard `shard`.
-    pub fn engine(shard: usize, error: EngineError) -> Self {
+    pub fn engine(shard: usize, error: StorageError) -> Self {
         StoreError::Engine { shard, error }
     }
 
@@ -488,7 +493,7 @@ impl Store {
                     for shard in &shards {
                         shard.close().await;
                     }
-                    return Err(err);
+                    return Err(err.into());
                 }
                 Some(lock)
             }
@@ -551,13 +556,16 @@ impl Store {
                 // cache lock: the writer's post-commit update takes that lock,
                 // so a busy read pool must never make a commit wait.
                 let slot = shard.read_slot().await?;
-                self.inner.cache.fill(key, move || slot.read(key)).await?
+                self.inner
+                    .cache
+                    .fill(key, move || async move { Ok(slot.read(key).await?) })
+                    .await?
             }
         };
         self.inner.events.cache_read(hit);
         // On the request's span, when traces are exported.
         tracing::Span::current().record("exdaas.cache.hit", hit);
-        Ok(doc.filter(|doc| doc.is_live(writer::now_millis())))
+        Ok(doc.filter(|doc| doc.is_live(crate::clock::now_millis())))
     }
 
     /// The document at `key` as committed now, read from the engine past
@@ -567,7 +575,7 @@ impl Store {
         let slot = self.shard_for(key).read_slot().await?;
         let doc = slot.read(key).await?;
         self.inner.events.cache_read(false);
-        Ok(doc.filter(|doc| doc.is_live(writer::now_millis())))
+        Ok(doc.filter(|doc| doc.is_live(crate::clock::now_millis())))
     }
 
     /// Stores `data` at `key`, creating or replacing the document (no
@@ -585,7 +593,7 @@ impl Store {
         // other replicas write too: their newer state may not be there yet.
         if let (Expect::Any, Action::Put { data, expires_at_ms }, None) = (&expect, &action, &self.inner.following) {
             if let Some(doc) = self.inner.cache.get(&key).await {
-                if doc.data == *data && doc.expires_at_ms == *expires_at_ms && doc.is_live(writer::now_millis()) {
+                if doc.data == *data && doc.expires_at_ms == *expires_at_ms && doc.is_live(crate::clock::now_millis()) {
                     return Ok(WriteOutcome::Unchanged(doc));
                 }
             }
@@ -831,13 +839,13 @@ impl Store {
     /// Takes a consistent backup of every shard into `dest` (new or empty),
     /// while the store serves: see [`maintenance::backup`].
     pub async fn backup(&self, dest: &std::path::Path) -> Result<maintenance::Manifest, StoreError> {
-        maintenance::backup(&self.inner.data_dir, dest).await
+        Ok(maintenance::backup(&self.inner.data_dir, dest).await?)
     }
 
     /// [`Store::collections`] of these collections only: the work is their
     /// part of each shard's collection index, not every document's entry.
     pub async fn collections_of(&self, only: &[CollectionName]) -> Result<Vec<CollectionInfo>, StoreError> {
-        let now = now_millis();
+        let now = crate::clock::now_millis();
         let mut totals = std::collections::BTreeMap::new();
         for shard in self.shards() {
             shard.reads().add_counts_of(now, only, &mut totals).await?;
@@ -856,7 +864,7 @@ impl Store {
 
     /// What a backup into `dir` would meet (see [`maintenance::backup_room`]).
     pub async fn backup_room(&self, dir: &std::path::Path) -> Result<maintenance::BackupRoom, StoreError> {
-        maintenance::backup_room(&self.inner.data_dir, dir).await
+        Ok(maintenance::backup_room(&self.inner.data_dir, dir).await?)
     }
 
     /// The documents are in the data folder's files (not a database): what
@@ -907,7 +915,11 @@ impl Store {
             return Ok(());
         }
         let started = Instant::now();
-        let budget = cache.capacity_bytes() / self.inner.shards.len() as u64;
+        let budget = engine::WarmBudget {
+            bytes: cache.capacity_bytes() / self.inner.shards.len() as u64,
+            per_entry: cache::ENTRY_OVERHEAD as u64,
+            largest: cache::WARM_DOC_BYTES,
+        };
         // Every shard at once, each in a task of its own: each read waits on
         // its own connection's thread, and the runtime's workers share the
         // parsing and the inserts (in one task, one thread did them all and
@@ -916,7 +928,7 @@ impl Store {
             let store = self.clone();
             tokio::spawn(async move {
                 let (shard, cache) = (&store.inner.shards[index], &store.inner.cache);
-                let mut rows = shard.reads().recent(writer::now_millis(), budget);
+                let mut rows = shard.reads().recent(crate::clock::now_millis(), budget);
                 let mut loaded = 0u64;
                 while let Some((key, doc)) = rows.try_next().await? {
                     cache.warm(key, doc).await;
@@ -956,9 +968,4 @@ fn into_stored(outcome: WriteOutcome) -> Result<Stored, StoreError> {
             Err(StoreError::Internal("a put was answered as another operation"))
         }
     }
-}
-
-/// Compact JSON with object keys sorted, so equal documents have equal text.
-pub fn canonical_json(value: &serde_json::Value) -> Arc<str> {
-    Arc::from(value.to_string())
 }

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::engine::FeedFilter;
-use super::Store;
+use super::{Store, StoreError};
 
 /// Entries read per shard and query; more are read at once, in turns.
 const RUN: usize = 1000;
@@ -98,7 +98,11 @@ pub async fn follow(store: Store, interval: Duration, following: std::sync::Arc<
                     Ok(run) => run,
                     Err(err) => {
                         tracing::debug!(shard = shard.index, error = %err, "following the other replicas' writes");
-                        problem = Some(format!("cannot read shard {}'s feed: {}", shard.index, err.public()));
+                        problem = Some(format!(
+                            "cannot read shard {}'s feed: {}",
+                            shard.index,
+                            StoreError::from(err).public()
+                        ));
                         break;
                     }
                 };

@@ -13,8 +13,8 @@ use futures_util::future::{join_all, try_join_all};
 use futures_util::Stream;
 
 use super::shard::Shard;
-use super::writer::now_millis;
 use super::{Document, Store, StoreError};
+use crate::clock::now_millis;
 use crate::domain::{CollectionName, DocId};
 
 /// Most documents a page may hold.
@@ -221,7 +221,7 @@ async fn hydrate(store: &Store, collection: &CollectionName, entries: &[Entry]) 
         if ids.is_empty() {
             return Ok::<_, StoreError>(Vec::new());
         }
-        shard.reads().documents(collection, &ids, now).await
+        Ok(shard.reads().documents(collection, &ids, now).await?)
     }))
     .await?;
     let mut found: std::collections::HashMap<String, Document> = per_shard.into_iter().flatten().collect();

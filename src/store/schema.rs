@@ -385,7 +385,7 @@ impl Store {
     ) -> Result<SchemaState, StoreError> {
         let _one_at_a_time = self.inner.catalog_changes.lock().await;
         let schema = schema.map(Arc::new);
-        let at_ms = super::now_millis();
+        let at_ms = crate::clock::now_millis();
         let numbering = self.numbering_shard(collection);
         let change = |version| SchemaChange {
             collection: collection.clone(),
@@ -429,7 +429,7 @@ impl Store {
         let Some(schema) = state.schema.clone() else {
             return Ok(());
         };
-        let now = super::writer::now_millis();
+        let now = crate::clock::now_millis();
         // A key written twice in one request: the second sees the first.
         let mut seen: HashMap<&DocKey, u32> = HashMap::new();
         for op in ops.iter() {

@@ -386,7 +386,7 @@ impl Shard {
 
     /// A read connection, waiting at most `queue_wait` for one (then a 503).
     pub async fn read_slot(&self) -> Result<ReadSlot, StoreError> {
-        self.reads.reserve().await
+        Ok(self.reads.reserve().await?)
     }
 
     /// The last entries published, for readers near the head.

@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -31,6 +31,7 @@ use super::query::FieldPath;
 use super::schema::{Checked, CollectionSchema, PublishedSchemas, SchemaState, INLINE_CHECKS};
 use super::shard::ShardStatus;
 use super::{Document, Outage, StoreError};
+use crate::clock::now_millis;
 use crate::domain::{CollectionName, DocKey};
 use crate::stats::StoreEvents;
 
@@ -563,7 +564,7 @@ impl Writer {
         }
     }
 
-    fn engine_error(&self, err: super::EngineError) -> StoreError {
+    fn engine_error(&self, err: super::StorageError) -> StoreError {
         StoreError::engine(self.shard, err)
     }
 
@@ -1042,7 +1043,7 @@ impl Writer {
     async fn committed_state(
         &mut self,
         groups: &[&[WriteOp]],
-    ) -> Result<(HashMap<DocKey, Option<Document>>, HashSet<(usize, usize)>), super::EngineError> {
+    ) -> Result<(HashMap<DocKey, Option<Document>>, HashSet<(usize, usize)>), super::StorageError> {
         let mut state: HashMap<DocKey, Option<Document>> = HashMap::new();
         let mut refused = HashSet::new();
         let mut unknown: Vec<DocKey> = Vec::new();
@@ -1304,11 +1305,3 @@ const CONFLICT_RETRIES: u32 = 8;
 /// Stored documents up to this size come with their row's first read; the
 /// text of larger ones is read only when an operation needs it.
 const SMALL_DOCUMENT: usize = 64 << 10;
-
-/// Wall-clock time in Unix milliseconds.
-pub fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}

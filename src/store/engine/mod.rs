@@ -5,6 +5,7 @@
 //! The core talks to it through a few calls and hears back only the kinds
 //! of failure below, never the engine's own types.
 
+mod error;
 pub mod postgres;
 pub mod sqlite;
 pub mod transfer;
@@ -16,7 +17,8 @@ use std::time::Duration;
 use futures_util::stream::BoxStream;
 
 use crate::domain::{CollectionName, DocId, DocKey};
-use crate::store::{Document, StoreError};
+use crate::store::document::Document;
+pub use error::{EngineError, ErrorKind, StorageError};
 
 /// Calls the same method on whichever engine's value it is.
 macro_rules! dispatch {
@@ -66,7 +68,7 @@ impl ShardFile {
 
     /// Opens the shard's writes at boot (creating and migrating it if it
     /// must; `boot_check`: check its integrity first).
-    pub async fn open_at_boot(&self, boot_check: bool) -> Result<(ShardWrites, Opened), StoreError> {
+    pub async fn open_at_boot(&self, boot_check: bool) -> Result<(ShardWrites, Opened), EngineError> {
         match self {
             Self::Sqlite(f) => f
                 .open_at_boot(boot_check)
@@ -77,14 +79,14 @@ impl ShardFile {
     }
 
     /// Opens the writes again after a failure.
-    pub async fn reopen(&self) -> Result<(ShardWrites, Opened), StoreError> {
+    pub async fn reopen(&self) -> Result<(ShardWrites, Opened), EngineError> {
         match self {
             Self::Sqlite(f) => f.reopen().await.map(|(w, o)| (ShardWrites::Sqlite(w), o)),
             Self::Postgres(f) => f.open().await.map(|(w, o)| (ShardWrites::Postgres(w), o)),
         }
     }
 
-    pub async fn open_reads(&self, connections: u32, wait: Duration) -> Result<ShardReads, StoreError> {
+    pub async fn open_reads(&self, connections: u32, wait: Duration) -> Result<ShardReads, EngineError> {
         match self {
             Self::Sqlite(f) => f.open_reads(connections, wait).await.map(ShardReads::Sqlite),
             Self::Postgres(f) => Ok(ShardReads::Postgres(f.reads(connections, wait))),
@@ -108,7 +110,7 @@ impl ShardWrites {
     /// Where writes are shared: opens a transaction holding the shard (its
     /// writers on every replica take turns) and answers what is committed
     /// now. `None` where this process is the only writer.
-    pub async fn begin(&mut self) -> Result<Option<Opened>, EngineError> {
+    pub async fn begin(&mut self) -> Result<Option<Opened>, StorageError> {
         match self {
             Self::Sqlite(_) => Ok(None),
             Self::Postgres(w) => w.begin().await.map(Some),
@@ -130,18 +132,18 @@ impl ShardWrites {
         dispatch!(self, w => w.file_name())
     }
 
-    pub async fn load(&mut self, keys: &[DocKey], small: usize) -> Result<Vec<StoredRow>, EngineError> {
+    pub async fn load(&mut self, keys: &[DocKey], small: usize) -> Result<Vec<StoredRow>, StorageError> {
         dispatch!(self, w => w.load(keys, small).await)
     }
 
-    pub async fn load_texts(&mut self, keys: &[DocKey]) -> Result<Vec<(usize, Arc<str>)>, EngineError> {
+    pub async fn load_texts(&mut self, keys: &[DocKey]) -> Result<Vec<(usize, Arc<str>)>, StorageError> {
         dispatch!(self, w => w.load_texts(keys).await)
     }
 
     /// Makes the id counter's reservation in `ceilings` durable before the
     /// commit that writes ids it covers (see `SqliteWrites::reserve_ids`).
     /// On a database, whose commits are all durable, the commit does.
-    pub async fn reserve_ids(&mut self, ceilings: IdBounds) -> Result<(), EngineError> {
+    pub async fn reserve_ids(&mut self, ceilings: IdBounds) -> Result<(), StorageError> {
         match self {
             Self::Sqlite(w) => w.reserve_ids(ceilings).await,
             Self::Postgres(_) => Ok(()),
@@ -153,11 +155,11 @@ impl ShardWrites {
         changes: impl Iterator<Item = (&'a DocKey, u32, Option<&'a Document>)>,
         feed: &[FeedEntry],
         ceilings: Option<IdBounds>,
-    ) -> Result<(), EngineError> {
+    ) -> Result<(), StorageError> {
         dispatch!(self, w => w.commit(changes, feed, ceilings).await)
     }
 
-    pub async fn expired(&mut self, now: i64, limit: u32) -> Result<Vec<(DocKey, u64)>, EngineError> {
+    pub async fn expired(&mut self, now: i64, limit: u32) -> Result<Vec<(DocKey, u64)>, StorageError> {
         dispatch!(self, w => w.expired(now, limit).await)
     }
 
@@ -165,32 +167,32 @@ impl ShardWrites {
         &mut self,
         collection: &CollectionName,
         limit: u32,
-    ) -> Result<Vec<(DocKey, u64)>, EngineError> {
+    ) -> Result<Vec<(DocKey, u64)>, StorageError> {
         dispatch!(self, w => w.in_collection(collection, limit).await)
     }
 
-    pub async fn delete_with_feed(&mut self, feed: &[FeedEntry]) -> Result<u64, EngineError> {
+    pub async fn delete_with_feed(&mut self, feed: &[FeedEntry]) -> Result<u64, StorageError> {
         dispatch!(self, w => w.delete_with_feed(feed).await)
     }
 
-    pub async fn compact_feed(&mut self, before_ms: i64, keep: u64, limit: u64) -> Result<u64, EngineError> {
+    pub async fn compact_feed(&mut self, before_ms: i64, keep: u64, limit: u64) -> Result<u64, StorageError> {
         dispatch!(self, w => w.compact_feed(before_ms, keep, limit).await)
     }
 
     /// Every index the shard holds.
-    pub async fn indexes(&mut self) -> Result<Vec<StoredIndex>, EngineError> {
+    pub async fn indexes(&mut self) -> Result<Vec<StoredIndex>, StorageError> {
         dispatch!(self, w => w.indexes().await)
     }
 
     /// Changes index entries in the transaction the next `commit` or
     /// `delete_with_feed` commits (opening it where none is open).
-    pub async fn index_changes(&mut self, changes: &IndexChanges) -> Result<(), EngineError> {
+    pub async fn index_changes(&mut self, changes: &IndexChanges) -> Result<(), StorageError> {
         dispatch!(self, w => w.index_changes(changes).await)
     }
 
     /// Declares `index` (with `feed`) unless one of its name is there;
     /// answers whether it was stored.
-    pub async fn declare_index(&mut self, index: &StoredIndex, feed: &[FeedEntry]) -> Result<bool, EngineError> {
+    pub async fn declare_index(&mut self, index: &StoredIndex, feed: &[FeedEntry]) -> Result<bool, StorageError> {
         dispatch!(self, w => w.declare_index(index, feed).await)
     }
 
@@ -201,7 +203,7 @@ impl ShardWrites {
         collection: &CollectionName,
         name: &str,
         feed: &[FeedEntry],
-    ) -> Result<bool, EngineError> {
+    ) -> Result<bool, StorageError> {
         dispatch!(self, w => w.drop_index(collection, name, feed).await)
     }
 
@@ -211,7 +213,7 @@ impl ShardWrites {
         &mut self,
         collection: &CollectionName,
         name: &str,
-    ) -> Result<Option<(Option<String>, bool)>, EngineError> {
+    ) -> Result<Option<(Option<String>, bool)>, StorageError> {
         dispatch!(self, w => w.build_progress(collection, name).await)
     }
 
@@ -222,7 +224,7 @@ impl ShardWrites {
         collection: &CollectionName,
         after: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<(String, Arc<str>)>, EngineError> {
+    ) -> Result<Vec<(String, Arc<str>)>, StorageError> {
         dispatch!(self, w => w.documents_after(collection, after, limit).await)
     }
 
@@ -236,19 +238,19 @@ impl ShardWrites {
         oversized: u64,
         upto: Option<&str>,
         done: bool,
-    ) -> Result<(), EngineError> {
+    ) -> Result<(), StorageError> {
         dispatch!(self, w => w.build_step(collection, name, entries, oversized, upto, done).await)
     }
 
     /// Every collection schema the shard holds (removed ones included).
-    pub async fn schemas(&mut self) -> Result<Vec<StoredSchema>, EngineError> {
+    pub async fn schemas(&mut self) -> Result<Vec<StoredSchema>, StorageError> {
         dispatch!(self, w => w.schemas().await)
     }
 
     /// Stores `change` unless the shard holds a newer version, with `feed`
     /// (the change's entry, on the shard that records it), in one
     /// transaction; answers whether it was stored.
-    pub async fn set_schema(&mut self, change: &StoredSchema, feed: &[FeedEntry]) -> Result<bool, EngineError> {
+    pub async fn set_schema(&mut self, change: &StoredSchema, feed: &[FeedEntry]) -> Result<bool, StorageError> {
         dispatch!(self, w => w.set_schema(change, feed).await)
     }
 
@@ -262,7 +264,7 @@ impl ShardWrites {
     }
 
     #[cfg(feature = "fault-injection")]
-    pub async fn inject(&mut self, fault: crate::store::faults::EngineFault) -> Result<(), EngineError> {
+    pub async fn inject(&mut self, fault: crate::store::engine::EngineFault) -> Result<(), StorageError> {
         dispatch!(self, w => w.inject(fault).await)
     }
 }
@@ -290,7 +292,7 @@ impl SharedDatabase {
     /// `at_least` (and past `highest_used` on a new store): first and last.
     /// A refusal for a concurrent reservation (40001 under SERIALIZABLE) is
     /// tried again, as the writer's transactions are.
-    pub async fn reserve(&self, count: u64, at_least: u64, highest_used: u64) -> Result<(u64, u64), StoreError> {
+    pub async fn reserve(&self, count: u64, at_least: u64, highest_used: u64) -> Result<(u64, u64), EngineError> {
         let mut pause = Duration::from_millis(2);
         let mut attempts = 0;
         loop {
@@ -303,7 +305,7 @@ impl SharedDatabase {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(200));
                 }
-                other => return other.map_err(|e| StoreError::engine(0, e)),
+                other => return other.map_err(|e| EngineError::storage(0, e)),
             }
         }
     }
@@ -321,13 +323,13 @@ pub enum ReadSlot {
 
 impl ReadSlot {
     /// The committed document at `key` (expired or not).
-    pub async fn read(self, key: &DocKey) -> Result<Option<Document>, StoreError> {
+    pub async fn read(self, key: &DocKey) -> Result<Option<Document>, EngineError> {
         dispatch!(self, slot => slot.read(key).await)
     }
 }
 
 impl ShardReads {
-    pub async fn reserve(&self) -> Result<ReadSlot, StoreError> {
+    pub async fn reserve(&self) -> Result<ReadSlot, EngineError> {
         match self {
             Self::Sqlite(r) => r.reserve().await.map(ReadSlot::Sqlite),
             Self::Postgres(r) => r.reserve().await.map(ReadSlot::Postgres),
@@ -343,7 +345,7 @@ impl ShardReads {
         collection: &CollectionName,
         first: u64,
         last: u64,
-    ) -> Result<Vec<u64>, StoreError> {
+    ) -> Result<Vec<u64>, EngineError> {
         dispatch!(self, r => r.counter_ids_between(collection, first, last).await)
     }
 
@@ -354,7 +356,7 @@ impl ShardReads {
         to: Option<&str>,
         now: i64,
         limit: usize,
-    ) -> Result<Vec<(DocId, Document, usize)>, StoreError> {
+    ) -> Result<Vec<(DocId, Document, usize)>, EngineError> {
         dispatch!(self, r => r.entries(collection, from, to, now, limit).await)
     }
 
@@ -363,18 +365,18 @@ impl ShardReads {
         collection: &CollectionName,
         ids: &[&str],
         now: i64,
-    ) -> Result<Vec<(String, Document)>, StoreError> {
+    ) -> Result<Vec<(String, Document)>, EngineError> {
         dispatch!(self, r => r.documents(collection, ids, now).await)
     }
 
     /// The indexes of `collection` on this shard.
-    pub async fn index_catalog(&self, collection: &CollectionName) -> Result<Vec<StoredIndex>, StoreError> {
+    pub async fn index_catalog(&self, collection: &CollectionName) -> Result<Vec<StoredIndex>, EngineError> {
         dispatch!(self, r => r.index_catalog(collection).await)
     }
 
     /// Indexes whose build has not covered this shard yet: (collection,
     /// name).
-    pub async fn unbuilt_indexes(&self) -> Result<Vec<(String, String)>, StoreError> {
+    pub async fn unbuilt_indexes(&self) -> Result<Vec<(String, String)>, EngineError> {
         dispatch!(self, r => r.unbuilt_indexes().await)
     }
 
@@ -388,7 +390,7 @@ impl ShardReads {
         high: &[u8],
         after: Option<(&[u8], &str)>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, String)>, StoreError> {
+    ) -> Result<Vec<(Vec<u8>, String)>, EngineError> {
         dispatch!(self, r => r.index_range(collection, name, low, high, after, limit).await)
     }
 
@@ -396,7 +398,7 @@ impl ShardReads {
         dispatch!(self, r => r.count_live(now).await)
     }
 
-    pub async fn add_collection_counts(&self, now: i64, totals: &mut BTreeMap<String, i64>) -> Result<(), StoreError> {
+    pub async fn add_collection_counts(&self, now: i64, totals: &mut BTreeMap<String, i64>) -> Result<(), EngineError> {
         dispatch!(self, r => r.add_collection_counts(now, totals).await)
     }
 
@@ -407,14 +409,13 @@ impl ShardReads {
         now: i64,
         collections: &[CollectionName],
         totals: &mut BTreeMap<String, i64>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), EngineError> {
         dispatch!(self, r => r.add_counts_of(now, collections, totals).await)
     }
 
     /// The documents the cache is warmed with: the most recently changed
-    /// ones live at `now`, as many as `budget` bytes hold (by the cache's
-    /// weight), in no promised order.
-    pub fn recent(&self, now: i64, budget: u64) -> BoxStream<'_, Result<(DocKey, Document), StoreError>> {
+    /// ones live at `now`, as many as `budget` holds, in no promised order.
+    pub fn recent(&self, now: i64, budget: WarmBudget) -> BoxStream<'_, Result<(DocKey, Document), EngineError>> {
         dispatch!(self, r => r.recent(now, budget))
     }
 
@@ -424,7 +425,7 @@ impl ShardReads {
         upto: u64,
         filter: FeedFilter<'_>,
         limit: usize,
-    ) -> Result<FeedRun, StoreError> {
+    ) -> Result<FeedRun, EngineError> {
         dispatch!(self, r => r.feed(after, upto, filter, limit).await)
     }
 
@@ -437,52 +438,34 @@ impl ShardReads {
     }
 }
 
-/// What went wrong in the engine, as the core and the HTTP layer need to
-/// know it.
+#[cfg(feature = "fault-injection")]
+/// The faults the engine makes itself: its connection breaks, or its
+/// storage answers as full or read-only (and back).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// No room left (a full disk).
-    Full,
-    /// The storage refuses writes (a read-only file or volume).
+pub enum EngineFault {
+    BreakConnection,
+    DiskFull,
     ReadOnly,
-    /// The stored data is damaged.
-    Damaged,
-    /// The connection or the disk failed; opening anew may help.
-    Unavailable,
-    /// The engine refused the transaction for a concurrent one; retrying
-    /// it whole may succeed.
-    Conflict,
-    /// Anything else.
-    Other,
+    Heal,
 }
 
-impl ErrorKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::Full => "the disk is full",
-            ErrorKind::ReadOnly => "its storage cannot be written",
-            ErrorKind::Damaged => "its data is damaged",
-            ErrorKind::Unavailable => "its storage failed",
-            ErrorKind::Conflict => "a concurrent change conflicted",
-            ErrorKind::Other => "a storage error",
-        }
-    }
+/// What the cache's warm-up may take from one shard: its newest live
+/// documents, as many as `bytes` hold, each counted as its key and text plus
+/// `per_entry` (the cache's own measure, passed down so the engine need not
+/// know the cache). A document longer than `largest` is left to its first
+/// read; one that does not fit is skipped, and the walk goes on to older ones
+/// while room is left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WarmBudget {
+    pub bytes: u64,
+    pub per_entry: u64,
+    pub largest: u64,
 }
 
-/// An engine failure: its kind, and the engine's own words for the log.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{}: {detail}", kind.as_str())]
-pub struct EngineError {
-    pub kind: ErrorKind,
-    pub detail: String,
-}
-
-impl EngineError {
-    pub fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
-        Self {
-            kind,
-            detail: detail.into(),
-        }
+impl WarmBudget {
+    /// The bytes `doc` counts for.
+    pub fn weight(&self, key: &DocKey, doc: &Document) -> u64 {
+        (key.collection.as_str().len() + key.id.as_str().len() + doc.data.len()) as u64 + self.per_entry
     }
 }
 

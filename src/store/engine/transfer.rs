@@ -28,8 +28,8 @@ use sha2::{Digest, Sha256};
 
 use super::{postgres, sqlite, IdBounds};
 use crate::domain::ShardCount;
+use crate::store::engine::EngineError;
 use crate::store::placement::Placement;
-use crate::store::StoreError;
 
 /// Rows read or written per statement.
 pub const BATCH_ROWS: usize = 256;
@@ -209,7 +209,8 @@ pub struct Catalog {
 /// Pages of documents, read in turn to the end.
 pub trait RowPages {
     /// The next page, or `None` after the last.
-    fn next_batch(&mut self) -> impl std::future::Future<Output = Result<Option<Vec<DocumentRow>>, StoreError>> + Send;
+    fn next_batch(&mut self)
+        -> impl std::future::Future<Output = Result<Option<Vec<DocumentRow>>, EngineError>> + Send;
 }
 
 /// Reads every page of `rows`, hands it to `each`, then counts it into
@@ -218,8 +219,8 @@ async fn pump(
     rows: &mut impl RowPages,
     tally: &mut Tally,
     meter: &mut Meter<'_>,
-    mut each: impl AsyncFnMut(&[DocumentRow]) -> Result<(), StoreError>,
-) -> Result<(), StoreError> {
+    mut each: impl AsyncFnMut(&[DocumentRow]) -> Result<(), EngineError>,
+) -> Result<(), EngineError> {
     while let Some(batch) = rows.next_batch().await? {
         each(&batch).await?;
         batch.iter().for_each(|row| tally.add(row));
@@ -234,7 +235,7 @@ pub async fn folder_to_database(
     root: &Path,
     url: &str,
     report: &mut dyn FnMut(Progress),
-) -> Result<Migrated, StoreError> {
+) -> Result<Migrated, EngineError> {
     let started = Instant::now();
     let source = sqlite::transfer::FolderSource::open(root).await?;
     let shards = source.shards();
@@ -248,7 +249,7 @@ pub async fn folder_to_database(
         let mut rows = source.reader(shard).await?;
         pump(&mut rows, &mut tally, &mut meter, async |batch| {
             if let Some(stray) = batch.iter().find(|row| placement.shard_of_bucket(row.bucket) != shard) {
-                return Err(StoreError::DataFolder {
+                return Err(EngineError::DataFolder {
                     path: root.to_path_buf(),
                     reason: format!(
                         "{}/{} is in shard {shard}, but its bucket {} belongs to shard {}; run `exdaas check`",
@@ -289,7 +290,7 @@ pub async fn database_to_folder(
     url: &str,
     root: &Path,
     report: &mut dyn FnMut(Progress),
-) -> Result<Migrated, StoreError> {
+) -> Result<Migrated, EngineError> {
     let started = Instant::now();
     let mut source = postgres::transfer::DatabaseSource::connect(url, false).await?;
     let shards = source.shards();
@@ -327,12 +328,12 @@ pub async fn database_to_folder(
     })
 }
 
-fn verified(source: &Tally, copy: &Tally, left: &str) -> Result<(), StoreError> {
+fn verified(source: &Tally, copy: &Tally, left: &str) -> Result<(), EngineError> {
     let differences = source.differences(copy);
     if differences.is_empty() {
         return Ok(());
     }
-    Err(StoreError::Database {
+    Err(EngineError::Database {
         reason: format!(
             "the copy differs from the source in {} collections ({}); {left}",
             differences.len(),
@@ -350,11 +351,11 @@ pub fn highest(bounds: &[IdBounds]) -> IdBounds {
 }
 
 /// A shard count read from a source, checked.
-pub fn shard_count(shards: i64, source: &str) -> Result<ShardCount, StoreError> {
+pub fn shard_count(shards: i64, source: &str) -> Result<ShardCount, EngineError> {
     u32::try_from(shards)
         .ok()
         .and_then(ShardCount::new)
-        .ok_or_else(|| StoreError::Database {
+        .ok_or_else(|| EngineError::Database {
             reason: format!("{source} records {shards} shards; expected 1 to {}", ShardCount::MAX),
         })
 }

@@ -342,7 +342,7 @@ impl Store {
         let batch = stop_at.map_or(BATCH, |want| want.clamp(16, BATCH));
         let mut pool = Candidates::new(run.clone(), self.inner.page_bytes);
         let mut read = 0u64;
-        let now = crate::store::now_millis();
+        let now = crate::clock::now_millis();
         loop {
             let entries = shard
                 .reads()

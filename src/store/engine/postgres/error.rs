@@ -1,9 +1,9 @@
 //! PostgreSQL's failures (SQLSTATE codes, shared by the protocol's other
 //! engines) as the engine's kinds.
 
-use super::super::{EngineError, ErrorKind};
+use super::super::{ErrorKind, StorageError};
 
-pub fn engine_error(err: sqlx::Error) -> EngineError {
+pub fn engine_error(err: sqlx::Error) -> StorageError {
     let kind = match &err {
         sqlx::Error::Database(db) => match db.code().as_deref().unwrap_or("") {
             // serialization_failure, deadlock_detected: retry the whole
@@ -33,5 +33,5 @@ pub fn engine_error(err: sqlx::Error) -> EngineError {
         sqlx::Error::Database(db) => format!("{} ({})", db.message(), db.code().as_deref().unwrap_or("?")),
         other => other.to_string(),
     };
-    EngineError::new(kind, detail)
+    StorageError::new(kind, detail)
 }

@@ -22,8 +22,8 @@ pub use error::engine_error;
 pub use reads::{PgReadSlot, PgReads};
 pub use writes::PgWrites;
 
-use super::{EngineError, ErrorKind, Opened};
-use crate::store::StoreError;
+use super::{ErrorKind, Opened, StorageError};
+use crate::store::engine::EngineError;
 
 /// How long a replica may hold the migration lease before another takes it
 /// over (a replica killed while migrating).
@@ -41,14 +41,14 @@ impl PgDatabase {
     /// lease row rather than advisory locks, which CockroachDB lacks), and
     /// checks the database was made for `shards` shards (recording it if new).
     /// A database an unfinished `exdaas migrate --to` is filling is refused.
-    pub async fn open(url: &str, shards: u32, connections: u32, wait: Duration) -> Result<Self, StoreError> {
+    pub async fn open(url: &str, shards: u32, connections: u32, wait: Duration) -> Result<Self, EngineError> {
         let database = Self::prepare(url, shards, connections, wait).await?;
         transfer::refuse_unfinished(&database).await?;
         Ok(database)
     }
 
     /// [`PgDatabase::open`], whatever a migration left.
-    pub(crate) async fn prepare(url: &str, shards: u32, connections: u32, wait: Duration) -> Result<Self, StoreError> {
+    pub(crate) async fn prepare(url: &str, shards: u32, connections: u32, wait: Duration) -> Result<Self, EngineError> {
         let options = connect_options(url, "EXDAAS_DATABASE_URL")?.application_name("exdaas");
         let pool = PgPoolOptions::new()
             .max_connections(connections)
@@ -67,7 +67,7 @@ impl PgDatabase {
 /// logs the value of a query parameter it does not read (an `sslpassword`
 /// it would print in clear), so those are taken off first and named here,
 /// without their values.
-pub(crate) fn connect_options(url: &str, what: &str) -> Result<PgConnectOptions, StoreError> {
+pub(crate) fn connect_options(url: &str, what: &str) -> Result<PgConnectOptions, EngineError> {
     const READ: &[&str] = &[
         "sslmode",
         "ssl-mode",
@@ -113,13 +113,13 @@ pub(crate) fn connect_options(url: &str, what: &str) -> Result<PgConnectOptions,
             }
         }
     };
-    url.parse().map_err(|e: sqlx::Error| StoreError::Database {
+    url.parse().map_err(|e: sqlx::Error| EngineError::Database {
         reason: format!("{what} is not a PostgreSQL URL: {e}"),
     })
 }
 
-fn unavailable(what: &str, err: sqlx::Error) -> StoreError {
-    StoreError::Database {
+fn unavailable(what: &str, err: sqlx::Error) -> EngineError {
+    EngineError::Database {
         reason: format!("{what}: {}", engine_error(err)),
     }
 }
@@ -127,7 +127,7 @@ fn unavailable(what: &str, err: sqlx::Error) -> StoreError {
 /// Runs the migrations under a lease: an `exdaas_migration_lease` row taken
 /// with `INSERT ... ON CONFLICT ... DO UPDATE ... WHERE` (expired leases
 /// only), released at the end.
-async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+async fn migrate(pool: &PgPool) -> Result<(), EngineError> {
     let fail = |e| unavailable("cannot migrate the database", e);
     sqlx::query("CREATE TABLE IF NOT EXISTS exdaas_migration_lease (id INT PRIMARY KEY, holder TEXT NOT NULL, until_ms BIGINT NOT NULL)")
         .execute(pool)
@@ -137,7 +137,7 @@ async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     let lease_ms = MIGRATION_LEASE.as_millis() as i64;
     let started = std::time::Instant::now();
     loop {
-        let now = crate::store::writer::now_millis();
+        let now = crate::clock::now_millis();
         let took: Option<String> = sqlx::query_scalar(
             "INSERT INTO exdaas_migration_lease (id, holder, until_ms) VALUES (1, $1, $2) \
              ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms \
@@ -153,7 +153,7 @@ async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
             break;
         }
         if started.elapsed() > MIGRATION_LEASE * 2 {
-            return Err(StoreError::Database {
+            return Err(EngineError::Database {
                 reason: "another replica has been migrating the database for two minutes".into(),
             });
         }
@@ -168,7 +168,7 @@ async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
         .bind(&holder)
         .execute(pool)
         .await;
-    migrated.map_err(|e| StoreError::Database {
+    migrated.map_err(|e| EngineError::Database {
         reason: format!("cannot migrate the database: {e}"),
     })?;
     released.map_err(fail)?;
@@ -177,7 +177,7 @@ async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
 
 /// The database's identity, created on first use with its shard count and
 /// one row per shard; a database made for another shard count is refused.
-async fn identity(pool: &PgPool, shards: u32) -> Result<u64, StoreError> {
+async fn identity(pool: &PgPool, shards: u32) -> Result<u64, EngineError> {
     let fail = |e| unavailable("cannot read the database's identity", e);
     let id = i64::from_ne_bytes(random_u64()?.to_ne_bytes()) & i64::MAX;
     sqlx::query(
@@ -203,12 +203,12 @@ async fn identity(pool: &PgPool, shards: u32) -> Result<u64, StoreError> {
             .and_then(|row| row.try_get::<i64, _>("value").ok())
     };
     let (Some(id), Some(recorded)) = (value("database_id"), value("shards")) else {
-        return Err(StoreError::Database {
+        return Err(EngineError::Database {
             reason: "the database's exdaas_meta lacks its identity".into(),
         });
     };
     if recorded != i64::from(shards) {
-        return Err(StoreError::Database {
+        return Err(EngineError::Database {
             reason: format!(
                 "the database was made with SHARD_LIMIT={recorded}, but SHARD_LIMIT={shards} is set; \
                  start with SHARD_LIMIT={recorded}"
@@ -227,7 +227,7 @@ impl PgDatabase {
     /// commits be lost (`synchronous_commit = off`): a crash may then take
     /// acknowledged writes back, but never the block their ids came from,
     /// so no id is handed out twice.
-    pub async fn reserve_ids(&self, count: u64, at_least: u64, highest_used: u64) -> Result<(u64, u64), EngineError> {
+    pub async fn reserve_ids(&self, count: u64, at_least: u64, highest_used: u64) -> Result<(u64, u64), StorageError> {
         let count = i64::try_from(count).unwrap_or(i64::MAX);
         let mut tx = self.pool.begin().await.map_err(engine_error)?;
         sqlx::query("SET LOCAL synchronous_commit = on")
@@ -250,9 +250,9 @@ impl PgDatabase {
     }
 }
 
-fn random_u64() -> Result<u64, StoreError> {
+fn random_u64() -> Result<u64, EngineError> {
     let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).map_err(|_| StoreError::Internal("no randomness for an identity"))?;
+    getrandom::fill(&mut bytes).map_err(|_| EngineError::Internal("no randomness for an identity"))?;
     Ok(u64::from_ne_bytes(bytes))
 }
 
@@ -265,18 +265,18 @@ pub struct PgShard {
 
 impl PgShard {
     /// The shard's write connection and what it recorded.
-    pub async fn open(&self) -> Result<(PgWrites, Opened), StoreError> {
+    pub async fn open(&self) -> Result<(PgWrites, Opened), EngineError> {
         let conn = self
             .database
             .pool
             .acquire()
             .await
-            .map_err(|e| StoreError::engine(self.index, engine_error(e)))?;
+            .map_err(|e| EngineError::storage(self.index, engine_error(e)))?;
         let mut writes = PgWrites::new(self.index, conn.detach());
         let opened = writes
             .read_shard()
             .await
-            .map_err(|e| StoreError::engine(self.index, e))?;
+            .map_err(|e| EngineError::storage(self.index, e))?;
         Ok((writes, opened))
     }
 
@@ -286,11 +286,11 @@ impl PgShard {
 }
 
 /// A shard's feed floor, last entry and id bounds, as its row holds them.
-pub(crate) fn opened_from(row: &sqlx::postgres::PgRow) -> Result<Opened, EngineError> {
+pub(crate) fn opened_from(row: &sqlx::postgres::PgRow) -> Result<Opened, StorageError> {
     let get = |name: &str| {
         row.try_get::<i64, _>(name)
             .map(|v| u64::try_from(v).unwrap_or(0))
-            .map_err(|e| EngineError::new(ErrorKind::Other, e.to_string()))
+            .map_err(|e| StorageError::new(ErrorKind::Other, e.to_string()))
     };
     Ok(Opened {
         ids: super::IdBounds {

@@ -12,10 +12,11 @@ use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres, Row};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::super::{ChangeKind, FeedEntry, FeedFilter, FeedRun, StoredIndex};
+use super::super::{ChangeKind, FeedEntry, FeedFilter, FeedRun, StoredIndex, WarmBudget};
 use super::engine_error;
 use crate::domain::{CollectionName, DocId, DocKey};
-use crate::store::{Document, StoreError};
+use crate::store::document::Document;
+use crate::store::engine::EngineError;
 
 pub struct PgReads {
     shard: usize,
@@ -35,7 +36,7 @@ pub struct PgReadSlot {
 
 impl PgReadSlot {
     /// The committed document at `key` (expired or not).
-    pub async fn read(mut self, key: &DocKey) -> Result<Option<Document>, StoreError> {
+    pub async fn read(mut self, key: &DocKey) -> Result<Option<Document>, EngineError> {
         let row = sqlx::query(
             "SELECT version, updated_at, expires_at, data FROM exdaas_documents WHERE collection = $1 AND id = $2",
         )
@@ -43,10 +44,10 @@ impl PgReadSlot {
         .bind(key.id.as_str())
         .fetch_optional(&mut *self.conn)
         .await
-        .map_err(|e| StoreError::engine(self.shard, engine_error(e)))?;
+        .map_err(|e| EngineError::storage(self.shard, engine_error(e)))?;
         row.map(|row| document_from_row(&row))
             .transpose()
-            .map_err(|e| StoreError::engine(self.shard, engine_error(e)))
+            .map_err(|e| EngineError::storage(self.shard, engine_error(e)))
     }
 }
 
@@ -75,23 +76,22 @@ impl PgReads {
         i32::try_from(self.shard).unwrap_or(i32::MAX)
     }
 
-    fn busy(&self) -> StoreError {
-        StoreError::Busy {
+    fn busy(&self) -> EngineError {
+        EngineError::Busy {
             shard: self.shard,
             waited_ms: self.wait.as_millis() as u64,
-            reads: true,
         }
     }
 
-    fn error(&self, err: sqlx::Error) -> StoreError {
+    fn error(&self, err: sqlx::Error) -> EngineError {
         match err {
             sqlx::Error::PoolTimedOut => self.busy(),
-            err => StoreError::engine(self.shard, engine_error(err)),
+            err => EngineError::storage(self.shard, engine_error(err)),
         }
     }
 
     /// A read connection, waiting at most the configured time for one.
-    pub async fn reserve(&self) -> Result<PgReadSlot, StoreError> {
+    pub async fn reserve(&self) -> Result<PgReadSlot, EngineError> {
         let slot = match tokio::time::timeout(self.wait, self.slots.clone().acquire_owned()).await {
             Ok(Ok(slot)) => slot,
             _ => return Err(self.busy()),
@@ -115,7 +115,7 @@ impl PgReads {
         collection: &CollectionName,
         first: u64,
         last: u64,
-    ) -> Result<Vec<u64>, StoreError> {
+    ) -> Result<Vec<u64>, EngineError> {
         let (first, last) = (first.to_string(), last.to_string());
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT id FROM exdaas_documents WHERE collection = $1 AND id >= $2 \
@@ -146,7 +146,7 @@ impl PgReads {
         to: Option<&str>,
         now: i64,
         limit: usize,
-    ) -> Result<Vec<(DocId, Document, usize)>, StoreError> {
+    ) -> Result<Vec<(DocId, Document, usize)>, EngineError> {
         let lower = match from {
             Some((_, true)) => "AND id >= $2",
             Some((_, false)) => "AND id > $2",
@@ -175,7 +175,7 @@ impl PgReads {
         rows.iter()
             .map(|row| {
                 let id = row.try_get::<&str, _>("id").map_err(|e| self.error(e))?;
-                let id = DocId::parse(id).map_err(|_| StoreError::Internal("a stored id is not a valid id"))?;
+                let id = DocId::parse(id).map_err(|_| EngineError::Internal("a stored id is not a valid id"))?;
                 let doc = document_from_row(row).map_err(|e| self.error(e))?;
                 let bytes = row.try_get::<i32, _>("bytes").map_err(|e| self.error(e))?;
                 Ok((id, doc, usize::try_from(bytes).unwrap_or(0)))
@@ -189,7 +189,7 @@ impl PgReads {
         collection: &CollectionName,
         ids: &[&str],
         now: i64,
-    ) -> Result<Vec<(String, Document)>, StoreError> {
+    ) -> Result<Vec<(String, Document)>, EngineError> {
         let ids: Vec<String> = ids.iter().map(|id| (*id).to_owned()).collect();
         let rows = sqlx::query(
             "SELECT id, version, updated_at, expires_at, data FROM exdaas_documents \
@@ -211,7 +211,7 @@ impl PgReads {
     }
 
     /// The indexes of `collection` on this shard.
-    pub async fn index_catalog(&self, collection: &CollectionName) -> Result<Vec<StoredIndex>, StoreError> {
+    pub async fn index_catalog(&self, collection: &CollectionName) -> Result<Vec<StoredIndex>, EngineError> {
         let shard = i32::try_from(self.shard).unwrap_or(i32::MAX);
         let rows = sqlx::query(
             "SELECT collection, name, fields, built, indexed, oversized, created_at FROM exdaas_indexes \
@@ -223,12 +223,12 @@ impl PgReads {
         .await
         .map_err(|e| self.error(e))?;
         rows.iter()
-            .map(|row| super::writes::stored_index(row).map_err(|e| StoreError::engine(self.shard, e)))
+            .map(|row| super::writes::stored_index(row).map_err(|e| EngineError::storage(self.shard, e)))
             .collect()
     }
 
     /// Indexes whose build has not covered this shard yet.
-    pub async fn unbuilt_indexes(&self) -> Result<Vec<(String, String)>, StoreError> {
+    pub async fn unbuilt_indexes(&self) -> Result<Vec<(String, String)>, EngineError> {
         let shard = i32::try_from(self.shard).unwrap_or(i32::MAX);
         sqlx::query_as("SELECT collection, name FROM exdaas_indexes WHERE shard = $1 AND NOT built")
             .bind(shard)
@@ -246,7 +246,7 @@ impl PgReads {
         high: &[u8],
         after: Option<(&[u8], &str)>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, String)>, StoreError> {
+    ) -> Result<Vec<(Vec<u8>, String)>, EngineError> {
         let shard = i32::try_from(self.shard).unwrap_or(i32::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let query = match after {
@@ -298,7 +298,7 @@ impl PgReads {
     }
 
     /// Live documents of this shard at `now` per collection, added to `totals`.
-    pub async fn add_collection_counts(&self, now: i64, totals: &mut BTreeMap<String, i64>) -> Result<(), StoreError> {
+    pub async fn add_collection_counts(&self, now: i64, totals: &mut BTreeMap<String, i64>) -> Result<(), EngineError> {
         let rows = sqlx::query(
             "SELECT collection, count(*) AS n FROM exdaas_documents \
              WHERE shard = $1 AND (expires_at IS NULL OR expires_at > $2) GROUP BY collection",
@@ -323,7 +323,7 @@ impl PgReads {
         now: i64,
         collections: &[CollectionName],
         totals: &mut BTreeMap<String, i64>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), EngineError> {
         let names: Vec<&str> = collections.iter().map(CollectionName::as_str).collect();
         let rows = sqlx::query(
             "SELECT collection, count(*) AS n FROM exdaas_documents \
@@ -345,16 +345,17 @@ impl PgReads {
     }
 
     /// This shard's documents live at `now`, most recently changed first,
-    /// as many as `budget` bytes hold by the cache's weight: what the cache
-    /// is warmed with.
-    pub fn recent(&self, now: i64, budget: u64) -> BoxStream<'_, Result<(DocKey, Document), StoreError>> {
+    /// as many as `budget` holds: what the cache is warmed with.
+    pub fn recent(&self, now: i64, budget: WarmBudget) -> BoxStream<'_, Result<(DocKey, Document), EngineError>> {
         let mut used = 0u64;
         sqlx::query(
             "SELECT collection, id, version, updated_at, expires_at, data FROM exdaas_documents \
-             WHERE shard = $2 AND (expires_at IS NULL OR expires_at > $1) ORDER BY updated_at DESC",
+             WHERE shard = $2 AND (expires_at IS NULL OR expires_at > $1) AND octet_length(data) <= $3 \
+             ORDER BY updated_at DESC",
         )
         .bind(now)
         .bind(self.shard_param())
+        .bind(i64::try_from(budget.largest).unwrap_or(i64::MAX))
         .fetch(&self.pool)
         .map(move |row| {
             let row = row.map_err(|e| self.error(e))?;
@@ -367,12 +368,23 @@ impl PgReads {
             let doc = document_from_row(&row).map_err(|e| self.error(e))?;
             Ok(Some((DocKey::new(collection, id), doc)))
         })
-        .try_filter_map(|item| std::future::ready(Ok(item)))
-        // In the order of their change: the first that does not fit ends it.
-        .try_take_while(move |(key, doc)| {
-            used += crate::store::cache::weight(key, doc) as u64;
-            std::future::ready(Ok(used <= budget))
+        // Newest first: one that does not fit is skipped (`Some(None)`), and
+        // the walk ends (`None`) once no entry could fit any more.
+        .map_ok(move |parsed| {
+            if used.saturating_add(budget.per_entry) > budget.bytes {
+                return None;
+            }
+            Some(parsed.filter(|(key, doc)| {
+                let weight = budget.weight(key, doc);
+                let fits = used.saturating_add(weight) <= budget.bytes;
+                if fits {
+                    used += weight;
+                }
+                fits
+            }))
         })
+        .try_take_while(|step| std::future::ready(Ok(step.is_some())))
+        .try_filter_map(|step| std::future::ready(Ok(step.flatten())))
         .boxed()
     }
 
@@ -385,7 +397,7 @@ impl PgReads {
         upto: u64,
         filter: FeedFilter<'_>,
         limit: usize,
-    ) -> Result<FeedRun, StoreError> {
+    ) -> Result<FeedRun, EngineError> {
         let collections: Option<Vec<String>> = filter
             .collections
             .map(|many| many.iter().map(|c| c.as_str().to_owned()).collect());

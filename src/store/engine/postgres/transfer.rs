@@ -8,16 +8,16 @@ use sqlx::{Connection, PgConnection, Row};
 use super::{engine_error, PgDatabase};
 use crate::domain::ShardCount;
 use crate::store::engine::transfer::{shard_count, Catalog, DocumentRow, RowPages, BATCH_ROWS};
+use crate::store::engine::EngineError;
 use crate::store::engine::IdBounds;
 use crate::store::placement::Placement;
-use crate::store::StoreError;
 
 /// The `exdaas_meta` key of a database an `exdaas migrate --to` is filling
 /// (or left unfinished): no replica starts on it.
 pub const MIGRATING: &str = "migrating";
 
-fn failed(what: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
-    move |e| StoreError::Database {
+fn failed(what: &str) -> impl Fn(sqlx::Error) -> EngineError + '_ {
+    move |e| EngineError::Database {
         reason: format!("{what}: {}", engine_error(e)),
     }
 }
@@ -33,7 +33,7 @@ pub struct DatabaseSource {
 impl DatabaseSource {
     /// Connects and opens the snapshot. A database an unfinished migration
     /// is filling is refused, unless `unfinished` (verifying that copy).
-    pub async fn connect(url: &str, unfinished: bool) -> Result<Self, StoreError> {
+    pub async fn connect(url: &str, unfinished: bool) -> Result<Self, EngineError> {
         let options = super::connect_options(url, "the database URL")?;
         let mut conn = PgConnection::connect_with(&options.application_name("exdaas migrate"))
             .await
@@ -47,7 +47,7 @@ impl DatabaseSource {
                 .fetch_all(&mut conn)
                 .await
                 .map_err(|e| match &e {
-                    sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => StoreError::Database {
+                    sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => EngineError::Database {
                         reason: "it has no exdaas_meta table: exdaas never ran on it".into(),
                     },
                     _ => failed("cannot read exdaas_meta")(e),
@@ -70,7 +70,7 @@ impl DatabaseSource {
 
     /// Every shard's id bounds. Ids the replicas took in blocks count as
     /// handed out, whether or not a document holds them.
-    pub async fn bounds(&mut self) -> Result<Vec<IdBounds>, StoreError> {
+    pub async fn bounds(&mut self) -> Result<Vec<IdBounds>, EngineError> {
         let read = failed("cannot read the shards' id bounds");
         let block: Option<i64> = sqlx::query_scalar("SELECT value FROM exdaas_meta WHERE key = 'id_block'")
             .fetch_optional(&mut self.conn)
@@ -92,7 +92,7 @@ impl DatabaseSource {
     }
 
     /// Shard `shard`'s schemas and index declarations, in the snapshot.
-    pub async fn catalog(&mut self, shard: usize) -> Result<Catalog, StoreError> {
+    pub async fn catalog(&mut self, shard: usize) -> Result<Catalog, EngineError> {
         let shard = i32::try_from(shard).unwrap_or(i32::MAX);
         let schemas =
             sqlx::query_as("SELECT collection, version, schema, updated_at FROM exdaas_schemas WHERE shard = $1")
@@ -109,7 +109,7 @@ impl DatabaseSource {
         Ok(Catalog { schemas, indexes })
     }
 
-    pub async fn count(&mut self) -> Result<u64, StoreError> {
+    pub async fn count(&mut self) -> Result<u64, EngineError> {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM exdaas_documents")
             .fetch_one(&mut self.conn)
             .await
@@ -120,7 +120,7 @@ impl DatabaseSource {
 
 impl RowPages for DatabaseSource {
     /// The next page of documents (keyset paging on the primary key).
-    async fn next_batch(&mut self) -> Result<Option<Vec<DocumentRow>>, StoreError> {
+    async fn next_batch(&mut self) -> Result<Option<Vec<DocumentRow>>, EngineError> {
         const COLUMNS: &str =
             "SELECT collection, id, bucket, version, updated_at, expires_at, data FROM exdaas_documents";
         let first = format!("{COLUMNS} ORDER BY collection, id LIMIT $1");
@@ -161,7 +161,7 @@ impl RowPages for DatabaseSource {
 
 impl DatabaseSource {
     /// Ends the snapshot.
-    pub async fn close(mut self) -> Result<(), StoreError> {
+    pub async fn close(mut self) -> Result<(), EngineError> {
         sqlx::query("COMMIT")
             .execute(&mut self.conn)
             .await
@@ -170,8 +170,8 @@ impl DatabaseSource {
     }
 }
 
-fn unfinished_migration() -> StoreError {
-    StoreError::Database {
+fn unfinished_migration() -> EngineError {
+    EngineError::Database {
         reason: "an `exdaas migrate --to` into this database did not finish (exdaas_meta holds its `migrating` \
                  mark): run it again to copy the data folder afresh"
             .into(),
@@ -179,7 +179,7 @@ fn unfinished_migration() -> StoreError {
 }
 
 /// Refuses a database an unfinished migration is filling.
-pub async fn refuse_unfinished(database: &PgDatabase) -> Result<(), StoreError> {
+pub async fn refuse_unfinished(database: &PgDatabase) -> Result<(), EngineError> {
     let mark: Option<i64> = sqlx::query_scalar("SELECT value FROM exdaas_meta WHERE key = $1")
         .bind(MIGRATING)
         .fetch_optional(&database.pool)
@@ -200,7 +200,7 @@ pub struct DatabaseTarget {
 impl DatabaseTarget {
     /// Connects, applies the schema, and checks the database holds no
     /// documents (a copy an earlier, unfinished migration left is removed).
-    pub async fn open(url: &str, shards: ShardCount) -> Result<Self, StoreError> {
+    pub async fn open(url: &str, shards: ShardCount) -> Result<Self, EngineError> {
         let database = PgDatabase::prepare(url, shards.get(), 2, Duration::from_secs(30)).await?;
         let pool = &database.pool;
         let mark: Option<i64> = sqlx::query_scalar("SELECT value FROM exdaas_meta WHERE key = $1")
@@ -214,7 +214,7 @@ impl DatabaseTarget {
             .map_err(failed("cannot read exdaas_documents"))?;
         match (holds, mark) {
             (true, None) => {
-                return Err(StoreError::Database {
+                return Err(EngineError::Database {
                     reason: "it already holds documents: migrate into a database exdaas has not written to".into(),
                 })
             }
@@ -231,7 +231,7 @@ impl DatabaseTarget {
             "INSERT INTO exdaas_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         )
         .bind(MIGRATING)
-        .bind(crate::store::writer::now_millis())
+        .bind(crate::clock::now_millis())
         .execute(pool)
         .await
         .map_err(failed("cannot mark the database as migrating"))?;
@@ -239,7 +239,7 @@ impl DatabaseTarget {
     }
 
     /// Inserts `rows`, in one statement.
-    pub async fn insert(&mut self, rows: &[DocumentRow], placement: &Placement) -> Result<(), StoreError> {
+    pub async fn insert(&mut self, rows: &[DocumentRow], placement: &Placement) -> Result<(), EngineError> {
         let column = |f: fn(&DocumentRow) -> String| rows.iter().map(f).collect::<Vec<_>>();
         let shards: Vec<i32> = rows
             .iter()
@@ -269,7 +269,7 @@ impl DatabaseTarget {
     }
 
     /// Stores a shard's schemas and index declarations (unbuilt).
-    pub async fn insert_catalog(&mut self, shard: usize, catalog: &Catalog) -> Result<(), StoreError> {
+    pub async fn insert_catalog(&mut self, shard: usize, catalog: &Catalog) -> Result<(), EngineError> {
         let shard = i32::try_from(shard).unwrap_or(i32::MAX);
         for (collection, version, schema, updated_at) in &catalog.schemas {
             sqlx::query(
@@ -307,7 +307,7 @@ impl DatabaseTarget {
     /// Records each shard's id bounds, starts the feed after the copy (a
     /// floor above every earlier entry: an older cursor answers 410) and
     /// removes the `migrating` mark, in one transaction.
-    pub async fn finish(self, bounds: &[IdBounds]) -> Result<(), StoreError> {
+    pub async fn finish(self, bounds: &[IdBounds]) -> Result<(), EngineError> {
         let fail = failed("cannot record the shards' bounds");
         let mut tx = self.database.pool.begin().await.map_err(&fail)?;
         for (shard, bound) in bounds.iter().enumerate() {

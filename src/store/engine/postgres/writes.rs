@@ -7,11 +7,11 @@ use std::sync::Arc;
 use sqlx::{Connection, PgConnection, Row};
 
 use super::super::{
-    EngineError, ErrorKind, FeedEntry, IdBounds, IndexChanges, Opened, StoredIndex, StoredRow, StoredSchema,
+    ErrorKind, FeedEntry, IdBounds, IndexChanges, Opened, StorageError, StoredIndex, StoredRow, StoredSchema,
 };
 use super::{engine_error, opened_from};
 use crate::domain::{CollectionName, DocId, DocKey};
-use crate::store::Document;
+use crate::store::document::Document;
 
 /// The shard's write connection.
 pub struct PgWrites {
@@ -41,10 +41,10 @@ impl PgWrites {
         }
     }
 
-    fn conn(&mut self) -> Result<&mut PgConnection, EngineError> {
+    fn conn(&mut self) -> Result<&mut PgConnection, StorageError> {
         self.conn
             .as_mut()
-            .ok_or_else(|| EngineError::new(ErrorKind::Unavailable, "its database connection is closed"))
+            .ok_or_else(|| StorageError::new(ErrorKind::Unavailable, "its database connection is closed"))
     }
 
     fn shard_param(&self) -> i32 {
@@ -52,7 +52,7 @@ impl PgWrites {
     }
 
     /// What the shard's row holds, read without a lock (at open).
-    pub async fn read_shard(&mut self) -> Result<Opened, EngineError> {
+    pub async fn read_shard(&mut self) -> Result<Opened, StorageError> {
         let shard = self.shard_param();
         let row = sqlx::query(
             "SELECT last_seq, max_counter_id, counter_high, schema_seq FROM exdaas_shards WHERE shard = $1",
@@ -66,7 +66,7 @@ impl PgWrites {
 
     /// Begins a transaction holding the shard's row, and answers what it
     /// holds now: other replicas may have written since.
-    pub async fn begin(&mut self) -> Result<Opened, EngineError> {
+    pub async fn begin(&mut self) -> Result<Opened, StorageError> {
         if self.in_transaction {
             self.rollback().await;
         }
@@ -98,7 +98,7 @@ impl PgWrites {
     }
 
     /// Rolls back after `err`; a connection that broke is dropped.
-    async fn failed(&mut self, err: sqlx::Error) -> EngineError {
+    async fn failed(&mut self, err: sqlx::Error) -> StorageError {
         let err = engine_error(err);
         if err.kind == ErrorKind::Unavailable {
             self.conn = None;
@@ -119,7 +119,7 @@ impl PgWrites {
 
     /// The committed rows among `keys`, with the text of those up to
     /// `small` bytes.
-    pub async fn load(&mut self, keys: &[DocKey], small: usize) -> Result<Vec<StoredRow>, EngineError> {
+    pub async fn load(&mut self, keys: &[DocKey], small: usize) -> Result<Vec<StoredRow>, StorageError> {
         let (collections, ids) = key_arrays(keys);
         let rows = sqlx::query(
             "SELECT k.idx, d.version, d.updated_at, d.expires_at, octet_length(d.data) AS bytes, \
@@ -153,7 +153,7 @@ impl PgWrites {
     }
 
     /// The text of the committed rows among `keys`, as (index in `keys`, text).
-    pub async fn load_texts(&mut self, keys: &[DocKey]) -> Result<Vec<(usize, Arc<str>)>, EngineError> {
+    pub async fn load_texts(&mut self, keys: &[DocKey]) -> Result<Vec<(usize, Arc<str>)>, StorageError> {
         let (collections, ids) = key_arrays(keys);
         let rows = sqlx::query(
             "SELECT k.idx, d.data FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(collection, id, idx) \
@@ -186,7 +186,7 @@ impl PgWrites {
         changes: impl Iterator<Item = (&'a DocKey, u32, Option<&'a Document>)>,
         feed: &[FeedEntry],
         ceilings: Option<IdBounds>,
-    ) -> Result<(), EngineError> {
+    ) -> Result<(), StorageError> {
         let mut up = Upserts::default();
         let (mut del_collections, mut del_ids) = (Vec::new(), Vec::new());
         for (key, bucket, doc) in changes {
@@ -259,7 +259,7 @@ impl PgWrites {
     }
 
     /// Up to `limit` documents of the shard expired at `now`.
-    pub async fn expired(&mut self, now: i64, limit: u32) -> Result<Vec<(DocKey, u64)>, EngineError> {
+    pub async fn expired(&mut self, now: i64, limit: u32) -> Result<Vec<(DocKey, u64)>, StorageError> {
         let shard = self.shard_param();
         let rows = sqlx::query(
             "SELECT collection, id, version FROM exdaas_documents WHERE shard = $1 AND expires_at <= $2 LIMIT $3",
@@ -280,7 +280,7 @@ impl PgWrites {
         &mut self,
         collection: &CollectionName,
         limit: u32,
-    ) -> Result<Vec<(DocKey, u64)>, EngineError> {
+    ) -> Result<Vec<(DocKey, u64)>, StorageError> {
         let shard = self.shard_param();
         let rows =
             sqlx::query("SELECT id, version FROM exdaas_documents WHERE shard = $1 AND collection = $2 LIMIT $3")
@@ -297,7 +297,7 @@ impl PgWrites {
 
     /// Deletes the documents of `feed` and records `feed`, committing the
     /// transaction `begin` opened.
-    pub async fn delete_with_feed(&mut self, feed: &[FeedEntry]) -> Result<u64, EngineError> {
+    pub async fn delete_with_feed(&mut self, feed: &[FeedEntry]) -> Result<u64, StorageError> {
         if feed.is_empty() {
             self.release().await;
             return Ok(0);
@@ -330,7 +330,7 @@ impl PgWrites {
     }
 
     /// Every index of the shard.
-    pub async fn indexes(&mut self) -> Result<Vec<StoredIndex>, EngineError> {
+    pub async fn indexes(&mut self) -> Result<Vec<StoredIndex>, StorageError> {
         let shard = self.shard_param();
         let rows = sqlx::query(
             "SELECT collection, name, fields, built, indexed, oversized, created_at FROM exdaas_indexes WHERE shard = $1",
@@ -346,7 +346,7 @@ impl PgWrites {
 
     /// Changes index entries in the open transaction (opening one if
     /// none is).
-    pub async fn index_changes(&mut self, changes: &IndexChanges) -> Result<(), EngineError> {
+    pub async fn index_changes(&mut self, changes: &IndexChanges) -> Result<(), StorageError> {
         if !self.in_transaction {
             self.begin().await?;
         }
@@ -397,7 +397,7 @@ impl PgWrites {
 
     /// Declares `index` unless one of its name is there, with `feed`, and
     /// counts the change in the shard's row.
-    pub async fn declare_index(&mut self, index: &StoredIndex, feed: &[FeedEntry]) -> Result<bool, EngineError> {
+    pub async fn declare_index(&mut self, index: &StoredIndex, feed: &[FeedEntry]) -> Result<bool, StorageError> {
         self.catalog_change(CatalogChange::Declare(index), feed).await
     }
 
@@ -407,14 +407,14 @@ impl PgWrites {
         collection: &CollectionName,
         name: &str,
         feed: &[FeedEntry],
-    ) -> Result<bool, EngineError> {
+    ) -> Result<bool, StorageError> {
         self.catalog_change(CatalogChange::Drop(collection, name), feed).await
     }
 
     /// Makes `change` in the transaction holding the shard; if it changed
     /// something, records `feed` and counts a catalog change in the
     /// shard's row (other replicas' writers read the catalog again).
-    async fn catalog_change(&mut self, change: CatalogChange<'_>, feed: &[FeedEntry]) -> Result<bool, EngineError> {
+    async fn catalog_change(&mut self, change: CatalogChange<'_>, feed: &[FeedEntry]) -> Result<bool, StorageError> {
         if !self.in_transaction {
             self.begin().await?;
         }
@@ -486,7 +486,7 @@ impl PgWrites {
         &mut self,
         collection: &CollectionName,
         name: &str,
-    ) -> Result<Option<(Option<String>, bool)>, EngineError> {
+    ) -> Result<Option<(Option<String>, bool)>, StorageError> {
         let shard = self.shard_param();
         let row = sqlx::query(
             "SELECT built_upto, built FROM exdaas_indexes WHERE shard = $1 AND collection = $2 AND name = $3",
@@ -515,7 +515,7 @@ impl PgWrites {
         collection: &CollectionName,
         after: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<(String, Arc<str>)>, EngineError> {
+    ) -> Result<Vec<(String, Arc<str>)>, StorageError> {
         let shard = self.shard_param();
         let rows = sqlx::query(
             "SELECT id, data FROM exdaas_documents WHERE collection = $1 AND id > $2 AND shard = $3 ORDER BY id LIMIT $4",
@@ -548,7 +548,7 @@ impl PgWrites {
         oversized: u64,
         upto: Option<&str>,
         done: bool,
-    ) -> Result<(), EngineError> {
+    ) -> Result<(), StorageError> {
         if !self.in_transaction {
             self.begin().await?;
         }
@@ -605,7 +605,7 @@ impl PgWrites {
 
     /// Every collection schema of the shard, as committed (read in the
     /// transaction `begin` opened, if one is open).
-    pub async fn schemas(&mut self) -> Result<Vec<StoredSchema>, EngineError> {
+    pub async fn schemas(&mut self) -> Result<Vec<StoredSchema>, StorageError> {
         let shard = self.shard_param();
         let rows = sqlx::query("SELECT collection, version, schema, updated_at FROM exdaas_schemas WHERE shard = $1")
             .bind(shard)
@@ -620,7 +620,7 @@ impl PgWrites {
     /// Stores `change` unless the shard holds a newer version, with `feed`,
     /// and counts the change in the shard's row (other replicas' writers
     /// see it there), in one transaction; answers whether it was stored.
-    pub async fn set_schema(&mut self, change: &StoredSchema, feed: &[FeedEntry]) -> Result<bool, EngineError> {
+    pub async fn set_schema(&mut self, change: &StoredSchema, feed: &[FeedEntry]) -> Result<bool, StorageError> {
         if !self.in_transaction {
             self.begin().await?;
         }
@@ -667,7 +667,7 @@ impl PgWrites {
 
     /// Removes the feed's entries older than `before_ms` and beyond the
     /// last `keep`, at most `limit`, raising the floor with them.
-    pub async fn compact_feed(&mut self, before_ms: i64, keep: u64, limit: u64) -> Result<u64, EngineError> {
+    pub async fn compact_feed(&mut self, before_ms: i64, keep: u64, limit: u64) -> Result<u64, StorageError> {
         self.begin().await?;
         let shard = self.shard_param();
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
@@ -743,8 +743,8 @@ impl PgWrites {
 
     /// Test hooks: the connection breaks, or the session refuses writes.
     #[cfg(feature = "fault-injection")]
-    pub async fn inject(&mut self, fault: crate::store::faults::EngineFault) -> Result<(), EngineError> {
-        use crate::store::faults::EngineFault;
+    pub async fn inject(&mut self, fault: crate::store::engine::EngineFault) -> Result<(), StorageError> {
+        use crate::store::engine::EngineFault;
         let sql = match fault {
             EngineFault::BreakConnection => {
                 self.conn = None;
@@ -852,12 +852,12 @@ fn bound(value: u64) -> i64 {
 }
 
 /// An `exdaas_schemas` row.
-fn stored_schema(row: &sqlx::postgres::PgRow) -> Result<StoredSchema, EngineError> {
-    let bad = |e: sqlx::Error| EngineError::new(ErrorKind::Damaged, format!("a stored schema: {e}"));
+fn stored_schema(row: &sqlx::postgres::PgRow) -> Result<StoredSchema, StorageError> {
+    let bad = |e: sqlx::Error| StorageError::new(ErrorKind::Damaged, format!("a stored schema: {e}"));
     let collection: String = row.try_get("collection").map_err(bad)?;
     Ok(StoredSchema {
         collection: CollectionName::parse(&collection)
-            .map_err(|e| EngineError::new(ErrorKind::Damaged, format!("a stored schema's collection: {e}")))?,
+            .map_err(|e| StorageError::new(ErrorKind::Damaged, format!("a stored schema's collection: {e}")))?,
         version: u64::try_from(row.try_get::<i64, _>("version").map_err(bad)?).unwrap_or(0),
         schema: row.try_get("schema").map_err(bad)?,
         updated_at_ms: row.try_get("updated_at").map_err(bad)?,
@@ -865,8 +865,8 @@ fn stored_schema(row: &sqlx::postgres::PgRow) -> Result<StoredSchema, EngineErro
 }
 
 /// An `exdaas_indexes` row.
-pub(super) fn stored_index(row: &sqlx::postgres::PgRow) -> Result<StoredIndex, EngineError> {
-    let bad = |e: String| EngineError::new(ErrorKind::Damaged, format!("a stored index: {e}"));
+pub(super) fn stored_index(row: &sqlx::postgres::PgRow) -> Result<StoredIndex, StorageError> {
+    let bad = |e: String| StorageError::new(ErrorKind::Damaged, format!("a stored index: {e}"));
     let collection: String = row.try_get("collection").map_err(|e| bad(e.to_string()))?;
     let fields: String = row.try_get("fields").map_err(|e| bad(e.to_string()))?;
     Ok(StoredIndex {

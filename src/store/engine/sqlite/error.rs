@@ -1,11 +1,11 @@
 //! SQLite's failures as the engine's kinds.
 
-use super::super::{EngineError, ErrorKind};
+use super::super::{EngineError, ErrorKind, StorageError};
 
 /// A database failure as what it means for the shard: a full disk, a file
 /// that cannot be written, a damaged file, a broken connection, or another
 /// error.
-pub fn engine_error(err: sqlx::Error) -> EngineError {
+pub fn engine_error(err: sqlx::Error) -> StorageError {
     // SQLite's primary result codes (the low byte of extended codes).
     const SQLITE_BUSY: i32 = 5;
     const SQLITE_READONLY: i32 = 8;
@@ -31,10 +31,10 @@ pub fn engine_error(err: sqlx::Error) -> EngineError {
         sqlx::Error::WorkerCrashed | sqlx::Error::PoolClosed => "its database connection is closed".to_owned(),
         other => other.to_string(),
     };
-    EngineError::new(kind, detail)
+    StorageError::new(kind, detail)
 }
 
-/// A failure on shard `shard` as the store reports it.
-pub fn store_error(shard: usize, err: sqlx::Error) -> crate::store::StoreError {
-    crate::store::StoreError::engine(shard, engine_error(err))
+/// A failure on shard `shard`.
+pub fn shard_error(shard: usize, err: sqlx::Error) -> EngineError {
+    EngineError::storage(shard, engine_error(err))
 }

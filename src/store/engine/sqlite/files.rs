@@ -18,10 +18,10 @@ use sqlx::{ConnectOptions, Connection, SqliteConnection};
 
 use super::super::{IdBounds, Opened};
 use super::reads::SqliteReads;
-use super::store_error;
+use super::shard_error;
 use super::writes::SqliteWrites;
 use crate::domain::SyncMode;
-use crate::store::StoreError;
+use crate::store::engine::EngineError;
 
 /// The shard schema, from `migrations/`, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
@@ -107,7 +107,7 @@ pub fn writer_page_cache_kib(cache_bytes: u64, shards: u32) -> u32 {
 impl ShardFile {
     /// The read pool of the shard: at most `connections` read-only
     /// connections, a request waiting at most `wait` for one.
-    pub async fn open_reads(&self, connections: u32, wait: Duration) -> Result<SqliteReads, StoreError> {
+    pub async fn open_reads(&self, connections: u32, wait: Duration) -> Result<SqliteReads, EngineError> {
         let cache_kib = (READERS_PAGE_CACHE_KIB / (self.shards.max(1) * connections.max(1))).max(256);
         let pool = SqlitePoolOptions::new()
             .max_connections(connections)
@@ -119,7 +119,7 @@ impl ShardFile {
                     .pragma("cache_size", format!("-{cache_kib}")),
             )
             .await
-            .map_err(|e| store_error(self.index, e))?;
+            .map_err(|e| shard_error(self.index, e))?;
         Ok(SqliteReads::new(self.index, pool, wait))
     }
 }
@@ -172,7 +172,7 @@ pub mod test_vfs {
 
 /// An existing, non-empty shard file must start as every SQLite database
 /// does; anything else is not ours to open.
-pub fn check_header(path: &Path) -> Result<(), StoreError> {
+pub fn check_header(path: &Path) -> Result<(), EngineError> {
     use std::io::Read;
     let mut header = [0u8; 16];
     let read = match std::fs::File::open(path) {
@@ -183,11 +183,11 @@ pub fn check_header(path: &Path) -> Result<(), StoreError> {
     match read {
         Ok(0) => Ok(()),
         Ok(n) if n == header.len() && &header == b"SQLite format 3\0" => Ok(()),
-        Ok(_) => Err(StoreError::CorruptFile {
+        Ok(_) => Err(EngineError::CorruptFile {
             path: path.to_path_buf(),
             reason: "not an SQLite database (wrong header): not a shard exdaas wrote".into(),
         }),
-        Err(e) => Err(StoreError::CorruptFile {
+        Err(e) => Err(EngineError::CorruptFile {
             path: path.to_path_buf(),
             reason: format!("cannot read it: {e}"),
         }),
@@ -195,8 +195,8 @@ pub fn check_header(path: &Path) -> Result<(), StoreError> {
 }
 
 impl ShardFile {
-    fn corrupt(&self, reason: String) -> StoreError {
-        StoreError::CorruptFile {
+    fn corrupt(&self, reason: String) -> EngineError {
+        EngineError::CorruptFile {
             path: self.path.clone(),
             reason,
         }
@@ -206,7 +206,7 @@ impl ShardFile {
     /// On a first boot, creates the file first if it is not there (see
     /// [`ShardFile::finish_creation`]). `boot_check`: check its integrity
     /// first (reads it whole).
-    pub async fn open_at_boot(&self, boot_check: bool) -> Result<(SqliteWrites, Opened), StoreError> {
+    pub async fn open_at_boot(&self, boot_check: bool) -> Result<(SqliteWrites, Opened), EngineError> {
         check_header(&self.path)?;
         if !self.created {
             self.finish_creation().await?;
@@ -229,7 +229,7 @@ impl ShardFile {
     /// Opens the write connection again after a failure. Never creates the
     /// file (an empty one would silently stand in for the lost data) and
     /// does not migrate (boot did).
-    pub async fn reopen(&self) -> Result<(SqliteWrites, Opened), StoreError> {
+    pub async fn reopen(&self) -> Result<(SqliteWrites, Opened), EngineError> {
         let mut conn = self.connect(false).await?;
         let checked = match self.check_ours(&mut conn).await {
             Ok(()) => self.check_identity(&mut conn, false).await,
@@ -242,7 +242,7 @@ impl ShardFile {
         self.writer_on(conn).await
     }
 
-    async fn connect(&self, create: bool) -> Result<SqliteConnection, StoreError> {
+    async fn connect(&self, create: bool) -> Result<SqliteConnection, EngineError> {
         self.options(&self.path)
             .create_if_missing(create)
             .connect()
@@ -269,7 +269,7 @@ impl ShardFile {
     /// is built under a temporary name, checkpointed and synced, renamed
     /// into place and its folder synced: a crash at any moment leaves no
     /// file or a whole one (and at worst the temporary one, removed here).
-    async fn finish_creation(&self) -> Result<(), StoreError> {
+    async fn finish_creation(&self) -> Result<(), EngineError> {
         let building = building_path(&self.path);
         remove_with_journals(&building)
             .map_err(|e| self.corrupt(format!("cannot remove {}: {e}", building.display())))?;
@@ -292,7 +292,7 @@ impl ShardFile {
         let built = self.build(&mut conn).await;
         let closed = conn.close().await;
         built?;
-        closed.map_err(|e| store_error(self.index, e))?;
+        closed.map_err(|e| shard_error(self.index, e))?;
         let placed = super::maintenance::fsync(&building)
             .and_then(|()| {
                 std::fs::rename(&building, &self.path)
@@ -309,25 +309,25 @@ impl ShardFile {
 
     /// A new shard file's content: the schema, the mark, the identity, all
     /// checkpointed into the file (whose WAL then goes with the connection).
-    async fn build(&self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    async fn build(&self, conn: &mut SqliteConnection) -> Result<(), EngineError> {
         self.migrate_and_mark(conn).await?;
         stamp_identity(conn, self.folder_id, self.index)
             .await
-            .map_err(|e| store_error(self.index, e))?;
+            .map_err(|e| shard_error(self.index, e))?;
         sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
             .execute(&mut *conn)
             .await
-            .map_err(|e| store_error(self.index, e))?;
+            .map_err(|e| shard_error(self.index, e))?;
         Ok(())
     }
 
-    async fn writer_on(&self, mut conn: SqliteConnection) -> Result<(SqliteWrites, Opened), StoreError> {
+    async fn writer_on(&self, mut conn: SqliteConnection) -> Result<(SqliteWrites, Opened), EngineError> {
         let file = FileIdentity::of(&self.path);
         let meta: Vec<(String, i64)> =
             sqlx::query_as("SELECT key, value FROM shard_meta WHERE key IN ('max_counter_id', 'counter_high')")
                 .fetch_all(&mut conn)
                 .await
-                .map_err(|e| store_error(self.index, e))?;
+                .map_err(|e| shard_error(self.index, e))?;
         let bound = |name: &str| {
             let value = meta.iter().find(|(key, _)| key == name).map_or(0, |(_, value)| *value);
             u64::try_from(value).unwrap_or(0)
@@ -339,7 +339,7 @@ impl ShardFile {
         let may_expire = sqlx::query("SELECT 1 FROM documents WHERE expires_at IS NOT NULL LIMIT 1")
             .fetch_optional(&mut conn)
             .await
-            .map_err(|e| store_error(self.index, e))?
+            .map_err(|e| shard_error(self.index, e))?
             .is_some();
         let last_seq: i64 = sqlx::query_scalar(
             "SELECT max(coalesce((SELECT max(seq) FROM changes), 0), \
@@ -347,7 +347,7 @@ impl ShardFile {
         )
         .fetch_one(&mut conn)
         .await
-        .map_err(|e| store_error(self.index, e))?;
+        .map_err(|e| shard_error(self.index, e))?;
         let opened = Opened {
             ids,
             may_expire,
@@ -362,7 +362,7 @@ impl ShardFile {
 
     /// Refuses a foreign database: one with tables that is not marked as
     /// an exdaas shard (nor holds our schema from before the mark).
-    async fn check_ours(&self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    async fn check_ours(&self, conn: &mut SqliteConnection) -> Result<(), EngineError> {
         let application_id: i32 = sqlx::query_scalar("PRAGMA application_id")
             .fetch_one(&mut *conn)
             .await
@@ -395,7 +395,7 @@ impl ShardFile {
     /// Refuses a shard file of another data folder, or of another shard of
     /// this one: what it records must match the layout and its place. A
     /// file from before identities existed takes them, when `stamp`.
-    async fn check_identity(&self, conn: &mut SqliteConnection, stamp: bool) -> Result<(), StoreError> {
+    async fn check_identity(&self, conn: &mut SqliteConnection, stamp: bool) -> Result<(), EngineError> {
         let recorded = read_identity(conn)
             .await
             .map_err(|e| self.corrupt(format!("cannot read it: {e}")))?;
@@ -419,7 +419,7 @@ impl ShardFile {
             } => Ok(()),
             _ if stamp => stamp_identity(conn, self.folder_id, self.index)
                 .await
-                .map_err(|e| store_error(self.index, e)),
+                .map_err(|e| shard_error(self.index, e)),
             _ => Err(self.corrupt("it records no data folder: it is not the file this server opened".into())),
         }
     }
@@ -431,7 +431,7 @@ impl ShardFile {
         &self,
         conn: &mut SqliteConnection,
         boot_check: bool,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), EngineError> {
         if boot_check {
             let started = std::time::Instant::now();
             let verdict: Vec<String> = sqlx::query_scalar("PRAGMA quick_check")
@@ -459,7 +459,7 @@ impl ShardFile {
     /// Brings the file's schema up to date (`migrations/`) and marks it as
     /// an exdaas shard: what a new file is built with and what every boot
     /// does to an existing one.
-    async fn migrate_and_mark(&self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    async fn migrate_and_mark(&self, conn: &mut SqliteConnection) -> Result<(), EngineError> {
         MIGRATOR
             .run(&mut *conn)
             .await
@@ -467,7 +467,7 @@ impl ShardFile {
         sqlx::query(&format!("PRAGMA application_id = {APPLICATION_ID}"))
             .execute(&mut *conn)
             .await
-            .map_err(|e| store_error(self.index, e))?;
+            .map_err(|e| shard_error(self.index, e))?;
         Ok(())
     }
 }
@@ -497,8 +497,8 @@ fn remove_with_journals(path: &Path) -> std::io::Result<()> {
 /// created whole could leave when cut short (sqlx commits that table before
 /// the first migration): nothing is lost in making it anew, and another
 /// program's database, which has tables of its own, is never taken for it.
-pub async fn holds_nothing(path: &Path) -> Result<bool, StoreError> {
-    let corrupt = |e: sqlx::Error| StoreError::CorruptFile {
+pub async fn holds_nothing(path: &Path) -> Result<bool, EngineError> {
+    let corrupt = |e: sqlx::Error| EngineError::CorruptFile {
         path: path.to_path_buf(),
         reason: format!("cannot read it: {e}"),
     };

@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::ShardCount;
+use crate::store::engine::EngineError;
 use crate::store::placement::SCHEME;
-use crate::store::StoreError;
 
 pub const LAYOUT_FILE: &str = "exdaas-layout.json";
 pub const LOCK_FILE: &str = "exdaas.lock";
@@ -96,8 +96,8 @@ pub fn shard_file(dir: &Path, index: usize) -> PathBuf {
 
 /// A new folder identity: random, below 2^53 so JSON readers keep it exact
 /// and SQLite stores it as it is.
-pub fn new_folder_id() -> Result<u64, StoreError> {
-    let random = getrandom::u64().map_err(|e| StoreError::DataFolder {
+pub fn new_folder_id() -> Result<u64, EngineError> {
+    let random = getrandom::u64().map_err(|e| EngineError::DataFolder {
         path: PathBuf::new(),
         reason: format!("no randomness for a folder identity: {e}"),
     })?;
@@ -117,7 +117,7 @@ pub struct FolderLock {
 
 /// Takes the folder's lock, or says which process-independent fact stops
 /// it: another exdaas (server, reshard or restore) is using the folder.
-pub fn lock(dir: &Path) -> Result<FolderLock, StoreError> {
+pub fn lock(dir: &Path) -> Result<FolderLock, EngineError> {
     let path = dir.join(LOCK_FILE);
     let file = fs::OpenOptions::new()
         .create(true)
@@ -135,8 +135,8 @@ pub fn lock(dir: &Path) -> Result<FolderLock, StoreError> {
     }
 }
 
-fn folder_error(dir: &Path, reason: String) -> StoreError {
-    StoreError::DataFolder {
+fn folder_error(dir: &Path, reason: String) -> EngineError {
+    EngineError::DataFolder {
         path: dir.to_path_buf(),
         reason,
     }
@@ -147,7 +147,7 @@ fn folder_error(dir: &Path, reason: String) -> StoreError {
 /// scheme. Shard files the layout does not account for stop the start, and
 /// so does a missing one the layout says was created. A folder without an
 /// identity gets one. Call [`shards_created`] once every shard is open.
-pub fn prepare(dir: &Path, shards: ShardCount) -> Result<(Layout, FolderLock), StoreError> {
+pub fn prepare(dir: &Path, shards: ShardCount) -> Result<(Layout, FolderLock), EngineError> {
     fs::create_dir_all(dir).map_err(|e| folder_error(dir, format!("cannot create it: {e}")))?;
     let probe = dir.join(".exdaas-write-probe");
     fs::write(&probe, b"probe")
@@ -158,7 +158,7 @@ pub fn prepare(dir: &Path, shards: ShardCount) -> Result<(Layout, FolderLock), S
     let layout = match read(dir)? {
         Some(found) => {
             if found.shards != shards.get() {
-                return Err(StoreError::ShardCountMismatch {
+                return Err(EngineError::ShardCountMismatch {
                     path: dir.to_path_buf(),
                     on_disk: found.shards,
                     configured: shards.get(),
@@ -201,7 +201,7 @@ pub fn prepare(dir: &Path, shards: ShardCount) -> Result<(Layout, FolderLock), S
 
 /// Records that every shard file of `layout` exists (after a first boot
 /// created them).
-pub fn shards_created(dir: &Path, layout: &Layout) -> Result<(), StoreError> {
+pub fn shards_created(dir: &Path, layout: &Layout) -> Result<(), EngineError> {
     if layout.shards_created {
         return Ok(());
     }
@@ -217,11 +217,11 @@ pub fn shards_created(dir: &Path, layout: &Layout) -> Result<(), StoreError> {
 /// Every shard file the layout names must be there: one gone would be
 /// replaced by an empty file, and its acknowledged documents would read as
 /// never written.
-fn check_none_missing(root: &Path, layout: &Layout) -> Result<(), StoreError> {
+fn check_none_missing(root: &Path, layout: &Layout) -> Result<(), EngineError> {
     for index in 0..layout.shards as usize {
         let path = layout.shard_path(root, index);
         if !path.exists() {
-            return Err(StoreError::CorruptFile {
+            return Err(EngineError::CorruptFile {
                 path,
                 reason: format!(
                     "missing: {LAYOUT_FILE} lists {} shards and this is shard {index}; restore the file (or the folder) from a backup, the server will not start without it",
@@ -234,19 +234,19 @@ fn check_none_missing(root: &Path, layout: &Layout) -> Result<(), StoreError> {
 }
 
 /// The folder's layout, if it has one.
-pub fn read(dir: &Path) -> Result<Option<Layout>, StoreError> {
+pub fn read(dir: &Path) -> Result<Option<Layout>, EngineError> {
     let path = dir.join(LAYOUT_FILE);
     let bytes = match fs::read(&path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(folder_error(dir, format!("cannot read {LAYOUT_FILE}: {e}"))),
     };
-    let found: Layout = serde_json::from_slice(&bytes).map_err(|e| StoreError::CorruptFile {
+    let found: Layout = serde_json::from_slice(&bytes).map_err(|e| EngineError::CorruptFile {
         path: path.clone(),
         reason: format!("not an exdaas layout file: {e}"),
     })?;
     if found.placement != SCHEME || found.format != FORMAT {
-        return Err(StoreError::CorruptFile {
+        return Err(EngineError::CorruptFile {
             path,
             reason: format!(
                 "written with placement {:?} (format {}), this build uses {SCHEME:?} (format {FORMAT})",
@@ -258,7 +258,7 @@ pub fn read(dir: &Path) -> Result<Option<Layout>, StoreError> {
 }
 
 /// Records `layout`, atomically: the switch point of a reshard or restore.
-pub fn write(dir: &Path, layout: &Layout) -> Result<(), StoreError> {
+pub fn write(dir: &Path, layout: &Layout) -> Result<(), EngineError> {
     let bytes = serde_json::to_vec_pretty(layout).map_err(std::io::Error::other);
     bytes
         .and_then(|bytes| write_atomically(&dir.join(LAYOUT_FILE), &bytes))
@@ -267,7 +267,7 @@ pub fn write(dir: &Path, layout: &Layout) -> Result<(), StoreError> {
 
 /// A shard file numbered past the shard count is not ours to ignore: it
 /// may hold documents this layout cannot reach.
-fn check_shard_files(root: &Path, layout: &Layout) -> Result<(), StoreError> {
+fn check_shard_files(root: &Path, layout: &Layout) -> Result<(), EngineError> {
     let dir = layout.shard_dir(root);
     let entries = fs::read_dir(&dir).map_err(|e| folder_error(&dir, format!("cannot list it: {e}")))?;
     for entry in entries.flatten() {
@@ -276,7 +276,7 @@ fn check_shard_files(root: &Path, layout: &Layout) -> Result<(), StoreError> {
             continue;
         };
         if index >= layout.shards as usize {
-            return Err(StoreError::CorruptFile {
+            return Err(EngineError::CorruptFile {
                 path: entry.path(),
                 reason: format!(
                     "a shard file beyond the {} shards of {LAYOUT_FILE}: not part of this data folder's layout",

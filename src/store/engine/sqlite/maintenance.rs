@@ -30,9 +30,9 @@ use super::files::{holds_nothing, read_identity, stamp_identity, APPLICATION_ID,
 use super::layout::{self, Layout};
 use crate::domain::ShardCount;
 use crate::domain::{CollectionName, DocId, DocKey};
+use crate::store::engine::EngineError;
 use crate::store::engine::IdBounds;
 use crate::store::placement::{Placement, BUCKETS, SCHEME};
-use crate::store::StoreError;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 const MANIFEST_FORMAT: u32 = 1;
@@ -67,26 +67,26 @@ pub struct ManifestFile {
     pub sha256: String,
 }
 
-pub(super) fn folder_error(path: &Path, reason: impl Into<String>) -> StoreError {
-    StoreError::DataFolder {
+pub(super) fn folder_error(path: &Path, reason: impl Into<String>) -> EngineError {
+    EngineError::DataFolder {
         path: path.to_path_buf(),
         reason: reason.into(),
     }
 }
 
-pub(super) fn file_error(path: &Path, reason: impl Into<String>) -> StoreError {
-    StoreError::CorruptFile {
+pub(super) fn file_error(path: &Path, reason: impl Into<String>) -> EngineError {
+    EngineError::CorruptFile {
         path: path.to_path_buf(),
         reason: reason.into(),
     }
 }
 
-pub(super) fn sql_error(path: &Path, err: sqlx::Error) -> StoreError {
+pub(super) fn sql_error(path: &Path, err: sqlx::Error) -> EngineError {
     file_error(path, err.to_string())
 }
 
 /// The layout of an existing data folder.
-pub(super) fn existing_layout(root: &Path) -> Result<Layout, StoreError> {
+pub(super) fn existing_layout(root: &Path) -> Result<Layout, EngineError> {
     layout::read(root)?.ok_or_else(|| {
         folder_error(
             root,
@@ -95,7 +95,7 @@ pub(super) fn existing_layout(root: &Path) -> Result<Layout, StoreError> {
     })
 }
 
-pub(super) async fn open_read_only(path: &Path) -> Result<SqliteConnection, StoreError> {
+pub(super) async fn open_read_only(path: &Path) -> Result<SqliteConnection, EngineError> {
     if !path.exists() {
         return Err(file_error(path, "missing"));
     }
@@ -109,7 +109,7 @@ pub(super) async fn open_read_only(path: &Path) -> Result<SqliteConnection, Stor
 }
 
 /// Makes sure `dest` is a new or empty folder, and creates it.
-pub(super) fn empty_folder(dest: &Path) -> Result<(), StoreError> {
+pub(super) fn empty_folder(dest: &Path) -> Result<(), EngineError> {
     match std::fs::read_dir(dest) {
         Ok(mut entries) => {
             if entries.next().is_some() {
@@ -122,7 +122,7 @@ pub(super) fn empty_folder(dest: &Path) -> Result<(), StoreError> {
     std::fs::create_dir_all(dest).map_err(|e| folder_error(dest, format!("cannot create it: {e}")))
 }
 
-fn sha256_of(path: &Path) -> Result<(String, u64), StoreError> {
+fn sha256_of(path: &Path) -> Result<(String, u64), EngineError> {
     let mut file = std::fs::File::open(path).map_err(|e| file_error(path, format!("cannot read it: {e}")))?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
@@ -140,7 +140,7 @@ fn sha256_of(path: &Path) -> Result<(String, u64), StoreError> {
     Ok((hex::encode(hasher.finalize()), bytes))
 }
 
-pub(super) fn fsync(path: &Path) -> Result<(), StoreError> {
+pub(super) fn fsync(path: &Path) -> Result<(), EngineError> {
     std::fs::File::open(path)
         .and_then(|f| f.sync_all())
         .map_err(|e| file_error(path, format!("cannot sync it: {e}")))
@@ -150,11 +150,11 @@ pub(super) fn fsync(path: &Path) -> Result<(), StoreError> {
 /// the admin backup route runs inside the server, whose runtime threads
 /// must never wait on a disk.
 async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
+    work: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, EngineError> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|_| StoreError::Internal("a file task panicked"))?
+        .map_err(|_| EngineError::Internal("a file task panicked"))?
 }
 
 fn now_rfc3339() -> String {
@@ -166,7 +166,7 @@ fn now_rfc3339() -> String {
 /// Takes a consistent snapshot of every shard of the data folder `root`
 /// into `dest` (new or empty), with a manifest. Safe while a server runs:
 /// each shard is copied inside one read transaction.
-pub async fn backup(root: &Path, dest: &Path) -> Result<Manifest, StoreError> {
+pub async fn backup(root: &Path, dest: &Path) -> Result<Manifest, EngineError> {
     let layout = existing_layout(root)?;
     let folder = dest.to_path_buf();
     blocking(move || empty_folder(&folder)).await?;
@@ -237,7 +237,7 @@ pub struct BackupRoom {
 
 /// Creates `dir` if needed and says what a backup of `root` into it would
 /// meet: for bounds on backups taken over HTTP.
-pub async fn backup_room(root: &Path, dir: &Path) -> Result<BackupRoom, StoreError> {
+pub async fn backup_room(root: &Path, dir: &Path) -> Result<BackupRoom, EngineError> {
     let (root, dir) = (root.to_path_buf(), dir.to_path_buf());
     blocking(move || {
         std::fs::create_dir_all(&dir).map_err(|e| folder_error(&dir, format!("cannot create it: {e}")))?;
@@ -272,13 +272,13 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-fn write_manifest(dest: &Path, manifest: &Manifest) -> Result<(), StoreError> {
-    let bytes = serde_json::to_vec_pretty(manifest).map_err(|_| StoreError::Internal("a manifest is JSON"))?;
+fn write_manifest(dest: &Path, manifest: &Manifest) -> Result<(), EngineError> {
+    let bytes = serde_json::to_vec_pretty(manifest).map_err(|_| EngineError::Internal("a manifest is JSON"))?;
     layout::write_atomically(&dest.join(MANIFEST_FILE), &bytes)
         .map_err(|e| folder_error(dest, format!("cannot write {MANIFEST_FILE}: {e}")))
 }
 
-async fn count_documents(path: &Path) -> Result<u64, StoreError> {
+async fn count_documents(path: &Path) -> Result<u64, EngineError> {
     let mut conn = open_read_only(path).await?;
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM documents")
         .fetch_one(&mut conn)
@@ -290,7 +290,7 @@ async fn count_documents(path: &Path) -> Result<u64, StoreError> {
 
 /// Reads and checks a backup's manifest and files: every file there, with
 /// its size and checksum, intact, and holding its document count.
-pub async fn verify_backup(src: &Path) -> Result<Manifest, StoreError> {
+pub async fn verify_backup(src: &Path) -> Result<Manifest, EngineError> {
     let manifest_path = src.join(MANIFEST_FILE);
     let bytes = std::fs::read(&manifest_path).map_err(|e| {
         file_error(
@@ -349,7 +349,7 @@ pub async fn verify_backup(src: &Path) -> Result<Manifest, StoreError> {
 /// Restores the backup at `src` into the data folder `dest`, which must be
 /// empty (or not exist). Nothing is copied until the whole backup checks
 /// out; the layout file, written last, makes the folder usable.
-pub async fn restore(src: &Path, dest: &Path) -> Result<Manifest, StoreError> {
+pub async fn restore(src: &Path, dest: &Path) -> Result<Manifest, EngineError> {
     let manifest = verify_backup(src).await?;
     empty_folder(dest)?;
     let _lock = layout::lock(dest)?;
@@ -378,7 +378,7 @@ pub async fn restore(src: &Path, dest: &Path) -> Result<Manifest, StoreError> {
         conn.close().await.map_err(|e| sql_error(&path, e))?;
     }
     layout::sync_dir(dest).map_err(|e| folder_error(dest, format!("cannot sync it: {e}")))?;
-    let shards = ShardCount::new(manifest.shards).ok_or(StoreError::Internal("a verified shard count"))?;
+    let shards = ShardCount::new(manifest.shards).ok_or(EngineError::Internal("a verified shard count"))?;
     layout::write(dest, &Layout::new(shards, 0, folder_id))?;
     Ok(manifest)
 }
@@ -393,7 +393,7 @@ pub struct ShardReport {
 }
 
 /// SQLite's full integrity check of a file: the problems it lists.
-async fn integrity_problems(path: &Path) -> Result<Vec<String>, StoreError> {
+async fn integrity_problems(path: &Path) -> Result<Vec<String>, EngineError> {
     let mut conn = open_read_only(path).await?;
     let verdict: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check")
         .fetch_all(&mut conn)
@@ -409,9 +409,9 @@ async fn integrity_problems(path: &Path) -> Result<Vec<String>, StoreError> {
 /// bucket it hashes to, and the id ceiling covers every counter id. A shard
 /// whose file a first boot cut short did not make yet is no problem: the
 /// next boot makes it. Read-only: safe while a server runs.
-pub async fn check(root: &Path) -> Result<Vec<ShardReport>, StoreError> {
+pub async fn check(root: &Path) -> Result<Vec<ShardReport>, EngineError> {
     let layout = existing_layout(root)?;
-    let shards = ShardCount::new(layout.shards).ok_or(StoreError::Internal("a layout with no shards"))?;
+    let shards = ShardCount::new(layout.shards).ok_or(EngineError::Internal("a layout with no shards"))?;
     let placement = Placement::new(shards);
     let mut reports = Vec::new();
     for shard in 0..layout.shards as usize {
@@ -525,7 +525,7 @@ pub struct ReshardReport {
 /// Moves the data folder `root` from its shard count to `to` shards. Takes
 /// the folder's lock, so it refuses while a server (or another reshard)
 /// uses the folder.
-pub async fn reshard(root: &Path, to: ShardCount) -> Result<ReshardReport, StoreError> {
+pub async fn reshard(root: &Path, to: ShardCount) -> Result<ReshardReport, EngineError> {
     let started = Instant::now();
     let _lock = layout::lock(root)?;
     let old = existing_layout(root)?;
@@ -640,7 +640,7 @@ pub async fn reshard(root: &Path, to: ShardCount) -> Result<ReshardReport, Store
 /// The id counter's bounds a shard records. A shard from before
 /// `counter_high` restarts the counter at its `max_counter_id`, as the
 /// server would after migrating it.
-pub(super) async fn shard_bounds(conn: &mut SqliteConnection, path: &Path) -> Result<IdBounds, StoreError> {
+pub(super) async fn shard_bounds(conn: &mut SqliteConnection, path: &Path) -> Result<IdBounds, EngineError> {
     let rows: Vec<(String, i64)> =
         sqlx::query_as("SELECT key, value FROM shard_meta WHERE key IN ('max_counter_id', 'counter_high')")
             .fetch_all(&mut *conn)
@@ -656,7 +656,7 @@ pub(super) async fn shard_bounds(conn: &mut SqliteConnection, path: &Path) -> Re
 
 /// Finishes a shard file built by bulk load: its WAL checkpointed into it,
 /// the connection closed, the file synced.
-pub(super) async fn seal_shard_file(mut conn: SqliteConnection, path: &Path) -> Result<(), StoreError> {
+pub(super) async fn seal_shard_file(mut conn: SqliteConnection, path: &Path) -> Result<(), EngineError> {
     sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
         .execute(&mut conn)
         .await
@@ -670,7 +670,7 @@ async fn add_counts(
     counts: &mut BTreeMap<String, i64>,
     conn: &mut SqliteConnection,
     path: &Path,
-) -> Result<(), StoreError> {
+) -> Result<(), EngineError> {
     let rows = sqlx::query("SELECT collection, count(*) AS n FROM documents GROUP BY collection")
         .fetch_all(&mut *conn)
         .await
@@ -684,7 +684,7 @@ async fn add_counts(
 }
 
 /// A new, empty shard file with the current schema, set up for a bulk load.
-pub(super) async fn create_shard_file(path: &Path) -> Result<SqliteConnection, StoreError> {
+pub(super) async fn create_shard_file(path: &Path) -> Result<SqliteConnection, EngineError> {
     let mut conn = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
@@ -714,8 +714,8 @@ async fn move_buckets(
     path: &Path,
     from: &Path,
     buckets: &[u32],
-) -> Result<(), StoreError> {
-    let list = serde_json::to_string(buckets).map_err(|_| StoreError::Internal("buckets are JSON"))?;
+) -> Result<(), EngineError> {
+    let list = serde_json::to_string(buckets).map_err(|_| EngineError::Internal("buckets are JSON"))?;
     sqlx::query("ATTACH DATABASE ?1 AS old")
         .bind(from.to_string_lossy().into_owned())
         .execute(&mut *conn)
@@ -754,7 +754,7 @@ async fn move_buckets(
 }
 
 /// Removes the shard files of `layout`'s generation (after a switch).
-fn remove_generation(root: &Path, layout: &Layout) -> Result<(), StoreError> {
+fn remove_generation(root: &Path, layout: &Layout) -> Result<(), EngineError> {
     if layout.generation > 0 {
         let dir = layout.shard_dir(root);
         return std::fs::remove_dir_all(&dir)
@@ -777,7 +777,7 @@ fn remove_generation(root: &Path, layout: &Layout) -> Result<(), StoreError> {
 /// Removes what an interrupted reshard left: generation folders other than
 /// the current one (finished or half built), and, when the current one is
 /// not generation 0, old shard files in the folder itself.
-fn remove_stale_generations(root: &Path, current: u32) -> Result<(), StoreError> {
+fn remove_stale_generations(root: &Path, current: u32) -> Result<(), EngineError> {
     let entries = std::fs::read_dir(root).map_err(|e| folder_error(root, format!("cannot list it: {e}")))?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();

@@ -18,7 +18,7 @@ mod rows;
 pub mod transfer;
 pub mod writes;
 
-pub use error::{engine_error, store_error};
+pub use error::{engine_error, shard_error};
 pub use files::ShardFile;
 pub use reads::{ReadSlot, SqliteReads};
 pub use writes::SqliteWrites;

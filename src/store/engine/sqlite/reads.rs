@@ -10,20 +10,17 @@ use futures_util::{StreamExt, TryStreamExt};
 use sqlx::pool::PoolConnection;
 use sqlx::{Row, Sqlite, SqlitePool};
 
-use super::super::{ChangeKind, FeedEntry, FeedFilter, FeedRun, StoredIndex};
+use super::super::{ChangeKind, FeedEntry, FeedFilter, FeedRun, StoredIndex, WarmBudget};
 use super::rows::{document_from_row, select};
-use super::store_error;
+use super::shard_error;
 use crate::domain::{CollectionName, DocId, DocKey};
-use crate::store::cache::{weight, ENTRY_OVERHEAD};
-use crate::store::{Document, StoreError};
+use crate::store::document::Document;
+use crate::store::engine::EngineError;
 
-/// Documents per chunk of the cache's warm-up: with [`WARM_DOC_BYTES`],
-/// at most 8 MiB of text (16 with JSON's escapes) held at once.
+/// Documents per chunk of the cache's warm-up: with the cache's largest
+/// warmed document (64 KiB), at most 8 MiB of text (16 with JSON's
+/// escapes) held at once.
 const WARM_CHUNK_ROWS: i64 = 128;
-
-/// The largest document the warm-up loads (a larger one is read when first
-/// asked for).
-const WARM_DOC_BYTES: i64 = 64 << 10;
 
 /// Which documents the cache's warm-up takes: every one changed at or after
 /// `whole`, and those changed from `since` to `whole` while they fit in
@@ -54,10 +51,10 @@ pub struct ReadSlot {
 
 impl ReadSlot {
     /// The committed document at `key` (expired or not).
-    pub async fn read(mut self, key: &DocKey) -> Result<Option<Document>, StoreError> {
+    pub async fn read(mut self, key: &DocKey) -> Result<Option<Document>, EngineError> {
         select(&mut self.conn, key)
             .await
-            .map_err(|e| store_error(self.shard, e))
+            .map_err(|e| shard_error(self.shard, e))
     }
 }
 
@@ -66,19 +63,18 @@ impl SqliteReads {
         Self { shard, pool, wait }
     }
 
-    fn error(&self, err: sqlx::Error) -> StoreError {
+    fn error(&self, err: sqlx::Error) -> EngineError {
         match err {
-            sqlx::Error::PoolTimedOut => StoreError::Busy {
+            sqlx::Error::PoolTimedOut => EngineError::Busy {
                 shard: self.shard,
                 waited_ms: self.wait.as_millis() as u64,
-                reads: true,
             },
-            err => store_error(self.shard, err),
+            err => shard_error(self.shard, err),
         }
     }
 
     /// A read connection, waiting at most the configured time for one.
-    pub async fn reserve(&self) -> Result<ReadSlot, StoreError> {
+    pub async fn reserve(&self) -> Result<ReadSlot, EngineError> {
         let conn = self.pool.acquire().await.map_err(|e| self.error(e))?;
         Ok(ReadSlot {
             shard: self.shard,
@@ -100,7 +96,7 @@ impl SqliteReads {
         collection: &CollectionName,
         first: u64,
         last: u64,
-    ) -> Result<Vec<u64>, StoreError> {
+    ) -> Result<Vec<u64>, EngineError> {
         let (first, last) = (first.to_string(), last.to_string());
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT id FROM documents WHERE collection = ?1 AND id >= ?2 AND id <= ?3 \
@@ -127,7 +123,7 @@ impl SqliteReads {
         to: Option<&str>,
         now: i64,
         limit: usize,
-    ) -> Result<Vec<(DocId, Document, usize)>, StoreError> {
+    ) -> Result<Vec<(DocId, Document, usize)>, EngineError> {
         let lower = match from {
             Some((_, true)) => "AND id >= ?2",
             Some((_, false)) => "AND id > ?2",
@@ -151,7 +147,7 @@ impl SqliteReads {
         rows.iter()
             .map(|row| {
                 let id = row.try_get::<&str, _>("id").map_err(|e| self.error(e))?;
-                let id = DocId::parse(id).map_err(|_| StoreError::Internal("a stored id is not a valid id"))?;
+                let id = DocId::parse(id).map_err(|_| EngineError::Internal("a stored id is not a valid id"))?;
                 let doc = document_from_row(row).map_err(|e| self.error(e))?;
                 let bytes = row.try_get::<i64, _>("bytes").map_err(|e| self.error(e))?;
                 Ok((id, doc, usize::try_from(bytes).unwrap_or(0)))
@@ -165,8 +161,8 @@ impl SqliteReads {
         collection: &CollectionName,
         ids: &[&str],
         now: i64,
-    ) -> Result<Vec<(String, Document)>, StoreError> {
-        let list = serde_json::to_string(ids).map_err(|_| StoreError::Internal("ids are JSON"))?;
+    ) -> Result<Vec<(String, Document)>, EngineError> {
+        let list = serde_json::to_string(ids).map_err(|_| EngineError::Internal("ids are JSON"))?;
         let rows = sqlx::query(
             "SELECT id, version, updated_at, expires_at, data FROM documents \
              WHERE collection = ?1 AND id IN (SELECT value FROM json_each(?2)) \
@@ -188,7 +184,7 @@ impl SqliteReads {
     }
 
     /// The indexes of `collection` in this file.
-    pub async fn index_catalog(&self, collection: &CollectionName) -> Result<Vec<StoredIndex>, StoreError> {
+    pub async fn index_catalog(&self, collection: &CollectionName) -> Result<Vec<StoredIndex>, EngineError> {
         let rows = sqlx::query(
             "SELECT collection, name, fields, built, indexed, oversized, created_at FROM collection_indexes WHERE collection = ?1",
         )
@@ -197,12 +193,12 @@ impl SqliteReads {
         .await
         .map_err(|e| self.error(e))?;
         rows.iter()
-            .map(|row| super::writes::stored_index(row).map_err(|e| StoreError::engine(self.shard, e)))
+            .map(|row| super::writes::stored_index(row).map_err(|e| EngineError::storage(self.shard, e)))
             .collect()
     }
 
     /// Indexes whose build has not covered this file yet.
-    pub async fn unbuilt_indexes(&self) -> Result<Vec<(String, String)>, StoreError> {
+    pub async fn unbuilt_indexes(&self) -> Result<Vec<(String, String)>, EngineError> {
         sqlx::query_as("SELECT collection, name FROM collection_indexes WHERE built = 0")
             .fetch_all(&self.pool)
             .await
@@ -218,7 +214,7 @@ impl SqliteReads {
         high: &[u8],
         after: Option<(&[u8], &str)>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, String)>, StoreError> {
+    ) -> Result<Vec<(Vec<u8>, String)>, EngineError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let query = match after {
             None => sqlx::query(
@@ -270,7 +266,7 @@ impl SqliteReads {
     }
 
     /// Live documents at `now` per collection, added to `totals`.
-    pub async fn add_collection_counts(&self, now: i64, totals: &mut BTreeMap<String, i64>) -> Result<(), StoreError> {
+    pub async fn add_collection_counts(&self, now: i64, totals: &mut BTreeMap<String, i64>) -> Result<(), EngineError> {
         // Both counts in one read transaction, so a sweep committing in
         // between cannot skew them. The collection index holds
         // (collection, id): counting over it reads no document data. Expired
@@ -307,7 +303,7 @@ impl SqliteReads {
         now: i64,
         collections: &[CollectionName],
         totals: &mut BTreeMap<String, i64>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), EngineError> {
         let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
         for collection in collections {
             let (all, expired): (i64, i64) = sqlx::query_as(
@@ -326,16 +322,14 @@ impl SqliteReads {
     }
 
     /// The documents the cache is warmed with: the most recently changed
-    /// ones live at `now`, as many as `budget` bytes hold by the cache's
-    /// [`weight`], in id order.
+    /// ones live at `now`, as many as `budget` holds, in id order.
     ///
     /// Ordering every row by its change time made SQLite sort the whole
     /// shard's documents, text and all (1.3 s for a shard of 250,000 small
     /// ones). Instead, a histogram of weights by time (a sort of small
     /// records, 0.2 s) gives the oldest change time that fits, and a walk of
-    /// the primary key, a chunk at a time, takes what changed since. A
-    /// document larger than [`WARM_DOC_BYTES`] is left to its first read.
-    pub fn recent(&self, now: i64, budget: u64) -> BoxStream<'_, Result<(DocKey, Document), StoreError>> {
+    /// the primary key, a chunk at a time, takes what changed since.
+    pub fn recent(&self, now: i64, budget: WarmBudget) -> BoxStream<'_, Result<(DocKey, Document), EngineError>> {
         let walk = async move {
             let Some(from) = self.warm_from(now, budget).await? else {
                 return Ok(futures_util::stream::empty().boxed());
@@ -344,7 +338,7 @@ impl SqliteReads {
             // first), or nowhere once a chunk came back short.
             let chunks = futures_util::stream::try_unfold(Some(None), move |state| async move {
                 let Some(after) = state else { return Ok(None) };
-                let rows = self.warm_chunk(now, from.since, after.as_ref()).await?;
+                let rows = self.warm_chunk(now, from.since, budget.largest, after.as_ref()).await?;
                 // The largest key read (TEXT compares as bytes in SQLite, as
                 // `String`s do).
                 let last = rows
@@ -353,7 +347,7 @@ impl SqliteReads {
                     .max()
                     .map(|(c, i)| (c.clone(), i.clone()));
                 let next = (rows.len() as i64 == WARM_CHUNK_ROWS).then_some(last);
-                Ok::<_, StoreError>(Some((futures_util::stream::iter(rows.into_iter().map(Ok)), next)))
+                Ok::<_, EngineError>(Some((futures_util::stream::iter(rows.into_iter().map(Ok)), next)))
             });
             let mut crossing = 0u64;
             let docs = chunks.try_flatten().try_filter_map(move |row| {
@@ -370,7 +364,7 @@ impl SqliteReads {
                         // Those of the time span that does not all fit go in
                         // while there is room after the newer ones.
                         let partial = updated_at_ms < from.whole;
-                        let w = weight(&key, &doc) as u64;
+                        let w = budget.weight(&key, &doc);
                         let take = !partial || crossing + w <= from.room;
                         if partial && take {
                             crossing += w;
@@ -381,14 +375,14 @@ impl SqliteReads {
                 };
                 std::future::ready(Ok(found))
             });
-            Ok::<_, StoreError>(docs.boxed())
+            Ok::<_, EngineError>(docs.boxed())
         };
         futures_util::stream::once(walk).try_flatten().boxed()
     }
 
     /// Which documents the warm-up takes, from a histogram of their
     /// weights by change time; `None` when there is nothing to warm.
-    async fn warm_from(&self, now: i64, budget: u64) -> Result<Option<WarmFrom>, StoreError> {
+    async fn warm_from(&self, now: i64, budget: WarmBudget) -> Result<Option<WarmFrom>, EngineError> {
         const BUCKETS: i64 = 4096;
         let live = "FROM documents WHERE expires_at IS NULL OR expires_at > ?1";
         let (oldest, newest): (Option<i64>, Option<i64>) =
@@ -408,23 +402,23 @@ impl SqliteReads {
         .bind(now)
         .bind(oldest)
         .bind(width)
-        .bind(ENTRY_OVERHEAD as i64)
-        .bind(WARM_DOC_BYTES)
+        .bind(i64::try_from(budget.per_entry).unwrap_or(i64::MAX))
+        .bind(i64::try_from(budget.largest).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.error(e))?;
         let mut from = WarmFrom {
             since: i64::MAX,
             whole: i64::MAX,
-            room: budget,
+            room: budget.bytes,
         };
         let mut used = 0u64;
         for (bucket, bytes) in buckets {
             let start = oldest.saturating_add(bucket.saturating_mul(width));
             let bytes = u64::try_from(bytes).unwrap_or(0);
             from.since = start;
-            if used.saturating_add(bytes) > budget {
-                from.room = budget - used;
+            if used.saturating_add(bytes) > budget.bytes {
+                from.room = budget.bytes - used;
                 break;
             }
             used += bytes;
@@ -441,8 +435,9 @@ impl SqliteReads {
         &self,
         now: i64,
         since: i64,
+        largest: u64,
         after: Option<&(String, String)>,
-    ) -> Result<Vec<WarmRow>, StoreError> {
+    ) -> Result<Vec<WarmRow>, EngineError> {
         let (collection, id) = after.map_or(("", ""), |(c, i)| (c.as_str(), i.as_str()));
         let chunk: String = sqlx::query_scalar(
             "SELECT json_group_array(json_array(collection, id, version, updated_at, expires_at, data)) \
@@ -454,15 +449,15 @@ impl SqliteReads {
         .bind(id)
         .bind(since)
         .bind(now)
-        .bind(WARM_DOC_BYTES)
+        .bind(i64::try_from(largest).unwrap_or(i64::MAX))
         .bind(WARM_CHUNK_ROWS)
         .fetch_one(&self.pool)
         .await
         .map_err(|e| self.error(e))?;
         serde_json::from_str(&chunk).map_err(|e| {
-            StoreError::engine(
+            EngineError::storage(
                 self.shard,
-                super::super::EngineError::new(super::super::ErrorKind::Other, format!("a warm-up chunk: {e}")),
+                super::super::StorageError::new(super::super::ErrorKind::Other, format!("a warm-up chunk: {e}")),
             )
         })
     }
@@ -475,7 +470,7 @@ impl SqliteReads {
         upto: u64,
         filter: FeedFilter<'_>,
         limit: usize,
-    ) -> Result<FeedRun, StoreError> {
+    ) -> Result<FeedRun, EngineError> {
         let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
         let floor: i64 = sqlx::query_scalar("SELECT value FROM shard_meta WHERE key = 'feed_floor'")
             .fetch_one(&mut *tx)

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use sqlx::{Row, SqliteConnection};
 
 use crate::domain::DocKey;
-use crate::store::Document;
+use crate::store::document::Document;
 
 /// `keys` as a JSON array of `[collection, id]` pairs, for `json_each`.
 /// Collection names and ids are plain ASCII without quotes or backslashes

@@ -14,9 +14,9 @@ use super::maintenance::{
 };
 use crate::domain::ShardCount;
 use crate::store::engine::transfer::{Catalog, DocumentRow, RowPages, BATCH_ROWS};
+use crate::store::engine::EngineError;
 use crate::store::engine::IdBounds;
 use crate::store::placement::Placement;
-use crate::store::StoreError;
 
 /// A data folder's shards, read one at a time.
 pub struct FolderSource {
@@ -30,7 +30,7 @@ pub struct FolderSource {
 impl FolderSource {
     /// Takes the folder's lock (refused while a server runs on it) and reads
     /// its layout.
-    pub async fn open(root: &Path) -> Result<Self, StoreError> {
+    pub async fn open(root: &Path) -> Result<Self, EngineError> {
         // Read once before the lock, whose file a folder that is not one
         // would not have.
         existing_layout(root)?;
@@ -51,7 +51,7 @@ impl FolderSource {
     }
 
     /// Documents in every shard.
-    pub async fn count(&self) -> Result<u64, StoreError> {
+    pub async fn count(&self) -> Result<u64, EngineError> {
         let mut total = 0;
         for shard in 0..self.layout.shards as usize {
             let path = self.layout.shard_path(&self.root, shard);
@@ -67,7 +67,7 @@ impl FolderSource {
     }
 
     /// The id counter's bounds in shard `shard`.
-    pub async fn bounds(&self, shard: usize) -> Result<IdBounds, StoreError> {
+    pub async fn bounds(&self, shard: usize) -> Result<IdBounds, EngineError> {
         let path = self.layout.shard_path(&self.root, shard);
         let mut conn = open_read_only(&path).await?;
         let bounds = shard_bounds(&mut conn, &path).await?;
@@ -76,7 +76,7 @@ impl FolderSource {
     }
 
     /// Shard `shard`'s schemas and index declarations.
-    pub async fn catalog(&self, shard: usize) -> Result<Catalog, StoreError> {
+    pub async fn catalog(&self, shard: usize) -> Result<Catalog, EngineError> {
         let path = self.layout.shard_path(&self.root, shard);
         let mut conn = open_read_only(&path).await?;
         let schemas = sqlx::query_as("SELECT collection, version, schema, updated_at FROM collection_schemas")
@@ -92,7 +92,7 @@ impl FolderSource {
     }
 
     /// Every document of shard `shard`, in pages, in key order.
-    pub async fn reader(&self, shard: usize) -> Result<FolderReader, StoreError> {
+    pub async fn reader(&self, shard: usize) -> Result<FolderReader, EngineError> {
         let path = self.layout.shard_path(&self.root, shard);
         let conn = open_read_only(&path).await?;
         Ok(FolderReader {
@@ -112,7 +112,7 @@ pub struct FolderReader {
 }
 
 impl RowPages for FolderReader {
-    async fn next_batch(&mut self) -> Result<Option<Vec<DocumentRow>>, StoreError> {
+    async fn next_batch(&mut self) -> Result<Option<Vec<DocumentRow>>, EngineError> {
         let query = match &self.after {
             None => sqlx::query(
                 "SELECT collection, id, bucket, version, updated_at, expires_at, data FROM documents \
@@ -155,7 +155,7 @@ impl RowPages for FolderReader {
 }
 
 impl FolderReader {
-    pub async fn close(self) -> Result<(), StoreError> {
+    pub async fn close(self) -> Result<(), EngineError> {
         self.conn.close().await.map_err(|e| sql_error(&self.path, e))
     }
 }
@@ -173,7 +173,7 @@ pub struct FolderTarget {
 
 impl FolderTarget {
     /// Creates the shard files in `root`, which must be empty or not exist.
-    pub async fn create(root: &Path, shards: ShardCount) -> Result<Self, StoreError> {
+    pub async fn create(root: &Path, shards: ShardCount) -> Result<Self, EngineError> {
         empty_folder(root)?;
         let lock = layout::lock(root)?;
         let folder_id = layout::new_folder_id()?;
@@ -196,7 +196,7 @@ impl FolderTarget {
     }
 
     /// Writes `rows` into the shards their buckets belong to.
-    pub async fn insert(&mut self, rows: &[DocumentRow], placement: &Placement) -> Result<(), StoreError> {
+    pub async fn insert(&mut self, rows: &[DocumentRow], placement: &Placement) -> Result<(), EngineError> {
         for (shard, (path, conn)) in self.files.iter_mut().enumerate() {
             let mut mine = rows
                 .iter()
@@ -235,9 +235,9 @@ impl FolderTarget {
 
     /// Stores a shard's schemas and index declarations (unbuilt) in shard
     /// file `shard`: the counts are the same on both sides.
-    pub async fn insert_catalog(&mut self, shard: usize, catalog: &Catalog) -> Result<(), StoreError> {
+    pub async fn insert_catalog(&mut self, shard: usize, catalog: &Catalog) -> Result<(), EngineError> {
         let Some((path, conn)) = self.files.get_mut(shard) else {
-            return Err(StoreError::Internal("a shard the target does not have"));
+            return Err(EngineError::Internal("a shard the target does not have"));
         };
         for (collection, version, schema, updated_at) in &catalog.schemas {
             sqlx::query(
@@ -271,7 +271,7 @@ impl FolderTarget {
     /// (the copy's documents have no history: `since=0` answers 410), then
     /// checkpoints, closes and syncs every file. Answers a reader of the
     /// copy, for verification.
-    pub async fn finish(&mut self, bounds: &[IdBounds]) -> Result<FolderSource, StoreError> {
+    pub async fn finish(&mut self, bounds: &[IdBounds]) -> Result<FolderSource, EngineError> {
         let high = crate::store::engine::transfer::highest(bounds);
         for (path, mut conn) in self.files.drain(..) {
             let meta = [
@@ -299,7 +299,7 @@ impl FolderTarget {
     }
 
     /// Makes the folder a data folder: writes its layout file.
-    pub async fn commit(self, copy: FolderSource) -> Result<(), StoreError> {
+    pub async fn commit(self, copy: FolderSource) -> Result<(), EngineError> {
         if copy.root != self.root {
             return Err(file_error(&copy.root, "not the folder being migrated into"));
         }

@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use sqlx::{Connection, Row, SqliteConnection};
 
-use super::super::{EngineError, FeedEntry, IdBounds, IndexChanges, StoredIndex, StoredRow, StoredSchema};
+use super::super::{FeedEntry, IdBounds, IndexChanges, StorageError, StoredIndex, StoredRow, StoredSchema};
 use super::engine_error;
 use super::files::FileIdentity;
 use super::rows::{document_from_row, keys_param};
 use crate::domain::{CollectionName, DocId, DocKey, SyncMode};
-use crate::store::Document;
+use crate::store::document::Document;
 
 /// The statement that records ?1's `feed` in the change feed.
 macro_rules! feed_insert {
@@ -58,7 +58,7 @@ impl SqliteWrites {
     }
 
     /// The connection, or the error a broken one gives.
-    fn conn(&mut self) -> Result<&mut SqliteConnection, EngineError> {
+    fn conn(&mut self) -> Result<&mut SqliteConnection, StorageError> {
         self.conn
             .as_mut()
             .ok_or_else(|| engine_error(sqlx::Error::WorkerCrashed))
@@ -78,13 +78,13 @@ impl SqliteWrites {
     /// The committed rows among `keys`, with the text of those up to
     /// `small` bytes (the size of the others is in SQLite's record header:
     /// their text is not read).
-    pub async fn load(&mut self, keys: &[DocKey], small: usize) -> Result<Vec<StoredRow>, EngineError> {
+    pub async fn load(&mut self, keys: &[DocKey], small: usize) -> Result<Vec<StoredRow>, StorageError> {
         select_many(self.conn()?, keys, small).await.map_err(engine_error)
     }
 
     /// The text of the committed rows among `keys`, as (index in `keys`,
     /// text).
-    pub async fn load_texts(&mut self, keys: &[DocKey]) -> Result<Vec<(usize, Arc<str>)>, EngineError> {
+    pub async fn load_texts(&mut self, keys: &[DocKey]) -> Result<Vec<(usize, Arc<str>)>, StorageError> {
         select_texts(self.conn()?, keys).await.map_err(engine_error)
     }
 
@@ -95,7 +95,7 @@ impl SqliteWrites {
     /// but never the reservation that covers their ids, and the counter
     /// restarts past them. Where every commit is synced, the commit that
     /// raises the reservation makes it durable itself.
-    pub async fn reserve_ids(&mut self, ceilings: IdBounds) -> Result<(), EngineError> {
+    pub async fn reserve_ids(&mut self, ceilings: IdBounds) -> Result<(), StorageError> {
         if !self.unsynced_commits || ceilings.counter <= self.durable_counter {
             return Ok(());
         }
@@ -130,7 +130,7 @@ impl SqliteWrites {
         changes: impl Iterator<Item = (&'a DocKey, u32, Option<&'a Document>)>,
         feed: &[FeedEntry],
         ceilings: Option<IdBounds>,
-    ) -> Result<(), EngineError> {
+    ) -> Result<(), StorageError> {
         // Row fields go as one JSON array; the documents' text goes as one
         // blob that the rows slice by byte offset, so it is neither escaped
         // here nor parsed by SQLite. Collection names and ids are plain ASCII
@@ -184,7 +184,7 @@ impl SqliteWrites {
     }
 
     /// Up to `limit` documents expired at `now`: their keys and versions.
-    pub async fn expired(&mut self, now: i64, limit: u32) -> Result<Vec<(DocKey, u64)>, EngineError> {
+    pub async fn expired(&mut self, now: i64, limit: u32) -> Result<Vec<(DocKey, u64)>, StorageError> {
         let rows = sqlx::query("SELECT collection, id, version FROM documents WHERE expires_at <= ?1 LIMIT ?2")
             .bind(now)
             .bind(limit)
@@ -199,7 +199,7 @@ impl SqliteWrites {
         &mut self,
         collection: &CollectionName,
         limit: u32,
-    ) -> Result<Vec<(DocKey, u64)>, EngineError> {
+    ) -> Result<Vec<(DocKey, u64)>, StorageError> {
         let rows = sqlx::query("SELECT id, version FROM documents WHERE collection = ?1 LIMIT ?2")
             .bind(collection.as_str())
             .bind(limit)
@@ -212,7 +212,7 @@ impl SqliteWrites {
     /// Deletes the documents of `feed` (as found by `expired` or
     /// `in_collection`: this writer changed nothing since) and records
     /// `feed`, in one transaction; answers how many were deleted.
-    pub async fn delete_with_feed(&mut self, feed: &[FeedEntry]) -> Result<u64, EngineError> {
+    pub async fn delete_with_feed(&mut self, feed: &[FeedEntry]) -> Result<u64, StorageError> {
         if feed.is_empty() {
             return Ok(0);
         }
@@ -245,7 +245,7 @@ impl SqliteWrites {
     }
 
     /// Every index the file holds.
-    pub async fn indexes(&mut self) -> Result<Vec<StoredIndex>, EngineError> {
+    pub async fn indexes(&mut self) -> Result<Vec<StoredIndex>, StorageError> {
         let rows = sqlx::query(
             "SELECT collection, name, fields, built, indexed, oversized, created_at FROM collection_indexes",
         )
@@ -257,7 +257,7 @@ impl SqliteWrites {
 
     /// Opens the transaction and changes the index entries in it; the next
     /// commit ends it.
-    pub async fn index_changes(&mut self, changes: &IndexChanges) -> Result<(), EngineError> {
+    pub async fn index_changes(&mut self, changes: &IndexChanges) -> Result<(), StorageError> {
         let param = index_changes_param(changes);
         let script = concat!(
             "BEGIN IMMEDIATE;",
@@ -280,9 +280,9 @@ impl SqliteWrites {
     }
 
     /// Declares `index` unless one of its name is there, with `feed`.
-    pub async fn declare_index(&mut self, index: &StoredIndex, feed: &[FeedEntry]) -> Result<bool, EngineError> {
+    pub async fn declare_index(&mut self, index: &StoredIndex, feed: &[FeedEntry]) -> Result<bool, StorageError> {
         let fields = serde_json::to_string(&index.fields)
-            .map_err(|e| EngineError::new(super::super::ErrorKind::Other, e.to_string()))?;
+            .map_err(|e| StorageError::new(super::super::ErrorKind::Other, e.to_string()))?;
         let conn = self.conn()?;
         let done = async {
             sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
@@ -315,7 +315,7 @@ impl SqliteWrites {
         collection: &CollectionName,
         name: &str,
         feed: &[FeedEntry],
-    ) -> Result<bool, EngineError> {
+    ) -> Result<bool, StorageError> {
         let conn = self.conn()?;
         let done = async {
             sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
@@ -345,7 +345,7 @@ impl SqliteWrites {
     }
 
     /// A transaction's outcome: rolled back on an error.
-    async fn ended<T>(&mut self, done: Result<T, sqlx::Error>) -> Result<T, EngineError> {
+    async fn ended<T>(&mut self, done: Result<T, sqlx::Error>) -> Result<T, StorageError> {
         match done {
             Ok(value) => Ok(value),
             Err(err) => {
@@ -360,7 +360,7 @@ impl SqliteWrites {
         &mut self,
         collection: &CollectionName,
         name: &str,
-    ) -> Result<Option<(Option<String>, bool)>, EngineError> {
+    ) -> Result<Option<(Option<String>, bool)>, StorageError> {
         let row = sqlx::query("SELECT built_upto, built FROM collection_indexes WHERE collection = ?1 AND name = ?2")
             .bind(collection.as_str())
             .bind(name)
@@ -381,7 +381,7 @@ impl SqliteWrites {
         collection: &CollectionName,
         after: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<(String, Arc<str>)>, EngineError> {
+    ) -> Result<Vec<(String, Arc<str>)>, StorageError> {
         let rows = sqlx::query("SELECT id, data FROM documents WHERE collection = ?1 AND id > ?2 ORDER BY id LIMIT ?3")
             .bind(collection.as_str())
             .bind(after.unwrap_or(""))
@@ -408,7 +408,7 @@ impl SqliteWrites {
         oversized: u64,
         upto: Option<&str>,
         done: bool,
-    ) -> Result<(), EngineError> {
+    ) -> Result<(), StorageError> {
         let mut param = String::from("[");
         for (i, (id, key)) in entries.iter().enumerate() {
             if i > 0 {
@@ -458,7 +458,7 @@ impl SqliteWrites {
     }
 
     /// Every collection schema the file holds.
-    pub async fn schemas(&mut self) -> Result<Vec<StoredSchema>, EngineError> {
+    pub async fn schemas(&mut self) -> Result<Vec<StoredSchema>, StorageError> {
         let rows = sqlx::query("SELECT collection, version, schema, updated_at FROM collection_schemas")
             .fetch_all(self.conn()?)
             .await
@@ -468,7 +468,7 @@ impl SqliteWrites {
 
     /// Stores `change` unless a newer version is there, with `feed`, in one
     /// transaction; answers whether it was stored.
-    pub async fn set_schema(&mut self, change: &StoredSchema, feed: &[FeedEntry]) -> Result<bool, EngineError> {
+    pub async fn set_schema(&mut self, change: &StoredSchema, feed: &[FeedEntry]) -> Result<bool, StorageError> {
         let conn = self.conn()?;
         let done = async {
             sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
@@ -507,7 +507,7 @@ impl SqliteWrites {
     /// them (every entry up to it is gone) in one transaction; answers how
     /// many went. Entries are numbered without gaps, so the floor moving by
     /// `n` removes `n`; only the oldest `limit` are looked at for their age.
-    pub async fn compact_feed(&mut self, before_ms: i64, keep: u64, limit: u64) -> Result<u64, EngineError> {
+    pub async fn compact_feed(&mut self, before_ms: i64, keep: u64, limit: u64) -> Result<u64, StorageError> {
         const FLOOR: &str = "SELECT value FROM shard_meta WHERE key = 'feed_floor'";
         let old: i64 = sqlx::query_scalar(FLOOR)
             .fetch_one(self.conn()?)
@@ -576,8 +576,8 @@ impl SqliteWrites {
     /// Test hooks: the connection breaks, or SQLite is made to answer as on
     /// a full disk or a read-only file (and back).
     #[cfg(feature = "fault-injection")]
-    pub async fn inject(&mut self, fault: crate::store::faults::EngineFault) -> Result<(), EngineError> {
-        use crate::store::faults::EngineFault;
+    pub async fn inject(&mut self, fault: crate::store::engine::EngineFault) -> Result<(), StorageError> {
+        use crate::store::engine::EngineFault;
         let sql = match fault {
             EngineFault::BreakConnection => {
                 if let Some(conn) = self.conn.take() {
@@ -749,12 +749,12 @@ fn meta_value(bound: u64) -> i64 {
 }
 
 /// A `collection_schemas` row (or `exdaas_schemas`: the same columns).
-fn stored_schema(row: &sqlx::sqlite::SqliteRow) -> Result<StoredSchema, EngineError> {
-    let bad = |e: sqlx::Error| EngineError::new(super::super::ErrorKind::Damaged, format!("a stored schema: {e}"));
+fn stored_schema(row: &sqlx::sqlite::SqliteRow) -> Result<StoredSchema, StorageError> {
+    let bad = |e: sqlx::Error| StorageError::new(super::super::ErrorKind::Damaged, format!("a stored schema: {e}"));
     let collection: String = row.try_get("collection").map_err(bad)?;
     Ok(StoredSchema {
         collection: CollectionName::parse(&collection).map_err(|e| {
-            EngineError::new(
+            StorageError::new(
                 super::super::ErrorKind::Damaged,
                 format!("a stored schema's collection: {e}"),
             )
@@ -766,8 +766,8 @@ fn stored_schema(row: &sqlx::sqlite::SqliteRow) -> Result<StoredSchema, EngineEr
 }
 
 /// `collection_indexes` rows.
-pub(super) fn stored_index(row: &sqlx::sqlite::SqliteRow) -> Result<StoredIndex, EngineError> {
-    let bad = |e: String| EngineError::new(super::super::ErrorKind::Damaged, format!("a stored index: {e}"));
+pub(super) fn stored_index(row: &sqlx::sqlite::SqliteRow) -> Result<StoredIndex, StorageError> {
+    let bad = |e: String| StorageError::new(super::super::ErrorKind::Damaged, format!("a stored index: {e}"));
     let collection: String = row.try_get("collection").map_err(|e| bad(e.to_string()))?;
     let fields: String = row.try_get("fields").map_err(|e| bad(e.to_string()))?;
     Ok(StoredIndex {
