@@ -403,54 +403,17 @@ impl Store {
     /// Checks the data folder, opens every shard, starts the writers and warms
     /// the cache from disk.
     pub async fn open(options: StoreOptions) -> Result<Self, StoreError> {
-        let (files, origin, lock, shared_database) = match &options.database_url {
-            None => {
-                let (layout, lock) = layout::prepare(&options.data_dir, options.shards)?;
-                let files = (0..options.shards.get() as usize)
-                    .map(|index| {
-                        engine::ShardFile::Sqlite(engine::sqlite::ShardFile {
-                            index,
-                            path: layout.shard_path(&options.data_dir, index),
-                            folder_id: layout.id(),
-                            sync: options.sync,
-                            shards: options.shards.get(),
-                            writer_cache_kib: engine::sqlite::files::writer_page_cache_kib(
-                                options.cache_bytes,
-                                options.shards.get(),
-                            ),
-                            created: layout.shards_created,
-                        })
-                    })
-                    .collect::<Vec<_>>();
-                (files, (layout.id(), layout.generation), Some((layout, lock)), None)
-            }
-            Some(url) => {
-                // Each shard's reads, its writer, and room for the feed's
-                // and the migrations' own.
-                let connections = options.shards.get() * (options.read_connections + 1) + 2;
-                let database = Arc::new(
-                    engine::postgres::PgDatabase::open(url, options.shards.get(), connections, options.queue_wait)
-                        .await?,
-                );
-                let files = (0..options.shards.get() as usize)
-                    .map(|index| {
-                        engine::ShardFile::Postgres(engine::postgres::PgShard {
-                            index,
-                            database: database.clone(),
-                        })
-                    })
-                    .collect::<Vec<_>>();
-                let shared_database = engine::SharedDatabase::Postgres(database.clone());
-                (files, (database.id, 1), None, Some(shared_database))
-            }
-        };
-        // On files, the shards' writers' page caches take an eighth of the
-        // document cache's share of memory (see `writer_page_cache_kib`).
-        let documents_share = if options.database_url.is_none() {
-            options.cache_bytes - options.cache_bytes / 8
-        } else {
-            options.cache_bytes
-        };
+        let backend = engine::backend::open(&engine::backend::EngineOptions {
+            data_dir: options.data_dir.clone(),
+            database_url: options.database_url.clone(),
+            shards: options.shards,
+            sync: options.sync,
+            cache_bytes: options.cache_bytes,
+            read_connections: options.read_connections,
+            queue_wait: options.queue_wait,
+        })
+        .await?;
+        let documents_share = options.cache_bytes - backend.engine_cache_bytes;
         let cache = DocCache::new(documents_share);
         let (shutdown, _) = watch::channel(false);
         let feed_published = Arc::new(watch::Sender::new(0));
@@ -458,7 +421,7 @@ impl Store {
         // on its own connection. (One after another, the integrity checks,
         // which read every file whole, were a quarter of a restart over
         // 1,000,000 documents.)
-        let opening = files.into_iter().map(|file| {
+        let opening = backend.shards.into_iter().map(|file| {
             Shard::open(
                 file,
                 &options,
@@ -486,21 +449,22 @@ impl Store {
             }
             return Err(err);
         }
-        let lock = match lock {
-            Some((layout, lock)) => {
-                if let Err(err) = layout::shards_created(&options.data_dir, &layout) {
+        let lock = match backend.folder {
+            Some(folder) => match folder.shards_created().await {
+                Ok(lock) => Some(lock),
+                Err(err) => {
                     let _ = shutdown.send(true);
                     for shard in &shards {
                         shard.close().await;
                     }
                     return Err(err.into());
                 }
-                Some(lock)
-            }
+            },
             None => None,
         };
         let highest_id = shards.iter().map(|s| s.counter_high).max().unwrap_or(0);
-        let shared_following = shared_database
+        let shared_following = backend
+            .shared
             .as_ref()
             .map(|_| Arc::new(replicas::Following::new(options.replica_poll)));
         let store = Store {
@@ -509,15 +473,15 @@ impl Store {
                 shards,
                 cache,
                 ids: IdCounter::starting_after(highest_id),
-                id_blocks: shared_database.map(|source| ids::IdBlocks::new(source, highest_id)),
+                id_blocks: backend.shared.map(|source| ids::IdBlocks::new(source, highest_id)),
                 shutdown,
                 lock: std::sync::Mutex::new(lock),
                 data_dir: options.data_dir.clone(),
                 events: options.events.clone(),
                 page_bytes: options.page_bytes,
                 queue_wait: options.queue_wait,
-                folder_id: origin.0,
-                generation: origin.1,
+                folder_id: backend.folder_id,
+                generation: backend.generation,
                 feed_reads: tokio::sync::Semaphore::new((options.read_connections as usize / 2).max(1)),
                 catalog_changes: tokio::sync::Mutex::new(()),
                 feed_published,

@@ -5,6 +5,7 @@
 //! The core talks to it through a few calls and hears back only the kinds
 //! of failure below, never the engine's own types.
 
+pub mod backend;
 mod error;
 pub mod postgres;
 pub mod sqlite;
