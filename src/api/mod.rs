@@ -25,6 +25,7 @@ mod query;
 mod schemas;
 mod spec;
 mod swagger;
+mod text;
 mod ui;
 
 use poem::error::ResponseError;
