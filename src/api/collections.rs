@@ -15,8 +15,8 @@ use super::docs::{bad_request, envelope_json, expiry, location, parse_id, parse_
 use super::error::{ApiError, Flavor, ProblemError};
 use super::params::{CollectionParam, Confirm};
 use super::payload::{JsonBody, Ndjson, NdjsonBody, RawJson};
+use super::tags::ApiTags;
 use super::text::{excerpt, json_error, json_string};
-use super::ApiTags;
 use crate::domain::access::Scope;
 use crate::domain::{CollectionName, DocId, DocKey};
 use crate::store::{Action, Expect, Store, StoreError, WriteOutcome};

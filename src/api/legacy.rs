@@ -14,7 +14,7 @@ use super::auth::{Access, Credentials};
 use super::error::{Flavor, LegacyError};
 use super::params::{CmdQuery, LegacyForm, LegacyId, LegacyWrite};
 use super::payload::{FormBody, JsonBody, RawJson};
-use super::ApiTags;
+use super::tags::ApiTags;
 use crate::domain::access::Scope;
 use crate::domain::{CollectionName, DocId, DocKey};
 use crate::store::Store;
