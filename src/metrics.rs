@@ -485,9 +485,12 @@ impl RouteMetrics {
         &self.route
     }
 
-    pub fn observe(&self, method: &str, status: poem::http::StatusCode, elapsed: Duration) {
+    /// Counts one answered request: `method` as the request line has it,
+    /// `status` the answer's code.
+    pub fn observe(&self, method: &str, status: u16, elapsed: Duration) {
         let Some(m) = METHODS.iter().position(|known| *known == method) else {
             let method = method_label(method);
+            let status = status.to_string();
             self.requests
                 .with_label_values(&[method, &self.route, status.as_str()])
                 .inc();
@@ -498,13 +501,16 @@ impl RouteMetrics {
         };
         let histogram = self.histograms[m].get_or_init(|| self.duration.with_label_values(&[method, &self.route]));
         histogram.observe(elapsed.as_secs_f64());
-        match STATUSES.iter().position(|known| *known == status.as_u16()) {
+        match STATUSES.iter().position(|known| *known == status) {
             Some(s) => self.counters[m * STATUSES.len() + s]
-                .get_or_init(|| self.requests.with_label_values(&[method, &self.route, status.as_str()]))
+                .get_or_init(|| {
+                    self.requests
+                        .with_label_values(&[method, &self.route, status.to_string().as_str()])
+                })
                 .inc(),
             None => self
                 .requests
-                .with_label_values(&[method, &self.route, status.as_str()])
+                .with_label_values(&[method, &self.route, status.to_string().as_str()])
                 .inc(),
         }
     }

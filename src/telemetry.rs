@@ -122,23 +122,11 @@ fn tracer_provider() -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBu
         .build())
 }
 
-/// Reads W3C trace context (`traceparent`, `tracestate`) from request headers.
-pub struct HeaderExtractor<'a>(pub &'a poem::http::HeaderMap);
-
-impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(|k| k.as_str()).collect()
-    }
-}
-
-/// Makes `span` a child of the caller's trace, when the request carries one.
-pub fn continue_trace(span: &tracing::Span, headers: &poem::http::HeaderMap) {
+/// Makes `span` a child of the caller's trace, when `carrier` (a request's
+/// headers, as the HTTP layer reads them) holds one.
+pub fn continue_trace(span: &tracing::Span, carrier: &dyn opentelemetry::propagation::Extractor) {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
-    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(carrier));
     let _ = span.set_parent(parent);
 }
 

@@ -9,7 +9,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::auth::{Access, Credentials};
 use super::error::{Flavor, Problem, ProblemError};
-use super::ApiTags;
+use super::tags::ApiTags;
 use crate::domain::access::Scope;
 use crate::store::maintenance::{Manifest, BACKUP_PREFIX};
 use crate::store::Store;

@@ -4,12 +4,18 @@
 
 use serde_json::{Map, Value};
 
+use super::text::excerpt;
 use crate::domain::MAX_DEPTH;
 
 /// Most bracket levels a parameter may have: a document's nesting limit
 /// (`data[a][b]` is `data` holding a document of depth 2). Parsing a key
 /// stops there, so no input can build a deeper tree.
 const MAX_LEVELS: usize = MAX_DEPTH;
+
+/// A form's fields: the names [`parse`] keeps; others are ignored.
+pub trait FormFields {
+    const FIELDS: &'static [&'static str];
+}
 
 /// Parses `application/x-www-form-urlencoded` text (percent-encoded or not)
 /// into a JSON object of strings, lists and nested objects, keeping the
@@ -58,7 +64,7 @@ fn split_key(key: &str) -> Result<(String, Vec<String>), String> {
 /// A parameter's name as error messages quote it: cut short, since a
 /// client's key can be as long as the body.
 fn shown(key: &str) -> String {
-    super::payload::excerpt(key, 64)
+    excerpt(key, 64)
 }
 
 /// Recursive, at most [`MAX_LEVELS`] deep (`split_key` bounds `path`).

@@ -23,7 +23,7 @@ use super::docs::{format_time, write_envelope, DocEnvelope};
 use super::error::{ApiError, FeedProblem, Flavor};
 use super::followers::{Full, Place, Places};
 use super::params::CollectionParam;
-use super::ApiTags;
+use super::tags::ApiTags;
 use crate::domain::access::Scope;
 use crate::domain::CollectionName;
 use crate::metrics::{Metrics, StreamLag};

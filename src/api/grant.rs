@@ -6,7 +6,7 @@ use poem_openapi::{Enum, Object, OpenApi};
 
 use super::auth::{Access, Credentials};
 use super::error::{Flavor, ProblemError};
-use super::ApiTags;
+use super::tags::ApiTags;
 use crate::domain::access::Scope;
 
 pub struct GrantApi {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use poem_openapi::payload::{Json, PlainText};
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
-use super::ApiTags;
+use super::tags::ApiTags;
 use crate::metrics::Metrics;
 use crate::store::Store;
 

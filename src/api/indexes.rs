@@ -12,7 +12,7 @@ use super::docs::{bad_request, format_time};
 use super::error::ProblemError;
 use super::params::CollectionParam;
 use super::payload::JsonBody;
-use super::ApiTags;
+use super::tags::ApiTags;
 use crate::domain::access::Scope;
 use crate::domain::CollectionName;
 use crate::store::index::IndexInfo;

@@ -14,7 +14,7 @@ use super::auth::{Access, Credentials};
 use super::error::{Flavor, LegacyError};
 use super::params::{CmdQuery, LegacyForm, LegacyId, LegacyWrite};
 use super::payload::{FormBody, JsonBody, RawJson};
-use super::ApiTags;
+use super::tags::ApiTags;
 use crate::domain::access::Scope;
 use crate::domain::{CollectionName, DocId, DocKey};
 use crate::store::Store;
@@ -330,7 +330,7 @@ fn parse_id(raw: &str) -> Result<i64, LegacyError> {
     let wrong = || {
         bad_request(format!(
             "id must be an integer, not {:?}",
-            super::payload::excerpt(raw, 64)
+            super::text::excerpt(raw, 64)
         ))
     };
     if !(1..=18).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {

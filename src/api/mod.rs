@@ -25,6 +25,8 @@ mod query;
 mod schemas;
 mod spec;
 mod swagger;
+mod tags;
+mod text;
 mod ui;
 
 use poem::error::ResponseError;
@@ -32,29 +34,12 @@ use poem::http::Method;
 use poem::middleware::Cors;
 use poem::PathPattern;
 use poem::{Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Request, Response, Route};
-use poem_openapi::{OpenApiService, Tags};
+use poem_openapi::OpenApiService;
 
 use crate::store::Store;
 use auth::Access;
 pub use docs::format_time;
 use payload::BodyLimit;
-
-#[derive(Tags)]
-pub enum ApiTags {
-    /// The original exdaas API: integer ids in the `default` collection.
-    Original,
-    /// v1: JSON documents in named collections.
-    Documents,
-    /// v1: whole collections: batches, import and export, listing, dropping.
-    Collections,
-    /// v1: the change feed: every committed change, as pages, long polls or
-    /// server-sent events.
-    Changes,
-    /// Administration: backups, and what a key may do.
-    Admin,
-    /// Liveness and readiness.
-    Health,
-}
 
 /// What the HTTP layer needs besides the store.
 #[derive(Debug, Clone)]

@@ -104,7 +104,7 @@ async fn observe<E: Endpoint>(next: &E, req: Request, metrics: &Metrics, routes:
         exdaas.cache.hit = Empty,
     );
     if !span.is_disabled() {
-        crate::telemetry::continue_trace(&span, req.headers());
+        crate::telemetry::continue_trace(&span, &HeaderExtractor(req.headers()));
     }
     let resp = match next.call(req).instrument(span.clone()).await {
         Ok(resp) => resp.into_response(),
@@ -114,7 +114,7 @@ async fn observe<E: Endpoint>(next: &E, req: Request, metrics: &Metrics, routes:
     let status = resp.status();
     let route = match routes.find(pattern) {
         Some(route) => {
-            route.observe(method.as_str(), status, started.elapsed());
+            route.observe(method.as_str(), status.as_u16(), started.elapsed());
             route.name()
         }
         // Routes outside the document: Swagger UI and the spec itself.
@@ -133,4 +133,18 @@ async fn observe<E: Endpoint>(next: &E, req: Request, metrics: &Metrics, routes:
         }
     }
     Ok(resp)
+}
+
+/// Reads W3C trace context (`traceparent`, `tracestate`) from request
+/// headers, for [`crate::telemetry::continue_trace`].
+struct HeaderExtractor<'a>(&'a poem::http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
 }

@@ -10,6 +10,8 @@ use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
 use poem_openapi::types::{ParseError, ParseFromParameter, ParseResult, Type};
 use serde_json::json;
 
+use super::brackets::FormFields;
+use super::text::excerpt;
 use crate::domain::{CollectionName, DocId, MAX_COLLECTION_LEN, MAX_ID_LEN};
 
 /// `^...$` patterns of the names `domain` accepts, for the document.
@@ -112,12 +114,7 @@ impl ParseFromParameter for LegacyId {
             .ok()
             .filter(|_| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
             .map(Self)
-            .ok_or_else(|| {
-                ParseError::custom(format!(
-                    "id must be an integer, not {:?}",
-                    super::payload::excerpt(value, 64)
-                ))
-            })
+            .ok_or_else(|| ParseError::custom(format!("id must be an integer, not {:?}", excerpt(value, 64))))
     }
 }
 
@@ -266,7 +263,7 @@ with_schema!(
     }
 );
 
-impl super::payload::FormFields for LegacyForm {
+impl FormFields for LegacyForm {
     const FIELDS: &'static [&'static str] = &["id", "data"];
 }
 

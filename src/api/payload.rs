@@ -16,7 +16,8 @@ use poem_openapi::{impl_apirequest_for_payload, ApiResponse};
 use serde_json::{Map, Value};
 use tokio::io::AsyncReadExt;
 
-use super::brackets;
+use super::brackets::{self, FormFields};
+use super::text::json_error;
 
 /// The largest body accepted, put in the request's data by `api::edge`.
 #[derive(Debug, Clone, Copy)]
@@ -114,20 +115,6 @@ async fn read_json(request: &Request, body: &mut RequestBody) -> poem::Result<Va
     })
 }
 
-/// What is wrong with JSON that did not parse. serde_json stops at 128
-/// levels of nesting before it could exhaust the stack; say so in terms of
-/// the documented limit.
-pub fn json_error(e: &serde_json::Error) -> String {
-    if e.to_string().starts_with("recursion limit exceeded") {
-        format!(
-            "it nests more than 127 arrays and objects deep (a document may nest {} deep)",
-            crate::domain::MAX_DEPTH
-        )
-    } else {
-        e.to_string()
-    }
-}
-
 impl_apirequest_for_payload!(JsonBody<T>, T: Type);
 
 /// An `application/merge-patch+json` body (RFC 7396). Only that type: a
@@ -209,11 +196,6 @@ impl IntoResponse for Ndjson {
     fn into_response(self) -> Response {
         Response::builder().content_type(Self::CONTENT_TYPE).body(self.0)
     }
-}
-
-/// A form's fields: the names it reads; others are ignored.
-pub trait FormFields {
-    const FIELDS: &'static [&'static str];
 }
 
 /// An `application/x-www-form-urlencoded` body in Rack/Plug bracket encoding
@@ -300,23 +282,4 @@ impl<T: Type> ApiResponse for RawJson<T> {
     fn register(registry: &mut Registry) {
         T::register(registry);
     }
-}
-
-/// At most `max` bytes of `text` (cut at a character boundary, marked
-/// with `…`): how an error message quotes what a client sent, which can be
-/// as long as a body.
-pub fn excerpt(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
-}
-
-/// `s` as a JSON string literal.
-pub fn json_string(s: &str) -> String {
-    Value::String(s.to_owned()).to_string()
 }

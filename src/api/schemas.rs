@@ -13,7 +13,7 @@ use super::docs::{bad_request, format_time};
 use super::error::{Flavor, ProblemError, ViolationBody};
 use super::params::CollectionParam;
 use super::payload::JsonBody;
-use super::ApiTags;
+use super::tags::ApiTags;
 use crate::domain::access::Scope;
 use crate::domain::CollectionName;
 use crate::store::schema::{CollectionSchema, MismatchPass, Mismatches, SchemaState, Violation, MAX_DOCUMENT_CHECKS};

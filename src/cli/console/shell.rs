@@ -16,7 +16,8 @@ use rustyline::history::DefaultHistory;
 use rustyline::validate::Validator;
 use rustyline::{Config, Context, Editor, Helper};
 
-use super::{execute, Api, Next, COMMANDS};
+use super::client::Api;
+use super::commands::{execute, Next, COMMANDS};
 
 /// Lines the history keeps.
 const HISTORY_LINES: usize = 1000;
