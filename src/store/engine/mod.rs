@@ -6,6 +6,7 @@
 //! of failure below, never the engine's own types.
 
 pub mod backend;
+pub mod contract;
 mod error;
 pub mod postgres;
 pub mod sqlite;
@@ -19,6 +20,7 @@ use futures_util::stream::BoxStream;
 
 use crate::domain::{CollectionName, DocId, DocKey};
 use crate::store::document::Document;
+pub use contract::*;
 pub use error::{EngineError, ErrorKind, StorageError};
 
 /// Calls the same method on whichever engine's value it is.
@@ -56,7 +58,7 @@ pub enum ShardFile {
 
 impl ShardFile {
     pub fn index(&self) -> usize {
-        dispatch!(self, f => f.index)
+        dispatch!(self, f => f.index())
     }
 
     /// The engine's name, for traces and logs.
@@ -75,7 +77,10 @@ impl ShardFile {
                 .open_at_boot(boot_check)
                 .await
                 .map(|(w, o)| (ShardWrites::Sqlite(w), o)),
-            Self::Postgres(f) => f.open().await.map(|(w, o)| (ShardWrites::Postgres(w), o)),
+            Self::Postgres(f) => f
+                .open_at_boot(boot_check)
+                .await
+                .map(|(w, o)| (ShardWrites::Postgres(w), o)),
         }
     }
 
@@ -83,14 +88,14 @@ impl ShardFile {
     pub async fn reopen(&self) -> Result<(ShardWrites, Opened), EngineError> {
         match self {
             Self::Sqlite(f) => f.reopen().await.map(|(w, o)| (ShardWrites::Sqlite(w), o)),
-            Self::Postgres(f) => f.open().await.map(|(w, o)| (ShardWrites::Postgres(w), o)),
+            Self::Postgres(f) => f.reopen().await.map(|(w, o)| (ShardWrites::Postgres(w), o)),
         }
     }
 
     pub async fn open_reads(&self, connections: u32, wait: Duration) -> Result<ShardReads, EngineError> {
         match self {
             Self::Sqlite(f) => f.open_reads(connections, wait).await.map(ShardReads::Sqlite),
-            Self::Postgres(f) => Ok(ShardReads::Postgres(f.reads(connections, wait))),
+            Self::Postgres(f) => f.open_reads(connections, wait).await.map(ShardReads::Postgres),
         }
     }
 }
@@ -105,24 +110,19 @@ impl ShardWrites {
     /// what this one cached or counted may be behind, so every transaction
     /// starts from `begin`.
     pub fn shared(&self) -> bool {
-        matches!(self, Self::Postgres(_))
+        dispatch!(self, w => w.shared())
     }
 
     /// Where writes are shared: opens a transaction holding the shard (its
     /// writers on every replica take turns) and answers what is committed
     /// now. `None` where this process is the only writer.
     pub async fn begin(&mut self) -> Result<Option<Opened>, StorageError> {
-        match self {
-            Self::Sqlite(_) => Ok(None),
-            Self::Postgres(w) => w.begin().await.map(Some),
-        }
+        dispatch!(self, w => w.begin().await)
     }
 
     /// Ends what `begin` opened, without a change.
     pub async fn release(&mut self) {
-        if let Self::Postgres(w) = self {
-            w.release().await;
-        }
+        dispatch!(self, w => w.release().await)
     }
 
     pub fn still_there(&self) -> bool {
@@ -145,10 +145,7 @@ impl ShardWrites {
     /// commit that writes ids it covers (see `SqliteWrites::reserve_ids`).
     /// On a database, whose commits are all durable, the commit does.
     pub async fn reserve_ids(&mut self, ceilings: IdBounds) -> Result<(), StorageError> {
-        match self {
-            Self::Sqlite(w) => w.reserve_ids(ceilings).await,
-            Self::Postgres(_) => Ok(()),
-        }
+        dispatch!(self, w => w.reserve_ids(ceilings).await)
     }
 
     pub async fn commit<'a>(
@@ -258,10 +255,7 @@ impl ShardWrites {
     /// Records the exact id bounds `ids` in place of the reserved
     /// `ceilings` (where nobody else raised them since) and closes.
     pub async fn close(&mut self, ids: IdBounds, ceilings: IdBounds) {
-        match self {
-            Self::Sqlite(w) => w.close(ids).await,
-            Self::Postgres(w) => w.close(ids, ceilings).await,
-        }
+        dispatch!(self, w => w.close(ids, ceilings).await)
     }
 
     #[cfg(feature = "fault-injection")]
@@ -437,221 +431,4 @@ impl ShardReads {
     pub fn is_closed(&self) -> bool {
         dispatch!(self, r => r.is_closed())
     }
-}
-
-#[cfg(feature = "fault-injection")]
-/// The faults the engine makes itself: its connection breaks, or its
-/// storage answers as full or read-only (and back).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EngineFault {
-    BreakConnection,
-    DiskFull,
-    ReadOnly,
-    Heal,
-}
-
-/// What the cache's warm-up may take from one shard: its newest live
-/// documents, as many as `bytes` hold, each counted as its key and text plus
-/// `per_entry` (the cache's own measure, passed down so the engine need not
-/// know the cache). A document longer than `largest` is left to its first
-/// read; one that does not fit is skipped, and the walk goes on to older ones
-/// while room is left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WarmBudget {
-    pub bytes: u64,
-    pub per_entry: u64,
-    pub largest: u64,
-}
-
-impl WarmBudget {
-    /// The bytes `doc` counts for.
-    pub fn weight(&self, key: &DocKey, doc: &Document) -> u64 {
-        (key.collection.as_str().len() + key.id.as_str().len() + doc.data.len()) as u64 + self.per_entry
-    }
-}
-
-/// Two bounds on a shard's numeric ids, which the engine keeps with the
-/// shard's data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct IdBounds {
-    /// Every counter-shaped id stored in the shard is at most this
-    /// (`max_counter_id`): a fresh id above it needs no read to know it is
-    /// free.
-    pub stored: u64,
-    /// Every id the counter handed out or moved past, stored here, is at
-    /// most this (`counter_high`): where the counter restarts.
-    pub counter: u64,
-}
-
-impl IdBounds {
-    pub fn max(self, other: IdBounds) -> IdBounds {
-        IdBounds {
-            stored: self.stored.max(other.stored),
-            counter: self.counter.max(other.counter),
-        }
-    }
-
-    /// Either bound passes its ceiling in `ceilings`.
-    pub fn exceeds(self, ceilings: IdBounds) -> bool {
-        self.stored > ceilings.stored || self.counter > ceilings.counter
-    }
-
-    /// Ceilings `reserve` above these bounds, never below `ceilings`.
-    pub fn reserved(self, ceilings: IdBounds, reserve: u64) -> IdBounds {
-        IdBounds {
-            stored: self.stored.saturating_add(reserve),
-            counter: self.counter.saturating_add(reserve),
-        }
-        .max(ceilings)
-    }
-}
-
-/// A committed row the writer asked for.
-#[derive(Debug)]
-pub struct StoredRow {
-    /// Its index in the keys asked for.
-    pub index: usize,
-    /// Its document: with its text if `whole`, else with an empty one.
-    pub doc: Document,
-    /// The size of its text.
-    pub bytes: usize,
-    pub whole: bool,
-}
-
-/// What a shard's writer learns when it opens the shard.
-#[derive(Debug, Clone, Copy)]
-pub struct Opened {
-    /// The id bounds the shard recorded.
-    pub ids: IdBounds,
-    /// Some document may carry an expiry.
-    pub may_expire: bool,
-    /// The feed's last sequence number (0: none yet).
-    pub last_seq: u64,
-    /// How many catalog changes (schemas, indexes) the shard has had,
-    /// where other processes may make them (0 where this writer is the
-    /// only one): a writer that sees it move reads the catalog again.
-    pub schema_seq: u64,
-}
-
-/// An index as a shard stores it.
-#[derive(Debug, Clone)]
-pub struct StoredIndex {
-    pub collection: CollectionName,
-    pub name: String,
-    /// Its field paths.
-    pub fields: Vec<String>,
-    /// The background build has covered every document of the shard.
-    pub built: bool,
-    /// Documents the build covered so far.
-    pub indexed: u64,
-    /// Documents the build could not cover: their key is over the bound.
-    pub oversized: u64,
-    pub created_at_ms: i64,
-}
-
-/// The index entries a commit changes: every entry of `removed` documents
-/// goes, then `added` ones come (a changed document is in both).
-#[derive(Debug, Default)]
-pub struct IndexChanges {
-    pub removed: Vec<DocKey>,
-    /// (document, index name, key).
-    pub added: Vec<(DocKey, String, Vec<u8>)>,
-}
-
-impl IndexChanges {
-    pub fn is_empty(&self) -> bool {
-        self.removed.is_empty() && self.added.is_empty()
-    }
-}
-
-/// A collection's schema as a shard stores it: `schema` is `None` once it
-/// was removed (the row stays, so versions keep rising).
-#[derive(Debug, Clone)]
-pub struct StoredSchema {
-    pub collection: CollectionName,
-    pub version: u64,
-    pub schema: Option<String>,
-    pub updated_at_ms: i64,
-}
-
-/// Why a document changed, as the change feed tells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChangeKind {
-    /// Created or changed: `version` is its new version.
-    Written,
-    /// Deleted by a client.
-    Deleted,
-    /// Gone at its expiry.
-    Expired,
-    /// Deleted with its whole collection.
-    Dropped,
-    /// The collection's schema was set (the entry's id is empty, its
-    /// version the schema's).
-    SchemaSet,
-    /// The collection's schema was removed (likewise).
-    SchemaRemoved,
-    /// An index was declared (the entry's id is its name).
-    IndexDeclared,
-    /// An index was dropped (likewise).
-    IndexDropped,
-}
-
-impl ChangeKind {
-    pub fn code(self) -> i64 {
-        match self {
-            ChangeKind::Written => 0,
-            ChangeKind::Deleted => 1,
-            ChangeKind::Expired => 2,
-            ChangeKind::Dropped => 3,
-            ChangeKind::SchemaSet => 4,
-            ChangeKind::SchemaRemoved => 5,
-            ChangeKind::IndexDeclared => 6,
-            ChangeKind::IndexDropped => 7,
-        }
-    }
-
-    pub fn from_code(code: i64) -> Option<Self> {
-        match code {
-            0 => Some(ChangeKind::Written),
-            1 => Some(ChangeKind::Deleted),
-            2 => Some(ChangeKind::Expired),
-            3 => Some(ChangeKind::Dropped),
-            4 => Some(ChangeKind::SchemaSet),
-            5 => Some(ChangeKind::SchemaRemoved),
-            6 => Some(ChangeKind::IndexDeclared),
-            7 => Some(ChangeKind::IndexDropped),
-            _ => None,
-        }
-    }
-}
-
-/// One entry of a shard's change feed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FeedEntry {
-    /// Its place in the shard's feed: rising by one, assigned by the writer
-    /// in the transaction of the change.
-    pub seq: u64,
-    pub key: DocKey,
-    /// The new version, or for a deletion the version deleted.
-    pub version: u64,
-    pub kind: ChangeKind,
-    /// When, in Unix milliseconds.
-    pub at_ms: i64,
-}
-
-/// Which entries of the feed a reader follows.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct FeedFilter<'a> {
-    /// Only these collections' (`None`: every one's).
-    pub collections: Option<&'a [crate::domain::CollectionName]>,
-    /// Only ids that start with this.
-    pub prefix: Option<&'a str>,
-}
-
-/// A run of a shard's feed as a reader sees it.
-#[derive(Debug, Clone, Default)]
-pub struct FeedRun {
-    /// Every entry up to this one was compacted away.
-    pub floor: u64,
-    pub entries: Vec<FeedEntry>,
 }

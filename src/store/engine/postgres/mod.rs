@@ -23,6 +23,7 @@ pub use reads::{PgReadSlot, PgReads};
 pub use writes::PgWrites;
 
 use super::{ErrorKind, Opened, StorageError};
+use crate::store::engine::contract::ShardStorage;
 use crate::store::engine::EngineError;
 
 /// How long a replica may hold the migration lease before another takes it
@@ -263,9 +264,22 @@ pub struct PgShard {
     pub database: Arc<PgDatabase>,
 }
 
-impl PgShard {
+impl ShardStorage for PgShard {
+    type Writes = PgWrites;
+    type Reads = PgReads;
+
+    fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The shard's write connection and what it recorded. A database checks
+    /// its own integrity: `boot_check` asks nothing more of it.
+    async fn open_at_boot(&self, _boot_check: bool) -> Result<(PgWrites, Opened), EngineError> {
+        self.reopen().await
+    }
+
     /// The shard's write connection and what it recorded.
-    pub async fn open(&self) -> Result<(PgWrites, Opened), EngineError> {
+    async fn reopen(&self) -> Result<(PgWrites, Opened), EngineError> {
         let conn = self
             .database
             .pool
@@ -280,8 +294,9 @@ impl PgShard {
         Ok((writes, opened))
     }
 
-    pub fn reads(&self, connections: u32, wait: Duration) -> PgReads {
-        PgReads::new(self.index, self.database.pool.clone(), connections, wait)
+    /// The shard's reads, on the database's one pool.
+    async fn open_reads(&self, connections: u32, wait: Duration) -> Result<PgReads, EngineError> {
+        Ok(PgReads::new(self.index, self.database.pool.clone(), connections, wait))
     }
 }
 

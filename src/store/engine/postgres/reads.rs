@@ -16,6 +16,7 @@ use super::super::{ChangeKind, FeedEntry, FeedFilter, FeedRun, StoredIndex, Warm
 use super::engine_error;
 use crate::domain::{CollectionName, DocId, DocKey};
 use crate::store::document::Document;
+use crate::store::engine::contract::{PointRead, ReadPool};
 use crate::store::engine::EngineError;
 
 pub struct PgReads {
@@ -34,9 +35,9 @@ pub struct PgReadSlot {
     _slot: OwnedSemaphorePermit,
 }
 
-impl PgReadSlot {
+impl PointRead for PgReadSlot {
     /// The committed document at `key` (expired or not).
-    pub async fn read(mut self, key: &DocKey) -> Result<Option<Document>, EngineError> {
+    async fn read(mut self, key: &DocKey) -> Result<Option<Document>, EngineError> {
         let row = sqlx::query(
             "SELECT version, updated_at, expires_at, data FROM exdaas_documents WHERE collection = $1 AND id = $2",
         )
@@ -61,37 +62,11 @@ pub fn document_from_row(row: &sqlx::postgres::PgRow) -> Result<Document, sqlx::
     })
 }
 
-impl PgReads {
-    pub fn new(shard: usize, pool: PgPool, connections: u32, wait: Duration) -> Self {
-        Self {
-            shard,
-            pool,
-            slots: Arc::new(Semaphore::new(connections as usize)),
-            connections,
-            wait,
-        }
-    }
-
-    fn shard_param(&self) -> i32 {
-        i32::try_from(self.shard).unwrap_or(i32::MAX)
-    }
-
-    fn busy(&self) -> EngineError {
-        EngineError::Busy {
-            shard: self.shard,
-            waited_ms: self.wait.as_millis() as u64,
-        }
-    }
-
-    fn error(&self, err: sqlx::Error) -> EngineError {
-        match err {
-            sqlx::Error::PoolTimedOut => self.busy(),
-            err => EngineError::storage(self.shard, engine_error(err)),
-        }
-    }
+impl ReadPool for PgReads {
+    type Slot = PgReadSlot;
 
     /// A read connection, waiting at most the configured time for one.
-    pub async fn reserve(&self) -> Result<PgReadSlot, EngineError> {
+    async fn reserve(&self) -> Result<PgReadSlot, EngineError> {
         let slot = match tokio::time::timeout(self.wait, self.slots.clone().acquire_owned()).await {
             Ok(Ok(slot)) => slot,
             _ => return Err(self.busy()),
@@ -104,13 +79,13 @@ impl PgReads {
         })
     }
 
-    pub fn connections(&self) -> u32 {
+    fn connections(&self) -> u32 {
         self.connections
     }
 
     /// The counter-shaped ids of `collection` stored in this shard from
     /// `first` to `last` (inclusive), two numbers with as many digits.
-    pub async fn counter_ids_between(
+    async fn counter_ids_between(
         &self,
         collection: &CollectionName,
         first: u64,
@@ -139,7 +114,7 @@ impl PgReads {
     /// Up to `limit` documents of `collection` in this shard live at `now`,
     /// in id order (bytewise), after `from` (included if its flag says so)
     /// and before `to`: ids, versions, times and text sizes.
-    pub async fn entries(
+    async fn entries(
         &self,
         collection: &CollectionName,
         from: Option<(&str, bool)>,
@@ -184,7 +159,7 @@ impl PgReads {
     }
 
     /// The documents among `ids` of `collection` live at `now`, whole, by id.
-    pub async fn documents(
+    async fn documents(
         &self,
         collection: &CollectionName,
         ids: &[&str],
@@ -211,7 +186,7 @@ impl PgReads {
     }
 
     /// The indexes of `collection` on this shard.
-    pub async fn index_catalog(&self, collection: &CollectionName) -> Result<Vec<StoredIndex>, EngineError> {
+    async fn index_catalog(&self, collection: &CollectionName) -> Result<Vec<StoredIndex>, EngineError> {
         let shard = i32::try_from(self.shard).unwrap_or(i32::MAX);
         let rows = sqlx::query(
             "SELECT collection, name, fields, built, indexed, oversized, created_at FROM exdaas_indexes \
@@ -228,7 +203,7 @@ impl PgReads {
     }
 
     /// Indexes whose build has not covered this shard yet.
-    pub async fn unbuilt_indexes(&self) -> Result<Vec<(String, String)>, EngineError> {
+    async fn unbuilt_indexes(&self) -> Result<Vec<(String, String)>, EngineError> {
         let shard = i32::try_from(self.shard).unwrap_or(i32::MAX);
         sqlx::query_as("SELECT collection, name FROM exdaas_indexes WHERE shard = $1 AND NOT built")
             .bind(shard)
@@ -238,7 +213,7 @@ impl PgReads {
     }
 
     /// Up to `limit` entries of an index in `[low, high)` after `after`.
-    pub async fn index_range(
+    async fn index_range(
         &self,
         collection: &CollectionName,
         name: &str,
@@ -285,7 +260,7 @@ impl PgReads {
     }
 
     /// Documents of this shard live at `now`; `None` if it cannot be read.
-    pub async fn count_live(&self, now: i64) -> Option<u64> {
+    async fn count_live(&self, now: i64) -> Option<u64> {
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM exdaas_documents WHERE shard = $1 AND (expires_at IS NULL OR expires_at > $2)",
         )
@@ -298,7 +273,7 @@ impl PgReads {
     }
 
     /// Live documents of this shard at `now` per collection, added to `totals`.
-    pub async fn add_collection_counts(&self, now: i64, totals: &mut BTreeMap<String, i64>) -> Result<(), EngineError> {
+    async fn add_collection_counts(&self, now: i64, totals: &mut BTreeMap<String, i64>) -> Result<(), EngineError> {
         let rows = sqlx::query(
             "SELECT collection, count(*) AS n FROM exdaas_documents \
              WHERE shard = $1 AND (expires_at IS NULL OR expires_at > $2) GROUP BY collection",
@@ -318,7 +293,7 @@ impl PgReads {
 
     /// Live documents of this shard at `now` of each of `collections`,
     /// added to `totals`.
-    pub async fn add_counts_of(
+    async fn add_counts_of(
         &self,
         now: i64,
         collections: &[CollectionName],
@@ -346,7 +321,7 @@ impl PgReads {
 
     /// This shard's documents live at `now`, most recently changed first,
     /// as many as `budget` holds: what the cache is warmed with.
-    pub fn recent(&self, now: i64, budget: WarmBudget) -> BoxStream<'_, Result<(DocKey, Document), EngineError>> {
+    fn recent(&self, now: i64, budget: WarmBudget) -> BoxStream<'_, Result<(DocKey, Document), EngineError>> {
         let mut used = 0u64;
         sqlx::query(
             "SELECT collection, id, version, updated_at, expires_at, data FROM exdaas_documents \
@@ -368,36 +343,19 @@ impl PgReads {
             let doc = document_from_row(&row).map_err(|e| self.error(e))?;
             Ok(Some((DocKey::new(collection, id), doc)))
         })
-        // Newest first: one that does not fit is skipped (`Some(None)`), and
-        // the walk ends (`None`) once no entry could fit any more.
-        .map_ok(move |parsed| {
-            if used.saturating_add(budget.per_entry) > budget.bytes {
-                return None;
-            }
-            Some(parsed.filter(|(key, doc)| {
-                let weight = budget.weight(key, doc);
-                let fits = used.saturating_add(weight) <= budget.bytes;
-                if fits {
-                    used += weight;
-                }
-                fits
-            }))
+        .try_filter_map(|item| std::future::ready(Ok(item)))
+        // Newest first: the first that does not fit ends it.
+        .try_take_while(move |(key, doc)| {
+            used = used.saturating_add(budget.weight(key, doc));
+            std::future::ready(Ok(used <= budget.bytes))
         })
-        .try_take_while(|step| std::future::ready(Ok(step.is_some())))
-        .try_filter_map(|step| std::future::ready(Ok(step.flatten())))
         .boxed()
     }
 
     /// Up to `limit` entries of this shard's feed after `after` and up to
     /// `upto` that `filter` lets through, with the feed's floor, read in
     /// one statement (one snapshot).
-    pub async fn feed(
-        &self,
-        after: u64,
-        upto: u64,
-        filter: FeedFilter<'_>,
-        limit: usize,
-    ) -> Result<FeedRun, EngineError> {
+    async fn feed(&self, after: u64, upto: u64, filter: FeedFilter<'_>, limit: usize) -> Result<FeedRun, EngineError> {
         let collections: Option<Vec<String>> = filter
             .collections
             .map(|many| many.iter().map(|c| c.as_str().to_owned()).collect());
@@ -443,11 +401,41 @@ impl PgReads {
         })
     }
 
-    pub async fn close(&self) {
+    async fn close(&self) {
         self.pool.close().await;
     }
 
-    pub fn is_closed(&self) -> bool {
+    fn is_closed(&self) -> bool {
         self.pool.is_closed()
+    }
+}
+
+impl PgReads {
+    pub fn new(shard: usize, pool: PgPool, connections: u32, wait: Duration) -> Self {
+        Self {
+            shard,
+            pool,
+            slots: Arc::new(Semaphore::new(connections as usize)),
+            connections,
+            wait,
+        }
+    }
+
+    fn shard_param(&self) -> i32 {
+        i32::try_from(self.shard).unwrap_or(i32::MAX)
+    }
+
+    fn busy(&self) -> EngineError {
+        EngineError::Busy {
+            shard: self.shard,
+            waited_ms: self.wait.as_millis() as u64,
+        }
+    }
+
+    fn error(&self, err: sqlx::Error) -> EngineError {
+        match err {
+            sqlx::Error::PoolTimedOut => self.busy(),
+            err => EngineError::storage(self.shard, engine_error(err)),
+        }
     }
 }

@@ -12,6 +12,7 @@ use super::super::{
 use super::{engine_error, opened_from};
 use crate::domain::{CollectionName, DocId, DocKey};
 use crate::store::document::Document;
+use crate::store::engine::contract::WriteConnection;
 
 /// The shard's write connection.
 pub struct PgWrites {
@@ -32,41 +33,15 @@ const PLANNED_EACH_TIME: bool = false;
 const LOCK_SHARD: &str =
     "SELECT last_seq, max_counter_id, counter_high, schema_seq FROM exdaas_shards WHERE shard = $1 FOR UPDATE";
 
-impl PgWrites {
-    pub fn new(shard: usize, conn: PgConnection) -> Self {
-        Self {
-            shard,
-            conn: Some(conn),
-            in_transaction: false,
-        }
-    }
-
-    fn conn(&mut self) -> Result<&mut PgConnection, StorageError> {
-        self.conn
-            .as_mut()
-            .ok_or_else(|| StorageError::new(ErrorKind::Unavailable, "its database connection is closed"))
-    }
-
-    fn shard_param(&self) -> i32 {
-        i32::try_from(self.shard).unwrap_or(i32::MAX)
-    }
-
-    /// What the shard's row holds, read without a lock (at open).
-    pub async fn read_shard(&mut self) -> Result<Opened, StorageError> {
-        let shard = self.shard_param();
-        let row = sqlx::query(
-            "SELECT last_seq, max_counter_id, counter_high, schema_seq FROM exdaas_shards WHERE shard = $1",
-        )
-        .bind(shard)
-        .fetch_one(self.conn()?)
-        .await
-        .map_err(engine_error)?;
-        opened_from(&row)
+impl WriteConnection for PgWrites {
+    /// Every replica of the database writes its shards.
+    fn shared(&self) -> bool {
+        true
     }
 
     /// Begins a transaction holding the shard's row, and answers what it
     /// holds now: other replicas may have written since.
-    pub async fn begin(&mut self) -> Result<Opened, StorageError> {
+    async fn begin(&mut self) -> Result<Option<Opened>, StorageError> {
         if self.in_transaction {
             self.rollback().await;
         }
@@ -76,50 +51,35 @@ impl PgWrites {
         self.in_transaction = true;
         let row = sqlx::query(LOCK_SHARD).bind(shard).fetch_one(self.conn()?).await;
         match row {
-            Ok(row) => opened_from(&row),
+            Ok(row) => opened_from(&row).map(Some),
             Err(err) => Err(self.failed(err).await),
         }
     }
 
+    /// The database's commits are all durable: the commit that writes the
+    /// ids makes their reservation durable too.
+    async fn reserve_ids(&mut self, _ceilings: IdBounds) -> Result<(), StorageError> {
+        Ok(())
+    }
+
     /// Ends an open transaction without a change.
-    pub async fn release(&mut self) {
+    async fn release(&mut self) {
         if self.in_transaction {
             self.rollback().await;
         }
     }
 
-    async fn rollback(&mut self) {
-        self.in_transaction = false;
-        if let Ok(conn) = self.conn() {
-            if let Err(e) = sqlx::query("ROLLBACK").execute(conn).await {
-                tracing::debug!(error = %e, "rollback");
-            }
-        }
-    }
-
-    /// Rolls back after `err`; a connection that broke is dropped.
-    async fn failed(&mut self, err: sqlx::Error) -> StorageError {
-        let err = engine_error(err);
-        if err.kind == ErrorKind::Unavailable {
-            self.conn = None;
-            self.in_transaction = false;
-        } else {
-            self.rollback().await;
-        }
-        err
-    }
-
-    pub fn still_there(&self) -> bool {
+    fn still_there(&self) -> bool {
         true
     }
 
-    pub fn file_name(&self) -> String {
+    fn file_name(&self) -> String {
         format!("the database's shard {}", self.shard)
     }
 
     /// The committed rows among `keys`, with the text of those up to
     /// `small` bytes.
-    pub async fn load(&mut self, keys: &[DocKey], small: usize) -> Result<Vec<StoredRow>, StorageError> {
+    async fn load(&mut self, keys: &[DocKey], small: usize) -> Result<Vec<StoredRow>, StorageError> {
         let (collections, ids) = key_arrays(keys);
         let rows = sqlx::query(
             "SELECT k.idx, d.version, d.updated_at, d.expires_at, octet_length(d.data) AS bytes, \
@@ -153,7 +113,7 @@ impl PgWrites {
     }
 
     /// The text of the committed rows among `keys`, as (index in `keys`, text).
-    pub async fn load_texts(&mut self, keys: &[DocKey]) -> Result<Vec<(usize, Arc<str>)>, StorageError> {
+    async fn load_texts(&mut self, keys: &[DocKey]) -> Result<Vec<(usize, Arc<str>)>, StorageError> {
         let (collections, ids) = key_arrays(keys);
         let rows = sqlx::query(
             "SELECT k.idx, d.data FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(collection, id, idx) \
@@ -181,7 +141,7 @@ impl PgWrites {
     /// Writes every change's final state (`None`: deleted), its feed
     /// entries and, when given, raised id ceilings, and commits the
     /// transaction `begin` opened (one is opened if none is).
-    pub async fn commit<'a>(
+    async fn commit<'a>(
         &mut self,
         changes: impl Iterator<Item = (&'a DocKey, u32, Option<&'a Document>)>,
         feed: &[FeedEntry],
@@ -210,56 +170,8 @@ impl PgWrites {
         Ok(())
     }
 
-    async fn write(
-        &mut self,
-        shard: i32,
-        up: Upserts,
-        del_collections: Vec<String>,
-        del_ids: Vec<String>,
-        feed: &[FeedEntry],
-        ceilings: Option<IdBounds>,
-    ) -> Result<(), sqlx::Error> {
-        let conn = self.conn.as_mut().ok_or(sqlx::Error::WorkerCrashed)?;
-        if !up.collections.is_empty() {
-            sqlx::query(
-                "INSERT INTO exdaas_documents (collection, id, shard, bucket, version, updated_at, expires_at, data) \
-                 SELECT c, i, $8, b, v, u, e, d FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], \
-                 $5::bigint[], $6::bigint[], $7::text[]) AS r(c, i, b, v, u, e, d) \
-                 ON CONFLICT (collection, id) DO UPDATE SET version = excluded.version, \
-                 updated_at = excluded.updated_at, expires_at = excluded.expires_at, data = excluded.data",
-            )
-            .bind(&up.collections)
-            .bind(&up.ids)
-            .bind(&up.buckets)
-            .bind(&up.versions)
-            .bind(&up.updated)
-            .bind(&up.expires)
-            .bind(&up.data)
-            .bind(shard)
-            .execute(&mut *conn)
-            .await?;
-        }
-        if !del_collections.is_empty() {
-            delete_keys(conn, &del_collections, &del_ids).await?;
-        }
-        insert_feed(conn, shard, feed).await?;
-        let ceilings = ceilings.unwrap_or_default();
-        sqlx::query(
-            "UPDATE exdaas_shards SET last_seq = greatest(last_seq, $2), \
-             max_counter_id = greatest(max_counter_id, $3), counter_high = greatest(counter_high, $4) WHERE shard = $1",
-        )
-        .bind(shard)
-        .bind(feed.last().map_or(0, |e| bound(e.seq)))
-        .bind(bound(ceilings.stored))
-        .bind(bound(ceilings.counter))
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query("COMMIT").execute(&mut *conn).await?;
-        Ok(())
-    }
-
     /// Up to `limit` documents of the shard expired at `now`.
-    pub async fn expired(&mut self, now: i64, limit: u32) -> Result<Vec<(DocKey, u64)>, StorageError> {
+    async fn expired(&mut self, now: i64, limit: u32) -> Result<Vec<(DocKey, u64)>, StorageError> {
         let shard = self.shard_param();
         let rows = sqlx::query(
             "SELECT collection, id, version FROM exdaas_documents WHERE shard = $1 AND expires_at <= $2 LIMIT $3",
@@ -276,7 +188,7 @@ impl PgWrites {
     }
 
     /// Up to `limit` documents of `collection` in the shard.
-    pub async fn in_collection(
+    async fn in_collection(
         &mut self,
         collection: &CollectionName,
         limit: u32,
@@ -297,7 +209,7 @@ impl PgWrites {
 
     /// Deletes the documents of `feed` and records `feed`, committing the
     /// transaction `begin` opened.
-    pub async fn delete_with_feed(&mut self, feed: &[FeedEntry]) -> Result<u64, StorageError> {
+    async fn delete_with_feed(&mut self, feed: &[FeedEntry]) -> Result<u64, StorageError> {
         if feed.is_empty() {
             self.release().await;
             return Ok(0);
@@ -330,7 +242,7 @@ impl PgWrites {
     }
 
     /// Every index of the shard.
-    pub async fn indexes(&mut self) -> Result<Vec<StoredIndex>, StorageError> {
+    async fn indexes(&mut self) -> Result<Vec<StoredIndex>, StorageError> {
         let shard = self.shard_param();
         let rows = sqlx::query(
             "SELECT collection, name, fields, built, indexed, oversized, created_at FROM exdaas_indexes WHERE shard = $1",
@@ -346,7 +258,7 @@ impl PgWrites {
 
     /// Changes index entries in the open transaction (opening one if
     /// none is).
-    pub async fn index_changes(&mut self, changes: &IndexChanges) -> Result<(), StorageError> {
+    async fn index_changes(&mut self, changes: &IndexChanges) -> Result<(), StorageError> {
         if !self.in_transaction {
             self.begin().await?;
         }
@@ -397,18 +309,400 @@ impl PgWrites {
 
     /// Declares `index` unless one of its name is there, with `feed`, and
     /// counts the change in the shard's row.
-    pub async fn declare_index(&mut self, index: &StoredIndex, feed: &[FeedEntry]) -> Result<bool, StorageError> {
+    async fn declare_index(&mut self, index: &StoredIndex, feed: &[FeedEntry]) -> Result<bool, StorageError> {
         self.catalog_change(CatalogChange::Declare(index), feed).await
     }
 
     /// Drops an index and its entries, with `feed`.
-    pub async fn drop_index(
+    async fn drop_index(
         &mut self,
         collection: &CollectionName,
         name: &str,
         feed: &[FeedEntry],
     ) -> Result<bool, StorageError> {
         self.catalog_change(CatalogChange::Drop(collection, name), feed).await
+    }
+
+    /// Where an index's build is (in the open transaction).
+    async fn build_progress(
+        &mut self,
+        collection: &CollectionName,
+        name: &str,
+    ) -> Result<Option<(Option<String>, bool)>, StorageError> {
+        let shard = self.shard_param();
+        let row = sqlx::query(
+            "SELECT built_upto, built FROM exdaas_indexes WHERE shard = $1 AND collection = $2 AND name = $3",
+        )
+        .bind(shard)
+        .bind(collection.as_str())
+        .bind(name)
+        .fetch_optional(self.conn()?)
+        .await;
+        let row = match row {
+            Ok(row) => row,
+            Err(err) => return Err(self.failed(err).await),
+        };
+        row.map(|row| {
+            let upto: Option<String> = row.try_get("built_upto").map_err(engine_error)?;
+            let built: bool = row.try_get("built").map_err(engine_error)?;
+            Ok((upto, built))
+        })
+        .transpose()
+    }
+
+    /// Up to `limit` of the shard's documents of `collection` after
+    /// `after`, in id order.
+    async fn documents_after(
+        &mut self,
+        collection: &CollectionName,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, Arc<str>)>, StorageError> {
+        let shard = self.shard_param();
+        let rows = sqlx::query(
+            "SELECT id, data FROM exdaas_documents WHERE collection = $1 AND id > $2 AND shard = $3 ORDER BY id LIMIT $4",
+        )
+        .bind(collection.as_str())
+        .bind(after.unwrap_or(""))
+        .bind(shard)
+        .bind(i64::from(limit))
+        .fetch_all(self.conn()?)
+        .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(err) => return Err(self.failed(err).await),
+        };
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("id").map_err(engine_error)?;
+                let data: String = row.try_get("data").map_err(engine_error)?;
+                Ok((id, Arc::from(data)))
+            })
+            .collect()
+    }
+
+    /// Replaces the build's entries and records its progress; commits.
+    async fn build_step(
+        &mut self,
+        collection: &CollectionName,
+        name: &str,
+        entries: &[(String, Vec<u8>)],
+        oversized: u64,
+        upto: Option<&str>,
+        done: bool,
+    ) -> Result<(), StorageError> {
+        if !self.in_transaction {
+            self.begin().await?;
+        }
+        let shard = self.shard_param();
+        let ids: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
+        let keys: Vec<&[u8]> = entries.iter().map(|(_, key)| key.as_slice()).collect();
+        let result = async {
+            let conn = self.conn.as_mut().ok_or(sqlx::Error::WorkerCrashed)?;
+            sqlx::query(
+                "DELETE FROM exdaas_index_entries WHERE shard = $1 AND collection = $2 AND name = $3 AND id = ANY($4::text[])",
+            )
+            .bind(shard)
+            .bind(collection.as_str())
+            .bind(name)
+            .bind(&ids)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(
+                "INSERT INTO exdaas_index_entries (shard, collection, name, key, id) \
+                 SELECT $1, $2, $3, k, i FROM unnest($4::bytea[], $5::text[]) AS r(k, i) ON CONFLICT DO NOTHING",
+            )
+            .bind(shard)
+            .bind(collection.as_str())
+            .bind(name)
+            .bind(&keys)
+            .bind(&ids)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(
+                "UPDATE exdaas_indexes SET built_upto = coalesce($4, built_upto), indexed = indexed + $5, built = $6, \
+                 oversized = oversized + $7 WHERE shard = $1 AND collection = $2 AND name = $3",
+            )
+            .bind(shard)
+            .bind(collection.as_str())
+            .bind(name)
+            .bind(upto)
+            .bind(entries.len() as i64)
+            .bind(done)
+            .bind(bound(oversized))
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query("COMMIT").execute(&mut *conn).await?;
+            Ok::<_, sqlx::Error>(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                self.in_transaction = false;
+                Ok(())
+            }
+            Err(err) => Err(self.failed(err).await),
+        }
+    }
+
+    /// Every collection schema of the shard, as committed (read in the
+    /// transaction `begin` opened, if one is open).
+    async fn schemas(&mut self) -> Result<Vec<StoredSchema>, StorageError> {
+        let shard = self.shard_param();
+        let rows = sqlx::query("SELECT collection, version, schema, updated_at FROM exdaas_schemas WHERE shard = $1")
+            .bind(shard)
+            .fetch_all(self.conn()?)
+            .await;
+        match rows {
+            Ok(rows) => rows.iter().map(stored_schema).collect(),
+            Err(err) => Err(self.failed(err).await),
+        }
+    }
+
+    /// Stores `change` unless the shard holds a newer version, with `feed`,
+    /// and counts the change in the shard's row (other replicas' writers
+    /// see it there), in one transaction; answers whether it was stored.
+    async fn set_schema(&mut self, change: &StoredSchema, feed: &[FeedEntry]) -> Result<bool, StorageError> {
+        if !self.in_transaction {
+            self.begin().await?;
+        }
+        let shard = self.shard_param();
+        let last = feed.last().map_or(0, |e| bound(e.seq));
+        let done = async {
+            let conn = self.conn.as_mut().ok_or(sqlx::Error::WorkerCrashed)?;
+            let stored = sqlx::query(
+                "INSERT INTO exdaas_schemas (shard, collection, version, schema, updated_at) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (shard, collection) DO UPDATE SET version = excluded.version, schema = excluded.schema, \
+                 updated_at = excluded.updated_at WHERE excluded.version > exdaas_schemas.version",
+            )
+            .bind(shard)
+            .bind(change.collection.as_str())
+            .bind(bound(change.version))
+            .bind(change.schema.as_deref())
+            .bind(change.updated_at_ms)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
+                > 0;
+            if stored {
+                insert_feed(conn, shard, feed).await?;
+                sqlx::query(
+                    "UPDATE exdaas_shards SET schema_seq = schema_seq + 1, last_seq = greatest(last_seq, $2) WHERE shard = $1",
+                )
+                .bind(shard)
+                .bind(last)
+                .execute(&mut *conn)
+                .await?;
+            }
+            sqlx::query("COMMIT").execute(&mut *conn).await?;
+            Ok::<_, sqlx::Error>(stored)
+        }
+        .await;
+        match done {
+            Ok(stored) => {
+                self.in_transaction = false;
+                Ok(stored)
+            }
+            Err(err) => Err(self.failed(err).await),
+        }
+    }
+
+    /// Removes the feed's entries older than `before_ms` and beyond the
+    /// last `keep`, at most `limit`, raising the floor with them.
+    async fn compact_feed(&mut self, before_ms: i64, keep: u64, limit: u64) -> Result<u64, StorageError> {
+        self.begin().await?;
+        let shard = self.shard_param();
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let done = async {
+            let conn = self.conn.as_mut().ok_or(sqlx::Error::WorkerCrashed)?;
+            let row = sqlx::query(
+                "SELECT s.feed_floor AS old, greatest(s.feed_floor, least(s.feed_floor + $4, greatest( \
+                   coalesce((SELECT max(seq) FROM (SELECT seq, at FROM exdaas_changes WHERE shard = $1 \
+                     ORDER BY seq LIMIT $4) AS o WHERE at < $2), 0), \
+                   s.last_seq - $3))) AS new \
+                 FROM exdaas_shards AS s WHERE s.shard = $1",
+            )
+            .bind(shard)
+            .bind(before_ms)
+            .bind(keep)
+            .bind(limit)
+            .fetch_one(&mut *conn)
+            .await?;
+            let (old, new): (i64, i64) = (row.try_get("old")?, row.try_get("new")?);
+            if new > old {
+                sqlx::query("DELETE FROM exdaas_changes WHERE shard = $1 AND seq <= $2")
+                    .bind(shard)
+                    .bind(new)
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query("UPDATE exdaas_shards SET feed_floor = $2 WHERE shard = $1")
+                    .bind(shard)
+                    .bind(new)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            sqlx::query("COMMIT").execute(&mut *conn).await?;
+            Ok::<_, sqlx::Error>(u64::try_from(new - old).unwrap_or(0))
+        }
+        .await;
+        match done {
+            Ok(n) => {
+                self.in_transaction = false;
+                Ok(n)
+            }
+            Err(err) => Err(self.failed(err).await),
+        }
+    }
+
+    /// Records the exact id bounds `ids` in place of the reserve, if the
+    /// row still holds the `ceilings` this writer left there (no other
+    /// replica raised them since), so a clean restart continues without a
+    /// gap; then closes the connection.
+    async fn close(&mut self, ids: IdBounds, ceilings: IdBounds) {
+        self.release().await;
+        let shard = self.shard_param();
+        if let Ok(conn) = self.conn() {
+            let lowered = sqlx::query(
+                "UPDATE exdaas_shards SET max_counter_id = $2, counter_high = $3 \
+                 WHERE shard = $1 AND max_counter_id = $4 AND counter_high = $5",
+            )
+            .bind(shard)
+            .bind(bound(ids.stored))
+            .bind(bound(ids.counter))
+            .bind(bound(ceilings.stored))
+            .bind(bound(ceilings.counter))
+            .execute(conn)
+            .await;
+            if let Err(e) = lowered {
+                tracing::warn!(shard, error = %e, "recording the id bounds failed");
+            }
+        }
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.close().await;
+        }
+    }
+
+    /// Test hooks: the connection breaks, or the session refuses writes.
+    #[cfg(feature = "fault-injection")]
+    async fn inject(&mut self, fault: crate::store::engine::EngineFault) -> Result<(), StorageError> {
+        use crate::store::engine::EngineFault;
+        let sql = match fault {
+            EngineFault::BreakConnection => {
+                self.conn = None;
+                self.in_transaction = false;
+                return Ok(());
+            }
+            EngineFault::ReadOnly | EngineFault::DiskFull => "SET default_transaction_read_only = on",
+            EngineFault::Heal => "SET default_transaction_read_only = off",
+        };
+        sqlx::query(sql)
+            .execute(self.conn()?)
+            .await
+            .map(|_| ())
+            .map_err(engine_error)
+    }
+}
+
+impl PgWrites {
+    pub fn new(shard: usize, conn: PgConnection) -> Self {
+        Self {
+            shard,
+            conn: Some(conn),
+            in_transaction: false,
+        }
+    }
+
+    fn conn(&mut self) -> Result<&mut PgConnection, StorageError> {
+        self.conn
+            .as_mut()
+            .ok_or_else(|| StorageError::new(ErrorKind::Unavailable, "its database connection is closed"))
+    }
+
+    fn shard_param(&self) -> i32 {
+        i32::try_from(self.shard).unwrap_or(i32::MAX)
+    }
+
+    /// What the shard's row holds, read without a lock (at open).
+    pub async fn read_shard(&mut self) -> Result<Opened, StorageError> {
+        let shard = self.shard_param();
+        let row = sqlx::query(
+            "SELECT last_seq, max_counter_id, counter_high, schema_seq FROM exdaas_shards WHERE shard = $1",
+        )
+        .bind(shard)
+        .fetch_one(self.conn()?)
+        .await
+        .map_err(engine_error)?;
+        opened_from(&row)
+    }
+
+    async fn rollback(&mut self) {
+        self.in_transaction = false;
+        if let Ok(conn) = self.conn() {
+            if let Err(e) = sqlx::query("ROLLBACK").execute(conn).await {
+                tracing::debug!(error = %e, "rollback");
+            }
+        }
+    }
+
+    /// Rolls back after `err`; a connection that broke is dropped.
+    async fn failed(&mut self, err: sqlx::Error) -> StorageError {
+        let err = engine_error(err);
+        if err.kind == ErrorKind::Unavailable {
+            self.conn = None;
+            self.in_transaction = false;
+        } else {
+            self.rollback().await;
+        }
+        err
+    }
+
+    async fn write(
+        &mut self,
+        shard: i32,
+        up: Upserts,
+        del_collections: Vec<String>,
+        del_ids: Vec<String>,
+        feed: &[FeedEntry],
+        ceilings: Option<IdBounds>,
+    ) -> Result<(), sqlx::Error> {
+        let conn = self.conn.as_mut().ok_or(sqlx::Error::WorkerCrashed)?;
+        if !up.collections.is_empty() {
+            sqlx::query(
+                "INSERT INTO exdaas_documents (collection, id, shard, bucket, version, updated_at, expires_at, data) \
+                 SELECT c, i, $8, b, v, u, e, d FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], \
+                 $5::bigint[], $6::bigint[], $7::text[]) AS r(c, i, b, v, u, e, d) \
+                 ON CONFLICT (collection, id) DO UPDATE SET version = excluded.version, \
+                 updated_at = excluded.updated_at, expires_at = excluded.expires_at, data = excluded.data",
+            )
+            .bind(&up.collections)
+            .bind(&up.ids)
+            .bind(&up.buckets)
+            .bind(&up.versions)
+            .bind(&up.updated)
+            .bind(&up.expires)
+            .bind(&up.data)
+            .bind(shard)
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !del_collections.is_empty() {
+            delete_keys(conn, &del_collections, &del_ids).await?;
+        }
+        insert_feed(conn, shard, feed).await?;
+        let ceilings = ceilings.unwrap_or_default();
+        sqlx::query(
+            "UPDATE exdaas_shards SET last_seq = greatest(last_seq, $2), \
+             max_counter_id = greatest(max_counter_id, $3), counter_high = greatest(counter_high, $4) WHERE shard = $1",
+        )
+        .bind(shard)
+        .bind(feed.last().map_or(0, |e| bound(e.seq)))
+        .bind(bound(ceilings.stored))
+        .bind(bound(ceilings.counter))
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("COMMIT").execute(&mut *conn).await?;
+        Ok(())
     }
 
     /// Makes `change` in the transaction holding the shard; if it changed
@@ -479,286 +773,6 @@ impl PgWrites {
             }
             Err(err) => Err(self.failed(err).await),
         }
-    }
-
-    /// Where an index's build is (in the open transaction).
-    pub async fn build_progress(
-        &mut self,
-        collection: &CollectionName,
-        name: &str,
-    ) -> Result<Option<(Option<String>, bool)>, StorageError> {
-        let shard = self.shard_param();
-        let row = sqlx::query(
-            "SELECT built_upto, built FROM exdaas_indexes WHERE shard = $1 AND collection = $2 AND name = $3",
-        )
-        .bind(shard)
-        .bind(collection.as_str())
-        .bind(name)
-        .fetch_optional(self.conn()?)
-        .await;
-        let row = match row {
-            Ok(row) => row,
-            Err(err) => return Err(self.failed(err).await),
-        };
-        row.map(|row| {
-            let upto: Option<String> = row.try_get("built_upto").map_err(engine_error)?;
-            let built: bool = row.try_get("built").map_err(engine_error)?;
-            Ok((upto, built))
-        })
-        .transpose()
-    }
-
-    /// Up to `limit` of the shard's documents of `collection` after
-    /// `after`, in id order.
-    pub async fn documents_after(
-        &mut self,
-        collection: &CollectionName,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<(String, Arc<str>)>, StorageError> {
-        let shard = self.shard_param();
-        let rows = sqlx::query(
-            "SELECT id, data FROM exdaas_documents WHERE collection = $1 AND id > $2 AND shard = $3 ORDER BY id LIMIT $4",
-        )
-        .bind(collection.as_str())
-        .bind(after.unwrap_or(""))
-        .bind(shard)
-        .bind(i64::from(limit))
-        .fetch_all(self.conn()?)
-        .await;
-        let rows = match rows {
-            Ok(rows) => rows,
-            Err(err) => return Err(self.failed(err).await),
-        };
-        rows.iter()
-            .map(|row| {
-                let id: String = row.try_get("id").map_err(engine_error)?;
-                let data: String = row.try_get("data").map_err(engine_error)?;
-                Ok((id, Arc::from(data)))
-            })
-            .collect()
-    }
-
-    /// Replaces the build's entries and records its progress; commits.
-    pub async fn build_step(
-        &mut self,
-        collection: &CollectionName,
-        name: &str,
-        entries: &[(String, Vec<u8>)],
-        oversized: u64,
-        upto: Option<&str>,
-        done: bool,
-    ) -> Result<(), StorageError> {
-        if !self.in_transaction {
-            self.begin().await?;
-        }
-        let shard = self.shard_param();
-        let ids: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
-        let keys: Vec<&[u8]> = entries.iter().map(|(_, key)| key.as_slice()).collect();
-        let result = async {
-            let conn = self.conn.as_mut().ok_or(sqlx::Error::WorkerCrashed)?;
-            sqlx::query(
-                "DELETE FROM exdaas_index_entries WHERE shard = $1 AND collection = $2 AND name = $3 AND id = ANY($4::text[])",
-            )
-            .bind(shard)
-            .bind(collection.as_str())
-            .bind(name)
-            .bind(&ids)
-            .execute(&mut *conn)
-            .await?;
-            sqlx::query(
-                "INSERT INTO exdaas_index_entries (shard, collection, name, key, id) \
-                 SELECT $1, $2, $3, k, i FROM unnest($4::bytea[], $5::text[]) AS r(k, i) ON CONFLICT DO NOTHING",
-            )
-            .bind(shard)
-            .bind(collection.as_str())
-            .bind(name)
-            .bind(&keys)
-            .bind(&ids)
-            .execute(&mut *conn)
-            .await?;
-            sqlx::query(
-                "UPDATE exdaas_indexes SET built_upto = coalesce($4, built_upto), indexed = indexed + $5, built = $6, \
-                 oversized = oversized + $7 WHERE shard = $1 AND collection = $2 AND name = $3",
-            )
-            .bind(shard)
-            .bind(collection.as_str())
-            .bind(name)
-            .bind(upto)
-            .bind(entries.len() as i64)
-            .bind(done)
-            .bind(bound(oversized))
-            .execute(&mut *conn)
-            .await?;
-            sqlx::query("COMMIT").execute(&mut *conn).await?;
-            Ok::<_, sqlx::Error>(())
-        }
-        .await;
-        match result {
-            Ok(()) => {
-                self.in_transaction = false;
-                Ok(())
-            }
-            Err(err) => Err(self.failed(err).await),
-        }
-    }
-
-    /// Every collection schema of the shard, as committed (read in the
-    /// transaction `begin` opened, if one is open).
-    pub async fn schemas(&mut self) -> Result<Vec<StoredSchema>, StorageError> {
-        let shard = self.shard_param();
-        let rows = sqlx::query("SELECT collection, version, schema, updated_at FROM exdaas_schemas WHERE shard = $1")
-            .bind(shard)
-            .fetch_all(self.conn()?)
-            .await;
-        match rows {
-            Ok(rows) => rows.iter().map(stored_schema).collect(),
-            Err(err) => Err(self.failed(err).await),
-        }
-    }
-
-    /// Stores `change` unless the shard holds a newer version, with `feed`,
-    /// and counts the change in the shard's row (other replicas' writers
-    /// see it there), in one transaction; answers whether it was stored.
-    pub async fn set_schema(&mut self, change: &StoredSchema, feed: &[FeedEntry]) -> Result<bool, StorageError> {
-        if !self.in_transaction {
-            self.begin().await?;
-        }
-        let shard = self.shard_param();
-        let last = feed.last().map_or(0, |e| bound(e.seq));
-        let done = async {
-            let conn = self.conn.as_mut().ok_or(sqlx::Error::WorkerCrashed)?;
-            let stored = sqlx::query(
-                "INSERT INTO exdaas_schemas (shard, collection, version, schema, updated_at) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (shard, collection) DO UPDATE SET version = excluded.version, schema = excluded.schema, \
-                 updated_at = excluded.updated_at WHERE excluded.version > exdaas_schemas.version",
-            )
-            .bind(shard)
-            .bind(change.collection.as_str())
-            .bind(bound(change.version))
-            .bind(change.schema.as_deref())
-            .bind(change.updated_at_ms)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected()
-                > 0;
-            if stored {
-                insert_feed(conn, shard, feed).await?;
-                sqlx::query(
-                    "UPDATE exdaas_shards SET schema_seq = schema_seq + 1, last_seq = greatest(last_seq, $2) WHERE shard = $1",
-                )
-                .bind(shard)
-                .bind(last)
-                .execute(&mut *conn)
-                .await?;
-            }
-            sqlx::query("COMMIT").execute(&mut *conn).await?;
-            Ok::<_, sqlx::Error>(stored)
-        }
-        .await;
-        match done {
-            Ok(stored) => {
-                self.in_transaction = false;
-                Ok(stored)
-            }
-            Err(err) => Err(self.failed(err).await),
-        }
-    }
-
-    /// Removes the feed's entries older than `before_ms` and beyond the
-    /// last `keep`, at most `limit`, raising the floor with them.
-    pub async fn compact_feed(&mut self, before_ms: i64, keep: u64, limit: u64) -> Result<u64, StorageError> {
-        self.begin().await?;
-        let shard = self.shard_param();
-        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let done = async {
-            let conn = self.conn.as_mut().ok_or(sqlx::Error::WorkerCrashed)?;
-            let row = sqlx::query(
-                "SELECT s.feed_floor AS old, greatest(s.feed_floor, least(s.feed_floor + $4, greatest( \
-                   coalesce((SELECT max(seq) FROM (SELECT seq, at FROM exdaas_changes WHERE shard = $1 \
-                     ORDER BY seq LIMIT $4) AS o WHERE at < $2), 0), \
-                   s.last_seq - $3))) AS new \
-                 FROM exdaas_shards AS s WHERE s.shard = $1",
-            )
-            .bind(shard)
-            .bind(before_ms)
-            .bind(keep)
-            .bind(limit)
-            .fetch_one(&mut *conn)
-            .await?;
-            let (old, new): (i64, i64) = (row.try_get("old")?, row.try_get("new")?);
-            if new > old {
-                sqlx::query("DELETE FROM exdaas_changes WHERE shard = $1 AND seq <= $2")
-                    .bind(shard)
-                    .bind(new)
-                    .execute(&mut *conn)
-                    .await?;
-                sqlx::query("UPDATE exdaas_shards SET feed_floor = $2 WHERE shard = $1")
-                    .bind(shard)
-                    .bind(new)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            sqlx::query("COMMIT").execute(&mut *conn).await?;
-            Ok::<_, sqlx::Error>(u64::try_from(new - old).unwrap_or(0))
-        }
-        .await;
-        match done {
-            Ok(n) => {
-                self.in_transaction = false;
-                Ok(n)
-            }
-            Err(err) => Err(self.failed(err).await),
-        }
-    }
-
-    /// Records the exact id bounds `ids` in place of the reserve, if the
-    /// row still holds the `ceilings` this writer left there (no other
-    /// replica raised them since), so a clean restart continues without a
-    /// gap; then closes the connection.
-    pub async fn close(&mut self, ids: IdBounds, ceilings: IdBounds) {
-        self.release().await;
-        let shard = self.shard_param();
-        if let Ok(conn) = self.conn() {
-            let lowered = sqlx::query(
-                "UPDATE exdaas_shards SET max_counter_id = $2, counter_high = $3 \
-                 WHERE shard = $1 AND max_counter_id = $4 AND counter_high = $5",
-            )
-            .bind(shard)
-            .bind(bound(ids.stored))
-            .bind(bound(ids.counter))
-            .bind(bound(ceilings.stored))
-            .bind(bound(ceilings.counter))
-            .execute(conn)
-            .await;
-            if let Err(e) = lowered {
-                tracing::warn!(shard, error = %e, "recording the id bounds failed");
-            }
-        }
-        if let Some(conn) = self.conn.take() {
-            let _ = conn.close().await;
-        }
-    }
-
-    /// Test hooks: the connection breaks, or the session refuses writes.
-    #[cfg(feature = "fault-injection")]
-    pub async fn inject(&mut self, fault: crate::store::engine::EngineFault) -> Result<(), StorageError> {
-        use crate::store::engine::EngineFault;
-        let sql = match fault {
-            EngineFault::BreakConnection => {
-                self.conn = None;
-                self.in_transaction = false;
-                return Ok(());
-            }
-            EngineFault::ReadOnly | EngineFault::DiskFull => "SET default_transaction_read_only = on",
-            EngineFault::Heal => "SET default_transaction_read_only = off",
-        };
-        sqlx::query(sql)
-            .execute(self.conn()?)
-            .await
-            .map(|_| ())
-            .map_err(engine_error)
     }
 }
 

@@ -21,6 +21,7 @@ use super::reads::SqliteReads;
 use super::shard_error;
 use super::writes::SqliteWrites;
 use crate::domain::SyncMode;
+use crate::store::engine::contract::ShardStorage;
 use crate::store::engine::EngineError;
 
 /// The shard schema, from `migrations/`, embedded at build time.
@@ -104,10 +105,17 @@ pub fn writer_page_cache_kib(cache_bytes: u64, shards: u32) -> u32 {
     u32::try_from(share.clamp(1024, 64 * 1024)).unwrap_or(64 * 1024)
 }
 
-impl ShardFile {
+impl ShardStorage for ShardFile {
+    type Writes = SqliteWrites;
+    type Reads = SqliteReads;
+
+    fn index(&self) -> usize {
+        self.index
+    }
+
     /// The read pool of the shard: at most `connections` read-only
     /// connections, a request waiting at most `wait` for one.
-    pub async fn open_reads(&self, connections: u32, wait: Duration) -> Result<SqliteReads, EngineError> {
+    async fn open_reads(&self, connections: u32, wait: Duration) -> Result<SqliteReads, EngineError> {
         let cache_kib = (READERS_PAGE_CACHE_KIB / (self.shards.max(1) * connections.max(1))).max(256);
         let pool = SqlitePoolOptions::new()
             .max_connections(connections)
@@ -121,6 +129,46 @@ impl ShardFile {
             .await
             .map_err(|e| shard_error(self.index, e))?;
         Ok(SqliteReads::new(self.index, pool, wait))
+    }
+
+    /// Opens the write connection, checks the file, migrates it: at boot.
+    /// On a first boot, creates the file first if it is not there (see
+    /// [`ShardFile::finish_creation`]). `boot_check`: check its integrity
+    /// first (reads it whole).
+    async fn open_at_boot(&self, boot_check: bool) -> Result<(SqliteWrites, Opened), EngineError> {
+        check_header(&self.path)?;
+        if !self.created {
+            self.finish_creation().await?;
+        }
+        let mut conn = self.connect(false).await?;
+        let checked = match self.check_ours(&mut conn).await {
+            Ok(()) => match self.check_integrity_and_migrate(&mut conn, boot_check).await {
+                Ok(()) => self.check_identity(&mut conn, true).await,
+                Err(err) => Err(err),
+            },
+            Err(err) => Err(err),
+        };
+        if let Err(err) = checked {
+            let _ = conn.close().await;
+            return Err(err);
+        }
+        self.writer_on(conn).await
+    }
+
+    /// Opens the write connection again after a failure. Never creates the
+    /// file (an empty one would silently stand in for the lost data) and
+    /// does not migrate (boot did).
+    async fn reopen(&self) -> Result<(SqliteWrites, Opened), EngineError> {
+        let mut conn = self.connect(false).await?;
+        let checked = match self.check_ours(&mut conn).await {
+            Ok(()) => self.check_identity(&mut conn, false).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = checked {
+            let _ = conn.close().await;
+            return Err(err);
+        }
+        self.writer_on(conn).await
     }
 }
 
@@ -200,46 +248,6 @@ impl ShardFile {
             path: self.path.clone(),
             reason,
         }
-    }
-
-    /// Opens the write connection, checks the file, migrates it: at boot.
-    /// On a first boot, creates the file first if it is not there (see
-    /// [`ShardFile::finish_creation`]). `boot_check`: check its integrity
-    /// first (reads it whole).
-    pub async fn open_at_boot(&self, boot_check: bool) -> Result<(SqliteWrites, Opened), EngineError> {
-        check_header(&self.path)?;
-        if !self.created {
-            self.finish_creation().await?;
-        }
-        let mut conn = self.connect(false).await?;
-        let checked = match self.check_ours(&mut conn).await {
-            Ok(()) => match self.check_integrity_and_migrate(&mut conn, boot_check).await {
-                Ok(()) => self.check_identity(&mut conn, true).await,
-                Err(err) => Err(err),
-            },
-            Err(err) => Err(err),
-        };
-        if let Err(err) = checked {
-            let _ = conn.close().await;
-            return Err(err);
-        }
-        self.writer_on(conn).await
-    }
-
-    /// Opens the write connection again after a failure. Never creates the
-    /// file (an empty one would silently stand in for the lost data) and
-    /// does not migrate (boot did).
-    pub async fn reopen(&self) -> Result<(SqliteWrites, Opened), EngineError> {
-        let mut conn = self.connect(false).await?;
-        let checked = match self.check_ours(&mut conn).await {
-            Ok(()) => self.check_identity(&mut conn, false).await,
-            Err(err) => Err(err),
-        };
-        if let Err(err) = checked {
-            let _ = conn.close().await;
-            return Err(err);
-        }
-        self.writer_on(conn).await
     }
 
     async fn connect(&self, create: bool) -> Result<SqliteConnection, EngineError> {

@@ -15,6 +15,7 @@ use super::rows::{document_from_row, select};
 use super::shard_error;
 use crate::domain::{CollectionName, DocId, DocKey};
 use crate::store::document::Document;
+use crate::store::engine::contract::{PointRead, ReadPool};
 use crate::store::engine::EngineError;
 
 /// Documents per chunk of the cache's warm-up: with the cache's largest
@@ -49,32 +50,20 @@ pub struct ReadSlot {
     conn: PoolConnection<Sqlite>,
 }
 
-impl ReadSlot {
+impl PointRead for ReadSlot {
     /// The committed document at `key` (expired or not).
-    pub async fn read(mut self, key: &DocKey) -> Result<Option<Document>, EngineError> {
+    async fn read(mut self, key: &DocKey) -> Result<Option<Document>, EngineError> {
         select(&mut self.conn, key)
             .await
             .map_err(|e| shard_error(self.shard, e))
     }
 }
 
-impl SqliteReads {
-    pub fn new(shard: usize, pool: SqlitePool, wait: Duration) -> Self {
-        Self { shard, pool, wait }
-    }
-
-    fn error(&self, err: sqlx::Error) -> EngineError {
-        match err {
-            sqlx::Error::PoolTimedOut => EngineError::Busy {
-                shard: self.shard,
-                waited_ms: self.wait.as_millis() as u64,
-            },
-            err => shard_error(self.shard, err),
-        }
-    }
+impl ReadPool for SqliteReads {
+    type Slot = ReadSlot;
 
     /// A read connection, waiting at most the configured time for one.
-    pub async fn reserve(&self) -> Result<ReadSlot, EngineError> {
+    async fn reserve(&self) -> Result<ReadSlot, EngineError> {
         let conn = self.pool.acquire().await.map_err(|e| self.error(e))?;
         Ok(ReadSlot {
             shard: self.shard,
@@ -83,7 +72,7 @@ impl SqliteReads {
     }
 
     /// How many read connections the pool holds at most.
-    pub fn connections(&self) -> u32 {
+    fn connections(&self) -> u32 {
         self.pool.options().get_max_connections()
     }
 
@@ -91,7 +80,7 @@ impl SqliteReads {
     /// `last` (inclusive), two numbers with as many digits: ids of one
     /// length sort as their numbers do, so the primary key finds them in
     /// order.
-    pub async fn counter_ids_between(
+    async fn counter_ids_between(
         &self,
         collection: &CollectionName,
         first: u64,
@@ -116,7 +105,7 @@ impl SqliteReads {
     /// after `from` (included if its flag says so) and before `to`: their
     /// ids, versions and times, and the size of their text, which is not
     /// read (it is in SQLite's record header).
-    pub async fn entries(
+    async fn entries(
         &self,
         collection: &CollectionName,
         from: Option<(&str, bool)>,
@@ -156,7 +145,7 @@ impl SqliteReads {
     }
 
     /// The documents among `ids` of `collection` live at `now`, whole, by id.
-    pub async fn documents(
+    async fn documents(
         &self,
         collection: &CollectionName,
         ids: &[&str],
@@ -184,7 +173,7 @@ impl SqliteReads {
     }
 
     /// The indexes of `collection` in this file.
-    pub async fn index_catalog(&self, collection: &CollectionName) -> Result<Vec<StoredIndex>, EngineError> {
+    async fn index_catalog(&self, collection: &CollectionName) -> Result<Vec<StoredIndex>, EngineError> {
         let rows = sqlx::query(
             "SELECT collection, name, fields, built, indexed, oversized, created_at FROM collection_indexes WHERE collection = ?1",
         )
@@ -198,7 +187,7 @@ impl SqliteReads {
     }
 
     /// Indexes whose build has not covered this file yet.
-    pub async fn unbuilt_indexes(&self) -> Result<Vec<(String, String)>, EngineError> {
+    async fn unbuilt_indexes(&self) -> Result<Vec<(String, String)>, EngineError> {
         sqlx::query_as("SELECT collection, name FROM collection_indexes WHERE built = 0")
             .fetch_all(&self.pool)
             .await
@@ -206,7 +195,7 @@ impl SqliteReads {
     }
 
     /// Up to `limit` entries of an index in `[low, high)` after `after`.
-    pub async fn index_range(
+    async fn index_range(
         &self,
         collection: &CollectionName,
         name: &str,
@@ -250,7 +239,7 @@ impl SqliteReads {
     }
 
     /// Documents live at `now`; `None` if the shard cannot be read now.
-    pub async fn count_live(&self, now: i64) -> Option<u64> {
+    async fn count_live(&self, now: i64) -> Option<u64> {
         let mut tx = self.pool.begin().await.ok()?;
         let all: i64 = sqlx::query_scalar("SELECT count(*) FROM documents INDEXED BY documents_by_collection")
             .fetch_one(&mut *tx)
@@ -266,7 +255,7 @@ impl SqliteReads {
     }
 
     /// Live documents at `now` per collection, added to `totals`.
-    pub async fn add_collection_counts(&self, now: i64, totals: &mut BTreeMap<String, i64>) -> Result<(), EngineError> {
+    async fn add_collection_counts(&self, now: i64, totals: &mut BTreeMap<String, i64>) -> Result<(), EngineError> {
         // Both counts in one read transaction, so a sweep committing in
         // between cannot skew them. The collection index holds
         // (collection, id): counting over it reads no document data. Expired
@@ -298,7 +287,7 @@ impl SqliteReads {
 
     /// Live documents at `now` of each of `collections`, added to `totals`:
     /// a range of the collection index each, in one read transaction.
-    pub async fn add_counts_of(
+    async fn add_counts_of(
         &self,
         now: i64,
         collections: &[CollectionName],
@@ -329,7 +318,7 @@ impl SqliteReads {
     /// ones). Instead, a histogram of weights by time (a sort of small
     /// records, 0.2 s) gives the oldest change time that fits, and a walk of
     /// the primary key, a chunk at a time, takes what changed since.
-    pub fn recent(&self, now: i64, budget: WarmBudget) -> BoxStream<'_, Result<(DocKey, Document), EngineError>> {
+    fn recent(&self, now: i64, budget: WarmBudget) -> BoxStream<'_, Result<(DocKey, Document), EngineError>> {
         let walk = async move {
             let Some(from) = self.warm_from(now, budget).await? else {
                 return Ok(futures_util::stream::empty().boxed());
@@ -380,11 +369,96 @@ impl SqliteReads {
         futures_util::stream::once(walk).try_flatten().boxed()
     }
 
+    /// Up to `limit` entries of the feed after `after` and up to `upto`
+    /// that `filter` lets through, with the feed's floor, read together.
+    async fn feed(&self, after: u64, upto: u64, filter: FeedFilter<'_>, limit: usize) -> Result<FeedRun, EngineError> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
+        let floor: i64 = sqlx::query_scalar("SELECT value FROM shard_meta WHERE key = 'feed_floor'")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| self.error(e))?;
+        // One collection goes by the (collection, seq) index; several, or
+        // none, by seq.
+        let (collections, by_collection) = match filter.collections {
+            None => (None, ""),
+            Some([one]) => (Some(one.as_str().to_owned()), "collection = ?4 AND"),
+            Some(many) => (
+                Some(serde_json::Value::from(many.iter().map(CollectionName::as_str).collect::<Vec<_>>()).to_string()),
+                "collection IN (SELECT value FROM json_each(?4)) AND",
+            ),
+        };
+        let by_prefix = if filter.prefix.is_some() {
+            "AND substr(id, 1, length(?5)) = ?5"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT seq, collection, id, version, kind, at FROM changes \
+             WHERE {by_collection} seq > ?1 AND seq <= ?2 {by_prefix} ORDER BY seq LIMIT ?3"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(i64::try_from(after).unwrap_or(i64::MAX))
+            .bind(i64::try_from(upto).unwrap_or(i64::MAX))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(collections)
+            .bind(filter.prefix)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| self.error(e))?;
+        let _ = tx.rollback().await;
+        let entries = rows
+            .iter()
+            .filter_map(|row| {
+                let collection = CollectionName::parse(row.try_get::<&str, _>("collection").ok()?).ok()?;
+                let id = DocId::parse_in_feed(row.try_get::<&str, _>("id").ok()?).ok()?;
+                Some(FeedEntry {
+                    seq: u64::try_from(row.try_get::<i64, _>("seq").ok()?).ok()?,
+                    key: DocKey::new(collection, id),
+                    version: u64::try_from(row.try_get::<i64, _>("version").ok()?).ok()?,
+                    kind: ChangeKind::from_code(row.try_get::<i64, _>("kind").ok()?)?,
+                    at_ms: row.try_get::<i64, _>("at").ok()?,
+                })
+            })
+            .collect::<Vec<_>>();
+        if entries.len() < rows.len() {
+            tracing::warn!(shard = self.shard, "feed entries that do not parse were skipped");
+        }
+        Ok(FeedRun {
+            floor: u64::try_from(floor).unwrap_or(0),
+            entries,
+        })
+    }
+
+    /// Closes the pool (at shutdown); reads after this fail.
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    fn is_closed(&self) -> bool {
+        self.pool.is_closed()
+    }
+}
+
+impl SqliteReads {
+    pub fn new(shard: usize, pool: SqlitePool, wait: Duration) -> Self {
+        Self { shard, pool, wait }
+    }
+
+    fn error(&self, err: sqlx::Error) -> EngineError {
+        match err {
+            sqlx::Error::PoolTimedOut => EngineError::Busy {
+                shard: self.shard,
+                waited_ms: self.wait.as_millis() as u64,
+            },
+            err => shard_error(self.shard, err),
+        }
+    }
+
     /// Which documents the warm-up takes, from a histogram of their
     /// weights by change time; `None` when there is nothing to warm.
     async fn warm_from(&self, now: i64, budget: WarmBudget) -> Result<Option<WarmFrom>, EngineError> {
         const BUCKETS: i64 = 4096;
-        let live = "FROM documents WHERE expires_at IS NULL OR expires_at > ?1";
+        let live = "FROM documents WHERE (expires_at IS NULL OR expires_at > ?1)";
         let (oldest, newest): (Option<i64>, Option<i64>) =
             sqlx::query_as(&format!("SELECT min(updated_at), max(updated_at) {live}"))
                 .bind(now)
@@ -460,80 +534,5 @@ impl SqliteReads {
                 super::super::StorageError::new(super::super::ErrorKind::Other, format!("a warm-up chunk: {e}")),
             )
         })
-    }
-
-    /// Up to `limit` entries of the feed after `after` and up to `upto`
-    /// that `filter` lets through, with the feed's floor, read together.
-    pub async fn feed(
-        &self,
-        after: u64,
-        upto: u64,
-        filter: FeedFilter<'_>,
-        limit: usize,
-    ) -> Result<FeedRun, EngineError> {
-        let mut tx = self.pool.begin().await.map_err(|e| self.error(e))?;
-        let floor: i64 = sqlx::query_scalar("SELECT value FROM shard_meta WHERE key = 'feed_floor'")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| self.error(e))?;
-        // One collection goes by the (collection, seq) index; several, or
-        // none, by seq.
-        let (collections, by_collection) = match filter.collections {
-            None => (None, ""),
-            Some([one]) => (Some(one.as_str().to_owned()), "collection = ?4 AND"),
-            Some(many) => (
-                Some(serde_json::Value::from(many.iter().map(CollectionName::as_str).collect::<Vec<_>>()).to_string()),
-                "collection IN (SELECT value FROM json_each(?4)) AND",
-            ),
-        };
-        let by_prefix = if filter.prefix.is_some() {
-            "AND substr(id, 1, length(?5)) = ?5"
-        } else {
-            ""
-        };
-        let sql = format!(
-            "SELECT seq, collection, id, version, kind, at FROM changes \
-             WHERE {by_collection} seq > ?1 AND seq <= ?2 {by_prefix} ORDER BY seq LIMIT ?3"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(i64::try_from(after).unwrap_or(i64::MAX))
-            .bind(i64::try_from(upto).unwrap_or(i64::MAX))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .bind(collections)
-            .bind(filter.prefix)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(|e| self.error(e))?;
-        let _ = tx.rollback().await;
-        let entries = rows
-            .iter()
-            .filter_map(|row| {
-                let collection = CollectionName::parse(row.try_get::<&str, _>("collection").ok()?).ok()?;
-                let id = DocId::parse_in_feed(row.try_get::<&str, _>("id").ok()?).ok()?;
-                Some(FeedEntry {
-                    seq: u64::try_from(row.try_get::<i64, _>("seq").ok()?).ok()?,
-                    key: DocKey::new(collection, id),
-                    version: u64::try_from(row.try_get::<i64, _>("version").ok()?).ok()?,
-                    kind: ChangeKind::from_code(row.try_get::<i64, _>("kind").ok()?)?,
-                    at_ms: row.try_get::<i64, _>("at").ok()?,
-                })
-            })
-            .collect::<Vec<_>>();
-        if entries.len() < rows.len() {
-            tracing::warn!(shard = self.shard, "feed entries that do not parse were skipped");
-        }
-        Ok(FeedRun {
-            floor: u64::try_from(floor).unwrap_or(0),
-            entries,
-        })
-    }
-
-    /// Closes the pool (at shutdown); reads after this fail.
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.pool.is_closed()
     }
 }

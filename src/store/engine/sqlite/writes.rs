@@ -13,6 +13,7 @@ use super::files::FileIdentity;
 use super::rows::{document_from_row, keys_param};
 use crate::domain::{CollectionName, DocId, DocKey, SyncMode};
 use crate::store::document::Document;
+use crate::store::engine::contract::{Opened, WriteConnection};
 
 /// The statement that records ?1's `feed` in the change feed.
 macro_rules! feed_insert {
@@ -43,48 +44,40 @@ pub struct SqliteWrites {
 /// How every write script starts, unless `index_changes` already did.
 const BEGIN: &str = "BEGIN IMMEDIATE;";
 
-impl SqliteWrites {
-    /// The writes of `shard` on `conn`, whose file records the counter's
-    /// reservation `counter` (see `reserve_ids`).
-    pub fn new(shard: usize, conn: SqliteConnection, file: FileIdentity, sync: SyncMode, counter: u64) -> Self {
-        Self {
-            shard,
-            conn: Some(conn),
-            file,
-            open_tx: false,
-            unsynced_commits: sync == SyncMode::Normal,
-            durable_counter: counter,
-        }
+impl WriteConnection for SqliteWrites {
+    /// Only this process writes the file.
+    fn shared(&self) -> bool {
+        false
     }
 
-    /// The connection, or the error a broken one gives.
-    fn conn(&mut self) -> Result<&mut SqliteConnection, StorageError> {
-        self.conn
-            .as_mut()
-            .ok_or_else(|| engine_error(sqlx::Error::WorkerCrashed))
+    /// Nobody else writes: what the writer knows is what is committed.
+    async fn begin(&mut self) -> Result<Option<Opened>, StorageError> {
+        Ok(None)
     }
+
+    async fn release(&mut self) {}
 
     /// The shard's file is still the one the connection opened (not deleted
     /// or replaced): a commit to it survives a restart.
-    pub fn still_there(&self) -> bool {
+    fn still_there(&self) -> bool {
         self.file.still_there()
     }
 
     /// The file, as logs name it.
-    pub fn file_name(&self) -> String {
+    fn file_name(&self) -> String {
         self.file.path.display().to_string()
     }
 
     /// The committed rows among `keys`, with the text of those up to
     /// `small` bytes (the size of the others is in SQLite's record header:
     /// their text is not read).
-    pub async fn load(&mut self, keys: &[DocKey], small: usize) -> Result<Vec<StoredRow>, StorageError> {
+    async fn load(&mut self, keys: &[DocKey], small: usize) -> Result<Vec<StoredRow>, StorageError> {
         select_many(self.conn()?, keys, small).await.map_err(engine_error)
     }
 
     /// The text of the committed rows among `keys`, as (index in `keys`,
     /// text).
-    pub async fn load_texts(&mut self, keys: &[DocKey]) -> Result<Vec<(usize, Arc<str>)>, StorageError> {
+    async fn load_texts(&mut self, keys: &[DocKey]) -> Result<Vec<(usize, Arc<str>)>, StorageError> {
         select_texts(self.conn()?, keys).await.map_err(engine_error)
     }
 
@@ -95,7 +88,7 @@ impl SqliteWrites {
     /// but never the reservation that covers their ids, and the counter
     /// restarts past them. Where every commit is synced, the commit that
     /// raises the reservation makes it durable itself.
-    pub async fn reserve_ids(&mut self, ceilings: IdBounds) -> Result<(), StorageError> {
+    async fn reserve_ids(&mut self, ceilings: IdBounds) -> Result<(), StorageError> {
         if !self.unsynced_commits || ceilings.counter <= self.durable_counter {
             return Ok(());
         }
@@ -125,7 +118,7 @@ impl SqliteWrites {
     /// entries and, when given, raised id ceilings, in one transaction sent
     /// to SQLite as one script. If any part fails, the transaction is rolled
     /// back and nothing of it is visible.
-    pub async fn commit<'a>(
+    async fn commit<'a>(
         &mut self,
         changes: impl Iterator<Item = (&'a DocKey, u32, Option<&'a Document>)>,
         feed: &[FeedEntry],
@@ -184,7 +177,7 @@ impl SqliteWrites {
     }
 
     /// Up to `limit` documents expired at `now`: their keys and versions.
-    pub async fn expired(&mut self, now: i64, limit: u32) -> Result<Vec<(DocKey, u64)>, StorageError> {
+    async fn expired(&mut self, now: i64, limit: u32) -> Result<Vec<(DocKey, u64)>, StorageError> {
         let rows = sqlx::query("SELECT collection, id, version FROM documents WHERE expires_at <= ?1 LIMIT ?2")
             .bind(now)
             .bind(limit)
@@ -195,7 +188,7 @@ impl SqliteWrites {
     }
 
     /// Up to `limit` documents of `collection`: their keys and versions.
-    pub async fn in_collection(
+    async fn in_collection(
         &mut self,
         collection: &CollectionName,
         limit: u32,
@@ -212,7 +205,7 @@ impl SqliteWrites {
     /// Deletes the documents of `feed` (as found by `expired` or
     /// `in_collection`: this writer changed nothing since) and records
     /// `feed`, in one transaction; answers how many were deleted.
-    pub async fn delete_with_feed(&mut self, feed: &[FeedEntry]) -> Result<u64, StorageError> {
+    async fn delete_with_feed(&mut self, feed: &[FeedEntry]) -> Result<u64, StorageError> {
         if feed.is_empty() {
             return Ok(0);
         }
@@ -234,18 +227,8 @@ impl SqliteWrites {
         Ok(feed.len() as u64)
     }
 
-    /// `script` (which begins with [`BEGIN`]) without its BEGIN where
-    /// `index_changes` opened the transaction already.
-    fn begun(&mut self, script: &'static str) -> &'static str {
-        if std::mem::take(&mut self.open_tx) {
-            script.strip_prefix(BEGIN).unwrap_or(script)
-        } else {
-            script
-        }
-    }
-
     /// Every index the file holds.
-    pub async fn indexes(&mut self) -> Result<Vec<StoredIndex>, StorageError> {
+    async fn indexes(&mut self) -> Result<Vec<StoredIndex>, StorageError> {
         let rows = sqlx::query(
             "SELECT collection, name, fields, built, indexed, oversized, created_at FROM collection_indexes",
         )
@@ -257,7 +240,7 @@ impl SqliteWrites {
 
     /// Opens the transaction and changes the index entries in it; the next
     /// commit ends it.
-    pub async fn index_changes(&mut self, changes: &IndexChanges) -> Result<(), StorageError> {
+    async fn index_changes(&mut self, changes: &IndexChanges) -> Result<(), StorageError> {
         let param = index_changes_param(changes);
         let script = concat!(
             "BEGIN IMMEDIATE;",
@@ -280,7 +263,7 @@ impl SqliteWrites {
     }
 
     /// Declares `index` unless one of its name is there, with `feed`.
-    pub async fn declare_index(&mut self, index: &StoredIndex, feed: &[FeedEntry]) -> Result<bool, StorageError> {
+    async fn declare_index(&mut self, index: &StoredIndex, feed: &[FeedEntry]) -> Result<bool, StorageError> {
         let fields = serde_json::to_string(&index.fields)
             .map_err(|e| StorageError::new(super::super::ErrorKind::Other, e.to_string()))?;
         let conn = self.conn()?;
@@ -310,7 +293,7 @@ impl SqliteWrites {
     }
 
     /// Drops an index and its entries, with `feed`.
-    pub async fn drop_index(
+    async fn drop_index(
         &mut self,
         collection: &CollectionName,
         name: &str,
@@ -344,19 +327,8 @@ impl SqliteWrites {
         self.ended(done).await
     }
 
-    /// A transaction's outcome: rolled back on an error.
-    async fn ended<T>(&mut self, done: Result<T, sqlx::Error>) -> Result<T, StorageError> {
-        match done {
-            Ok(value) => Ok(value),
-            Err(err) => {
-                self.rollback().await;
-                Err(engine_error(err))
-            }
-        }
-    }
-
     /// Where an index's build is.
-    pub async fn build_progress(
+    async fn build_progress(
         &mut self,
         collection: &CollectionName,
         name: &str,
@@ -376,7 +348,7 @@ impl SqliteWrites {
     }
 
     /// Up to `limit` documents after `after`, in id order.
-    pub async fn documents_after(
+    async fn documents_after(
         &mut self,
         collection: &CollectionName,
         after: Option<&str>,
@@ -400,7 +372,7 @@ impl SqliteWrites {
 
     /// Replaces the entries of `entries`' documents in the index and
     /// records the build's progress, in one transaction.
-    pub async fn build_step(
+    async fn build_step(
         &mut self,
         collection: &CollectionName,
         name: &str,
@@ -458,7 +430,7 @@ impl SqliteWrites {
     }
 
     /// Every collection schema the file holds.
-    pub async fn schemas(&mut self) -> Result<Vec<StoredSchema>, StorageError> {
+    async fn schemas(&mut self) -> Result<Vec<StoredSchema>, StorageError> {
         let rows = sqlx::query("SELECT collection, version, schema, updated_at FROM collection_schemas")
             .fetch_all(self.conn()?)
             .await
@@ -468,7 +440,7 @@ impl SqliteWrites {
 
     /// Stores `change` unless a newer version is there, with `feed`, in one
     /// transaction; answers whether it was stored.
-    pub async fn set_schema(&mut self, change: &StoredSchema, feed: &[FeedEntry]) -> Result<bool, StorageError> {
+    async fn set_schema(&mut self, change: &StoredSchema, feed: &[FeedEntry]) -> Result<bool, StorageError> {
         let conn = self.conn()?;
         let done = async {
             sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
@@ -507,7 +479,7 @@ impl SqliteWrites {
     /// them (every entry up to it is gone) in one transaction; answers how
     /// many went. Entries are numbered without gaps, so the floor moving by
     /// `n` removes `n`; only the oldest `limit` are looked at for their age.
-    pub async fn compact_feed(&mut self, before_ms: i64, keep: u64, limit: u64) -> Result<u64, StorageError> {
+    async fn compact_feed(&mut self, before_ms: i64, keep: u64, limit: u64) -> Result<u64, StorageError> {
         const FLOOR: &str = "SELECT value FROM shard_meta WHERE key = 'feed_floor'";
         let old: i64 = sqlx::query_scalar(FLOOR)
             .fetch_one(self.conn()?)
@@ -537,21 +509,12 @@ impl SqliteWrites {
         Ok(u64::try_from(new.saturating_sub(old)).unwrap_or(0))
     }
 
-    /// Ends the transaction a failed script left open, so the connection is
-    /// clean for the next.
-    async fn rollback(&mut self) {
-        self.open_tx = false;
-        if let Ok(conn) = self.conn() {
-            if let Err(e) = sqlx::query("ROLLBACK").execute(conn).await {
-                tracing::debug!(shard = self.shard, error = %e, "rollback after a failed commit");
-            }
-        }
-    }
-
     /// Records the exact id bounds (replacing the reserve, so a clean restart
     /// continues the sequence without a gap), checkpoints the WAL and closes:
     /// as the last connection, this removes the WAL file.
-    pub async fn close(&mut self, ids: IdBounds) {
+    /// Only this process writes the file: nobody raised the `ceilings`
+    /// since, and the exact bounds replace them.
+    async fn close(&mut self, ids: IdBounds, _ceilings: IdBounds) {
         let shard = self.shard;
         let Some(mut conn) = self.conn.take() else { return };
         if let Err(e) = sqlx::query(
@@ -576,7 +539,7 @@ impl SqliteWrites {
     /// Test hooks: the connection breaks, or SQLite is made to answer as on
     /// a full disk or a read-only file (and back).
     #[cfg(feature = "fault-injection")]
-    pub async fn inject(&mut self, fault: crate::store::engine::EngineFault) -> Result<(), StorageError> {
+    async fn inject(&mut self, fault: crate::store::engine::EngineFault) -> Result<(), StorageError> {
         use crate::store::engine::EngineFault;
         let sql = match fault {
             EngineFault::BreakConnection => {
@@ -602,6 +565,60 @@ impl SqliteWrites {
             .await
             .map(|_| ())
             .map_err(engine_error)
+    }
+}
+
+impl SqliteWrites {
+    /// The writes of `shard` on `conn`, whose file records the counter's
+    /// reservation `counter` (see `reserve_ids`).
+    pub fn new(shard: usize, conn: SqliteConnection, file: FileIdentity, sync: SyncMode, counter: u64) -> Self {
+        Self {
+            shard,
+            conn: Some(conn),
+            file,
+            open_tx: false,
+            unsynced_commits: sync == SyncMode::Normal,
+            durable_counter: counter,
+        }
+    }
+
+    /// The connection, or the error a broken one gives.
+    fn conn(&mut self) -> Result<&mut SqliteConnection, StorageError> {
+        self.conn
+            .as_mut()
+            .ok_or_else(|| engine_error(sqlx::Error::WorkerCrashed))
+    }
+
+    /// `script` (which begins with [`BEGIN`]) without its BEGIN where
+    /// `index_changes` opened the transaction already.
+    fn begun(&mut self, script: &'static str) -> &'static str {
+        if std::mem::take(&mut self.open_tx) {
+            script.strip_prefix(BEGIN).unwrap_or(script)
+        } else {
+            script
+        }
+    }
+
+    /// A transaction's outcome: rolled back on an error.
+    async fn ended<T>(&mut self, done: Result<T, sqlx::Error>) -> Result<T, StorageError> {
+        match done {
+            Ok(value) => Ok(value),
+            Err(err) => {
+                self.rollback().await;
+                Err(engine_error(err))
+            }
+        }
+    }
+
+    /// Ends the transaction a failed script left open, so the connection is
+    /// clean for the next.
+    async fn rollback(&mut self) {
+        self.open_tx = false;
+        if let Ok(conn) = self.conn() {
+            if let Err(e) = sqlx::query("ROLLBACK").execute(conn).await {
+                tracing::debug!(shard = self.shard, error = %e, "rollback after a failed commit");
+            }
+        }
     }
 }
 
