@@ -3,6 +3,7 @@
 
     scripts/modgraph.py            # the graph, the circles, and the layer check
     scripts/modgraph.py --check    # only the verdict: exit 1 on a circle or an upward import
+    scripts/modgraph.py --why A B  # the paths that make module A import module B
 
 A node is a module file (`src/store/cache.rs` is `store::cache`). An edge A -> B
 means A names an item of B: in a `use` line, or in code as `crate::…`,
@@ -34,7 +35,7 @@ LAYERS = [
     ["store"],
     ["store::engine"],
     ["store::document", "store::placement", "stats", "config"],
-    ["domain", "clock"],
+    ["domain", "clock", "durable"],
 ]
 
 IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -111,6 +112,12 @@ def main() -> int:
 
     texts = {m: strip_tests(p.read_text()) for m, p in files.items()}
 
+    # The items each module defines itself.
+    defined = {
+        m: set(re.findall(r"\b(?:struct|enum|fn|trait|type|const|static|union|macro_rules!)\s+(\w+)", text))
+        for m, text in texts.items()
+    }
+
     # Re-exports: (module, name) -> absolute path; globs: module -> [absolute module paths]
     reexports, globs = {}, defaultdict(list)
     uses = {}
@@ -129,7 +136,8 @@ def main() -> int:
                     else:
                         reexports[(m, absolute.rsplit("::", 1)[-1])] = absolute
         # inline paths
-        for pm in re.finditer(r"(?<![:\w])((crate|super|self|" + IDENT + r")(::" + IDENT + r")+)", text):
+        code = re.sub(r"\b(pub(\([^)]*\))?\s+)?use\s+[^;]+;", "", text)
+        for pm in re.finditer(r"(?<![:\w])((crate|super|self|" + IDENT + r")(::" + IDENT + r")+)", code):
             path = pm.group(1)
             first = path.split("::", 1)[0]
             if first in ("crate", "super", "self") or first in children[m]:
@@ -158,23 +166,34 @@ def main() -> int:
                 break
         if i < len(segs):
             name = segs[i]
+            if name in defined.get(cur, ()):
+                return cur
             if (cur, name) in reexports:
                 target = reexports[(cur, name)] + ("::" + "::".join(segs[i + 1 :]) if i + 1 < len(segs) else "")
                 r = resolve(target, seen)
                 if r:
                     return r
             for g in globs.get(cur, []):
-                r = resolve(g + "::" + "::".join(segs[i:]), seen)
-                if r and r != g.replace("crate::", "", 1):
-                    return r
+                module = g.removeprefix("crate::")
+                if name in defined.get(module, ()) or (module, name) in reexports or globs.get(module):
+                    r = resolve(g + "::" + "::".join(segs[i:]), seen)
+                    if r:
+                        return r
         return cur
 
-    edges = defaultdict(set)
+    edges, why = defaultdict(set), defaultdict(set)
     for m, found in uses.items():
         for path in found:
             target = resolve(path.removesuffix("::*"))
             if target and target != m and target != "crate":
                 edges[m].add(target)
+                why[(m, target)].add(path)
+
+    if "--why" in sys.argv:
+        # scripts/modgraph.py --why A B: the paths that make A import B
+        a, b = sys.argv[sys.argv.index("--why") + 1 : sys.argv.index("--why") + 3]
+        print("\n".join(sorted(why[(a, b)])))
+        return 0
 
     sccs = tarjan(mods, edges)
     circles = [sorted(c) for c in sccs if len(c) > 1]

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod connections;
 pub mod domain;
+pub mod durable;
 pub mod metrics;
 pub mod stats;
 pub mod store;

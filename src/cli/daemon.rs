@@ -175,7 +175,7 @@ pub fn start(settings: &Settings, wait: Duration) -> ExitCode {
         }
     };
     let pid = child.id();
-    if let Err(e) = crate::store::layout::write_atomically(pid_file, format!("{pid}\n").as_bytes()) {
+    if let Err(e) = crate::durable::write_atomically(pid_file, format!("{pid}\n").as_bytes()) {
         eprintln!(
             "exdaas: cannot write the pid file {} (EXDAAS_PID_FILE): {e}; stopping the server",
             pid_file.display()

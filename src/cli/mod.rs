@@ -345,7 +345,7 @@ fn migration_url(
 }
 
 async fn migrate(root: &std::path::Path, into_database: bool, url: &str) -> Outcome {
-    use crate::store::transfer::{self, Progress, Stage};
+    use crate::store::maintenance::{Progress, Stage};
     let shown = crate::config::redact_url(url);
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         eprintln!("exdaas: {shown}: expected a postgres:// or postgresql:// URL");
@@ -374,10 +374,10 @@ async fn migrate(root: &std::path::Path, into_database: bool, url: &str) -> Outc
     }
     let migrated = if into_database {
         println!("migrating {} into {shown}", root.display());
-        transfer::folder_to_database(root, url, &mut report).await?
+        maintenance::folder_to_database(root, url, &mut report).await?
     } else {
         println!("migrating {shown} into {}", root.display());
-        transfer::database_to_folder(url, root, &mut report).await?
+        maintenance::database_to_folder(url, root, &mut report).await?
     };
     for (name, collection) in &migrated.tally.collections {
         println!(

@@ -12,9 +12,8 @@ pub mod engine;
 mod faults;
 mod feed;
 pub mod ids;
-pub use engine::sqlite::{layout, maintenance};
-pub use engine::transfer;
 pub mod index;
+pub mod maintenance;
 mod ops;
 mod patch;
 pub mod placement;
@@ -38,6 +37,7 @@ use crate::domain::{CollectionName, DocId, DocKey, MAX_COUNTER_ID};
 use crate::stats::{ShardStats, StoreEvents, StoreSnapshot};
 use cache::DocCache;
 pub use document::{canonical_json, Document};
+use engine::sqlite::layout;
 pub use engine::{ChangeKind, ErrorKind, FeedEntry, StorageError};
 #[cfg(feature = "fault-injection")]
 pub use faults::Fault;
@@ -803,7 +803,7 @@ impl Store {
     /// Takes a consistent backup of every shard into `dest` (new or empty),
     /// while the store serves: see [`maintenance::backup`].
     pub async fn backup(&self, dest: &std::path::Path) -> Result<maintenance::Manifest, StoreError> {
-        Ok(maintenance::backup(&self.inner.data_dir, dest).await?)
+        maintenance::backup(&self.inner.data_dir, dest).await
     }
 
     /// [`Store::collections`] of these collections only: the work is their
@@ -828,7 +828,7 @@ impl Store {
 
     /// What a backup into `dir` would meet (see [`maintenance::backup_room`]).
     pub async fn backup_room(&self, dir: &std::path::Path) -> Result<maintenance::BackupRoom, StoreError> {
-        Ok(maintenance::backup_room(&self.inner.data_dir, dir).await?)
+        maintenance::backup_room(&self.inner.data_dir, dir).await
     }
 
     /// The documents are in the data folder's files (not a database): what

@@ -5,16 +5,13 @@ use std::time::Duration;
 
 use sqlx::{Connection, PgConnection, Row};
 
-use super::{engine_error, PgDatabase};
+use super::database::{unfinished_migration, PgDatabase, MIGRATING};
+use super::engine_error;
 use crate::domain::ShardCount;
 use crate::store::engine::transfer::{shard_count, Catalog, DocumentRow, RowPages, BATCH_ROWS};
 use crate::store::engine::EngineError;
 use crate::store::engine::IdBounds;
 use crate::store::placement::Placement;
-
-/// The `exdaas_meta` key of a database an `exdaas migrate --to` is filling
-/// (or left unfinished): no replica starts on it.
-pub const MIGRATING: &str = "migrating";
 
 fn failed(what: &str) -> impl Fn(sqlx::Error) -> EngineError + '_ {
     move |e| EngineError::Database {
@@ -167,27 +164,6 @@ impl DatabaseSource {
             .await
             .map_err(failed("cannot end the snapshot"))?;
         self.conn.close().await.map_err(failed("cannot disconnect"))
-    }
-}
-
-fn unfinished_migration() -> EngineError {
-    EngineError::Database {
-        reason: "an `exdaas migrate --to` into this database did not finish (exdaas_meta holds its `migrating` \
-                 mark): run it again to copy the data folder afresh"
-            .into(),
-    }
-}
-
-/// Refuses a database an unfinished migration is filling.
-pub async fn refuse_unfinished(database: &PgDatabase) -> Result<(), EngineError> {
-    let mark: Option<i64> = sqlx::query_scalar("SELECT value FROM exdaas_meta WHERE key = $1")
-        .bind(MIGRATING)
-        .fetch_optional(&database.pool)
-        .await
-        .map_err(failed("cannot read exdaas_meta"))?;
-    match mark {
-        Some(_) => Err(unfinished_migration()),
-        None => Ok(()),
     }
 }
 

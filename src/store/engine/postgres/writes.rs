@@ -9,7 +9,7 @@ use sqlx::{Connection, PgConnection, Row};
 use super::super::{
     ErrorKind, FeedEntry, IdBounds, IndexChanges, Opened, StorageError, StoredIndex, StoredRow, StoredSchema,
 };
-use super::{engine_error, opened_from};
+use super::engine_error;
 use crate::domain::{CollectionName, DocId, DocKey};
 use crate::store::document::Document;
 use crate::store::engine::contract::WriteConnection;
@@ -898,4 +898,23 @@ pub(super) fn stored_index(row: &sqlx::postgres::PgRow) -> Result<StoredIndex, S
 enum CatalogChange<'a> {
     Declare(&'a StoredIndex),
     Drop(&'a CollectionName, &'a str),
+}
+
+/// A shard's feed floor, last entry and id bounds, as its row holds them.
+pub(crate) fn opened_from(row: &sqlx::postgres::PgRow) -> Result<Opened, StorageError> {
+    let get = |name: &str| {
+        row.try_get::<i64, _>(name)
+            .map(|v| u64::try_from(v).unwrap_or(0))
+            .map_err(|e| StorageError::new(ErrorKind::Other, e.to_string()))
+    };
+    Ok(Opened {
+        ids: IdBounds {
+            stored: get("max_counter_id")?,
+            counter: get("counter_high")?,
+        },
+        // Another replica may have written documents that expire.
+        may_expire: true,
+        last_seq: get("last_seq")?,
+        schema_seq: get("schema_seq")?,
+    })
 }

@@ -34,43 +34,6 @@ pub const APPLICATION_ID: i32 = 0x6578_6461;
 /// The largest the WAL file is left at after a checkpoint.
 const WAL_SIZE_LIMIT: i64 = 64 << 20;
 
-/// Which file a path named when it was opened (device and inode), to notice
-/// it being deleted or replaced under a running server.
-#[derive(Debug, Clone)]
-pub struct FileIdentity {
-    pub path: PathBuf,
-    #[cfg(unix)]
-    id: Option<(u64, u64)>,
-}
-
-impl FileIdentity {
-    pub fn of(path: &Path) -> Self {
-        Self {
-            path: path.to_path_buf(),
-            #[cfg(unix)]
-            id: Self::current(path),
-        }
-    }
-
-    #[cfg(unix)]
-    fn current(path: &Path) -> Option<(u64, u64)> {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-    }
-
-    /// The path still names the file that was opened.
-    pub fn still_there(&self) -> bool {
-        #[cfg(unix)]
-        {
-            self.id.is_some() && Self::current(&self.path) == self.id
-        }
-        #[cfg(not(unix))]
-        {
-            self.path.exists()
-        }
-    }
-}
-
 /// A shard's file and what opening it takes.
 #[derive(Debug, Clone)]
 pub struct ShardFile {
@@ -301,14 +264,15 @@ impl ShardFile {
         let closed = conn.close().await;
         built?;
         closed.map_err(|e| shard_error(self.index, e))?;
-        let placed = super::maintenance::fsync(&building)
+        let placed = crate::durable::fsync(&building)
+            .map_err(|e| self.corrupt(format!("cannot sync {}: {e}", building.display())))
             .and_then(|()| {
                 std::fs::rename(&building, &self.path)
                     .map_err(|e| self.corrupt(format!("cannot rename {} to it: {e}", building.display())))
             })
             .and_then(|()| {
                 let folder = self.path.parent().unwrap_or(Path::new("."));
-                super::layout::sync_dir(folder).map_err(|e| self.corrupt(format!("cannot sync its folder: {e}")))
+                crate::durable::sync_dir(folder).map_err(|e| self.corrupt(format!("cannot sync its folder: {e}")))
             });
         placed?;
         tracing::debug!(shard = self.index, path = %self.path.display(), "shard file created");
@@ -330,7 +294,7 @@ impl ShardFile {
     }
 
     async fn writer_on(&self, mut conn: SqliteConnection) -> Result<(SqliteWrites, Opened), EngineError> {
-        let file = FileIdentity::of(&self.path);
+        let file = super::layout::FileIdentity::of(&self.path);
         let meta: Vec<(String, i64)> =
             sqlx::query_as("SELECT key, value FROM shard_meta WHERE key IN ('max_counter_id', 'counter_high')")
                 .fetch_all(&mut conn)

@@ -15,7 +15,6 @@
 //! that sits under another shard's name, instead of serving without it.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -261,7 +260,7 @@ pub fn read(dir: &Path) -> Result<Option<Layout>, EngineError> {
 pub fn write(dir: &Path, layout: &Layout) -> Result<(), EngineError> {
     let bytes = serde_json::to_vec_pretty(layout).map_err(std::io::Error::other);
     bytes
-        .and_then(|bytes| write_atomically(&dir.join(LAYOUT_FILE), &bytes))
+        .and_then(|bytes| crate::durable::write_atomically(&dir.join(LAYOUT_FILE), &bytes))
         .map_err(|e| folder_error(dir, format!("cannot write {LAYOUT_FILE}: {e}")))
 }
 
@@ -288,18 +287,39 @@ fn check_shard_files(root: &Path, layout: &Layout) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// Write to a temporary file, fsync, rename over the target, fsync the folder:
-/// a crash leaves either the old file or the new one, never half of one.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&tmp, path)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+/// Which file a path named when it was opened (device and inode), to notice
+/// it being deleted or replaced under a running server.
+#[derive(Debug, Clone)]
+pub struct FileIdentity {
+    pub path: PathBuf,
+    #[cfg(unix)]
+    id: Option<(u64, u64)>,
 }
 
-/// Makes a folder's entries (creations, renames) durable.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    fs::File::open(dir)?.sync_all()
+impl FileIdentity {
+    pub fn of(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            #[cfg(unix)]
+            id: Self::current(path),
+        }
+    }
+
+    #[cfg(unix)]
+    fn current(path: &Path) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+
+    /// The path still names the file that was opened.
+    pub fn still_there(&self) -> bool {
+        #[cfg(unix)]
+        {
+            self.id.is_some() && Self::current(&self.path) == self.id
+        }
+        #[cfg(not(unix))]
+        {
+            self.path.exists()
+        }
+    }
 }

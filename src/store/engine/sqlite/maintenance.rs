@@ -140,10 +140,8 @@ fn sha256_of(path: &Path) -> Result<(String, u64), EngineError> {
     Ok((hex::encode(hasher.finalize()), bytes))
 }
 
-pub(super) fn fsync(path: &Path) -> Result<(), EngineError> {
-    std::fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| file_error(path, format!("cannot sync it: {e}")))
+fn fsync(path: &Path) -> Result<(), EngineError> {
+    crate::durable::fsync(path).map_err(|e| file_error(path, format!("cannot sync it: {e}")))
 }
 
 /// Runs file work (hashing, fsync, copies) on tokio's blocking threads:
@@ -274,7 +272,7 @@ fn file_name(path: &Path) -> String {
 
 fn write_manifest(dest: &Path, manifest: &Manifest) -> Result<(), EngineError> {
     let bytes = serde_json::to_vec_pretty(manifest).map_err(|_| EngineError::Internal("a manifest is JSON"))?;
-    layout::write_atomically(&dest.join(MANIFEST_FILE), &bytes)
+    crate::durable::write_atomically(&dest.join(MANIFEST_FILE), &bytes)
         .map_err(|e| folder_error(dest, format!("cannot write {MANIFEST_FILE}: {e}")))
 }
 
@@ -377,7 +375,7 @@ pub async fn restore(src: &Path, dest: &Path) -> Result<Manifest, EngineError> {
             .map_err(|e| sql_error(&path, e))?;
         conn.close().await.map_err(|e| sql_error(&path, e))?;
     }
-    layout::sync_dir(dest).map_err(|e| folder_error(dest, format!("cannot sync it: {e}")))?;
+    crate::durable::sync_dir(dest).map_err(|e| folder_error(dest, format!("cannot sync it: {e}")))?;
     let shards = ShardCount::new(manifest.shards).ok_or(EngineError::Internal("a verified shard count"))?;
     layout::write(dest, &Layout::new(shards, 0, folder_id))?;
     Ok(manifest)
@@ -626,7 +624,7 @@ pub async fn reshard(root: &Path, to: ShardCount) -> Result<ReshardReport, Engin
     let final_dir = new.shard_dir(root);
     std::fs::rename(&building, &final_dir)
         .map_err(|e| folder_error(&final_dir, format!("cannot rename into place: {e}")))?;
-    layout::sync_dir(root).map_err(|e| folder_error(root, format!("cannot sync it: {e}")))?;
+    crate::durable::sync_dir(root).map_err(|e| folder_error(root, format!("cannot sync it: {e}")))?;
     layout::write(root, &new)?;
     remove_generation(root, &old)?;
     Ok(ReshardReport {

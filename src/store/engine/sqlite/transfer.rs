@@ -289,7 +289,7 @@ impl FolderTarget {
             }
             seal_shard_file(conn, &path).await?;
         }
-        layout::sync_dir(&self.root).map_err(|e| folder_error(&self.root, format!("cannot sync it: {e}")))?;
+        crate::durable::sync_dir(&self.root).map_err(|e| folder_error(&self.root, format!("cannot sync it: {e}")))?;
         Ok(FolderSource {
             root: self.root.clone(),
             layout: Layout::new(self.shards, 0, self.folder_id),

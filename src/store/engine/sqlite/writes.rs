@@ -9,7 +9,7 @@ use sqlx::{Connection, Row, SqliteConnection};
 
 use super::super::{FeedEntry, IdBounds, IndexChanges, StorageError, StoredIndex, StoredRow, StoredSchema};
 use super::engine_error;
-use super::files::FileIdentity;
+use super::layout::FileIdentity;
 use super::rows::{document_from_row, keys_param};
 use crate::domain::{CollectionName, DocId, DocKey, SyncMode};
 use crate::store::document::Document;
