@@ -8,13 +8,17 @@
 pub mod cache;
 pub mod document;
 pub mod engine;
+mod error;
 #[cfg(feature = "fault-injection")]
 mod faults;
 mod feed;
+mod following;
+mod handle;
 pub mod ids;
 pub mod index;
 pub mod maintenance;
 mod ops;
+mod options;
 mod patch;
 pub mod placement;
 pub mod query;
@@ -24,21 +28,21 @@ pub mod schema;
 mod shard;
 mod writer;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::TryStreamExt;
 use tokio::sync::watch;
 
-use crate::domain::ShardCount;
-use crate::domain::SyncMode;
 use crate::domain::{CollectionName, DocId, DocKey, MAX_COUNTER_ID};
-use crate::stats::{ShardStats, StoreEvents, StoreSnapshot};
+use crate::stats::{ShardStats, StoreSnapshot};
 use cache::DocCache;
 pub use document::{canonical_json, Document};
-use engine::sqlite::layout;
 pub use engine::{ChangeKind, ErrorKind, FeedEntry, StorageError};
+pub use error::{Outage, StoreError};
+pub use handle::Store;
+use handle::Inner;
+pub use options::StoreOptions;
 #[cfg(feature = "fault-injection")]
 pub use faults::Fault;
 pub use feed::{CursorError, FeedCursor, FeedItem, FeedPage, FeedRequest, FeedStart};
@@ -48,287 +52,6 @@ use ops::{ReadBudget, WriteOp};
 use placement::Placement;
 pub use scan::{CollectionInfo, ListRequest, Listed, Page, MAX_PAGE};
 use shard::Shard;
-
-/// What a store needs to know to open.
-#[derive(Debug, Clone)]
-pub struct StoreOptions {
-    pub data_dir: PathBuf,
-    /// A PostgreSQL-protocol database to keep the documents in, instead of
-    /// the files of `data_dir`.
-    pub database_url: Option<String>,
-    /// Where the database is shared: how often the other processes' writes
-    /// are looked for (the cache's staleness bound).
-    pub replica_poll: std::time::Duration,
-    pub shards: ShardCount,
-    pub sync: SyncMode,
-    pub cache_bytes: u64,
-    pub writer_batch: usize,
-    pub writer_queue: usize,
-    /// Bytes of documents that may wait for one writer.
-    pub writer_queue_bytes: usize,
-    /// Bytes of documents a listing page or an export chunk holds.
-    pub page_bytes: usize,
-    /// The largest a document's text may be.
-    pub max_document_bytes: usize,
-    /// How long a write waits for room in a full writer queue before 503.
-    pub queue_wait: std::time::Duration,
-    pub read_connections: u32,
-    /// Check every shard's integrity at boot (reads each file whole).
-    pub boot_check: bool,
-    /// The change feed keeps entries this long...
-    pub feed_retention: std::time::Duration,
-    /// ...and at most this many per shard.
-    pub feed_max_entries: u64,
-    /// Where cache hits and misses, batch sizes and commit times go.
-    pub events: Arc<dyn StoreEvents>,
-}
-
-/// Why a shard cannot serve, in words fit for any client: no file paths,
-/// no database messages (those go to the log).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outage {
-    /// The writer panicked; the supervisor reopens it.
-    WriterPanicked,
-    /// The writer's connection or disk failed; the supervisor reopens it.
-    WriterFailed,
-    /// The writer is stopped (shutting down).
-    Stopped,
-    /// The file was deleted or replaced under the server: down until
-    /// restart.
-    FileGone,
-    DiskFull,
-    ReadOnly,
-    Damaged,
-}
-
-impl Outage {
-    pub fn describe(self) -> &'static str {
-        match self {
-            Outage::WriterPanicked => "its writer panicked; it is being restarted",
-            Outage::WriterFailed => "its writer lost its connection or its disk failed; it is being restarted",
-            Outage::Stopped => "its writer has stopped",
-            Outage::FileGone => {
-                "its file was deleted or replaced while the server ran; an operator must restore it and restart the server"
-            }
-            Outage::DiskFull => "the disk is full",
-            Outage::ReadOnly => "its file cannot be written",
-            Outage::Damaged => "its file is damaged; an operator must restore it from a backup",
-        }
-    }
-}
-
-/// Everything that can go wrong below the HTTP layer. `Display` gives the
-/// whole story, for logs; [`StoreError::public`] what any client may read.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    #[error("document {key}: {}", match current_version {
-        Some(v) => format!("the precondition failed; its current version is {v}"),
-        None => "the precondition failed; it does not exist".to_owned(),
-    })]
-    PreconditionFailed { key: DocKey, current_version: Option<u64> },
-    /// The shard's writer is down or restarting; try again shortly.
-    /// `reason` is for the log; `outage` says it to clients.
-    #[error("shard {shard} is unavailable: {reason}")]
-    Unavailable {
-        shard: usize,
-        outage: Outage,
-        reason: String,
-    },
-    /// The shard's write queue (or, for `reads`, every read connection)
-    /// stayed full for the whole wait.
-    #[error("shard {shard} is overloaded: {} for {waited_ms} ms; retry later",
-        if *reads { "every read connection stayed busy" } else { "its write queue stayed full" })]
-    Busy { shard: usize, waited_ms: u64, reads: bool },
-    /// The engine failed on this shard.
-    #[error("shard {shard}: {error}")]
-    Engine { shard: usize, error: StorageError },
-    #[error("DETS_ROOT={path:?} is unusable: {reason}")]
-    DataFolder { path: PathBuf, reason: String },
-    #[error("{path:?}: {reason}")]
-    CorruptFile { path: PathBuf, reason: String },
-    /// The database (EXDAAS_DATABASE_URL) cannot be used.
-    #[error("the database: {reason}")]
-    Database { reason: String },
-    #[error(
-        "data folder {path:?} was written with SHARD_LIMIT={on_disk}, but SHARD_LIMIT={configured} is set; \
-         start with SHARD_LIMIT={on_disk}, or move the folder to {configured} shards with \
-         `exdaas reshard --to {configured}` while the server is stopped"
-    )]
-    ShardCountMismatch {
-        path: PathBuf,
-        on_disk: u32,
-        configured: u32,
-    },
-    /// The client's document breaks a limit every document keeps.
-    #[error("{reason}")]
-    InvalidDocument { reason: String },
-    /// A request's gets and patches would read more stored documents than
-    /// one request may; this one was not read.
-    #[error(
-        "document {key} was not read: this request reads more than {limit} bytes of stored documents \
-         (EXDAAS_MAX_PAGE_BYTES); read it in a request of its own"
-    )]
-    TooMuchToRead { key: DocKey, limit: usize },
-    /// The document would be larger than a document may be.
-    #[error("document {key} would be {bytes} bytes; a document holds at most {limit} (EXDAAS_MAX_BODY_BYTES)")]
-    DocumentTooLarge { key: DocKey, bytes: usize, limit: usize },
-    /// The operation cannot apply to the stored document as it is.
-    #[error("{reason}")]
-    Unprocessable { reason: String },
-    /// The document would not match its collection's schema.
-    #[error("document {key} does not match the schema of its collection (version {schema_version}): {}",
-        violations.iter().map(|v| format!("{} at {:?} ({})", v.message, v.pointer, v.keyword)).collect::<Vec<_>>().join("; "))]
-    SchemaViolation {
-        key: DocKey,
-        schema_version: u64,
-        violations: Vec<schema::Violation>,
-    },
-    /// The document changed between its check against the schema and its
-    /// write, and checking it again would hold the shard's writer too long.
-    #[error("document {key} changed while it was checked against its collection's schema; send the write again")]
-    SchemaRace { key: DocKey },
-    /// A query read more than a query may (no index fits it, or the one
-    /// that does leaves too much to read).
-    #[error(
-        "this query would read more than {max_scan} documents of collection {collection} (EXDAAS_QUERY_MAX_SCAN); \
-         declare an index that fits it: PUT /v1/collections/{collection}/indexes/{} with {{\"fields\": {}}}{}",
-        index::suggested_name(suggestion),
-        serde_json::to_string(suggestion).unwrap_or_default(),
-        if suggestion.is_empty() { " (give the query a filter or a sort the index can serve)" } else { "" }
-    )]
-    QueryTooBroad {
-        collection: CollectionName,
-        max_scan: u64,
-        /// The fields of an index that would fit.
-        suggestion: Vec<String>,
-    },
-    /// A query did more work than a query may (its filter against the
-    /// documents it read).
-    #[error(
-        "this query would do more than {max_work} units of work on collection {collection} (EXDAAS_QUERY_MAX_WORK: \
-         bytes of documents read and of values compared, conditions checked); narrow its filter, or declare an \
-         index that fits it: PUT /v1/collections/{collection}/indexes/{} with {{\"fields\": {}}}{}",
-        index::suggested_name(suggestion),
-        serde_json::to_string(suggestion).unwrap_or_default(),
-        if suggestion.is_empty() { " (give the query a filter or a sort the index can serve)" } else { "" }
-    )]
-    QueryTooCostly {
-        collection: CollectionName,
-        max_work: u64,
-        /// The fields of an index that would fit.
-        suggestion: Vec<String>,
-    },
-    /// An index of that name exists with other fields.
-    #[error("{reason}")]
-    Conflict { reason: String },
-    /// The client's schema cannot be used.
-    #[error("{0}")]
-    InvalidSchema(#[from] schema::SchemaError),
-    #[error("could not allocate a fresh id after {attempts} attempts")]
-    IdsExhausted { attempts: u32 },
-    #[error("{reason}")]
-    FeedGone { reason: String },
-    #[error("internal error: {0}")]
-    Internal(&'static str),
-}
-
-/// The engine's failures as the store reports them.
-impl From<engine::EngineError> for StoreError {
-    fn from(error: engine::EngineError) -> Self {
-        use engine::EngineError as E;
-        match error {
-            E::Storage { shard, error } => StoreError::Engine { shard, error },
-            E::Busy { shard, waited_ms } => StoreError::Busy {
-                shard,
-                waited_ms,
-                reads: true,
-            },
-            E::Database { reason } => StoreError::Database { reason },
-            E::DataFolder { path, reason } => StoreError::DataFolder { path, reason },
-            E::CorruptFile { path, reason } => StoreError::CorruptFile { path, reason },
-            E::ShardCountMismatch {
-                path,
-                on_disk,
-                configured,
-            } => StoreError::ShardCountMismatch {
-                path,
-                on_disk,
-                configured,
-            },
-            E::Internal(what) => StoreError::Internal(what),
-        }
-    }
-}
-
-impl StoreError {
-    /// An engine failure on shard `shard`.
-    pub fn engine(shard: usize, error: StorageError) -> Self {
-        StoreError::Engine { shard, error }
-    }
-
-    /// What any client may read about this error: no file paths and no
-    /// database messages, which stay in the log.
-    pub fn public(&self) -> String {
-        match self {
-            StoreError::Unavailable { shard, outage, .. } => {
-                format!("shard {shard} is unavailable: {}; retry later", outage.describe())
-            }
-            StoreError::Engine { shard, error } => match error.kind {
-                ErrorKind::Unavailable | ErrorKind::Conflict => {
-                    format!(
-                        "shard {shard} is unavailable: {}; retry later",
-                        self.outage().describe()
-                    )
-                }
-                ErrorKind::Other => format!("shard {shard} failed to read or write"),
-                _ => format!("shard {shard}: {}", self.outage().describe()),
-            },
-            StoreError::DataFolder { .. }
-            | StoreError::CorruptFile { .. }
-            | StoreError::Database { .. }
-            | StoreError::ShardCountMismatch { .. }
-            | StoreError::Internal(_) => "the store failed".to_owned(),
-            StoreError::PreconditionFailed { .. }
-            | StoreError::Busy { .. }
-            | StoreError::InvalidDocument { .. }
-            | StoreError::DocumentTooLarge { .. }
-            | StoreError::TooMuchToRead { .. }
-            | StoreError::Unprocessable { .. }
-            | StoreError::SchemaViolation { .. }
-            | StoreError::SchemaRace { .. }
-            | StoreError::QueryTooBroad { .. }
-            | StoreError::QueryTooCostly { .. }
-            | StoreError::Conflict { .. }
-            | StoreError::InvalidSchema(_)
-            | StoreError::FeedGone { .. }
-            | StoreError::IdsExhausted { .. } => self.to_string(),
-        }
-    }
-
-    /// How a shard is out of service after this error (for readiness).
-    pub fn outage(&self) -> Outage {
-        match self {
-            StoreError::Unavailable { outage, .. } => *outage,
-            StoreError::Engine { error, .. } => match error.kind {
-                ErrorKind::Full => Outage::DiskFull,
-                ErrorKind::ReadOnly => Outage::ReadOnly,
-                ErrorKind::Damaged => Outage::Damaged,
-                ErrorKind::Unavailable | ErrorKind::Conflict | ErrorKind::Other => Outage::WriterFailed,
-            },
-            _ => Outage::WriterFailed,
-        }
-    }
-
-    /// The shard's connection or file is broken: its writer must be
-    /// restarted (opened anew) before it can write again.
-    pub fn breaks_the_writer(&self) -> bool {
-        match self {
-            StoreError::Unavailable { .. } => true,
-            StoreError::Engine { error, .. } => matches!(error.kind, ErrorKind::Unavailable | ErrorKind::Damaged),
-            _ => false,
-        }
-    }
-}
 
 /// Result of storing a document.
 #[derive(Debug, Clone)]
@@ -360,43 +83,6 @@ pub struct ShardHealth {
     pub ready: bool,
     /// What is wrong, while something is, in words fit for any client.
     pub problem: Option<&'static str>,
-}
-
-/// A cheap-to-clone handle to the open store.
-#[derive(Clone)]
-pub struct Store {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    placement: Placement,
-    shards: Vec<Shard>,
-    cache: DocCache,
-    ids: IdCounter,
-    /// Where the counter is shared (a shared database): blocks of it.
-    id_blocks: Option<ids::IdBlocks>,
-    shutdown: watch::Sender<bool>,
-    /// This process's hold of the data folder, released at shutdown.
-    lock: std::sync::Mutex<Option<layout::FolderLock>>,
-    data_dir: PathBuf,
-    events: Arc<dyn StoreEvents>,
-    /// Bytes of documents a listing page or an export chunk holds.
-    page_bytes: usize,
-    /// How long a read waits for a connection before 503.
-    queue_wait: std::time::Duration,
-    /// The folder's identity and layout generation: a feed cursor from
-    /// another is void.
-    folder_id: u64,
-    generation: u32,
-    /// Feed reads running at once, at most: a share of the read pool.
-    feed_reads: tokio::sync::Semaphore,
-    /// Catalog changes (schemas, indexes) go to the shards one at a time.
-    catalog_changes: tokio::sync::Mutex<()>,
-    /// Told whenever any shard publishes feed entries.
-    feed_published: Arc<watch::Sender<u64>>,
-    /// Where other processes write too (a shared database): how current
-    /// this one's knowledge of their writes is.
-    following: Option<Arc<replicas::Following>>,
 }
 
 impl Store {
@@ -466,7 +152,7 @@ impl Store {
         let shared_following = backend
             .shared
             .as_ref()
-            .map(|_| Arc::new(replicas::Following::new(options.replica_poll)));
+            .map(|_| Arc::new(following::Following::new(options.replica_poll)));
         let store = Store {
             inner: Arc::new(Inner {
                 placement: Placement::new(options.shards),
@@ -861,14 +547,6 @@ impl Store {
         if let Ok(mut lock) = self.inner.lock.lock() {
             lock.take();
         }
-    }
-
-    fn shards(&self) -> &[Shard] {
-        &self.inner.shards
-    }
-
-    fn shard_for(&self, key: &DocKey) -> &Shard {
-        &self.inner.shards[self.inner.placement.shard_of(key)]
     }
 
     /// Loads the most recently changed documents of each shard into the

@@ -9,68 +9,15 @@
 //! hold: past [`Following::trust`] since the last round that read every
 //! shard, reads go past the cache to the database, and readiness says so.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::engine::FeedFilter;
-use super::{Store, StoreError};
+use super::error::StoreError;
+use super::following::Following;
+use super::handle::Store;
 
 /// Entries read per shard and query; more are read at once, in turns.
 const RUN: usize = 1000;
-
-/// How current this process's knowledge of the other replicas' writes is.
-#[derive(Debug)]
-pub struct Following {
-    epoch: Instant,
-    /// When (ms after `epoch`) the last round that read every shard's feed
-    /// to its end began: every change committed before then is known.
-    round_began_ms: AtomicU64,
-    /// Past this since that round, the cache is not trusted.
-    pub trust: Duration,
-    /// Why the last round failed, while rounds fail.
-    problem: Mutex<Option<String>>,
-}
-
-impl Following {
-    /// Caught up now (the cache was just warmed from the database); trusted
-    /// for ten intervals, and at least a second.
-    pub fn new(interval: Duration) -> Self {
-        Self {
-            epoch: Instant::now(),
-            round_began_ms: AtomicU64::new(0),
-            trust: (interval * 10).max(Duration::from_secs(1)),
-            problem: Mutex::new(None),
-        }
-    }
-
-    /// How long ago the last complete round began.
-    pub fn behind(&self) -> Duration {
-        self.epoch
-            .elapsed()
-            .saturating_sub(Duration::from_millis(self.round_began_ms.load(Ordering::Relaxed)))
-    }
-
-    /// The cache may answer reads: some round began within [`Self::trust`].
-    pub fn cache_trusted(&self) -> bool {
-        self.behind() <= self.trust
-    }
-
-    /// Why following fails, while it does.
-    pub fn problem(&self) -> Option<String> {
-        self.problem.lock().ok().and_then(|p| p.clone())
-    }
-
-    fn round_done(&self, began: Instant, problem: Option<String>) {
-        if problem.is_none() {
-            let ms = u64::try_from(began.duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX);
-            self.round_began_ms.fetch_max(ms, Ordering::Relaxed);
-        }
-        if let Ok(mut slot) = self.problem.lock() {
-            *slot = problem;
-        }
-    }
-}
 
 /// Follows every shard's feed until the store shuts down.
 pub async fn follow(store: Store, interval: Duration, following: std::sync::Arc<Following>) {
