@@ -25,6 +25,7 @@ pub mod query;
 mod replicas;
 mod scan;
 pub mod schema;
+mod service;
 mod shard;
 mod writer;
 
@@ -40,15 +41,15 @@ use cache::DocCache;
 pub use document::{canonical_json, Document};
 pub use engine::{ChangeKind, ErrorKind, FeedEntry, StorageError};
 pub use error::{Outage, StoreError};
-pub use handle::Store;
-use handle::Inner;
-pub use options::StoreOptions;
 #[cfg(feature = "fault-injection")]
 pub use faults::Fault;
 pub use feed::{CursorError, FeedCursor, FeedItem, FeedPage, FeedRequest, FeedStart};
+use handle::Inner;
+pub use handle::Store;
 use ids::IdCounter;
 pub use ops::{Action, Expect, WriteOutcome, WriteResult};
 use ops::{ReadBudget, WriteOp};
+pub use options::StoreOptions;
 use placement::Placement;
 pub use scan::{CollectionInfo, ListRequest, Listed, Page, MAX_PAGE};
 use shard::Shard;
