@@ -59,6 +59,7 @@ def strip_tests(text: str) -> str:
     if m:
         text = text[: m.start()]
     text = re.sub(r"//[^\n]*", "", text)
+    text = re.sub(r"pub\(in [^)]*\)", "pub", text)  # a visibility, not an import
     text = re.sub(r'"(\\.|[^"\\])*"', '""', text)
     return text
 

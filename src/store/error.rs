@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use super::engine::{self, ErrorKind, StorageError};
-use super::index;
-use super::schema;
+use super::index::suggested_name;
+use super::schema::{SchemaError, Violation};
 use crate::domain::{CollectionName, DocKey};
 
 /// Why a shard cannot serve, in words fit for any client: no file paths,
@@ -107,7 +107,7 @@ pub enum StoreError {
     SchemaViolation {
         key: DocKey,
         schema_version: u64,
-        violations: Vec<schema::Violation>,
+        violations: Vec<Violation>,
     },
     /// The document changed between its check against the schema and its
     /// write, and checking it again would hold the shard's writer too long.
@@ -118,7 +118,7 @@ pub enum StoreError {
     #[error(
         "this query would read more than {max_scan} documents of collection {collection} (EXDAAS_QUERY_MAX_SCAN); \
          declare an index that fits it: PUT /v1/collections/{collection}/indexes/{} with {{\"fields\": {}}}{}",
-        index::suggested_name(suggestion),
+        suggested_name(suggestion),
         serde_json::to_string(suggestion).unwrap_or_default(),
         if suggestion.is_empty() { " (give the query a filter or a sort the index can serve)" } else { "" }
     )]
@@ -134,7 +134,7 @@ pub enum StoreError {
         "this query would do more than {max_work} units of work on collection {collection} (EXDAAS_QUERY_MAX_WORK: \
          bytes of documents read and of values compared, conditions checked); narrow its filter, or declare an \
          index that fits it: PUT /v1/collections/{collection}/indexes/{} with {{\"fields\": {}}}{}",
-        index::suggested_name(suggestion),
+        suggested_name(suggestion),
         serde_json::to_string(suggestion).unwrap_or_default(),
         if suggestion.is_empty() { " (give the query a filter or a sort the index can serve)" } else { "" }
     )]
@@ -149,7 +149,7 @@ pub enum StoreError {
     Conflict { reason: String },
     /// The client's schema cannot be used.
     #[error("{0}")]
-    InvalidSchema(#[from] schema::SchemaError),
+    InvalidSchema(#[from] SchemaError),
     #[error("could not allocate a fresh id after {attempts} attempts")]
     IdsExhausted { attempts: u32 },
     #[error("{reason}")]

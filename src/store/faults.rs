@@ -5,10 +5,6 @@
 
 use std::time::Duration;
 
-use super::engine::EngineFault;
-use super::writer::Writer;
-use super::{Store, StoreError};
-
 /// Faults that only tests inject, through [`Store::inject_fault`]: nothing
 /// outside the process can reach them. Each makes the writer take the path
 /// a real failure of that kind takes.
@@ -38,20 +34,11 @@ pub enum Fault {
     HoldReads(Duration),
 }
 
-impl Store {
-    /// Makes shard `shard` meet `fault`, as a real failure of that kind
-    /// would.
-    pub async fn inject_fault(&self, shard: usize, fault: Fault) -> Result<(), StoreError> {
-        let shard = self.shards().get(shard).ok_or(StoreError::Internal("no such shard"))?;
-        shard.inject(fault).await
-    }
-}
-
 /// The payload of [`Fault::PanicAndStayDown`]'s panic, which the
 /// supervisor reads to hold its restart back.
 pub(super) struct StayDown {
-    shard: usize,
-    duration: Duration,
+    pub(super) shard: usize,
+    pub(super) duration: Duration,
 }
 
 impl StayDown {
@@ -65,36 +52,5 @@ impl StayDown {
             down.duration.as_millis()
         );
         Some((down.duration, message))
-    }
-}
-
-impl Writer {
-    /// Applies a test's fault; an error if it broke the writer.
-    pub(super) async fn inject(&mut self, fault: Fault) -> Option<StoreError> {
-        tracing::warn!(shard = self.shard, ?fault, "injecting a fault");
-        let shard = self.shard;
-        let engine_fault = match fault {
-            Fault::Panic => panic!("injected fault: shard {shard}'s writer panics"),
-            Fault::PanicAndStayDown(duration) => std::panic::panic_any(StayDown { shard, duration }),
-            Fault::PanicAfterCommit => {
-                self.panic_after_commit = true;
-                return None;
-            }
-            Fault::Stall(duration) => {
-                tokio::time::sleep(duration).await;
-                return None;
-            }
-            Fault::HoldReads(_) => return None,
-            Fault::BreakConnection => EngineFault::BreakConnection,
-            Fault::DiskFull => EngineFault::DiskFull,
-            Fault::ReadOnly => EngineFault::ReadOnly,
-            Fault::Heal => EngineFault::Heal,
-        };
-        self.writes
-            .inject(engine_fault)
-            .await
-            .err()
-            .map(|e| StoreError::engine(shard, e))
-            .filter(StoreError::breaks_the_writer)
     }
 }

@@ -27,6 +27,7 @@ mod scan;
 pub mod schema;
 mod service;
 mod shard;
+mod status;
 mod writer;
 
 use std::sync::Arc;

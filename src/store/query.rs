@@ -17,16 +17,18 @@
 //! - Sorting orders types: missing, null, booleans, numbers, strings,
 //!   arrays, objects; ties go by id.
 
-mod eval;
-mod run;
+pub(crate) mod eval;
 
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
+use tokio::sync::Semaphore;
 
-use self::eval::{canonical, is_composite, Eval};
+use self::eval::{canonical, is_composite, same_type_order, Eval};
 pub use self::eval::{Operand, ValueSet};
-pub use self::run::{QueryAnswer, QueryLimits, QueryPage};
+use super::document::Document;
+use crate::domain::DocId;
 
 /// Bounds on what one query may ask.
 pub const MAX_FILTER_NODES: usize = 256;
@@ -265,7 +267,7 @@ impl Filter {
     }
 
     /// Whether `doc` passes, each check counted in `eval`.
-    fn passes<'d>(&self, doc: &'d Value, eval: &mut Eval<'d>) -> bool {
+    pub(crate) fn passes<'d>(&self, doc: &'d Value, eval: &mut Eval<'d>) -> bool {
         match self {
             Filter::All(parts) => parts.iter().all(|p| p.passes(doc, eval)),
             Filter::Any(parts) => parts.iter().any(|p| p.passes(doc, eval)),
@@ -278,7 +280,7 @@ impl Filter {
     }
 
     /// How many conditions it holds.
-    fn conditions(&self) -> usize {
+    pub(crate) fn conditions(&self) -> usize {
         match self {
             Filter::All(parts) | Filter::Any(parts) => parts.iter().map(Filter::conditions).sum(),
             Filter::Not(inner) => inner.conditions(),
@@ -288,7 +290,7 @@ impl Filter {
 
     /// The length of the canonical JSON of its longest array or object
     /// operand: no longer value can equal one, so none is written further.
-    fn composite_len(&self) -> usize {
+    pub(crate) fn composite_len(&self) -> usize {
         match self {
             Filter::All(parts) | Filter::Any(parts) => parts.iter().map(Filter::composite_len).max().unwrap_or(0),
             Filter::Not(inner) => inner.composite_len(),
@@ -334,18 +336,6 @@ impl Condition {
     }
 }
 
-/// The order of two values of one type (numbers, strings, booleans,
-/// null); `None` across types or for arrays and objects.
-fn same_type_order(a: &Value, b: &Value) -> Option<Ordering> {
-    match (a, b) {
-        (Value::Null, Value::Null) => Some(Ordering::Equal),
-        (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
-        (Value::Number(x), Value::Number(y)) => x.as_f64()?.partial_cmp(&y.as_f64()?),
-        (Value::String(x), Value::String(y)) => Some(x.as_bytes().cmp(y.as_bytes())),
-        _ => None,
-    }
-}
-
 fn type_rank(value: Option<&Value>) -> u8 {
     match value {
         None => 0,
@@ -375,13 +365,13 @@ pub fn sort_order(a: Option<&Value>, b: Option<&Value>) -> Ordering {
 /// A sort value as a page's candidates keep it: an array or object with
 /// its canonical JSON, made once rather than at every comparison.
 #[derive(Debug, Clone)]
-struct SortKey {
-    value: Option<Value>,
-    text: Option<Box<str>>,
+pub(crate) struct SortKey {
+    pub(crate) value: Option<Value>,
+    pub(crate) text: Option<Box<str>>,
 }
 
 impl SortKey {
-    fn new(value: Option<Value>) -> Self {
+    pub(crate) fn new(value: Option<Value>) -> Self {
         let text = value
             .as_ref()
             .filter(|v| is_composite(v))
@@ -390,7 +380,7 @@ impl SortKey {
     }
 
     /// [`sort_order`], with the canonical JSON at hand.
-    fn order(&self, other: &SortKey) -> Ordering {
+    pub(crate) fn order(&self, other: &SortKey) -> Ordering {
         match (&self.text, &other.text) {
             (Some(x), Some(y)) if type_rank(self.value.as_ref()) == type_rank(other.value.as_ref()) => x.cmp(y),
             _ => sort_order(self.value.as_ref(), other.value.as_ref()),
@@ -416,7 +406,7 @@ pub struct Query {
 impl Query {
     /// The order of two documents' positions (their sort keys and ids),
     /// the query's sort then ids.
-    fn order(&self, a: (&[SortKey], &str), b: (&[SortKey], &str)) -> Ordering {
+    pub(crate) fn order(&self, a: (&[SortKey], &str), b: (&[SortKey], &str)) -> Ordering {
         for ((field, x), y) in self.sort.iter().zip(a.0).zip(b.0) {
             let order = x.order(y);
             let order = if field.descending { order.reverse() } else { order };
@@ -428,7 +418,7 @@ impl Query {
     }
 
     /// `doc`'s sort keys, and the work of making them.
-    fn sort_keys(&self, doc: &Value) -> (Vec<SortKey>, u64) {
+    pub(crate) fn sort_keys(&self, doc: &Value) -> (Vec<SortKey>, u64) {
         let keys: Vec<SortKey> = self
             .sort
             .iter()
@@ -568,6 +558,54 @@ fn kind_of(value: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
+}
+
+/// What any one query may spend; the threads are shared by all of them.
+#[derive(Debug, Clone)]
+pub struct QueryLimits {
+    /// Documents (or index entries) read, at most.
+    pub max_scan: u64,
+    /// Units of work, at most: bytes of documents parsed, bytes of values
+    /// written to compare them, conditions checked, array items looked at.
+    pub max_work: u64,
+    /// Evaluations running at once, across every query.
+    pub threads: Arc<Semaphore>,
+}
+
+impl QueryLimits {
+    pub fn new(max_scan: usize, max_work: u64, threads: usize) -> Self {
+        Self {
+            max_scan: max_scan as u64,
+            max_work,
+            threads: Arc::new(Semaphore::new(threads.max(1))),
+        }
+    }
+}
+
+/// One page a query asks for.
+#[derive(Debug, Clone)]
+pub struct QueryPage {
+    /// At most this many documents (1 to the most a page holds).
+    pub limit: usize,
+    /// Start after this position.
+    pub after: Option<Cursor>,
+    /// Also count every matching document.
+    pub count: bool,
+}
+
+/// A page of a query's answer.
+#[derive(Debug, Clone, Default)]
+pub struct QueryAnswer {
+    /// The documents, in the query's order, projected.
+    pub items: Vec<(DocId, Document)>,
+    /// Where the next page starts, when more documents match.
+    pub next: Option<Cursor>,
+    /// Every matching document, when counted.
+    pub count: Option<u64>,
+    /// Documents (or index entries) read on each shard.
+    pub read_per_shard: Vec<u64>,
+    /// The index the query ran on (`None`: it read every document).
+    pub index: Option<String>,
 }
 
 #[cfg(test)]

@@ -15,9 +15,11 @@
 //! other collection's commit.
 
 mod cost;
+mod violation;
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
+pub use violation::{SchemaError, Violation};
 
 use serde_json::Value;
 
@@ -70,23 +72,6 @@ impl std::fmt::Debug for CollectionSchema {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CollectionSchema").field("text", &self.text).finish()
     }
-}
-
-/// Why a client's schema was refused.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct SchemaError(pub String);
-
-/// One way a document fails its collection's schema.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Violation {
-    /// JSON Pointer (RFC 6901) to the failing value in the document: `""`
-    /// is the document itself.
-    pub pointer: String,
-    /// The schema keyword that failed (`type`, `required`, `maximum`...),
-    /// or `cost` when the document is too costly to check at all.
-    pub keyword: String,
-    pub message: String,
 }
 
 /// A document checked before its write was queued: the writer takes the

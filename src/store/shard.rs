@@ -8,7 +8,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +21,7 @@ use super::engine::{Opened, ReadSlot, ShardFile, ShardReads, ShardWrites};
 use super::feed::RecentFeed;
 use super::ops::{WriteOp, WriteResult};
 use super::schema::PublishedSchemas;
+use super::status::{advance, ShardStatus};
 use super::writer::{Exit, FeedWriter, Job, Writer};
 use super::{Outage, StoreError, StoreOptions};
 use crate::domain::CollectionName;
@@ -34,47 +34,6 @@ const LONGEST_RESTART_DELAY: Duration = Duration::from_secs(5);
 /// Feed entries kept in memory across all shards, for readers near the
 /// head (about 100 bytes each besides the keys, which the cache shares).
 const RECENT_FEED_ENTRIES: usize = 65_536;
-
-/// Whether a shard can serve, for `/readyz`.
-#[derive(Debug, Default)]
-pub struct ShardStatus {
-    writer_running: AtomicBool,
-    /// What is wrong, while something is: what clients may read, and the
-    /// whole story for the log.
-    problem: Mutex<Option<(Outage, String)>>,
-}
-
-impl ShardStatus {
-    pub fn writer_started(&self) {
-        self.writer_running.store(true, Ordering::SeqCst);
-        self.clear_problem();
-    }
-
-    pub fn writer_down(&self, outage: Outage, reason: String) {
-        self.writer_running.store(false, Ordering::SeqCst);
-        self.set_problem(outage, reason);
-    }
-
-    pub fn set_problem(&self, outage: Outage, reason: String) {
-        if let Ok(mut current) = self.problem.lock() {
-            *current = Some((outage, reason));
-        }
-    }
-
-    pub fn clear_problem(&self) {
-        if let Ok(mut current) = self.problem.lock() {
-            *current = None;
-        }
-    }
-
-    pub fn problem(&self) -> Option<(Outage, String)> {
-        self.problem.lock().ok().and_then(|p| p.clone())
-    }
-
-    fn is_ready(&self) -> bool {
-        self.writer_running.load(Ordering::SeqCst) && self.problem().is_none()
-    }
-}
 
 /// What it takes to open (and reopen) a shard's writer.
 #[derive(Clone)]
@@ -428,18 +387,6 @@ impl Shard {
             }
         }
     }
-}
-
-/// Moves `head` up to `seq`, never down: a writer and the follower of
-/// other replicas both move it.
-pub fn advance(head: &watch::Sender<u64>, seq: u64) {
-    head.send_if_modified(|current| {
-        let moved = seq > *current;
-        if moved {
-            *current = seq;
-        }
-        moved
-    });
 }
 
 impl WriterSetup {

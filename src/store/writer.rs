@@ -29,7 +29,7 @@ use super::index::{IndexDef, MAX_KEY_BYTES};
 use super::ops::{decide, Action, Expect, WriteOp, WriteResult};
 use super::query::FieldPath;
 use super::schema::{Checked, CollectionSchema, PublishedSchemas, SchemaState, INLINE_CHECKS};
-use super::shard::ShardStatus;
+use super::status::ShardStatus;
 use super::{Document, Outage, StoreError};
 use crate::clock::now_millis;
 use crate::domain::{CollectionName, DocKey};
@@ -165,7 +165,7 @@ impl FeedWriter {
                 self.recent.push(entries);
             }
             self.last_seq = last.seq;
-            super::shard::advance(&self.head, self.last_seq);
+            super::status::advance(&self.head, self.last_seq);
             self.published.send_modify(|count| *count = count.wrapping_add(1));
         }
     }
@@ -1305,3 +1305,37 @@ const CONFLICT_RETRIES: u32 = 8;
 /// Stored documents up to this size come with their row's first read; the
 /// text of larger ones is read only when an operation needs it.
 const SMALL_DOCUMENT: usize = 64 << 10;
+
+#[cfg(feature = "fault-injection")]
+impl Writer {
+    /// Applies a test's fault; an error if it broke the writer.
+    pub(super) async fn inject(&mut self, fault: super::faults::Fault) -> Option<StoreError> {
+        tracing::warn!(shard = self.shard, ?fault, "injecting a fault");
+        let shard = self.shard;
+        use super::engine::EngineFault;
+        use super::faults::{Fault, StayDown};
+        let engine_fault = match fault {
+            Fault::Panic => panic!("injected fault: shard {shard}'s writer panics"),
+            Fault::PanicAndStayDown(duration) => std::panic::panic_any(StayDown { shard, duration }),
+            Fault::PanicAfterCommit => {
+                self.panic_after_commit = true;
+                return None;
+            }
+            Fault::Stall(duration) => {
+                tokio::time::sleep(duration).await;
+                return None;
+            }
+            Fault::HoldReads(_) => return None,
+            Fault::BreakConnection => EngineFault::BreakConnection,
+            Fault::DiskFull => EngineFault::DiskFull,
+            Fault::ReadOnly => EngineFault::ReadOnly,
+            Fault::Heal => EngineFault::Heal,
+        };
+        self.writes
+            .inject(engine_fault)
+            .await
+            .err()
+            .map(|e| StoreError::engine(shard, e))
+            .filter(StoreError::breaks_the_writer)
+    }
+}

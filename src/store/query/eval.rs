@@ -11,6 +11,8 @@ use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::io;
 
+use std::cmp::Ordering;
+
 use serde_json::{Number, Value};
 
 /// An operand of equality: an array or object carries its canonical JSON.
@@ -31,7 +33,7 @@ impl Operand {
     }
 
     /// The length of its canonical JSON, for an array or object.
-    pub(super) fn composite_len(&self) -> usize {
+    pub(crate) fn composite_len(&self) -> usize {
         self.canonical.as_ref().map_or(0, |text| text.len())
     }
 }
@@ -59,7 +61,7 @@ impl ValueSet {
     }
 
     /// The length of its longest array's or object's canonical JSON.
-    pub(super) fn composite_len(&self) -> usize {
+    pub(crate) fn composite_len(&self) -> usize {
         self.longest
     }
 
@@ -182,7 +184,7 @@ impl<'d> Eval<'d> {
     /// Whether `value` equals `operand`.
     pub(super) fn same(&mut self, value: &'d Value, operand: &Operand) -> bool {
         match &operand.canonical {
-            None => super::same_type_order(value, &operand.value) == Some(std::cmp::Ordering::Equal),
+            None => same_type_order(value, &operand.value) == Some(std::cmp::Ordering::Equal),
             Some(wanted) => {
                 std::mem::discriminant(value) == std::mem::discriminant(&operand.value)
                     && self.canonical(value).is_some_and(|text| text == &**wanted)
@@ -254,6 +256,18 @@ impl io::Write for Capped {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// The order of two values of one type (numbers, strings, booleans,
+/// null); `None` across types or for arrays and objects.
+pub(super) fn same_type_order(a: &Value, b: &Value) -> Option<Ordering> {
+    match (a, b) {
+        (Value::Null, Value::Null) => Some(Ordering::Equal),
+        (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
+        (Value::Number(x), Value::Number(y)) => x.as_f64()?.partial_cmp(&y.as_f64()?),
+        (Value::String(x), Value::String(y)) => Some(x.as_bytes().cmp(y.as_bytes())),
+        _ => None,
     }
 }
 

@@ -11,12 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use serde_json::Value;
-use tokio::sync::Semaphore;
 
-use super::eval::Eval;
-use super::{Cursor, Query, SortKey};
 use crate::domain::{CollectionName, DocId, DocKey};
 use crate::stats::StoreEvents;
+use crate::store::query::eval::Eval;
+use crate::store::query::{Cursor, Query, QueryAnswer, QueryLimits, QueryPage, SortKey};
 use crate::store::{Document, ListRequest, Store, StoreError, MAX_PAGE};
 
 /// A batch of at most this much work (bytes of documents, and conditions
@@ -27,54 +26,6 @@ const INLINE_WORK: usize = 32 * 1024;
 /// bytes (or [`FINISH_CHUNK`] documents), beyond the first.
 const FINISH_BYTES: usize = 1 << 20;
 const FINISH_CHUNK: usize = 16;
-
-/// What any one query may spend; the threads are shared by all of them.
-#[derive(Debug, Clone)]
-pub struct QueryLimits {
-    /// Documents (or index entries) read, at most.
-    pub max_scan: u64,
-    /// Units of work, at most: bytes of documents parsed, bytes of values
-    /// written to compare them, conditions checked, array items looked at.
-    pub max_work: u64,
-    /// Evaluations running at once, across every query.
-    pub threads: Arc<Semaphore>,
-}
-
-impl QueryLimits {
-    pub fn new(max_scan: usize, max_work: u64, threads: usize) -> Self {
-        Self {
-            max_scan: max_scan as u64,
-            max_work,
-            threads: Arc::new(Semaphore::new(threads.max(1))),
-        }
-    }
-}
-
-/// One page a query asks for.
-#[derive(Debug, Clone)]
-pub struct QueryPage {
-    /// At most this many documents (1 to [`MAX_PAGE`]).
-    pub limit: usize,
-    /// Start after this position.
-    pub after: Option<Cursor>,
-    /// Also count every matching document.
-    pub count: bool,
-}
-
-/// A page of a query's answer.
-#[derive(Debug, Clone, Default)]
-pub struct QueryAnswer {
-    /// The documents, in the query's order, projected.
-    pub items: Vec<(DocId, Document)>,
-    /// Where the next page starts, when more documents match.
-    pub next: Option<Cursor>,
-    /// Every matching document, when counted.
-    pub count: Option<u64>,
-    /// Documents (or index entries) read on each shard.
-    pub read_per_shard: Vec<u64>,
-    /// The index the query ran on (`None`: it read every document).
-    pub index: Option<String>,
-}
 
 /// A candidate for the page: where it sorts, and which document it is.
 struct Candidate {
