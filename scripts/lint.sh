@@ -6,6 +6,7 @@
 #   other YAML                      parsed with PyYAML (well-formed)
 #   .github/workflows/*.yml         actionlint, and shellcheck on their run: blocks
 #   scripts/*.sh, .ci/run           shellcheck
+#   src/ (the Rust modules' imports) scripts/modgraph.py: no circle, no upward import
 # The first run installs what is missing: shellcheck with apt-get, the rest with
 # pip and npm into .lint-tools/ (git-ignored). Later runs reuse them. Every lint
 # runs; the exit code is non-zero when any failed.
@@ -115,6 +116,8 @@ step "shellcheck $(shellcheck --version | sed -n 's/^version: //p'): the run: bl
 	shellcheck_runs .github/workflows/*.yml
 step "shellcheck: scripts/*.sh .ci/run" \
 	shellcheck scripts/*.sh .ci/run
+step "module graph: no circle, no import up the README's layers (scripts/modgraph.py --check)" \
+	python3 scripts/modgraph.py --check
 
 if ((${#failed[@]})); then
 	printf '!! lint failed: %s\n' "${failed[@]}" >&2

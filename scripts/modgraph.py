@@ -32,9 +32,19 @@ LAYERS = [
     ["app"],
     ["api", "connections"],
     ["metrics", "telemetry"],
-    ["store"],
+    # The store: its facade and the calls it serves...
+    ["store", "store::service", "store::maintenance", "store::replicas", "store::scan"],
+    # ...on the state they share...
+    ["store::handle"],
+    # ...which is shards, each written by one writer, and a cache...
+    ["store::shard", "store::writer", "store::status", "store::faults", "store::feed", "store::cache", "store::ids",
+     "store::ops", "store::patch", "store::following"],
+    # ...checking documents with the schema and query languages...
+    ["store::error", "store::schema", "store::query", "store::index"],
+    # ...over an engine that knows SQL and files...
     ["store::engine"],
-    ["store::document", "store::placement", "stats", "config"],
+    # ...and plain types every layer shares.
+    ["store::document", "store::placement", "store::options", "stats", "config"],
     ["domain", "clock", "durable"],
 ]
 
