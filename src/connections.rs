@@ -26,7 +26,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -330,9 +332,7 @@ impl Activity {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.head_since.store(0, Ordering::Relaxed);
         let waiting = Arc::new(AtomicU64::new(0));
-        if let Ok(mut bodies) = self.bodies.lock() {
-            bodies.push(waiting.clone());
-        }
+        self.bodies.lock().push(waiting.clone());
         InFlight {
             activity: self.clone(),
             waiting,
@@ -343,13 +343,13 @@ impl Activity {
         let now = now_ms();
         let older_than =
             |since: u64, limit: Duration| since != 0 && now.saturating_sub(since) > limit.as_millis() as u64;
-        if let Ok(bodies) = self.bodies.lock() {
-            if bodies
-                .iter()
-                .any(|waiting| older_than(waiting.load(Ordering::Relaxed), limits.send_timeout))
-            {
-                return Some(Verdict::Stalled);
-            }
+        if self
+            .bodies
+            .lock()
+            .iter()
+            .any(|waiting| older_than(waiting.load(Ordering::Relaxed), limits.send_timeout))
+        {
+            return Some(Verdict::Stalled);
         }
         if self.in_flight.load(Ordering::Relaxed) > 0 {
             return None;
@@ -375,9 +375,10 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.activity.last_active.store(now_ms(), Ordering::Relaxed);
-        if let Ok(mut bodies) = self.activity.bodies.lock() {
-            bodies.retain(|waiting| !Arc::ptr_eq(waiting, &self.waiting));
-        }
+        self.activity
+            .bodies
+            .lock()
+            .retain(|waiting| !Arc::ptr_eq(waiting, &self.waiting));
     }
 }
 

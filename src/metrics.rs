@@ -8,7 +8,9 @@
 //! shard numbers only: no collection names, ids or keys leave through here.
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use prometheus::{
@@ -89,9 +91,7 @@ pub struct StreamLag {
 impl FeedLags {
     pub fn join(self: &Arc<Self>) -> StreamLag {
         let behind_since = Arc::new(AtomicI64::new(0));
-        if let Ok(mut streams) = self.streams.lock() {
-            streams.push(behind_since.clone());
-        }
+        self.streams.lock().push(behind_since.clone());
         StreamLag {
             behind_since,
             lags: self.clone(),
@@ -101,13 +101,13 @@ impl FeedLags {
     /// Seconds since the oldest change some stream has not been sent was
     /// committed (0: every stream is caught up).
     fn slowest_seconds(&self, now_ms: i64) -> f64 {
-        let oldest = self.streams.lock().ok().and_then(|streams| {
-            streams
-                .iter()
-                .map(|since| since.load(Ordering::Relaxed))
-                .filter(|&since| since > 0)
-                .min()
-        });
+        let oldest = self
+            .streams
+            .lock()
+            .iter()
+            .map(|since| since.load(Ordering::Relaxed))
+            .filter(|&since| since > 0)
+            .min();
         oldest.map_or(0.0, |since| (now_ms - since).max(0) as f64 / 1000.0)
     }
 }
@@ -122,9 +122,10 @@ impl StreamLag {
 
 impl Drop for StreamLag {
     fn drop(&mut self) {
-        if let Ok(mut streams) = self.lags.streams.lock() {
-            streams.retain(|since| !Arc::ptr_eq(since, &self.behind_since));
-        }
+        self.lags
+            .streams
+            .lock()
+            .retain(|since| !Arc::ptr_eq(since, &self.behind_since));
     }
 }
 
@@ -398,8 +399,7 @@ impl Metrics {
     pub fn documents_due(&self) -> bool {
         self.counted_at
             .lock()
-            .map(|at| at.is_none_or(|at| at.elapsed() >= DOCUMENT_COUNTS_MAX_AGE))
-            .unwrap_or(true)
+            .is_none_or(|at| at.elapsed() >= DOCUMENT_COUNTS_MAX_AGE)
     }
 
     /// The text a scrape gets: the state of `snapshot`, and everything
@@ -435,9 +435,7 @@ impl Metrics {
                         .set(gauge(*count));
                 }
             }
-            if let Ok(mut at) = self.counted_at.lock() {
-                *at = Some(Instant::now());
-            }
+            *self.counted_at.lock() = Some(Instant::now());
         }
         let mut text = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut text) {

@@ -5,7 +5,9 @@
 //! and lock the others out of the feed.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use super::auth::Principal;
 
@@ -55,7 +57,7 @@ impl Places {
     /// A place for `who`, given back when the [`Place`] is dropped.
     pub fn take(&self, who: Principal) -> Result<Place, Full> {
         let shared = &self.shared;
-        let mut taken = shared.taken.lock().unwrap_or_else(|e| e.into_inner());
+        let mut taken = shared.taken.lock();
         if taken.all >= shared.total {
             return Err(Full::All(shared.total));
         }
@@ -72,7 +74,7 @@ impl Places {
     }
 
     fn give_back(&self, who: &Principal) {
-        let mut taken = self.shared.taken.lock().unwrap_or_else(|e| e.into_inner());
+        let mut taken = self.shared.taken.lock();
         taken.all = taken.all.saturating_sub(1);
         if let Some(held) = taken.by.get_mut(who) {
             *held -= 1;
@@ -85,7 +87,7 @@ impl Places {
     /// Holders with at least one place (for the tests of bounded state).
     #[cfg(test)]
     fn holders(&self) -> usize {
-        self.shared.taken.lock().map(|t| t.by.len()).unwrap_or(0)
+        self.shared.taken.lock().by.len()
     }
 }
 

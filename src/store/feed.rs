@@ -175,14 +175,14 @@ impl FeedPage {
 /// without reading the file, however many they are. Bounded by count; the
 /// entries share their keys' text with the cache.
 pub struct RecentFeed {
-    entries: std::sync::Mutex<std::collections::VecDeque<FeedEntry>>,
+    entries: parking_lot::Mutex<std::collections::VecDeque<FeedEntry>>,
     capacity: usize,
 }
 
 impl RecentFeed {
     pub fn new(capacity: usize) -> Self {
         Self {
-            entries: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(capacity)),
+            entries: parking_lot::Mutex::new(std::collections::VecDeque::with_capacity(capacity)),
             capacity,
         }
     }
@@ -192,7 +192,7 @@ impl RecentFeed {
     /// commit it could not publish) starts the memory over.
     pub fn push(&self, published: &[FeedEntry]) {
         let Some(first) = published.first() else { return };
-        let Ok(mut entries) = self.entries.lock() else { return };
+        let mut entries = self.entries.lock();
         if entries.back().is_some_and(|last| last.seq + 1 != first.seq) {
             entries.clear();
         }
@@ -214,7 +214,7 @@ impl RecentFeed {
         filter: FeedFilter<'_>,
         limit: usize,
     ) -> Option<Vec<FeedEntry>> {
-        let entries = self.entries.lock().ok()?;
+        let entries = self.entries.lock();
         let first = entries.front()?.seq;
         // It must hold the whole run: a restarted writer's head may be past
         // what reached the memory.

@@ -3,7 +3,6 @@
 //! checks and the follower task (`replicas.rs`) keeps.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How current this process's knowledge of the other replicas' writes is.
@@ -16,7 +15,7 @@ pub struct Following {
     /// Past this since that round, the cache is not trusted.
     pub trust: Duration,
     /// Why the last round failed, while rounds fail.
-    problem: Mutex<Option<String>>,
+    problem: parking_lot::Mutex<Option<String>>,
 }
 
 impl Following {
@@ -27,7 +26,7 @@ impl Following {
             epoch: Instant::now(),
             round_began_ms: AtomicU64::new(0),
             trust: (interval * 10).max(Duration::from_secs(1)),
-            problem: Mutex::new(None),
+            problem: parking_lot::Mutex::new(None),
         }
     }
 
@@ -45,7 +44,7 @@ impl Following {
 
     /// Why following fails, while it does.
     pub fn problem(&self) -> Option<String> {
-        self.problem.lock().ok().and_then(|p| p.clone())
+        self.problem.lock().clone()
     }
 
     pub(super) fn round_done(&self, began: Instant, problem: Option<String>) {
@@ -53,8 +52,6 @@ impl Following {
             let ms = u64::try_from(began.duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX);
             self.round_began_ms.fetch_max(ms, Ordering::Relaxed);
         }
-        if let Ok(mut slot) = self.problem.lock() {
-            *slot = problem;
-        }
+        *self.problem.lock() = problem;
     }
 }

@@ -32,7 +32,7 @@ pub(super) struct Inner {
     pub(super) id_blocks: Option<ids::IdBlocks>,
     pub(super) shutdown: watch::Sender<bool>,
     /// This process's hold of the data folder, released at shutdown.
-    pub(super) lock: std::sync::Mutex<Option<layout::FolderLock>>,
+    pub(super) lock: parking_lot::Mutex<Option<layout::FolderLock>>,
     pub(super) data_dir: PathBuf,
     pub(super) events: Arc<dyn StoreEvents>,
     /// Bytes of documents a listing page or an export chunk holds.

@@ -94,7 +94,7 @@ impl IdCounter {
 pub struct IdBlocks {
     source: crate::store::engine::SharedDatabase,
     /// What is left of this process's block.
-    left: std::sync::Mutex<std::ops::RangeInclusive<u64>>,
+    left: parking_lot::Mutex<std::ops::RangeInclusive<u64>>,
     /// One refill at a time.
     refill: tokio::sync::Mutex<()>,
     /// Where the counter starts on a new database.
@@ -109,7 +109,7 @@ impl IdBlocks {
     pub fn new(source: crate::store::engine::SharedDatabase, highest_used: u64) -> Self {
         Self {
             source,
-            left: std::sync::Mutex::new(std::ops::RangeInclusive::new(1, 0)),
+            left: parking_lot::Mutex::new(std::ops::RangeInclusive::new(1, 0)),
             refill: tokio::sync::Mutex::new(()),
             highest_used,
         }
@@ -121,9 +121,7 @@ impl IdBlocks {
     }
 
     fn take(&self) -> Option<u64> {
-        let mut left = self.left.lock().ok()?;
-        let next = left.next()?;
-        Some(next)
+        self.left.lock().next()
     }
 
     /// A fresh id, at least `at_least` (past ids found taken).
@@ -136,13 +134,11 @@ impl IdBlocks {
                 continue;
             }
             let _refill = self.refill.lock().await;
-            if self.left.lock().is_ok_and(|left| !left.is_empty()) {
+            if !self.left.lock().is_empty() {
                 continue;
             }
             let (first, last) = self.source.reserve(ID_BLOCK, at_least, self.highest_used).await?;
-            if let Ok(mut left) = self.left.lock() {
-                *left = first..=last.min(MAX_COUNTER_ID);
-            }
+            *self.left.lock() = first..=last.min(MAX_COUNTER_ID);
         }
     }
 }

@@ -163,7 +163,7 @@ impl Store {
                 ids: IdCounter::starting_after(highest_id),
                 id_blocks: backend.shared.map(|source| ids::IdBlocks::new(source, highest_id)),
                 shutdown,
-                lock: std::sync::Mutex::new(lock),
+                lock: parking_lot::Mutex::new(lock),
                 data_dir: options.data_dir.clone(),
                 events: options.events.clone(),
                 page_bytes: options.page_bytes,
@@ -546,9 +546,7 @@ impl Store {
         for shard in &self.inner.shards {
             shard.close().await;
         }
-        if let Ok(mut lock) = self.inner.lock.lock() {
-            lock.take();
-        }
+        self.inner.lock.lock().take();
     }
 
     /// Loads the most recently changed documents of each shard into the

@@ -312,18 +312,16 @@ fn works_total(works: &[u64]) -> u64 {
 /// The schemas a shard's writer holds, as it last published them: what
 /// writes are checked against before they are queued.
 #[derive(Clone, Default)]
-pub struct PublishedSchemas(Arc<std::sync::RwLock<Arc<HashMap<CollectionName, SchemaState>>>>);
+pub struct PublishedSchemas(Arc<parking_lot::RwLock<Arc<HashMap<CollectionName, SchemaState>>>>);
 
 impl PublishedSchemas {
     pub fn publish(&self, schemas: &HashMap<CollectionName, SchemaState>) {
-        if let Ok(mut held) = self.0.write() {
-            *held = Arc::new(schemas.clone());
-        }
+        *self.0.write() = Arc::new(schemas.clone());
     }
 
     /// A collection's schema as last published.
     pub fn of(&self, collection: &CollectionName) -> Option<SchemaState> {
-        self.0.read().ok().and_then(|held| held.get(collection).cloned())
+        self.0.read().get(collection).cloned()
     }
 }
 

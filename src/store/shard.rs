@@ -8,7 +8,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -474,10 +476,7 @@ async fn supervise(setup: WriterSetup, mut writer: Writer, mut jobs: mpsc::Recei
         setup.status.writer_down(outage, reason.clone());
         // Commits whose keys never reached the cache: evict them (under the
         // cache's per-key lock), so no reader is served their old versions.
-        let keys = unpublished
-            .lock()
-            .map(|mut k| std::mem::take(&mut *k))
-            .unwrap_or_default();
+        let keys = std::mem::take(&mut *unpublished.lock());
         for key in &keys {
             setup.cache.committed(key, None, true).await;
         }

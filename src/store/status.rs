@@ -16,6 +16,9 @@ pub struct ShardStatus {
     /// What is wrong, while something is: what clients may read, and the
     /// whole story for the log.
     problem: Mutex<Option<(Outage, String)>>,
+    /// Found damaged (stored data that does not read back): stays until an
+    /// operator restores the file and restarts, whatever commits since.
+    damaged: Mutex<Option<String>>,
 }
 
 impl ShardStatus {
@@ -37,7 +40,15 @@ impl ShardStatus {
         *self.problem.lock() = None;
     }
 
+    /// Marks the shard damaged for good (see `damaged`).
+    pub fn mark_damaged(&self, reason: String) {
+        self.damaged.lock().get_or_insert(reason);
+    }
+
     pub fn problem(&self) -> Option<(Outage, String)> {
+        if let Some(reason) = self.damaged.lock().clone() {
+            return Some((Outage::Damaged, reason));
+        }
         self.problem.lock().clone()
     }
 

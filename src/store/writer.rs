@@ -15,7 +15,9 @@
 //! acknowledged.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -559,13 +561,25 @@ impl Writer {
     }
 
     fn set_unpublished(&self, keys: Vec<DocKey>) {
-        if let Ok(mut unpublished) = self.unpublished.lock() {
-            *unpublished = keys;
-        }
+        *self.unpublished.lock() = keys;
     }
 
     fn engine_error(&self, err: super::StorageError) -> StoreError {
         StoreError::engine(self.shard, err)
+    }
+
+    /// Stored text of `key` that does not parse as JSON: the file is
+    /// damaged (exdaas only ever stores what it parsed). The shard says so
+    /// to `/readyz` until it is restored, and the operation fails rather
+    /// than go on as if the document were `null`.
+    fn unreadable(&self, key: &str, err: &serde_json::Error) -> StoreError {
+        let error = super::StorageError::new(
+            super::ErrorKind::Damaged,
+            format!("the stored text of document {key} is not JSON ({err})"),
+        );
+        self.status.mark_damaged(error.to_string());
+        tracing::error!(shard = self.shard, document = key, error = %err, "stored JSON does not parse: the shard file is damaged");
+        StoreError::engine(self.shard, error)
     }
 
     /// Where other processes write the shard too: opens the transaction
@@ -762,7 +776,8 @@ impl Writer {
             let chunk = docs.len() as u32;
             for (id, data) in docs {
                 bytes += data.len();
-                let value = serde_json::from_str(&data).unwrap_or(serde_json::Value::Null);
+                let value =
+                    serde_json::from_str(&data).map_err(|e| self.unreadable(&format!("{collection}/{id}"), &e))?;
                 let key = index.key_of(&value);
                 // Written before the declaration: it cannot be indexed,
                 // and the index is never used (its listing says why).
@@ -808,7 +823,7 @@ impl Writer {
         }
         // Parsed only if something here reads it (once for both).
         let mut value: Option<serde_json::Value> = None;
-        let parse = || serde_json::from_str(&doc.data).unwrap_or(serde_json::Value::Null);
+        let parse = || serde_json::from_str(&doc.data).map_err(|e| self.unreadable(&key.to_string(), &e));
         if let Some((version, schema)) = schema {
             // Checked before it was queued, against this schema: taken as
             // is. Otherwise (the document or the schema changed since) it
@@ -820,7 +835,10 @@ impl Writer {
             let violations = match known {
                 Some(checked) => checked.violations.clone(),
                 None => {
-                    let value = value.get_or_insert_with(parse);
+                    let value = match &mut value {
+                        Some(value) => value,
+                        None => value.insert(parse()?),
+                    };
                     if schema.work(value) > INLINE_CHECKS {
                         return Err(StoreError::SchemaRace { key: key.clone() });
                     }
@@ -836,7 +854,11 @@ impl Writer {
             }
         }
         for index in indexes.into_iter().flatten() {
-            let entry = index.key_of(value.get_or_insert_with(parse));
+            let value = match &mut value {
+                Some(value) => value,
+                None => value.insert(parse()?),
+            };
+            let entry = index.key_of(value);
             if entry.len() > MAX_KEY_BYTES {
                 return Err(StoreError::Unprocessable {
                     reason: format!(

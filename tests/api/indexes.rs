@@ -335,3 +335,67 @@ async fn writes_during_a_build_go_on_and_the_index_ends_exact() {
     eprintln!("the build was still running during the writes: {was_building}");
     app.stop().await;
 }
+
+/// exdaas only stores JSON it parsed, so stored text that does not parse is
+/// a damaged file: an index build that meets it says so (the shard is not
+/// ready, and stays so) instead of indexing the document as `null`.
+#[tokio::test]
+async fn an_index_build_that_meets_unreadable_stored_json_marks_the_shard_damaged() {
+    if crate::helpers::skip_on_postgres("editing a shard file by hand") {
+        return;
+    }
+    use sqlx::{ConnectOptions, Connection};
+    let folder = tempfile::tempdir().expect("temp dir");
+    let app = crate::helpers::spawn_app_on(folder.path(), &[("SHARD_LIMIT", "1")]).await;
+    for (id, city) in [("a", "Oslo"), ("b", "Lima")] {
+        let resp = app.put_doc("people", id, &json!({ "city": city })).await;
+        assert_eq!(resp.status(), 201);
+    }
+    app.stop().await;
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(folder.path().join("shard-0000.sqlite3"))
+        .connect()
+        .await
+        .expect("open the shard file");
+    sqlx::query("UPDATE documents SET data = '{\"city\": \"Os' WHERE collection = 'people' AND id = 'a'")
+        .execute(&mut conn)
+        .await
+        .expect("damage one document's text");
+    conn.close().await.expect("close");
+
+    let mut app = crate::helpers::spawn_app_on(folder.path(), &[("SHARD_LIMIT", "1"), ("EXDAAS_CACHE_MIB", "0")]).await;
+    app.keep_folder(folder);
+    assert_eq!(
+        app.get("/readyz").await.status(),
+        200,
+        "ready before anything reads the text"
+    );
+    let (status, _) = declare(&app, "people", "by_city", &["city"]).await;
+    assert!(status < 300, "declared: {status}");
+    let started = Instant::now();
+    let readiness = loop {
+        let resp = app.get("/readyz").await;
+        if resp.status() == 503 {
+            break json(resp).await;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the shard never said it is damaged"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        readiness.to_string().contains("damaged"),
+        "readiness names the damage: {readiness}"
+    );
+    let index = json(app.get("/v1/collections/people/indexes/by_city").await).await;
+    assert_ne!(
+        index["state"], "ready",
+        "an index over an unread document is not used: {index}"
+    );
+    // The intact documents still read; the damage is still said later.
+    assert_eq!(app.get(&crate::helpers::doc_path("people", "b")).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.get("/readyz").await.status(), 503, "still not ready");
+    app.stop().await;
+}

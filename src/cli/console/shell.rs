@@ -4,7 +4,9 @@
 use std::borrow::Cow;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
@@ -39,7 +41,7 @@ struct Completion {
 
 impl Completion {
     fn collections(&self) -> Vec<String> {
-        let mut cached = self.names.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut cached = self.names.lock();
         if let Some((at, names)) = cached.as_ref() {
             if at.elapsed() < NAMES_TTL {
                 return names.clone();

@@ -158,22 +158,20 @@ pub fn base_options(path: &Path) -> SqliteConnectOptions {
 /// power cut (tests/api/power_cut.rs).
 #[cfg(feature = "fault-injection")]
 pub mod test_vfs {
+    use parking_lot::Mutex;
     use std::path::{Path, PathBuf};
-    use std::sync::Mutex;
 
     static ROUTES: Mutex<Vec<(PathBuf, &'static str)>> = Mutex::new(Vec::new());
 
     /// Opens the SQLite files under `folder` through the VFS `vfs` (which
     /// must be registered before they are opened).
     pub fn route(folder: &Path, vfs: &'static str) {
-        if let Ok(mut routes) = ROUTES.lock() {
-            routes.push((folder.to_path_buf(), vfs));
-        }
+        ROUTES.lock().push((folder.to_path_buf(), vfs));
     }
 
     /// The VFS that files under `path` go through, if a test chose one.
     pub fn of(path: &Path) -> Option<&'static str> {
-        let routes = ROUTES.lock().ok()?;
+        let routes = ROUTES.lock();
         routes
             .iter()
             .find(|(folder, _)| path.starts_with(folder))
