@@ -261,6 +261,18 @@ pub struct Writer {
     pub indexes: HashMap<CollectionName, Vec<IndexDef>>,
 }
 
+/// Requests' operations a commit takes together, each with where its
+/// answers go.
+type Batch = Vec<(Vec<WriteOp>, oneshot::Sender<Vec<WriteResult>>)>;
+
+/// Sends a job's `result` to whoever asked; the error, if it broke the
+/// writer (which must then end and be reopened).
+fn answer<T>(reply: oneshot::Sender<Result<T, StoreError>>, result: Result<T, StoreError>) -> Option<StoreError> {
+    let broken = result.as_ref().err().filter(|e| e.breaks_the_writer()).cloned();
+    let _ = reply.send(result);
+    broken
+}
+
 impl Writer {
     /// Serves `jobs` until shutdown is signalled and every queued job is
     /// answered (then records the exact id ceiling, checkpoints the WAL and
@@ -298,45 +310,18 @@ impl Writer {
                     }
                 },
             };
-            match first {
+            let broken = match first {
                 Job::Ops { ops, reply, span, room } => {
                     // Let the tasks that are about to send run first: under
                     // load this gathers more requests into the commit, at the
                     // cost of one pass of the scheduler when idle.
                     tokio::task::yield_now().await;
-                    let mut size = ops.len();
-                    let mut batch = vec![(ops, reply)];
-                    // Released once the batch is answered.
-                    let mut rooms = vec![room];
-                    let mut spans = Vec::new();
-                    if !span.is_disabled() {
-                        spans.push(span);
-                    }
-                    while size < self.batch_limit {
-                        match jobs.try_recv() {
-                            Ok(Job::Ops { ops, reply, span, room }) => {
-                                size += ops.len();
-                                batch.push((ops, reply));
-                                rooms.push(room);
-                                if !span.is_disabled() {
-                                    spans.push(span);
-                                }
-                            }
-                            Ok(other) => {
-                                held = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    for span in spans {
-                        span.record("exdaas.batch.size", batch.len() as i64);
-                    }
-                    self.events.batch(self.shard, batch.len());
+                    let (batch, rooms, next) = self.gather(jobs, ops, reply, span, room);
+                    held = next;
                     let committed = self.commit_batch(batch).await;
                     drop(rooms);
                     if let Err(err) = committed {
-                        return self.failed(err);
+                        return self.failed(err).await;
                     }
                     // Chores come between batches even when the queue is
                     // never empty.
@@ -345,27 +330,14 @@ impl Writer {
                             return exit;
                         }
                     }
+                    None
                 }
                 Job::Purge {
                     collection,
                     limit,
                     reply,
-                } => {
-                    let purged = self.purge(&collection, limit).await;
-                    let broken = purged.as_ref().err().filter(|e| e.breaks_the_writer()).cloned();
-                    let _ = reply.send(purged);
-                    if let Some(err) = broken {
-                        return self.failed(err);
-                    }
-                }
-                Job::Schema { change, reply } => {
-                    let set = self.set_schema(change).await;
-                    let broken = set.as_ref().err().filter(|e| e.breaks_the_writer()).cloned();
-                    let _ = reply.send(set);
-                    if let Some(err) = broken {
-                        return self.failed(err);
-                    }
-                }
+                } => answer(reply, self.purge(&collection, limit).await),
+                Job::Schema { change, reply } => answer(reply, self.set_schema(change).await),
                 Job::Index {
                     collection,
                     name,
@@ -373,47 +345,75 @@ impl Writer {
                     recorded,
                     at_ms,
                     reply,
-                } => {
-                    let changed = self.change_index(&collection, &name, fields, recorded, at_ms).await;
-                    let broken = changed.as_ref().err().filter(|e| e.breaks_the_writer()).cloned();
-                    let _ = reply.send(changed);
-                    if let Some(err) = broken {
-                        return self.failed(err);
-                    }
-                }
+                } => answer(
+                    reply,
+                    self.change_index(&collection, &name, fields, recorded, at_ms).await,
+                ),
                 Job::IndexBuild {
                     collection,
                     name,
                     limit,
                     reply,
-                } => {
-                    let step = self.build_index(&collection, &name, limit).await;
-                    let broken = step.as_ref().err().filter(|e| e.breaks_the_writer()).cloned();
-                    let _ = reply.send(step);
-                    if let Some(err) = broken {
-                        return self.failed(err);
-                    }
-                }
+                } => answer(reply, self.build_index(&collection, &name, limit).await),
                 Job::SchemaOf { collection, reply } => {
                     // Where others write too, `begin` reads what changed.
                     let begun = self.begin().await;
                     self.writes.release().await;
-                    let broken = begun.as_ref().err().filter(|e| e.breaks_the_writer()).cloned();
-                    let _ = reply.send(begun.map(|()| self.schemas.get(&collection).cloned()));
-                    if let Some(err) = broken {
-                        return self.failed(err);
-                    }
+                    answer(reply, begun.map(|()| self.schemas.get(&collection).cloned()))
                 }
                 #[cfg(feature = "fault-injection")]
-                Job::Fault(fault) => {
-                    if let Some(err) = self.inject(fault).await {
-                        return self.failed(err);
-                    }
-                }
+                Job::Fault(fault) => self.inject(fault).await,
+            };
+            if let Some(err) = broken {
+                return self.failed(err).await;
             }
         }
         self.close().await;
         Exit::Stopped
+    }
+
+    /// The batch a commit takes: `ops` and whatever else is queued, up to
+    /// the batch limit, with the queue room each holds (released once the
+    /// batch is answered), and the job that ended the run if it was not
+    /// operations (served next).
+    fn gather(
+        &self,
+        jobs: &mut mpsc::Receiver<Job>,
+        ops: Vec<WriteOp>,
+        reply: oneshot::Sender<Vec<WriteResult>>,
+        span: tracing::Span,
+        room: tokio::sync::OwnedSemaphorePermit,
+    ) -> (Batch, Vec<tokio::sync::OwnedSemaphorePermit>, Option<Job>) {
+        let mut size = ops.len();
+        let mut batch = vec![(ops, reply)];
+        let mut rooms = vec![room];
+        let mut spans = Vec::new();
+        if !span.is_disabled() {
+            spans.push(span);
+        }
+        let mut next = None;
+        while size < self.batch_limit {
+            match jobs.try_recv() {
+                Ok(Job::Ops { ops, reply, span, room }) => {
+                    size += ops.len();
+                    batch.push((ops, reply));
+                    rooms.push(room);
+                    if !span.is_disabled() {
+                        spans.push(span);
+                    }
+                }
+                Ok(other) => {
+                    next = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        for span in spans {
+            span.record("exdaas.batch.size", batch.len() as i64);
+        }
+        self.events.batch(self.shard, batch.len());
+        (batch, rooms, next)
     }
 
     /// Runs the chores that are due: removing expired documents, compacting
@@ -423,7 +423,7 @@ impl Writer {
         if self.may_expire && now >= chores.next_sweep {
             let removed = match self.sweep().await {
                 Ok(removed) => removed,
-                Err(err) if err.breaks_the_writer() => return Err(self.failed(err)),
+                Err(err) if err.breaks_the_writer() => return Err(self.failed(err).await),
                 Err(err) => {
                     tracing::warn!(shard = self.shard, error = %err, "removing expired documents failed");
                     0
@@ -441,7 +441,7 @@ impl Writer {
         if now >= chores.next_compaction {
             let removed = match self.compact().await {
                 Ok(removed) => removed,
-                Err(err) if err.breaks_the_writer() => return Err(self.failed(err)),
+                Err(err) if err.breaks_the_writer() => return Err(self.failed(err).await),
                 Err(err) => {
                     tracing::warn!(shard = self.shard, error = %err, "compacting the change feed failed");
                     0
@@ -457,8 +457,8 @@ impl Writer {
         Ok(())
     }
 
-    fn failed(&mut self, err: StoreError) -> Exit {
-        let (outage, reason) = if self.writes.still_there() {
+    async fn failed(&mut self, err: StoreError) -> Exit {
+        let (outage, reason) = if self.writes.still_there().await {
             (err.outage(), err.to_string())
         } else {
             (
@@ -486,10 +486,7 @@ impl Writer {
     /// Commits a batch and answers each request. An error only when the
     /// connection or file broke: the batch is answered with it, and the
     /// writer must end.
-    async fn commit_batch(
-        &mut self,
-        batch: Vec<(Vec<WriteOp>, oneshot::Sender<Vec<WriteResult>>)>,
-    ) -> Result<(), StoreError> {
+    async fn commit_batch(&mut self, batch: Batch) -> Result<(), StoreError> {
         let groups: Vec<&[WriteOp]> = batch.iter().map(|(ops, _)| ops.as_slice()).collect();
         let err = match self.apply_retrying(&groups).await {
             Ok(applied) => {
@@ -524,7 +521,7 @@ impl Writer {
     /// Answers every operation of `batch` with `err`, and records a full
     /// disk or an unwritable file as the shard's problem until a commit
     /// succeeds again.
-    fn refuse(&self, batch: Vec<(Vec<WriteOp>, oneshot::Sender<Vec<WriteResult>>)>, err: &StoreError) {
+    fn refuse(&self, batch: Batch, err: &StoreError) {
         if matches!(err, StoreError::Engine { error, .. } if matches!(error.kind, super::ErrorKind::Full | super::ErrorKind::ReadOnly))
         {
             self.status.set_problem(err.outage(), err.to_string());
@@ -1195,7 +1192,7 @@ impl Writer {
         // Committed, but to the file this writer opened: if that was deleted
         // or replaced, the commit is lost at the next start, so it must not
         // be acknowledged.
-        if !self.writes.still_there() {
+        if !self.writes.still_there().await {
             return Err(StoreError::Unavailable {
                 shard: self.shard,
                 outage: Outage::FileGone,

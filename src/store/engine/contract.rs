@@ -66,7 +66,9 @@ pub trait WriteConnection {
     async fn release(&mut self);
 
     /// The shard's storage is still the one opened (a file not replaced).
-    fn still_there(&self) -> bool;
+    /// Asked after every commit: a file system call, so an engine makes it
+    /// off the runtime's threads.
+    async fn still_there(&self) -> bool;
 
     /// The file or table behind the shard, for logs.
     fn file_name(&self) -> String;

@@ -125,8 +125,8 @@ impl ShardWrites {
         dispatch!(self, w => w.release().await)
     }
 
-    pub fn still_there(&self) -> bool {
-        dispatch!(self, w => w.still_there())
+    pub async fn still_there(&self) -> bool {
+        dispatch!(self, w => w.still_there().await)
     }
 
     pub fn file_name(&self) -> String {

@@ -69,7 +69,7 @@ impl WriteConnection for PgWrites {
         }
     }
 
-    fn still_there(&self) -> bool {
+    async fn still_there(&self) -> bool {
         true
     }
 

@@ -59,8 +59,13 @@ impl WriteConnection for SqliteWrites {
 
     /// The shard's file is still the one the connection opened (not deleted
     /// or replaced): a commit to it survives a restart.
-    fn still_there(&self) -> bool {
-        self.file.still_there()
+    async fn still_there(&self) -> bool {
+        let file = self.file.clone();
+        // A stat, on a blocking thread: a slow or hung disk must not hold a
+        // runtime thread that serves requests. A failed task counts as gone.
+        tokio::task::spawn_blocking(move || file.still_there())
+            .await
+            .unwrap_or(false)
     }
 
     /// The file, as logs name it.
