@@ -50,3 +50,4 @@ mod ids;
 mod lifecycle;
 mod sweeps;
 mod unparsable;
+mod warm_up;
