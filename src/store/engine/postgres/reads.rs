@@ -380,21 +380,37 @@ impl ReadPool for PgReads {
             .first()
             .and_then(|row| row.try_get::<i64, _>("feed_floor").ok())
             .unwrap_or(0);
+        // The row of a shard without entries in the run has no seq. An
+        // entry that does not parse fails the read: skipped, it would be a
+        // change nobody hears of (a replica would keep the old document).
         let entries = rows
             .iter()
             .filter_map(|row| {
-                let seq = row.try_get::<Option<i64>, _>("seq").ok()??;
-                let collection = CollectionName::parse(row.try_get::<&str, _>("collection").ok()?).ok()?;
-                let id = DocId::parse_in_feed(row.try_get::<&str, _>("id").ok()?).ok()?;
-                Some(FeedEntry {
-                    seq: u64::try_from(seq).ok()?,
-                    key: DocKey::new(collection, id),
-                    version: u64::try_from(row.try_get::<i64, _>("version").ok()?).ok()?,
-                    kind: ChangeKind::from_code(i64::from(row.try_get::<i16, _>("kind").ok()?))?,
-                    at_ms: row.try_get::<i64, _>("at").ok()?,
+                row.try_get::<Option<i64>, _>("seq")
+                    .ok()
+                    .flatten()
+                    .map(|seq| (seq, row))
+            })
+            .map(|(seq, row)| {
+                let entry = (|| {
+                    let collection = CollectionName::parse(row.try_get::<&str, _>("collection").ok()?).ok()?;
+                    let id = DocId::parse_in_feed(row.try_get::<&str, _>("id").ok()?).ok()?;
+                    Some(FeedEntry {
+                        seq: u64::try_from(seq).ok()?,
+                        key: DocKey::new(collection, id),
+                        version: u64::try_from(row.try_get::<i64, _>("version").ok()?).ok()?,
+                        kind: ChangeKind::from_code(i64::from(row.try_get::<i16, _>("kind").ok()?))?,
+                        at_ms: row.try_get::<i64, _>("at").ok()?,
+                    })
+                })();
+                entry.ok_or_else(|| {
+                    let detail =
+                        format!("feed entry {seq} does not parse (an unknown collection, id, version or kind)");
+                    let damaged = super::super::StorageError::new(super::super::ErrorKind::Damaged, detail);
+                    EngineError::storage(self.shard, damaged)
                 })
             })
-            .collect();
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(FeedRun {
             floor: u64::try_from(floor).unwrap_or(0),
             entries,

@@ -405,23 +405,33 @@ impl ReadPool for SqliteReads {
             .await
             .map_err(|e| self.error(e))?;
         let _ = tx.rollback().await;
+        // An entry that does not parse fails the read: skipped, it would be
+        // a change nobody hears of (a replica would keep the old document).
         let entries = rows
             .iter()
-            .filter_map(|row| {
-                let collection = CollectionName::parse(row.try_get::<&str, _>("collection").ok()?).ok()?;
-                let id = DocId::parse_in_feed(row.try_get::<&str, _>("id").ok()?).ok()?;
-                Some(FeedEntry {
-                    seq: u64::try_from(row.try_get::<i64, _>("seq").ok()?).ok()?,
-                    key: DocKey::new(collection, id),
-                    version: u64::try_from(row.try_get::<i64, _>("version").ok()?).ok()?,
-                    kind: ChangeKind::from_code(row.try_get::<i64, _>("kind").ok()?)?,
-                    at_ms: row.try_get::<i64, _>("at").ok()?,
+            .map(|row| {
+                let entry = (|| {
+                    let collection = CollectionName::parse(row.try_get::<&str, _>("collection").ok()?).ok()?;
+                    let id = DocId::parse_in_feed(row.try_get::<&str, _>("id").ok()?).ok()?;
+                    Some(FeedEntry {
+                        seq: u64::try_from(row.try_get::<i64, _>("seq").ok()?).ok()?,
+                        key: DocKey::new(collection, id),
+                        version: u64::try_from(row.try_get::<i64, _>("version").ok()?).ok()?,
+                        kind: ChangeKind::from_code(row.try_get::<i64, _>("kind").ok()?)?,
+                        at_ms: row.try_get::<i64, _>("at").ok()?,
+                    })
+                })();
+                entry.ok_or_else(|| {
+                    let seq = row
+                        .try_get::<i64, _>("seq")
+                        .map_or_else(|_| "?".to_owned(), |s| s.to_string());
+                    let detail =
+                        format!("feed entry {seq} does not parse (an unknown collection, id, version or kind)");
+                    let damaged = super::super::StorageError::new(super::super::ErrorKind::Damaged, detail);
+                    EngineError::storage(self.shard, damaged)
                 })
             })
-            .collect::<Vec<_>>();
-        if entries.len() < rows.len() {
-            tracing::warn!(shard = self.shard, "feed entries that do not parse were skipped");
-        }
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(FeedRun {
             floor: u64::try_from(floor).unwrap_or(0),
             entries,
