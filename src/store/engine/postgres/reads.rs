@@ -343,12 +343,23 @@ impl ReadPool for PgReads {
             let doc = document_from_row(&row).map_err(|e| self.error(e))?;
             Ok(Some((DocKey::new(collection, id), doc)))
         })
-        .try_filter_map(|item| std::future::ready(Ok(item)))
-        // Newest first: the first that does not fit ends it.
-        .try_take_while(move |(key, doc)| {
-            used = used.saturating_add(budget.weight(key, doc));
-            std::future::ready(Ok(used <= budget.bytes))
+        // Newest first: one that does not fit is skipped (`Some(None)`), and
+        // the walk ends (`None`) once no entry could fit any more.
+        .map_ok(move |parsed| {
+            if used.saturating_add(budget.per_entry) > budget.bytes {
+                return None;
+            }
+            Some(parsed.filter(|(key, doc)| {
+                let weight = budget.weight(key, doc);
+                let fits = used.saturating_add(weight) <= budget.bytes;
+                if fits {
+                    used += weight;
+                }
+                fits
+            }))
         })
+        .try_take_while(|step| std::future::ready(Ok(step.is_some())))
+        .try_filter_map(|step| std::future::ready(Ok(step.flatten())))
         .boxed()
     }
 
