@@ -115,8 +115,6 @@ conformance! {
     /// The drift `close(ids)` (SQLite) against `close(ids, ceilings)`
     /// (PostgreSQL): SQLite's close wrote the exact bounds whatever the shard
     /// held, so bounds another writer had raised went back down.
-    #[ignore_on_sqlite = "drift: SqliteWrites::close(ids) takes no ceilings; \
-        unignore once the engine traits unify close(ids, ceilings)"]
     async fn a_close_leaves_bounds_another_writer_raised(engine) {
         let mut shard = engine.boot().await;
         let (mut other, _) = shard.another_writer().await;
