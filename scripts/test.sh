@@ -2,10 +2,11 @@
 # The bootstrapping test script, as in the original: makes sure what the tests
 # need is here, then checks formatting, lints (Rust, and the shipping files
 # through scripts/lint.sh, which installs its linters), runs every test on
-# SQLite and the integration suite again on a private PostgreSQL
-# (scripts/postgres.sh installs and starts one), fuzzes the release
-# server's API with schemathesis (scripts/api-fuzz.sh) and drives the admin
-# page in headless Chromium (scripts/browser-test.sh, which installs it).
+# SQLite and the integration and engine conformance suites again on a
+# private PostgreSQL (scripts/postgres.sh installs and starts one), fuzzes
+# the release server's API with schemathesis (scripts/api-fuzz.sh) and
+# drives the admin page in headless Chromium (scripts/browser-test.sh,
+# which installs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,11 +45,11 @@ trap cleanup EXIT
 unset EXDAAS_TEST_DATABASE_URL EXDAAS_TEST_PGDATA
 cargo test --all-targets 2>&1 | tee "$log"
 
-echo "==> the integration suite again, on a private PostgreSQL (scripts/postgres.sh)"
+echo "==> the integration suite and the engine conformance suite again, on a private PostgreSQL (scripts/postgres.sh)"
 pg_env="$(./scripts/postgres.sh start)"
 eval "$pg_env"
 pgdata="$EXDAAS_TEST_PGDATA"
-EXDAAS_TEST_DATABASE_URL="$EXDAAS_TEST_DATABASE_URL" cargo test --test api 2>&1 | tee -a "$log"
+EXDAAS_TEST_DATABASE_URL="$EXDAAS_TEST_DATABASE_URL" cargo test --test api --test engine 2>&1 | tee -a "$log"
 unset EXDAAS_TEST_DATABASE_URL
 
 # The release build's code and features without its fat LTO (Cargo.toml's

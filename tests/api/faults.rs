@@ -446,10 +446,12 @@ async fn spawn_with_uncached_victim(shard: usize, extra: &[(&str, &str)]) -> (Te
     let app = spawn_app_on(folder.path(), &[]).await;
     let (ids, _) = ids_on(&app, shard, 9);
     let victim = ids[0].clone();
-    assert_eq!(put(&app, &victim, &json!({"v": 1})).await.0, 201);
+    // Over 64 KiB: the warm-up leaves it to its first read (a small one
+    // would take the room the newer ones leave).
+    let big = json!({"v": 1, "pad": "p".repeat(70_000)});
+    assert_eq!(put(&app, &victim, &big).await.0, 201);
     // Newer than the victim, small enough to be warmed (at most 64 KiB),
-    // and more than a 1 MiB cache's share for the shard: the warm-up takes
-    // the newest and leaves the victim to its first read.
+    // and more than a 1 MiB cache's share for the shard.
     let filler = json!("f".repeat(60_000));
     for id in &ids[1..] {
         assert_eq!(put(&app, id, &filler).await.0, 201);

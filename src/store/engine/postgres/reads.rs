@@ -343,12 +343,23 @@ impl ReadPool for PgReads {
             let doc = document_from_row(&row).map_err(|e| self.error(e))?;
             Ok(Some((DocKey::new(collection, id), doc)))
         })
-        .try_filter_map(|item| std::future::ready(Ok(item)))
-        // Newest first: the first that does not fit ends it.
-        .try_take_while(move |(key, doc)| {
-            used = used.saturating_add(budget.weight(key, doc));
-            std::future::ready(Ok(used <= budget.bytes))
+        // Newest first: one that does not fit is skipped (`Some(None)`), and
+        // the walk ends (`None`) once no entry could fit any more.
+        .map_ok(move |parsed| {
+            if used.saturating_add(budget.per_entry) > budget.bytes {
+                return None;
+            }
+            Some(parsed.filter(|(key, doc)| {
+                let weight = budget.weight(key, doc);
+                let fits = used.saturating_add(weight) <= budget.bytes;
+                if fits {
+                    used += weight;
+                }
+                fits
+            }))
         })
+        .try_take_while(|step| std::future::ready(Ok(step.is_some())))
+        .try_filter_map(|step| std::future::ready(Ok(step.flatten())))
         .boxed()
     }
 
@@ -380,21 +391,37 @@ impl ReadPool for PgReads {
             .first()
             .and_then(|row| row.try_get::<i64, _>("feed_floor").ok())
             .unwrap_or(0);
+        // The row of a shard without entries in the run has no seq. An
+        // entry that does not parse fails the read: skipped, it would be a
+        // change nobody hears of (a replica would keep the old document).
         let entries = rows
             .iter()
             .filter_map(|row| {
-                let seq = row.try_get::<Option<i64>, _>("seq").ok()??;
-                let collection = CollectionName::parse(row.try_get::<&str, _>("collection").ok()?).ok()?;
-                let id = DocId::parse_in_feed(row.try_get::<&str, _>("id").ok()?).ok()?;
-                Some(FeedEntry {
-                    seq: u64::try_from(seq).ok()?,
-                    key: DocKey::new(collection, id),
-                    version: u64::try_from(row.try_get::<i64, _>("version").ok()?).ok()?,
-                    kind: ChangeKind::from_code(i64::from(row.try_get::<i16, _>("kind").ok()?))?,
-                    at_ms: row.try_get::<i64, _>("at").ok()?,
+                row.try_get::<Option<i64>, _>("seq")
+                    .ok()
+                    .flatten()
+                    .map(|seq| (seq, row))
+            })
+            .map(|(seq, row)| {
+                let entry = (|| {
+                    let collection = CollectionName::parse(row.try_get::<&str, _>("collection").ok()?).ok()?;
+                    let id = DocId::parse_in_feed(row.try_get::<&str, _>("id").ok()?).ok()?;
+                    Some(FeedEntry {
+                        seq: u64::try_from(seq).ok()?,
+                        key: DocKey::new(collection, id),
+                        version: u64::try_from(row.try_get::<i64, _>("version").ok()?).ok()?,
+                        kind: ChangeKind::from_code(i64::from(row.try_get::<i16, _>("kind").ok()?))?,
+                        at_ms: row.try_get::<i64, _>("at").ok()?,
+                    })
+                })();
+                entry.ok_or_else(|| {
+                    let detail =
+                        format!("feed entry {seq} does not parse (an unknown collection, id, version or kind)");
+                    let damaged = super::super::StorageError::new(super::super::ErrorKind::Damaged, detail);
+                    EngineError::storage(self.shard, damaged)
                 })
             })
-            .collect();
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(FeedRun {
             floor: u64::try_from(floor).unwrap_or(0),
             entries,

@@ -24,10 +24,9 @@ use crate::store::engine::EngineError;
 const WARM_CHUNK_ROWS: i64 = 128;
 
 /// Which documents the cache's warm-up takes: every one changed at or after
-/// `whole`, and those changed from `since` to `whole` while they fit in
-/// `room` bytes.
+/// `whole` (the newest time slices, which fit whole), and older ones while
+/// they fit in the `room` those leave.
 struct WarmFrom {
-    since: i64,
     whole: i64,
     room: u64,
 }
@@ -316,33 +315,36 @@ impl ReadPool for SqliteReads {
     /// Ordering every row by its change time made SQLite sort the whole
     /// shard's documents, text and all (1.3 s for a shard of 250,000 small
     /// ones). Instead, a histogram of weights by time (a sort of small
-    /// records, 0.2 s) gives the oldest change time that fits, and a walk of
-    /// the primary key, a chunk at a time, takes what changed since.
+    /// records, 0.2 s) gives the newest time slices that fit whole, and a
+    /// walk of the primary key, a chunk at a time, takes what changed in
+    /// them, and fills the room they leave with older documents that fit
+    /// (in key order: one that does not fit is skipped, the walk goes on).
     fn recent(&self, now: i64, budget: WarmBudget) -> BoxStream<'_, Result<(DocKey, Document), EngineError>> {
         let walk = async move {
             let Some(from) = self.warm_from(now, budget).await? else {
                 return Ok(futures_util::stream::empty().boxed());
             };
-            // The state is where the walk goes on: after a key (`None` at
-            // first), or nowhere once a chunk came back short.
-            let chunks = futures_util::stream::try_unfold(Some(None), move |state| async move {
-                let Some(after) = state else { return Ok(None) };
-                let rows = self.warm_chunk(now, from.since, budget.largest, after.as_ref()).await?;
-                // The largest key read (TEXT compares as bytes in SQLite, as
-                // `String`s do).
-                let last = rows
-                    .iter()
-                    .map(|r| (&r.0, &r.1))
-                    .max()
-                    .map(|(c, i)| (c.clone(), i.clone()));
-                let next = (rows.len() as i64 == WARM_CHUNK_ROWS).then_some(last);
-                Ok::<_, EngineError>(Some((futures_util::stream::iter(rows.into_iter().map(Ok)), next)))
-            });
-            let mut crossing = 0u64;
-            let docs = chunks.try_flatten().try_filter_map(move |row| {
-                let (collection, id, version, updated_at_ms, expires_at_ms, data) = row;
-                let found = match (CollectionName::parse(&collection), DocId::parse(&id)) {
-                    (Ok(collection), Ok(id)) => {
+            // The state is where the walk goes on (after a key, `None` at
+            // first; nowhere once a chunk came back short) and the room
+            // left for older documents, which the next chunk's query is
+            // told, so that it reads none that could not fit.
+            let chunks =
+                futures_util::stream::try_unfold((Some(None), from.room), move |(state, mut room)| async move {
+                    let Some(after) = state else { return Ok(None) };
+                    let rows = self.warm_chunk(now, budget, from.whole, room, after.as_ref()).await?;
+                    // The largest key read (TEXT compares as bytes in SQLite, as
+                    // `String`s do).
+                    let last = rows
+                        .iter()
+                        .map(|r| (&r.0, &r.1))
+                        .max()
+                        .map(|(c, i)| (c.clone(), i.clone()));
+                    let next = (rows.len() as i64 == WARM_CHUNK_ROWS).then_some(last);
+                    let mut docs = Vec::with_capacity(rows.len());
+                    for (collection, id, version, updated_at_ms, expires_at_ms, data) in rows {
+                        let (Ok(collection), Ok(id)) = (CollectionName::parse(&collection), DocId::parse(&id)) else {
+                            continue;
+                        };
                         let key = DocKey::new(collection, id);
                         let doc = Document {
                             version,
@@ -350,21 +352,18 @@ impl ReadPool for SqliteReads {
                             expires_at_ms,
                             data: data.into(),
                         };
-                        // Those of the time span that does not all fit go in
-                        // while there is room after the newer ones.
-                        let partial = updated_at_ms < from.whole;
-                        let w = budget.weight(&key, &doc);
-                        let take = !partial || crossing + w <= from.room;
-                        if partial && take {
-                            crossing += w;
+                        if updated_at_ms < from.whole {
+                            let weight = budget.weight(&key, &doc);
+                            if weight > room {
+                                continue;
+                            }
+                            room -= weight;
                         }
-                        take.then_some((key, doc))
+                        docs.push(Ok((key, doc)));
                     }
-                    _ => None,
-                };
-                std::future::ready(Ok(found))
-            });
-            Ok::<_, EngineError>(docs.boxed())
+                    Ok::<_, EngineError>(Some((futures_util::stream::iter(docs), (next, room))))
+                });
+            Ok::<_, EngineError>(chunks.try_flatten().boxed())
         };
         futures_util::stream::once(walk).try_flatten().boxed()
     }
@@ -406,23 +405,33 @@ impl ReadPool for SqliteReads {
             .await
             .map_err(|e| self.error(e))?;
         let _ = tx.rollback().await;
+        // An entry that does not parse fails the read: skipped, it would be
+        // a change nobody hears of (a replica would keep the old document).
         let entries = rows
             .iter()
-            .filter_map(|row| {
-                let collection = CollectionName::parse(row.try_get::<&str, _>("collection").ok()?).ok()?;
-                let id = DocId::parse_in_feed(row.try_get::<&str, _>("id").ok()?).ok()?;
-                Some(FeedEntry {
-                    seq: u64::try_from(row.try_get::<i64, _>("seq").ok()?).ok()?,
-                    key: DocKey::new(collection, id),
-                    version: u64::try_from(row.try_get::<i64, _>("version").ok()?).ok()?,
-                    kind: ChangeKind::from_code(row.try_get::<i64, _>("kind").ok()?)?,
-                    at_ms: row.try_get::<i64, _>("at").ok()?,
+            .map(|row| {
+                let entry = (|| {
+                    let collection = CollectionName::parse(row.try_get::<&str, _>("collection").ok()?).ok()?;
+                    let id = DocId::parse_in_feed(row.try_get::<&str, _>("id").ok()?).ok()?;
+                    Some(FeedEntry {
+                        seq: u64::try_from(row.try_get::<i64, _>("seq").ok()?).ok()?,
+                        key: DocKey::new(collection, id),
+                        version: u64::try_from(row.try_get::<i64, _>("version").ok()?).ok()?,
+                        kind: ChangeKind::from_code(row.try_get::<i64, _>("kind").ok()?)?,
+                        at_ms: row.try_get::<i64, _>("at").ok()?,
+                    })
+                })();
+                entry.ok_or_else(|| {
+                    let seq = row
+                        .try_get::<i64, _>("seq")
+                        .map_or_else(|_| "?".to_owned(), |s| s.to_string());
+                    let detail =
+                        format!("feed entry {seq} does not parse (an unknown collection, id, version or kind)");
+                    let damaged = super::super::StorageError::new(super::super::ErrorKind::Damaged, detail);
+                    EngineError::storage(self.shard, damaged)
                 })
             })
-            .collect::<Vec<_>>();
-        if entries.len() < rows.len() {
-            tracing::warn!(shard = self.shard, "feed entries that do not parse were skipped");
-        }
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(FeedRun {
             floor: u64::try_from(floor).unwrap_or(0),
             entries,
@@ -481,50 +490,54 @@ impl SqliteReads {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.error(e))?;
+        if buckets.is_empty() {
+            return Ok(None);
+        }
         let mut from = WarmFrom {
-            since: i64::MAX,
             whole: i64::MAX,
             room: budget.bytes,
         };
-        let mut used = 0u64;
         for (bucket, bytes) in buckets {
-            let start = oldest.saturating_add(bucket.saturating_mul(width));
             let bytes = u64::try_from(bytes).unwrap_or(0);
-            from.since = start;
-            if used.saturating_add(bytes) > budget.bytes {
-                from.room = budget.bytes - used;
+            if bytes > from.room {
                 break;
             }
-            used += bytes;
-            from.whole = start;
+            from.room -= bytes;
+            from.whole = oldest.saturating_add(bucket.saturating_mul(width));
         }
-        Ok((from.since != i64::MAX).then_some(from))
+        Ok(Some(from))
     }
 
-    /// Up to [`WARM_CHUNK_ROWS`] warm-up rows changed since `since`, in
-    /// primary key order after `after`, as one JSON array: a row at a time,
-    /// the warm-up spent most of its time waking this task from sqlx's
-    /// connection thread.
+    /// Up to [`WARM_CHUNK_ROWS`] warm-up rows in primary key order after
+    /// `after`: those changed since `whole`, and older ones that fit in
+    /// `room`, as one JSON array: a row at a time, the warm-up spent most
+    /// of its time waking this task from sqlx's connection thread.
     async fn warm_chunk(
         &self,
         now: i64,
-        since: i64,
-        largest: u64,
+        budget: WarmBudget,
+        whole: i64,
+        room: u64,
         after: Option<&(String, String)>,
     ) -> Result<Vec<WarmRow>, EngineError> {
         let (collection, id) = after.map_or(("", ""), |(c, i)| (c.as_str(), i.as_str()));
         let chunk: String = sqlx::query_scalar(
             "SELECT json_group_array(json_array(collection, id, version, updated_at, expires_at, data)) \
              FROM (SELECT collection, id, version, updated_at, expires_at, data FROM documents \
-                   WHERE (collection, id) > (?1, ?2) AND updated_at >= ?3 AND (expires_at IS NULL OR expires_at > ?4) \
-                   AND length(CAST(data AS BLOB)) <= ?5 ORDER BY collection, id LIMIT ?6)",
+                   WHERE (collection, id) > (?1, ?2) AND (expires_at IS NULL OR expires_at > ?4) \
+                   AND length(CAST(data AS BLOB)) <= ?5 \
+                   AND (updated_at >= ?3 OR length(CAST(collection AS BLOB)) + length(CAST(id AS BLOB)) \
+                        + length(CAST(data AS BLOB)) + ?7 <= ?8) \
+                   ORDER BY collection, id LIMIT ?6)",
         )
         .bind(collection)
         .bind(id)
-        .bind(since)
+        .bind(whole)
         .bind(now)
-        .bind(i64::try_from(largest).unwrap_or(i64::MAX))
+        .bind(i64::try_from(budget.largest).unwrap_or(i64::MAX))
         .bind(WARM_CHUNK_ROWS)
+        .bind(i64::try_from(budget.per_entry).unwrap_or(i64::MAX))
+        .bind(i64::try_from(room).unwrap_or(i64::MAX))
         .fetch_one(&self.pool)
         .await
         .map_err(|e| self.error(e))?;

@@ -517,17 +517,24 @@ impl WriteConnection for SqliteWrites {
     /// Records the exact id bounds (replacing the reserve, so a clean restart
     /// continues the sequence without a gap), checkpoints the WAL and closes:
     /// as the last connection, this removes the WAL file.
-    /// Only this process writes the file: nobody raised the `ceilings`
-    /// since, and the exact bounds replace them.
-    async fn close(&mut self, ids: IdBounds, _ceilings: IdBounds) {
+    /// The exact bounds replace the `ceilings` only where the file still
+    /// holds them, as on a shared database: with one writer per file they
+    /// always do, and the engines keep one contract.
+    async fn close(&mut self, ids: IdBounds, ceilings: IdBounds) {
         let shard = self.shard;
         let Some(mut conn) = self.conn.take() else { return };
+        // Only in place of the ceilings this writer left: bounds another
+        // writer raised since stay, or a restart would hand out their ids.
         if let Err(e) = sqlx::query(
             "UPDATE shard_meta SET value = CASE key WHEN 'max_counter_id' THEN ?1 ELSE ?2 END \
-             WHERE key IN ('max_counter_id', 'counter_high')",
+             WHERE key IN ('max_counter_id', 'counter_high') \
+             AND (SELECT value FROM shard_meta WHERE key = 'max_counter_id') = ?3 \
+             AND (SELECT value FROM shard_meta WHERE key = 'counter_high') = ?4",
         )
         .bind(meta_value(ids.stored))
         .bind(meta_value(ids.counter))
+        .bind(meta_value(ceilings.stored))
+        .bind(meta_value(ceilings.counter))
         .execute(&mut conn)
         .await
         {
