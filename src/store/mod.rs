@@ -546,6 +546,9 @@ impl Store {
         for shard in &self.inner.shards {
             shard.close().await;
         }
+        if let Some(blocks) = &self.inner.id_blocks {
+            blocks.database().close().await;
+        }
         self.inner.lock.lock().take();
     }
 

@@ -170,8 +170,6 @@ conformance! {
     /// Found by this suite: the PostgreSQL engine's `ShardReads::close` closed
     /// the database's one pool, so closing one shard's reads closed every
     /// shard's (and a writer could no longer reopen).
-    #[ignore_on_postgresql = "drift: PgReads::close closes the pool every shard shares; the pool's close \
-        belongs to the database (SharedDatabase), a shard's reads close only themselves"]
     async fn closing_one_shards_reads_leaves_the_others_open(engine) {
         let mut shards = engine.boot_all(2).await;
         let second = shards.pop().expect("shard 1");

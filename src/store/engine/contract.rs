@@ -281,14 +281,15 @@ pub enum EngineFault {
     Heal,
 }
 
-/// What the cache's warm-up may take from one shard: its newest live
-/// documents, in the order of their last change, up to the first that does
-/// not fit in `bytes`, each counted as its key and text plus `per_entry`
-/// (the cache's own measure, passed down so the engine need not know the
-/// cache). A document longer than `largest` is left to its first read and
-/// does not end the walk. An engine may group changes by time (SQLite: a
-/// histogram of 4,096 spans): within the span where room runs out, which
-/// documents go in is not promised, only that they fit.
+/// What the cache's warm-up may take from one shard: its live documents,
+/// newest first, as many as `bytes` hold, each counted as its key and text
+/// plus `per_entry` (the cache's own measure, passed down so the engine need
+/// not know the cache). A document longer than `largest` is left to its
+/// first read. Every document newer than the newest one left out is taken,
+/// and none left out would fit in the room left over; which older ones fill
+/// that room is the engine's choice (SQLite groups changes by time, in 4,096
+/// spans, so it need not sort the shard). `tests/engine/warm_up.rs` holds
+/// both engines to this.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WarmBudget {
     pub bytes: u64,

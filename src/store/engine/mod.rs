@@ -272,6 +272,14 @@ pub enum SharedDatabase {
 }
 
 impl SharedDatabase {
+    /// Closes the database's pool, once every shard's reads and writer are
+    /// closed (a shard's reads close only its own share of the pool).
+    pub async fn close(&self) {
+        match self {
+            Self::Postgres(db) => db.pool.close().await,
+        }
+    }
+
     /// Connections open and idle in the pool, and its most.
     pub fn pool_use(&self) -> crate::stats::PoolUse {
         match self {

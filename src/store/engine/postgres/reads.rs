@@ -17,7 +17,7 @@ use super::engine_error;
 use crate::domain::{CollectionName, DocId, DocKey};
 use crate::store::document::Document;
 use crate::store::engine::contract::{PointRead, ReadPool};
-use crate::store::engine::EngineError;
+use crate::store::engine::{EngineError, ErrorKind, StorageError};
 
 pub struct PgReads {
     shard: usize,
@@ -67,11 +67,12 @@ impl ReadPool for PgReads {
 
     /// A read connection, waiting at most the configured time for one.
     async fn reserve(&self) -> Result<PgReadSlot, EngineError> {
+        self.pool()?;
         let slot = match tokio::time::timeout(self.wait, self.slots.clone().acquire_owned()).await {
             Ok(Ok(slot)) => slot,
             _ => return Err(self.busy()),
         };
-        let conn = self.pool.acquire().await.map_err(|e| self.error(e))?;
+        let conn = self.pool()?.acquire().await.map_err(|e| self.error(e))?;
         Ok(PgReadSlot {
             shard: self.shard,
             conn,
@@ -101,7 +102,7 @@ impl ReadPool for PgReads {
         .bind(&last)
         .bind(first.len() as i32)
         .bind(self.shard_param())
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool()?)
         .await
         .map_err(|e| self.error(e))?;
         Ok(ids
@@ -144,7 +145,7 @@ impl ReadPool for PgReads {
             .bind(now)
             .bind(limit as i64)
             .bind(self.shard_param())
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool()?)
             .await
             .map_err(|e| self.error(e))?;
         rows.iter()
@@ -173,7 +174,7 @@ impl ReadPool for PgReads {
         .bind(collection.as_str())
         .bind(ids)
         .bind(now)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool()?)
         .await
         .map_err(|e| self.error(e))?;
         rows.iter()
@@ -194,7 +195,7 @@ impl ReadPool for PgReads {
         )
         .bind(shard)
         .bind(collection.as_str())
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool()?)
         .await
         .map_err(|e| self.error(e))?;
         rows.iter()
@@ -207,7 +208,7 @@ impl ReadPool for PgReads {
         let shard = i32::try_from(self.shard).unwrap_or(i32::MAX);
         sqlx::query_as("SELECT collection, name FROM exdaas_indexes WHERE shard = $1 AND NOT built")
             .bind(shard)
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool()?)
             .await
             .map_err(|e| self.error(e))
     }
@@ -248,7 +249,7 @@ impl ReadPool for PgReads {
             .bind(key)
             .bind(id),
         };
-        let rows = query.fetch_all(&self.pool).await.map_err(|e| self.error(e))?;
+        let rows = query.fetch_all(self.pool()?).await.map_err(|e| self.error(e))?;
         rows.iter()
             .map(|row| {
                 Ok((
@@ -266,7 +267,7 @@ impl ReadPool for PgReads {
         )
         .bind(self.shard_param())
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(self.pool().ok()?)
         .await
         .ok()?;
         u64::try_from(n).ok()
@@ -280,7 +281,7 @@ impl ReadPool for PgReads {
         )
         .bind(self.shard_param())
         .bind(now)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool()?)
         .await
         .map_err(|e| self.error(e))?;
         for row in rows {
@@ -308,7 +309,7 @@ impl ReadPool for PgReads {
         .bind(self.shard_param())
         .bind(now)
         .bind(&names)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool()?)
         .await
         .map_err(|e| self.error(e))?;
         for row in rows {
@@ -322,6 +323,10 @@ impl ReadPool for PgReads {
     /// This shard's documents live at `now`, most recently changed first,
     /// as many as `budget` holds: what the cache is warmed with.
     fn recent(&self, now: i64, budget: WarmBudget) -> BoxStream<'_, Result<(DocKey, Document), EngineError>> {
+        let pool = match self.pool() {
+            Ok(pool) => pool,
+            Err(err) => return futures_util::stream::once(std::future::ready(Err(err))).boxed(),
+        };
         let mut used = 0u64;
         sqlx::query(
             "SELECT collection, id, version, updated_at, expires_at, data FROM exdaas_documents \
@@ -331,7 +336,7 @@ impl ReadPool for PgReads {
         .bind(now)
         .bind(self.shard_param())
         .bind(i64::try_from(budget.largest).unwrap_or(i64::MAX))
-        .fetch(&self.pool)
+        .fetch(pool)
         .map(move |row| {
             let row = row.map_err(|e| self.error(e))?;
             let (Ok(collection), Ok(id)) = (
@@ -384,7 +389,7 @@ impl ReadPool for PgReads {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(collections)
         .bind(filter.prefix)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool()?)
         .await
         .map_err(|e| self.error(e))?;
         let floor = rows
@@ -428,12 +433,15 @@ impl ReadPool for PgReads {
         })
     }
 
+    /// Closes this shard's reads only: the pool is the database's, shared
+    /// by every shard and writer, and closed once by the store at shutdown
+    /// (`SharedDatabase::close`).
     async fn close(&self) {
-        self.pool.close().await;
+        self.slots.close();
     }
 
     fn is_closed(&self) -> bool {
-        self.pool.is_closed()
+        self.slots.is_closed()
     }
 }
 
@@ -450,6 +458,17 @@ impl PgReads {
 
     fn shard_param(&self) -> i32 {
         i32::try_from(self.shard).unwrap_or(i32::MAX)
+    }
+
+    /// The database's pool, unless this shard's reads are closed.
+    fn pool(&self) -> Result<&PgPool, EngineError> {
+        if self.slots.is_closed() {
+            return Err(EngineError::storage(
+                self.shard,
+                StorageError::new(ErrorKind::Unavailable, "the shard's reads are closed"),
+            ));
+        }
+        Ok(&self.pool)
     }
 
     fn busy(&self) -> EngineError {
