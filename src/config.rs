@@ -4,6 +4,7 @@
 //! Raw strings become typed values here, once, so a bad value stops the
 //! program at boot with a message naming the setting.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -448,7 +449,7 @@ pub enum SettingsError {
     Invalid {
         name: &'static str,
         value: String,
-        expected: &'static str,
+        expected: Cow<'static, str>,
         /// What exactly is wrong, when the value alone does not say it.
         reason: Option<String>,
     },
@@ -628,50 +629,29 @@ impl Settings {
         let config = builder
             .build()
             .map_err(|e| file_error(file.as_deref().unwrap_or("<environment>"), e))?;
-        let raw = |key: &str| -> Result<String, SettingsError> {
-            config
-                .get_string(key)
-                .map_err(|e| file_error(file.as_deref().unwrap_or("<environment>"), e))
+        let read = Reader {
+            config: &config,
+            source: file.as_deref().unwrap_or("<environment>"),
         };
 
-        let shard_limit = raw("shard_limit")?;
-        let shards = shard_limit
-            .trim()
-            .parse::<u32>()
-            .ok()
-            .and_then(ShardCount::new)
-            .ok_or_else(|| invalid("SHARD_LIMIT", &shard_limit, "an integer from 1 to 4096"))?;
-
+        let database_url = read.text("database_url")?;
+        let dets_root = read.text("dets_root")?;
         Ok(Settings {
-            listen_addr: parse(
-                "EXDAAS_LISTEN_ADDR",
-                &raw("listen_addr")?,
-                "an IP address such as 0.0.0.0 or ::1",
-            )?,
-            port: parse("PORT", &raw("port")?, "a TCP port from 0 to 65535")?,
-            database_url: {
-                let url = raw("database_url")?;
-                let url = url.trim();
-                if url.is_empty() {
-                    None
-                } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-                    Some(url.to_owned())
-                } else {
+            listen_addr: read.parsed("listen_addr", "an IP address such as 0.0.0.0 or ::1")?,
+            port: read.int("port", 0, 65_535, "a TCP port")? as u16,
+            database_url: match database_url.trim() {
+                "" => None,
+                url if url.starts_with("postgres://") || url.starts_with("postgresql://") => Some(url.to_owned()),
+                url => {
                     return Err(invalid(
                         "EXDAAS_DATABASE_URL",
                         &redact_url(url),
                         "a postgres:// or postgresql:// URL",
-                    ));
+                    ))
                 }
             },
-            replica_poll: Duration::from_millis(ranged(
-                "EXDAAS_REPLICA_POLL_MS",
-                &raw("replica_poll_ms")?,
-                10,
-                60_000,
-                "milliseconds from 10 to 60000",
-            )? as u64),
-            ignored: if raw("database_url")?.trim().is_empty() {
+            replica_poll: read.millis("replica_poll_ms", 10, 60_000)?,
+            ignored: if database_url.trim().is_empty() {
                 Vec::new()
             } else {
                 ["DETS_ROOT", "EXDAAS_SYNC", "EXDAAS_BOOT_CHECK"]
@@ -679,124 +659,40 @@ impl Settings {
                     .filter(|name| env.contains_key(*name))
                     .collect()
             },
-            data_dir: {
-                let dir = raw("dets_root")?;
-                if dir.trim().is_empty() {
-                    return Err(invalid("DETS_ROOT", &dir, "a folder path"));
-                }
-                PathBuf::from(dir)
+            data_dir: match dets_root.trim() {
+                "" => return Err(invalid("DETS_ROOT", &dets_root, "a folder path")),
+                _ => PathBuf::from(&dets_root),
             },
-            shards,
-            cache_bytes: {
-                let mib: u64 = parse(
-                    "EXDAAS_CACHE_MIB",
-                    &raw("cache_mib")?,
-                    "a size in MiB from 0 to 1048576",
-                )?;
-                if mib > 1 << 20 {
-                    return Err(invalid(
-                        "EXDAAS_CACHE_MIB",
-                        &mib.to_string(),
-                        "a size in MiB from 0 to 1048576",
-                    ));
-                }
-                mib << 20
-            },
-            max_body_bytes: ranged(
-                "EXDAAS_MAX_BODY_BYTES",
-                &raw("max_body_bytes")?,
-                1024,
-                // A document is at most this long, and SQLite holds no
-                // string over 1,000,000,000 bytes.
-                1 << 29,
-                "a byte count from 1024 to 536870912",
+            shards: ShardCount::new(read.int("shard_limit", 1, 4096, "an integer")? as u32).ok_or_else(|| {
+                invalid(
+                    "SHARD_LIMIT",
+                    &read.text("shard_limit").unwrap_or_default(),
+                    "an integer from 1 to 4096",
+                )
+            })?,
+            cache_bytes: (read.int("cache_mib", 0, 1 << 20, "a size in MiB")? as u64) << 20,
+            // A document is at most this long, and SQLite holds no string
+            // over 1,000,000,000 bytes.
+            max_body_bytes: read.int("max_body_bytes", 1024, 1 << 29, "a byte count")?,
+            sync: read.choice(
+                "sync",
+                &[("normal", SyncMode::Normal), ("full", SyncMode::Full)],
+                "normal or full",
             )?,
-            sync: match raw("sync")?.trim().to_ascii_lowercase().as_str() {
-                "normal" => SyncMode::Normal,
-                "full" => SyncMode::Full,
-                _ => return Err(invalid("EXDAAS_SYNC", &raw("sync")?, "normal or full")),
-            },
-            writer_batch: ranged(
-                "EXDAAS_WRITER_BATCH",
-                &raw("writer_batch")?,
-                1,
-                100_000,
-                "an integer from 1 to 100000",
-            )?,
-            writer_queue: ranged(
-                "EXDAAS_WRITER_QUEUE",
-                &raw("writer_queue")?,
-                1,
-                10_000_000,
-                "an integer from 1 to 10000000",
-            )?,
-            writer_queue_bytes: ranged(
-                "EXDAAS_WRITER_QUEUE_BYTES",
-                &raw("writer_queue_bytes")?,
-                1 << 20,
-                1 << 32,
-                "a byte count from 1048576 to 4294967296",
-            )?,
-            max_page_bytes: ranged(
-                "EXDAAS_MAX_PAGE_BYTES",
-                &raw("max_page_bytes")?,
-                1 << 16,
-                1 << 30,
-                "a byte count from 65536 to 1073741824",
-            )?,
-            writer_queue_wait: Duration::from_millis(ranged(
-                "EXDAAS_WRITER_QUEUE_WAIT_MS",
-                &raw("writer_queue_wait_ms")?,
-                1,
-                600_000,
-                "milliseconds from 1 to 600000",
-            )? as u64),
+            writer_batch: read.int("writer_batch", 1, 100_000, "an integer")?,
+            writer_queue: read.int("writer_queue", 1, 10_000_000, "an integer")?,
+            writer_queue_bytes: read.int("writer_queue_bytes", 1 << 20, 1 << 32, "a byte count")?,
+            max_page_bytes: read.int("max_page_bytes", 1 << 16, 1 << 30, "a byte count")?,
+            writer_queue_wait: read.millis("writer_queue_wait_ms", 1, 600_000)?,
             feed_retention: Duration::from_secs(
-                ranged(
-                    "EXDAAS_FEED_RETENTION_HOURS",
-                    &raw("feed_retention_hours")?,
-                    1,
-                    24 * 365 * 10,
-                    "hours from 1 to 87600",
-                )? as u64
-                    * 3600,
+                read.int("feed_retention_hours", 1, 24 * 365 * 10, "hours")? as u64 * 3600,
             ),
-            feed_max_entries: ranged(
-                "EXDAAS_FEED_MAX_ENTRIES",
-                &raw("feed_max_entries")?,
-                1000,
-                1_000_000_000,
-                "an integer from 1000 to 1000000000",
-            )? as u64,
-            feed_max_subscribers: ranged(
-                "EXDAAS_FEED_MAX_SUBSCRIBERS",
-                &raw("feed_max_subscribers")?,
-                1,
-                100_000,
-                "an integer from 1 to 100000",
-            )?,
-            feed_max_subscribers_per_client: ranged(
-                "EXDAAS_FEED_MAX_SUBSCRIBERS_PER_CLIENT",
-                &raw("feed_max_subscribers_per_client")?,
-                1,
-                100_000,
-                "an integer from 1 to 100000",
-            )?,
-            query_max_scan: ranged(
-                "EXDAAS_QUERY_MAX_SCAN",
-                &raw("query_max_scan")?,
-                1,
-                100_000_000,
-                "a document count from 1 to 100000000",
-            )?,
-            query_max_work: ranged(
-                "EXDAAS_QUERY_MAX_WORK",
-                &raw("query_max_work")?,
-                100_000,
-                1_000_000_000_000,
-                "a number of units from 100000 to 1000000000000",
-            )? as u64,
-            query_threads: match raw("query_threads")?.trim() {
+            feed_max_entries: read.int("feed_max_entries", 1000, 1_000_000_000, "an integer")? as u64,
+            feed_max_subscribers: read.int("feed_max_subscribers", 1, 100_000, "an integer")?,
+            feed_max_subscribers_per_client: read.int("feed_max_subscribers_per_client", 1, 100_000, "an integer")?,
+            query_max_scan: read.int("query_max_scan", 1, 100_000_000, "a document count")?,
+            query_max_work: read.int("query_max_work", 100_000, 1_000_000_000_000, "a number of units")? as u64,
+            query_threads: match read.text("query_threads")?.trim() {
                 "auto" => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 other => ranged(
                     "EXDAAS_QUERY_THREADS",
@@ -806,144 +702,146 @@ impl Settings {
                     "auto, or an integer from 1 to 1024",
                 )?,
             },
-            feed_heartbeat: Duration::from_secs(ranged(
-                "EXDAAS_FEED_HEARTBEAT_SECS",
-                &raw("feed_heartbeat_secs")?,
-                1,
-                300,
-                "seconds from 1 to 300",
-            )? as u64),
-            boot_check: match raw("boot_check")?.trim().to_ascii_lowercase().as_str() {
-                "quick" => true,
-                "off" => false,
-                _ => return Err(invalid("EXDAAS_BOOT_CHECK", &raw("boot_check")?, "quick or off")),
-            },
-            read_connections: ranged(
-                "EXDAAS_READ_CONNECTIONS",
-                &raw("read_connections")?,
-                1,
-                64,
-                "an integer from 1 to 64",
-            )? as u32,
-            shutdown_timeout: Duration::from_secs(ranged(
-                "EXDAAS_SHUTDOWN_TIMEOUT_SECS",
-                &raw("shutdown_timeout_secs")?,
-                0,
-                3600,
-                "seconds from 0 to 3600",
-            )? as u64),
-            send_timeout: Duration::from_secs(ranged(
-                "EXDAAS_SEND_TIMEOUT_SECS",
-                &raw("send_timeout_secs")?,
-                1,
-                3600,
-                "seconds from 1 to 3600",
-            )? as u64),
+            feed_heartbeat: read.secs("feed_heartbeat_secs", 1, 300)?,
+            boot_check: read.choice("boot_check", &[("quick", true), ("off", false)], "quick or off")?,
+            read_connections: read.int("read_connections", 1, 64, "an integer")? as u32,
+            shutdown_timeout: read.secs("shutdown_timeout_secs", 0, 3600)?,
+            send_timeout: read.secs("send_timeout_secs", 1, 3600)?,
             connections: ConnectionSettings {
-                max_connections: ranged(
-                    "EXDAAS_MAX_CONNECTIONS",
-                    &raw("max_connections")?,
-                    1,
-                    1_000_000,
-                    "a connection count from 1 to 1000000",
+                max_connections: read.int("max_connections", 1, 1_000_000, "a connection count")?,
+                head_timeout: read.secs("head_timeout_secs", 1, 3600)?,
+                idle_timeout: read.secs("idle_timeout_secs", 1, 86_400)?,
+                http2: read.choice(
+                    "http2",
+                    &[
+                        ("on", true),
+                        ("true", true),
+                        ("1", true),
+                        ("off", false),
+                        ("false", false),
+                        ("0", false),
+                    ],
+                    "on or off",
                 )?,
-                head_timeout: Duration::from_secs(ranged(
-                    "EXDAAS_HEAD_TIMEOUT_SECS",
-                    &raw("head_timeout_secs")?,
-                    1,
-                    3600,
-                    "seconds from 1 to 3600",
-                )? as u64),
-                idle_timeout: Duration::from_secs(ranged(
-                    "EXDAAS_IDLE_TIMEOUT_SECS",
-                    &raw("idle_timeout_secs")?,
-                    1,
-                    86_400,
-                    "seconds from 1 to 86400",
-                )? as u64),
-                http2: match raw("http2")?.trim().to_ascii_lowercase().as_str() {
-                    "on" | "true" | "1" => true,
-                    "off" | "false" | "0" => false,
-                    _ => return Err(invalid("EXDAAS_HTTP2", &raw("http2")?, "on or off")),
-                },
-                http2_max_streams: ranged(
-                    "EXDAAS_HTTP2_MAX_STREAMS",
-                    &raw("http2_max_streams")?,
-                    1,
-                    1000,
-                    "a stream count from 1 to 1000",
-                )? as u32,
+                http2_max_streams: read.int("http2_max_streams", 1, 1000, "a stream count")? as u32,
             },
-            log_format: match raw("log_format")?.trim().to_ascii_lowercase().as_str() {
-                "text" => LogFormat::Text,
-                "json" => LogFormat::Json,
-                _ => return Err(invalid("EXDAAS_LOG_FORMAT", &raw("log_format")?, "text or json")),
-            },
-            pid_file: beside_data(&raw("dets_root")?, &raw("pid_file")?, "pid"),
-            log_file: beside_data(&raw("dets_root")?, &raw("log_file")?, "log"),
-            backup_dir: {
-                let dir = raw("backup_dir")?;
-                let dir = dir.trim();
-                (!dir.is_empty()).then(|| PathBuf::from(dir))
-            },
-            backup_max_count: ranged(
-                "EXDAAS_BACKUP_MAX_COUNT",
-                &raw("backup_max_count")?,
-                1,
-                100_000,
-                "a count from 1 to 100000",
+            log_format: read.choice(
+                "log_format",
+                &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+                "text or json",
             )?,
-            backup_min_free_bytes: (ranged(
-                "EXDAAS_BACKUP_MIN_FREE_MIB",
-                &raw("backup_min_free_mib")?,
-                0,
-                1 << 30,
-                "MiB from 0 to 1073741824",
-            )? as u64)
-                << 20,
+            pid_file: beside_data(&dets_root, &read.text("pid_file")?, "pid"),
+            log_file: beside_data(&dets_root, &read.text("log_file")?, "log"),
+            backup_dir: match read.text("backup_dir")?.trim() {
+                "" => None,
+                dir => Some(PathBuf::from(dir)),
+            },
+            backup_max_count: read.int("backup_max_count", 1, 100_000, "a count")?,
+            backup_min_free_bytes: (read.int("backup_min_free_mib", 0, 1 << 30, "MiB")? as u64) << 20,
             api_keys: {
                 // A TOML file may give a list; the environment gives one string.
                 let listed = config.get::<Vec<String>>("api_keys").map(|keys| keys.join(";"));
-                let keys = listed.or_else(|_| raw("api_keys"))?;
+                let keys = listed.or_else(|_| read.text("api_keys"))?;
                 ApiKey::parse_list(&keys).map_err(|e| SettingsError::Invalid {
                     name: "EXDAAS_API_KEYS",
                     value: e.shown.clone(),
-                    expected: "scope:key[:collection,...] entries; see --help",
+                    expected: "scope:key[:collection,...] entries; see --help".into(),
                     reason: Some(e.to_string()),
                 })?
             },
-            cors_origins: {
-                let origins = raw("cors_origins")?;
-                let origins: Vec<String> = origins
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|o| !o.is_empty())
-                    .map(str::to_owned)
-                    .collect();
-                if let Some(bad) = origins
-                    .iter()
-                    .find(|o| *o != "*" && !(o.starts_with("http://") || o.starts_with("https://")))
-                {
-                    return Err(invalid(
-                        "EXDAAS_CORS_ORIGINS",
-                        bad,
-                        "origins such as https://app.example.com, or *",
-                    ));
-                }
-                origins
-            },
+            cors_origins: cors_origins(&read.text("cors_origins")?)?,
             traces: TraceExport::from_env(&env)?,
         })
     }
 }
 
-fn invalid(name: &'static str, value: &str, expected: &'static str) -> SettingsError {
+fn invalid(name: &'static str, value: &str, expected: impl Into<Cow<'static, str>>) -> SettingsError {
     SettingsError::Invalid {
         name,
         value: value.to_owned(),
-        expected,
+        expected: expected.into(),
         reason: None,
     }
+}
+
+/// Reads one setting at a time from the merged sources (defaults, the
+/// file, the environment), and refuses a value by the setting's name in the
+/// environment, from [`SETTINGS`], with what was expected.
+struct Reader<'a> {
+    config: &'a Config,
+    /// Where the values came from, for a source that cannot be read.
+    source: &'a str,
+}
+
+impl Reader<'_> {
+    /// The setting's name in the environment.
+    fn name(key: &str) -> &'static str {
+        SETTINGS
+            .iter()
+            .find(|doc| doc.key == key)
+            .map_or("EXDAAS_CONFIG", |doc| doc.env)
+    }
+
+    fn text(&self, key: &str) -> Result<String, SettingsError> {
+        self.config.get_string(key).map_err(|e| file_error(self.source, e))
+    }
+
+    /// A value of a type that parses itself (an address, say).
+    fn parsed<T: std::str::FromStr>(&self, key: &str, expected: &'static str) -> Result<T, SettingsError> {
+        parse(Self::name(key), &self.text(key)?, expected)
+    }
+
+    /// A whole number from `min` to `max`, refused as "`unit` from `min` to
+    /// `max`".
+    fn int(&self, key: &str, min: usize, max: usize, unit: &str) -> Result<usize, SettingsError> {
+        let value = self.text(key)?;
+        value
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| invalid(Self::name(key), &value, format!("{unit} from {min} to {max}")))
+    }
+
+    fn secs(&self, key: &str, min: usize, max: usize) -> Result<Duration, SettingsError> {
+        Ok(Duration::from_secs(self.int(key, min, max, "seconds")? as u64))
+    }
+
+    fn millis(&self, key: &str, min: usize, max: usize) -> Result<Duration, SettingsError> {
+        Ok(Duration::from_millis(self.int(key, min, max, "milliseconds")? as u64))
+    }
+
+    /// One of `choices` (any case), refused as `expected`.
+    fn choice<T: Copy>(&self, key: &str, choices: &[(&str, T)], expected: &'static str) -> Result<T, SettingsError> {
+        let value = self.text(key)?;
+        let wanted = value.trim().to_ascii_lowercase();
+        choices
+            .iter()
+            .find(|(name, _)| *name == wanted)
+            .map(|(_, choice)| *choice)
+            .ok_or_else(|| invalid(Self::name(key), &value, expected))
+    }
+}
+
+/// `EXDAAS_CORS_ORIGINS`: comma-separated origins, each `http(s)://...` or `*`.
+fn cors_origins(list: &str) -> Result<Vec<String>, SettingsError> {
+    let origins: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if let Some(bad) = origins
+        .iter()
+        .find(|o| *o != "*" && !(o.starts_with("http://") || o.starts_with("https://")))
+    {
+        return Err(invalid(
+            "EXDAAS_CORS_ORIGINS",
+            bad,
+            "origins such as https://app.example.com, or *",
+        ));
+    }
+    Ok(origins)
 }
 
 fn file_error(path: &str, err: config::ConfigError) -> SettingsError {
