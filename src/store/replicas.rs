@@ -77,6 +77,14 @@ pub async fn follow(store: Store, interval: Duration, following: std::sync::Arc<
                 }
             }
         }
+        // Said once when it starts or changes, not every round: a damaged
+        // feed entry stays until it is repaired or compacted away.
+        if problem.is_some() && problem != following.problem() {
+            tracing::warn!(
+                problem = problem.as_deref().unwrap_or_default(),
+                "following the other replicas' writes fails; reads go to the database"
+            );
+        }
         following.round_done(began, problem);
     }
 }
