@@ -262,17 +262,18 @@ impl ShardFile {
         let closed = conn.close().await;
         built?;
         closed.map_err(|e| shard_error(self.index, e))?;
-        let placed = crate::durable::fsync(&building)
-            .map_err(|e| self.corrupt(format!("cannot sync {}: {e}", building.display())))
-            .and_then(|()| {
-                std::fs::rename(&building, &self.path)
-                    .map_err(|e| self.corrupt(format!("cannot rename {} to it: {e}", building.display())))
-            })
-            .and_then(|()| {
-                let folder = self.path.parent().unwrap_or(Path::new("."));
-                crate::durable::sync_dir(folder).map_err(|e| self.corrupt(format!("cannot sync its folder: {e}")))
-            });
-        placed?;
+        // The syncs and the rename on a blocking thread: the shards open
+        // together at boot, and the runtime's threads must not wait on disks.
+        let (built, path) = (building.clone(), self.path.clone());
+        let placed = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            crate::durable::fsync(&built).map_err(|e| format!("cannot sync {}: {e}", built.display()))?;
+            std::fs::rename(&built, &path).map_err(|e| format!("cannot rename {} to it: {e}", built.display()))?;
+            let folder = path.parent().unwrap_or(Path::new("."));
+            crate::durable::sync_dir(folder).map_err(|e| format!("cannot sync its folder: {e}"))
+        })
+        .await
+        .unwrap_or_else(|_| Err("the task placing it failed".to_owned()));
+        placed.map_err(|reason| self.corrupt(reason))?;
         tracing::debug!(shard = self.index, path = %self.path.display(), "shard file created");
         Ok(())
     }
