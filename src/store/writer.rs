@@ -422,7 +422,7 @@ impl Writer {
     }
 
     async fn failed(&mut self, err: StoreError) -> Exit {
-        let (outage, reason) = if self.writes.still_there().await {
+        let (outage, reason) = if self.writes.check_file().still_there().await {
             (err.outage(), err.to_string())
         } else {
             (

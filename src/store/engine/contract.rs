@@ -65,10 +65,11 @@ pub trait WriteConnection {
     /// Ends what `begin` opened, without a change.
     async fn release(&mut self);
 
-    /// The shard's storage is still the one opened (a file not replaced).
-    /// Asked after every commit: a file system call, so an engine makes it
-    /// off the runtime's threads.
-    async fn still_there(&self) -> bool;
+    /// Starts checking that the shard's storage is still the one opened (a
+    /// file not deleted or replaced). The writer starts it with each commit
+    /// and awaits it before acknowledging: a file system call, made off the
+    /// runtime's threads and alongside the commit, so it adds no wait.
+    fn check_file(&self) -> FileCheck;
 
     /// The file or table behind the shard, for logs.
     fn file_name(&self) -> String;
@@ -177,6 +178,30 @@ pub trait WriteConnection {
     /// Makes the engine meet `fault` as a real failure would.
     #[cfg(feature = "fault-injection")]
     async fn inject(&mut self, fault: EngineFault) -> Result<(), StorageError>;
+}
+
+/// A check of a shard's file under way (see [`WriteConnection::check_file`]).
+pub struct FileCheck(Option<tokio::task::JoinHandle<bool>>);
+
+impl FileCheck {
+    /// A check running on a blocking thread.
+    pub fn started(check: impl FnOnce() -> bool + Send + 'static) -> Self {
+        Self(Some(tokio::task::spawn_blocking(check)))
+    }
+
+    /// Storage with no file that could be replaced (a database).
+    pub fn nothing_to_check() -> Self {
+        Self(None)
+    }
+
+    /// The storage was still the one opened; a check that failed to run
+    /// counts as gone.
+    pub async fn still_there(self) -> bool {
+        match self.0 {
+            Some(check) => check.await.unwrap_or(false),
+            None => true,
+        }
+    }
 }
 
 /// One reserved read connection, for one point read.

@@ -43,7 +43,7 @@ macro_rules! dispatch {
 ///   too), `load`, `load_texts`, `commit` (rows, their feed entries and id
 ///   ceilings in one transaction), `expired` and `in_collection` (what a
 ///   sweep or a drop removes), `delete_with_feed`, `compact_feed`,
-///   `release`, `close`, `still_there`. [`Opened`] is what opening reads.
+///   `release`, `close`, `check_file`. [`Opened`] is what opening reads.
 /// - [`ShardReads`]: the read pool: `reserve` (a [`ReadSlot`] for one
 ///   point read), `entries` and `documents` (listings, exports), `feed`,
 ///   `counter_ids_between`, `count_live`, `add_collection_counts`, `recent`
@@ -125,8 +125,8 @@ impl ShardWrites {
         dispatch!(self, w => w.release().await)
     }
 
-    pub async fn still_there(&self) -> bool {
-        dispatch!(self, w => w.still_there().await)
+    pub fn check_file(&self) -> FileCheck {
+        dispatch!(self, w => w.check_file())
     }
 
     pub fn file_name(&self) -> String {

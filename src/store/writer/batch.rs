@@ -439,13 +439,15 @@ impl Writer {
         let rows = ordered
             .iter()
             .map(|(key, change)| (*key, change.bucket, change.doc.as_ref()));
+        // The file's check runs beside the commit, on a blocking thread.
+        let file_check = self.writes.check_file();
         let written = self.writes.commit(rows, &feed, ceilings).await;
         self.events.commit(shard, started.elapsed().as_secs_f64());
         written.map_err(|e| self.engine_error(e))?;
         // Committed, but to the file this writer opened: if that was deleted
         // or replaced, the commit is lost at the next start, so it must not
         // be acknowledged.
-        if !self.writes.still_there().await {
+        if !file_check.still_there().await {
             return Err(StoreError::Unavailable {
                 shard: self.shard,
                 outage: Outage::FileGone,

@@ -12,7 +12,7 @@ use super::super::{
 use super::engine_error;
 use crate::domain::{CollectionName, DocId, DocKey};
 use crate::store::document::Document;
-use crate::store::engine::contract::WriteConnection;
+use crate::store::engine::contract::{FileCheck, WriteConnection};
 
 /// The shard's write connection.
 pub struct PgWrites {
@@ -69,8 +69,8 @@ impl WriteConnection for PgWrites {
         }
     }
 
-    async fn still_there(&self) -> bool {
-        true
+    fn check_file(&self) -> FileCheck {
+        FileCheck::nothing_to_check()
     }
 
     fn file_name(&self) -> String {

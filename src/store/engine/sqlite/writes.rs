@@ -13,7 +13,7 @@ use super::layout::FileIdentity;
 use super::rows::{document_from_row, keys_param};
 use crate::domain::{CollectionName, DocId, DocKey, SyncMode};
 use crate::store::document::Document;
-use crate::store::engine::contract::{Opened, WriteConnection};
+use crate::store::engine::contract::{FileCheck, Opened, WriteConnection};
 
 /// The statement that records ?1's `feed` in the change feed.
 macro_rules! feed_insert {
@@ -59,13 +59,9 @@ impl WriteConnection for SqliteWrites {
 
     /// The shard's file is still the one the connection opened (not deleted
     /// or replaced): a commit to it survives a restart.
-    async fn still_there(&self) -> bool {
+    fn check_file(&self) -> FileCheck {
         let file = self.file.clone();
-        // A stat, on a blocking thread: a slow or hung disk must not hold a
-        // runtime thread that serves requests. A failed task counts as gone.
-        tokio::task::spawn_blocking(move || file.still_there())
-            .await
-            .unwrap_or(false)
+        FileCheck::started(move || file.still_there())
     }
 
     /// The file, as logs name it.
