@@ -463,48 +463,7 @@ impl WriteConnection for PgWrites {
     /// and counts the change in the shard's row (other replicas' writers
     /// see it there), in one transaction; answers whether it was stored.
     async fn set_schema(&mut self, change: &StoredSchema, feed: &[FeedEntry]) -> Result<bool, StorageError> {
-        if !self.in_transaction {
-            self.begin().await?;
-        }
-        let shard = self.shard_param();
-        let last = feed.last().map_or(0, |e| bound(e.seq));
-        let done = async {
-            let conn = self.conn.as_mut().ok_or(sqlx::Error::WorkerCrashed)?;
-            let stored = sqlx::query(
-                "INSERT INTO exdaas_schemas (shard, collection, version, schema, updated_at) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (shard, collection) DO UPDATE SET version = excluded.version, schema = excluded.schema, \
-                 updated_at = excluded.updated_at WHERE excluded.version > exdaas_schemas.version",
-            )
-            .bind(shard)
-            .bind(change.collection.as_str())
-            .bind(bound(change.version))
-            .bind(change.schema.as_deref())
-            .bind(change.updated_at_ms)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected()
-                > 0;
-            if stored {
-                insert_feed(conn, shard, feed).await?;
-                sqlx::query(
-                    "UPDATE exdaas_shards SET schema_seq = schema_seq + 1, last_seq = greatest(last_seq, $2) WHERE shard = $1",
-                )
-                .bind(shard)
-                .bind(last)
-                .execute(&mut *conn)
-                .await?;
-            }
-            sqlx::query("COMMIT").execute(&mut *conn).await?;
-            Ok::<_, sqlx::Error>(stored)
-        }
-        .await;
-        match done {
-            Ok(stored) => {
-                self.in_transaction = false;
-                Ok(stored)
-            }
-            Err(err) => Err(self.failed(err).await),
-        }
+        self.catalog_change(CatalogChange::Schema(change), feed).await
     }
 
     /// Removes the feed's entries older than `before_ms` and beyond the
@@ -733,6 +692,23 @@ impl PgWrites {
                     .rows_affected()
                         > 0
                 }
+                CatalogChange::Schema(change) => {
+                    sqlx::query(
+                        "INSERT INTO exdaas_schemas (shard, collection, version, schema, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (shard, collection) DO UPDATE SET \
+                         version = excluded.version, schema = excluded.schema, updated_at = excluded.updated_at \
+                         WHERE excluded.version > exdaas_schemas.version",
+                    )
+                    .bind(shard)
+                    .bind(change.collection.as_str())
+                    .bind(bound(change.version))
+                    .bind(change.schema.as_deref())
+                    .bind(change.updated_at_ms)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected()
+                        > 0
+                }
                 CatalogChange::Drop(collection, name) => {
                     let dropped =
                         sqlx::query("DELETE FROM exdaas_indexes WHERE shard = $1 AND collection = $2 AND name = $3")
@@ -894,10 +870,12 @@ pub(super) fn stored_index(row: &sqlx::postgres::PgRow) -> Result<StoredIndex, S
     })
 }
 
-/// A change of the shard's index declarations.
+/// A change of the shard's catalog: its index declarations and schemas.
 enum CatalogChange<'a> {
     Declare(&'a StoredIndex),
     Drop(&'a CollectionName, &'a str),
+    /// A schema, stored unless the shard holds a newer version.
+    Schema(&'a StoredSchema),
 }
 
 /// A shard's feed floor, last entry and id bounds, as its row holds them.
