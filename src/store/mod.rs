@@ -1,9 +1,14 @@
-//! The store: documents placed on shards, each shard a SQLite file written by
-//! one serialized writer and read through a shared cache.
+//! The store: documents placed on shards, each written by one serialized
+//! writer (a SQLite file, or a shard of a PostgreSQL-protocol database) and
+//! read through a shared cache.
 //!
 //! [`Store`] is the whole interface the HTTP layer sees: plain Rust types in,
-//! plain Rust types out. SQL and SQLite stay below this module, so another
-//! backend is a second implementation of these few calls, not a rewrite.
+//! plain Rust types out; SQL and files stay in `engine/`. This file is the
+//! facade (what the API may use) and the calls on single documents (open,
+//! get, put, patch, delete, batches); the other calls are in `service/`,
+//! and the state they all share in `handle.rs`, below them. Imports only go
+//! down: the README's architecture section draws the layers and
+//! `scripts/modgraph.py --check` holds them.
 
 pub mod cache;
 pub mod document;
