@@ -88,4 +88,11 @@ impl EngineError {
     pub fn storage(shard: usize, error: StorageError) -> Self {
         EngineError::Storage { shard, error }
     }
+
+    /// A feed entry of shard `shard` that does not parse: damage, which
+    /// fails the read that reaches it on either engine.
+    pub fn unparsable_feed_entry(shard: usize, seq: impl std::fmt::Display) -> Self {
+        let detail = format!("feed entry {seq} does not parse (an unknown collection, id, version or kind)");
+        EngineError::storage(shard, StorageError::new(ErrorKind::Damaged, detail))
+    }
 }

@@ -419,12 +419,7 @@ impl ReadPool for PgReads {
                         at_ms: row.try_get::<i64, _>("at").ok()?,
                     })
                 })();
-                entry.ok_or_else(|| {
-                    let detail =
-                        format!("feed entry {seq} does not parse (an unknown collection, id, version or kind)");
-                    let damaged = super::super::StorageError::new(super::super::ErrorKind::Damaged, detail);
-                    EngineError::storage(self.shard, damaged)
-                })
+                entry.ok_or_else(|| EngineError::unparsable_feed_entry(self.shard, seq))
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(FeedRun {

@@ -425,10 +425,7 @@ impl ReadPool for SqliteReads {
                     let seq = row
                         .try_get::<i64, _>("seq")
                         .map_or_else(|_| "?".to_owned(), |s| s.to_string());
-                    let detail =
-                        format!("feed entry {seq} does not parse (an unknown collection, id, version or kind)");
-                    let damaged = super::super::StorageError::new(super::super::ErrorKind::Damaged, detail);
-                    EngineError::storage(self.shard, damaged)
+                    EngineError::unparsable_feed_entry(self.shard, seq)
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
