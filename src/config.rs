@@ -159,8 +159,9 @@ impl TraceExport {
 }
 
 /// One row of the settings table: its key in the TOML file, its environment
-/// name, its default and what it means (Markdown: the README's table is
-/// [`settings_markdown`], checked by a test; `--help` prints it as text).
+/// name, its default and what it means (Markdown, links relative to the
+/// book's settings page, which shows [`settings_markdown`], checked by a
+/// test; `--help` prints it as text).
 pub struct SettingDoc {
     pub key: &'static str,
     pub env: &'static str,
@@ -185,19 +186,19 @@ pub const SETTINGS: &[SettingDoc] = &[
         key: "database_url",
         env: "EXDAAS_DATABASE_URL",
         default: "",
-        meaning: "`postgres://…`: keep the documents in a PostgreSQL database instead of `DETS_ROOT` (see [Scale out](#scale-out)); `DETS_ROOT`, `EXDAAS_SYNC` and `EXDAAS_BOOT_CHECK` are then ignored, and the boot says so",
+        meaning: "`postgres://…`: keep the documents in a PostgreSQL database instead of `DETS_ROOT` (see [Scale out](../scale/postgresql.md)); `DETS_ROOT`, `EXDAAS_SYNC` and `EXDAAS_BOOT_CHECK` are then ignored, and the boot says so",
     },
     SettingDoc {
         key: "replica_poll_ms",
         env: "EXDAAS_REPLICA_POLL_MS",
         default: "100",
-        meaning: "with `EXDAAS_DATABASE_URL`: how often each replica looks for the others' writes, so how long its cache may serve a document another replica changed (10 to 60000; see [what each read sees](#what-each-read-sees))",
+        meaning: "with `EXDAAS_DATABASE_URL`: how often each replica looks for the others' writes, so how long its cache may serve a document another replica changed (10 to 60000; see [what each read sees](../scale/postgresql.md#what-each-read-sees))",
     },
     SettingDoc {
         key: "shard_limit",
         env: "SHARD_LIMIT",
         default: "4",
-        meaning: "number of shard files, 1 to 4096; fixed once the folder is written (change it with [`exdaas reshard`](#backups-and-resharding))",
+        meaning: "number of shard files, 1 to 4096; fixed once the folder is written (change it with [`exdaas reshard`](../safe/backup.md))",
     },
     SettingDoc {
         key: "listen_addr",
@@ -221,7 +222,7 @@ pub const SETTINGS: &[SettingDoc] = &[
         key: "sync",
         env: "EXDAAS_SYNC",
         default: "full",
-        meaning: "commit durability: `full` fsyncs each group commit; `normal` survives a process crash, not power loss (see [Durability](#durability))",
+        meaning: "commit durability: `full` fsyncs each group commit; `normal` survives a process crash, not power loss (see [Durability](../safe/durability.md))",
     },
     SettingDoc {
         key: "writer_batch",
@@ -257,7 +258,7 @@ pub const SETTINGS: &[SettingDoc] = &[
         key: "feed_retention_hours",
         env: "EXDAAS_FEED_RETENTION_HOURS",
         default: "168",
-        meaning: "how long the [change feed](#change-feed) keeps an entry (a week: a client offline over a weekend still resumes); a client further behind starts over (410)",
+        meaning: "how long the [change feed](../changes.md) keeps an entry (a week: a client offline over a weekend still resumes); a client further behind starts over (410)",
     },
     SettingDoc {
         key: "feed_max_entries",
@@ -377,7 +378,7 @@ pub const SETTINGS: &[SettingDoc] = &[
         key: "api_keys",
         env: "EXDAAS_API_KEYS",
         default: "",
-        meaning: "API keys and their scopes (see [API keys](#api-keys-and-cors)); a secret. In a file, a string or a list",
+        meaning: "API keys and their scopes (see [API keys](../safe/keys.md)); a secret. In a file, a string or a list",
     },
     SettingDoc {
         key: "cors_origins",
@@ -389,7 +390,7 @@ pub const SETTINGS: &[SettingDoc] = &[
         key: "pid_file",
         env: "EXDAAS_PID_FILE",
         default: "",
-        meaning: "where [`exdaas start`](#in-the-background-and-the-console) records the server's process id, for `stop` and `status` (by default `DETS_ROOT.pid`: beside the data folder, not in it, so `./data` gives `./data.pid`)",
+        meaning: "where [`exdaas start`](../get-started/console.md) records the server's process id, for `stop` and `status` (by default `DETS_ROOT.pid`: beside the data folder, not in it, so `./data` gives `./data.pid`)",
     },
     SettingDoc {
         key: "log_file",
@@ -405,7 +406,7 @@ pub const SETTINGS: &[SettingDoc] = &[
     },
 ];
 
-/// The README's settings table, header included: one row per setting, in
+/// The book's settings table, header included: one row per setting, in
 /// the order of [`SETTINGS`].
 pub fn settings_markdown() -> String {
     let mut table = String::from("| environment | file key | default | meaning |\n|---|---|---|---|\n");
@@ -995,19 +996,27 @@ mod tests {
 mod settings_table {
     use super::*;
 
-    /// The README's table is the program's: a setting added, removed or
-    /// reworded in one and not the other fails here.
+    /// The book's settings page shows the table the program reads: a
+    /// setting added, removed or reworded in one and not the other fails
+    /// here. `EXDAAS_BLESS=1 cargo test settings_table` writes the program's
+    /// table into the page instead (the page's words around it are kept).
     #[test]
-    fn the_readme_shows_the_settings_table_the_program_reads() {
-        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
-        let start = readme
+    fn the_book_shows_the_settings_table_the_program_reads() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/src/run/settings.md");
+        let page = std::fs::read_to_string(path).expect("the book has a settings page");
+        let start = page
             .find("| environment | file key | default | meaning |")
-            .expect("the README has a settings table");
-        let end = readme[start..].find("\n\n").map_or(readme.len(), |i| start + i + 1);
+            .expect("the settings page has a settings table");
+        let end = page[start..].find("\n\n").map_or(page.len(), |i| start + i + 1);
+        if std::env::var_os("EXDAAS_BLESS").is_some() {
+            let blessed = format!("{}{}{}", &page[..start], settings_markdown(), &page[end..]);
+            std::fs::write(path, blessed).expect("the settings page is writable");
+            return;
+        }
         assert_eq!(
-            &readme[start..end],
+            &page[start..end],
             settings_markdown(),
-            "README.md's settings table differs from config::SETTINGS: paste settings_markdown()'s output"
+            "docs/src/run/settings.md's table differs from config::SETTINGS: run EXDAAS_BLESS=1 cargo test settings_table"
         );
     }
 
