@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # book.sh: the book in docs/, built and checked. Builds it with mdBook into
-# docs/book, checks every link and anchor in it offline (LinkChecker, which
-# does not fetch links that leave the book), then runs every `console`
-# example against a real server (scripts/book-examples.py, the binary
-# EXDAAS_BIN, default the release build, built when missing): an answer that
-# differs from the one the book shows fails the run.
+# docs/book, checks every link and anchor in it and the README's links
+# offline (LinkChecker, which does not fetch links that leave them), then
+# runs every `console` example of the book and the README against a real
+# server (scripts/book-examples.py, with the binary EXDAAS_BIN, default the
+# release build, built when missing): an answer that differs from the one
+# the book shows fails the run.
 #
 # The admin page's screenshots come from the browser suite's own run
 # (scripts/browser-test.sh writes them to target/screenshots/); the book
@@ -59,13 +60,14 @@ echo "== building the book (mdbook $MDBOOK_VERSION) into docs/book"
 "$mdbook" build docs
 
 echo "== checking its links and anchors, offline"
-# LinkChecker drops root's privileges to nobody's: the book must be readable.
+# LinkChecker drops root's privileges to nobody's: what it reads must be readable.
 chmod -R a+rX docs/book
-if ! "$venv/bin/linkchecker" --config scripts/book-links.ini --no-status --quiet docs/book/index.html; then
-	echo "!! the book has broken links (above)" >&2
+chmod a+r README.md
+if ! "$venv/bin/linkchecker" --config scripts/book-links.ini --no-status docs/book/index.html README.md 2>/dev/null; then
+	echo "!! broken links in the book or the README (above)" >&2
 	exit 1
 fi
-echo "   every link and anchor in the book leads somewhere"
+echo "   every link and anchor in the book and the README leads somewhere"
 
 echo "== running the book's examples against $EXDAAS_BIN"
 python3 scripts/book-examples.py --bin "$EXDAAS_BIN" "$@"

@@ -116,7 +116,7 @@ step "shellcheck $(shellcheck --version | sed -n 's/^version: //p'): the run: bl
 	shellcheck_runs .github/workflows/*.yml
 step "shellcheck: scripts/*.sh .ci/run" \
 	shellcheck scripts/*.sh .ci/run
-step "module graph: no circle, no import up the README's layers (scripts/modgraph.py --check)" \
+step "module graph: no circle, no import up the layers of docs/src/internals/how-it-works.md (scripts/modgraph.py --check)" \
 	python3 scripts/modgraph.py --check
 
 if ((${#failed[@]})); then

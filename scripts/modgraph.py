@@ -13,8 +13,9 @@ as importing the module below it. `mod child;` is a declaration, not an
 import. Test modules (`#[cfg(test)] mod … { … }` at a file's end) are left out:
 tests may reach anywhere.
 
-The layers are the README's architecture section, top to bottom; a module may
-only import modules in its own layer or below, and no import may close a
+The layers are those drawn in the book's "How it works"
+(docs/src/internals/how-it-works.md), top to bottom; a module may only
+import modules in its own layer or below, and no import may close a
 circle. A module not named by a layer is in the layer of its nearest named
 ancestor.
 """

@@ -7,8 +7,8 @@
 //! facade (what the API may use) and the calls on single documents (open,
 //! get, put, patch, delete, batches); the other calls are in `service/`,
 //! and the state they all share in `handle.rs`, below them. Imports only go
-//! down: the README's architecture section draws the layers and
-//! `scripts/modgraph.py --check` holds them.
+//! down: the book's "How it works" (docs/src/internals/how-it-works.md)
+//! draws the layers and `scripts/modgraph.py --check` holds them.
 
 pub mod cache;
 pub mod document;

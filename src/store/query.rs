@@ -5,7 +5,7 @@
 //! query runs (a scan, an index) ends in this evaluation, so they cannot
 //! disagree.
 //!
-//! Meaning, in short (the README says it in full):
+//! Meaning, in short (the book's "Queries" page, docs/src/query/queries.md, says it in full):
 //! - A field path is dot-separated object keys; a segment of digits also
 //!   indexes an array.
 //! - A missing field is not `null`: `{"a": null}` matches only a present

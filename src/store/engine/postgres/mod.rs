@@ -1,6 +1,6 @@
 //! The PostgreSQL-protocol engine: every exdaas replica on one database
 //! (PostgreSQL; written for CockroachDB, YugabyteDB and Citus too, within
-//! the subset of SQL the four share: README, "Engines").
+//! the subset of SQL the four share: the book's "Scale out on PostgreSQL", "Engines").
 //!
 //! Shards are rows of one set of tables, not files: a shard's writers, on
 //! any replica, lock its row of `exdaas_shards` first in each transaction,
