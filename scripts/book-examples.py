@@ -2,12 +2,13 @@
 """Runs the shell examples of the book (and the README) against a real exdaas, checking their answers.
 
 Every fenced block whose info string is `console` is a session: lines that
-start with `$ ` are commands (a command goes on over lines ending in `\\` or
-inside an open quote), the lines after one are what it prints. Each page gets
-its own server (the binary given, `PORT=0`, a fresh data folder) and its own
-bash, so a page's examples are one story: a document created in one block is
-read in the next, and a shell variable set by one command is there for the
-next. Commands run in a fresh working folder, with the binary first on PATH
+start with `$ ` are commands (a command goes on over the next lines while
+bash would wait for more: a backslash at the end, an open quote, an open
+loop), the lines after one are what it prints. A block may be indented, as
+in a list item. Each page gets its own server (the binary given, `PORT=0`,
+a fresh data folder) and its own bash, so a page's examples are one story:
+a document created in one block is read in the next, and a shell variable
+set by one command is there for the next. Commands run in a fresh working folder, with the binary first on PATH
 and `DETS_ROOT`, `PORT` and `EXDAAS_URL` naming that server.
 
 What a command prints is checked the way doc tests check Rust examples, but
@@ -37,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-FENCE = re.compile(r"^(```+)\s*(.*)$")
+FENCE = re.compile(r"^(\s*)(```+)\s*(.*)$")
 DIRECTIVE = re.compile(r"<!--\s*examples:\s*env\s+(.*?)\s*-->")
 SEPARATOR = "\x1e"
 PAGE_SECONDS = 120
@@ -60,14 +61,12 @@ class Page:
 
 
 def is_complete(command: str) -> bool:
-    """A command is whole when no quote is left open and it does not end in a backslash."""
+    """A command is whole when bash would run it: no open quote, loop or
+    here-document, and no backslash at the end."""
     if command.endswith("\\"):
         return False
-    try:
-        shlex.split(command, comments=True)
-    except ValueError:
-        return False
-    return True
+    check = subprocess.run(["bash", "-n", "-c", command], capture_output=True, text=True)
+    return "unexpected end of file" not in check.stderr and "unexpected EOF" not in check.stderr
 
 
 def parse(path: Path) -> Page:
@@ -85,12 +84,13 @@ def parse(path: Path) -> Page:
         if not fence:
             i += 1
             continue
-        marker, info = fence.group(1), fence.group(2).split()
+        indent, marker, info = fence.group(1), fence.group(2), fence.group(3).split()
         start = i + 1
         end = start
-        while end < len(lines) and not lines[end].startswith(marker):
+        while end < len(lines) and not lines[end].strip().startswith(marker):
             end += 1
-        body = lines[start:end]
+        # A block inside a list item is indented as the item is.
+        body = [b[len(indent):] if b.startswith(indent) else b.lstrip() for b in lines[start:end]]
         language = info[0] if info else ""
         if language == "console" and "illustration" not in info:
             examples.extend(session(path, start + 1, body))
