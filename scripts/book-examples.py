@@ -8,8 +8,9 @@ loop), the lines after one are what it prints. A block may be indented, as
 in a list item. Each page gets its own server (the binary given, `PORT=0`,
 a fresh data folder) and its own bash, so a page's examples are one story:
 a document created in one block is read in the next, and a shell variable
-set by one command is there for the next. Commands run in a fresh working folder, with the binary first on PATH
-and `DETS_ROOT`, `PORT` and `EXDAAS_URL` naming that server.
+set by one command is there for the next. Commands run in a fresh working
+folder, with the binary first on PATH and `DETS_ROOT`, `PORT` and
+`EXDAAS_URL` naming that server.
 
 What a command prints is checked the way doc tests check Rust examples, but
 loosely where values change: `[..]` in a shown line stands for any text in
