@@ -67,7 +67,8 @@ def is_complete(command: str) -> bool:
     if command.endswith("\\"):
         return False
     check = subprocess.run(["bash", "-n", "-c", command], capture_output=True, text=True)
-    return "unexpected end of file" not in check.stderr and "unexpected EOF" not in check.stderr
+    waiting = ("unexpected end of file", "unexpected EOF", "delimited by end-of-file")
+    return not any(sign in check.stderr for sign in waiting)
 
 
 def parse(path: Path) -> Page:
