@@ -153,7 +153,7 @@ impl Caller<'_> {
         }
         tracing::info!(key = %key.label(), need = need.as_str(), collection = collection.map(CollectionName::as_str), "request refused: key out of scope");
         let what = match collection {
-            Some(c) => format!("{} access to collection {c:?}", need.as_str()),
+            Some(c) => format!("{} access to collection \"{c}\"", need.as_str()),
             None => format!("{} access to every collection", need.as_str()),
         };
         Err(ApiError::new(
