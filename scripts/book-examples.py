@@ -22,7 +22,8 @@ A block marked `console illustration` is shown, not run (Docker, Kubernetes,
 Heroku: what this machine cannot run); `sh` and `bash` blocks are scripts to
 read, and one that talks to the server (`localhost:4000`) is refused: it must
 say which it is. A page sets its server's environment with a comment the
-book does not show: `<!-- examples: env EXDAAS_API_KEYS=... -->`.
+book does not show, on a line of its own:
+`<!-- examples: env EXDAAS_API_KEYS=... -->`.
 
     scripts/book-examples.py --bin target/ci/exdaas [docs/src/some/page.md ...]
 """
@@ -40,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 FENCE = re.compile(r"^(\s*)(```+)\s*(.*)$")
-DIRECTIVE = re.compile(r"<!--\s*examples:\s*env\s+(.*?)\s*-->")
+DIRECTIVE = re.compile(r"\s*<!--\s*examples:\s*env\s+(.*?)\s*-->\s*")
 SEPARATOR = "\x1e"
 PAGE_SECONDS = 120
 
@@ -78,10 +79,10 @@ def parse(path: Path) -> Page:
     refusals: list[str] = []
     i = 0
     while i < len(lines):
-        for assignment in DIRECTIVE.findall(lines[i]):
-            for pair in shlex.split(assignment):
-                name, _, value = pair.partition("=")
-                env[name] = value
+        directive = DIRECTIVE.fullmatch(lines[i])
+        for pair in shlex.split(directive.group(1)) if directive else []:
+            name, _, value = pair.partition("=")
+            env[name] = value
         fence = FENCE.match(lines[i])
         if not fence:
             i += 1
