@@ -23,7 +23,9 @@ Heroku: what this machine cannot run); `sh` and `bash` blocks are scripts to
 read, and one that talks to the server (`localhost:4000`) is refused: it must
 say which it is. A page sets its server's environment with a comment the
 book does not show, on a line of its own:
-`<!-- examples: env EXDAAS_API_KEYS=... -->`.
+`<!-- examples: env EXDAAS_API_KEYS=... -->`. The server runs in the page's
+working folder, so a relative path there (`EXDAAS_BACKUP_DIR=./backups`)
+is the one the page's commands see.
 
     scripts/book-examples.py --bin target/ci/exdaas [docs/src/some/page.md ...]
 """
@@ -160,14 +162,16 @@ def trimmed(lines: list[str]) -> list[str]:
     return lines
 
 
-def start_server(binary: Path, data: Path, log: Path, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
+def start_server(binary: Path, data: Path, work: Path, log: Path, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
     server_env = {
         k: v for k, v in os.environ.items() if not k.startswith("EXDAAS_") and k not in ("PORT", "DETS_ROOT")
     }
     server_env.update(PORT="0", DETS_ROOT=str(data), EXDAAS_LOG_FORMAT="json", RUST_LOG="info,sqlx=warn")
     server_env.update(env)
     with log.open("w") as out:
-        process = subprocess.Popen([str(binary)], env=server_env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [str(binary.resolve())], cwd=work, env=server_env, stdout=out, stderr=subprocess.STDOUT
+        )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         found = re.search(r'"message":"exdaas listening".*?"port":(\d+)', log.read_text())
@@ -186,7 +190,7 @@ def run_page(page: Page, binary: Path) -> list[str]:
         root = Path(scratch)
         data, work = root / "data", root / "work"
         work.mkdir()
-        process, port = start_server(binary, data, root / "server.log", page.env)
+        process, port = start_server(binary, data, work, root / "server.log", page.env)
         here = f"localhost:{port}"
         try:
             script = "".join(
