@@ -4,9 +4,10 @@
 # through scripts/lint.sh, which installs its linters), runs every test on
 # SQLite and the integration and engine conformance suites again on a
 # private PostgreSQL (scripts/postgres.sh installs and starts one), fuzzes
-# the release server's API with schemathesis (scripts/api-fuzz.sh) and
+# the release server's API with schemathesis (scripts/api-fuzz.sh),
 # drives the admin page in headless Chromium (scripts/browser-test.sh,
-# which installs it).
+# which installs it), then builds the book, checks its links and runs its
+# examples against the release server (scripts/book.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -70,6 +71,11 @@ echo "==> scripts/browser-test.sh: the admin page in headless Chromium"
 browser=0
 EXDAAS_BIN=$binary ./scripts/browser-test.sh 2>&1 | tee -a "$log" || browser=$?
 
+# After the browser suite: the book shows the screenshots it takes.
+echo "==> scripts/book.sh: the book built, its links checked, its examples run"
+book=0
+EXDAAS_BIN=$binary ./scripts/book.sh 2>&1 | tee -a "$log" || book=$?
+
 # One closing line for the whole run: cargo prints a summary per test binary,
 # pytest one line ("6 passed in 7.1s", or "1 failed, 5 passed in ...").
 awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }
@@ -77,6 +83,8 @@ awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }
      /^[0-9]+ (passed|failed).* in [0-9.]+s/ {
          for (i = 1; i < NF; i++) { if ($(i + 1) ~ /^passed/) bpassed = $i; if ($(i + 1) ~ /^failed/) bfailed = $i }
      }
-     END { printf "summary: %d passed, %d failed, %d skipped; schemathesis: %d generated requests; browser: %d passed, %d failed\n", passed, failed, ignored, fuzzed, bpassed, bfailed }' "$log"
+     /^book examples:/ { examples = $3; epages = $6; efailed = $9 }
+     END { printf "summary: %d passed, %d failed, %d skipped; schemathesis: %d generated requests; browser: %d passed, %d failed; book: %d examples on %d pages, %d failed\n", passed, failed, ignored, fuzzed, bpassed, bfailed, examples, epages, efailed }' "$log"
 if ((fuzz != 0)); then exit "$fuzz"; fi
-exit "$browser"
+if ((browser != 0)); then exit "$browser"; fi
+exit "$book"
