@@ -244,6 +244,30 @@ fn copy_folder(from: &Path, to: &Path) {
     }
 }
 
+/// A shard file numbered past the layout's count stops the boot (it may
+/// hold documents no id reaches), so the check, which says what a boot
+/// would find, refuses it too instead of passing the folder.
+#[tokio::test]
+async fn check_refuses_a_shard_file_beyond_the_shard_count() {
+    if skip_on_postgres("backup, restore, check and reshard are the data folder's commands") {
+        return;
+    }
+    let data = tempfile::tempdir().expect("temp dir");
+    let app = spawn_app_on(data.path(), &[]).await;
+    import_docs(&app, "things", 10).await;
+    app.stop().await;
+    let files = shard_files(data.path());
+    std::fs::copy(&files[3], data.path().join("shard-0009.sqlite3")).expect("copy a shard file");
+
+    let run = exdaas(data.path(), &["check"], &[]).await;
+    assert_eq!(run.code, Some(1), "{}", run.said());
+    assert!(
+        run.stderr.contains("shard-0009.sqlite3") && run.stderr.contains("beyond the 4 shards"),
+        "the check names the stray file: {}",
+        run.said()
+    );
+}
+
 #[tokio::test]
 async fn check_finds_a_document_in_the_wrong_shard() {
     if skip_on_postgres("backup, restore, check and reshard are the data folder's commands") {

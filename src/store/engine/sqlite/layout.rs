@@ -266,7 +266,7 @@ pub fn write(dir: &Path, layout: &Layout) -> Result<(), EngineError> {
 
 /// A shard file numbered past the shard count is not ours to ignore: it
 /// may hold documents this layout cannot reach.
-fn check_shard_files(root: &Path, layout: &Layout) -> Result<(), EngineError> {
+pub(super) fn check_shard_files(root: &Path, layout: &Layout) -> Result<(), EngineError> {
     let dir = layout.shard_dir(root);
     let entries = fs::read_dir(&dir).map_err(|e| folder_error(&dir, format!("cannot list it: {e}")))?;
     for entry in entries.flatten() {

@@ -406,9 +406,11 @@ async fn integrity_problems(path: &Path) -> Result<Vec<String>, EngineError> {
 /// without it), every document sits in the shard its id hashes to with the
 /// bucket it hashes to, and the id ceiling covers every counter id. A shard
 /// whose file a first boot cut short did not make yet is no problem: the
-/// next boot makes it. Read-only: safe while a server runs.
+/// next boot makes it. A shard file beyond the count stops the check as it
+/// stops the boot. Read-only: safe while a server runs.
 pub async fn check(root: &Path) -> Result<Vec<ShardReport>, EngineError> {
     let layout = existing_layout(root)?;
+    layout::check_shard_files(root, &layout)?;
     let shards = ShardCount::new(layout.shards).ok_or(EngineError::Internal("a layout with no shards"))?;
     let placement = Placement::new(shards);
     let mut reports = Vec::new();
