@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # pg.bench.sh: the original's loads on PostgreSQL mode, with one and with two
 # replicas on one database, beside SQLite mode, in one run on a release build.
-# A private PostgreSQL (scripts/postgres.sh) runs on the same machine, fsync on.
+# A private PostgreSQL (scripts/postgres.sh) runs on the same machine, fsync on,
+# reached over TLS with verify-full (as a managed database is; the figures
+# before 2026-12-08 were plain TCP).
 # Loads (wrk, BENCH_SECONDS each, 64 connections; with two replicas, 32 on
 # each): anonymous POST /api creates, POST /api upserts of id 1, and GETs of
 # id 1. Prints requests per second and each ratio to SQLite (EXDAAS_SYNC=full,

@@ -43,8 +43,13 @@ pub fn database_for(dir: &Path) -> Option<String> {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     dir.hash(&mut hasher);
     let name = format!("exdaas_test_{:016x}", hasher.finish());
-    let (base, _) = admin.rsplit_once('/').expect("a database URL ends with /name");
-    let url = format!("{base}/{name}");
+    // Another database on the same server, with the same parameters (TLS).
+    let (path, query) = admin.split_once('?').unwrap_or((&admin, ""));
+    let (base, _) = path.rsplit_once('/').expect("a database URL ends with /name");
+    let url = match query {
+        "" => format!("{base}/{name}"),
+        query => format!("{base}/{name}?{query}"),
+    };
     let mut created = CREATED.lock().expect("created databases");
     if !created.contains(&name) {
         let statement = format!("CREATE DATABASE {name}");

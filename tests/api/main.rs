@@ -33,4 +33,5 @@ mod restart;
 mod schemas;
 mod security;
 mod shutdown;
+mod tls;
 mod transfer;

@@ -535,7 +535,8 @@ async fn serialization_failures_are_retried_and_never_reach_a_client() {
     }
     let folder = tempfile::tempdir().expect("temp dir");
     let url = crate::helpers::database_for(folder.path()).expect("a database");
-    let name = url.rsplit_once('/').expect("a database name").1.to_owned();
+    let path = url.split_once('?').map_or(url.as_str(), |(path, _)| path);
+    let name = path.rsplit_once('/').expect("a database name").1.to_owned();
     let mut conn = sqlx::PgConnection::connect(&url).await.expect("the database answers");
     sqlx::query(&format!(
         "ALTER DATABASE {name} SET default_transaction_isolation = 'serializable'"

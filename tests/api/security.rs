@@ -107,7 +107,8 @@ async fn the_boot_log_never_shows_a_password_in_any_form() {
     if on_postgres() {
         let db = tempfile::tempdir().expect("temp dir");
         let url = database_for(db.path()).expect("a test database");
-        let url = format!("{url}?password=param-s3cret");
+        let glue = if url.contains('?') { '&' } else { '?' };
+        let url = format!("{url}{glue}password=param-s3cret");
         let log = boot_log(db.path(), &[("EXDAAS_DATABASE_URL", &url)]).await;
         assert!(log.contains("exdaas listening"), "{log}");
         assert!(log.contains("password=***"), "{log}");

@@ -84,8 +84,13 @@ impl Database {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let (base, _) = admin.rsplit_once('/').expect("a database URL ends with /name");
-        let url = format!("{base}/{name}");
+        // Another database on the same server, with the same parameters (TLS).
+        let (path, query) = admin.split_once('?').unwrap_or((&admin, ""));
+        let (base, _) = path.rsplit_once('/').expect("a database URL ends with /name");
+        let url = match query {
+            "" => format!("{base}/{name}"),
+            query => format!("{base}/{name}?{query}"),
+        };
         let mut conn = sqlx::PgConnection::connect(&admin)
             .await
             .expect("the test database answers");

@@ -82,10 +82,18 @@ pub(crate) fn connect_options(url: &str, what: &str) -> Result<PgConnectOptions,
         Some((base, query)) => {
             let mut kept = Vec::new();
             for pair in query.split('&').filter(|pair| !pair.is_empty()) {
-                let name = form_urlencoded::parse(pair.as_bytes())
+                let (name, value) = form_urlencoded::parse(pair.as_bytes())
                     .next()
-                    .map(|(name, _)| name.into_owned())
+                    .map(|(name, value)| (name.into_owned(), value.into_owned()))
                     .unwrap_or_default();
+                // The driver would say only "No such file or directory".
+                if ["sslrootcert", "ssl-root-cert", "ssl-ca"].contains(&name.as_str()) {
+                    if let Err(e) = std::fs::File::open(&value) {
+                        return Err(EngineError::Database {
+                            reason: format!("{what}: cannot read the CA certificate {name}={value}: {e}"),
+                        });
+                    }
+                }
                 if READ.contains(&name.as_str()) || (name.starts_with("options[") && name.ends_with(']')) {
                     kept.push(pair);
                 } else {
