@@ -84,9 +84,9 @@ impl Application {
                 tracing::info!(%addr, port, engine = "sqlite", shards = settings.shards.get(), data_dir = %settings.data_dir.display(), sync = settings.sync.as_str(), "exdaas listening")
             }
             Some(url) => {
-                tracing::info!(%addr, port, engine = "postgresql", shards = settings.shards.get(), database = %crate::config::redact_url(url), "exdaas listening");
+                tracing::info!(%addr, port, engine = "postgresql", shards = settings.shards.get(), database = %crate::config::redact_url(url), from = settings.database_url_from, "exdaas listening");
                 if !settings.ignored.is_empty() {
-                    tracing::warn!(ignored = %settings.ignored.join(", "), "these settings are for the data folder's files and mean nothing with EXDAAS_DATABASE_URL; they are ignored");
+                    tracing::warn!(ignored = %settings.ignored.join(", "), "these settings are for the data folder's files and mean nothing with a database ({}); they are ignored", settings.database_url_from);
                 }
             }
         }

@@ -32,6 +32,10 @@ pub struct Settings {
     /// A PostgreSQL-protocol database (`postgres://…`) instead of the data
     /// folder's files.
     pub database_url: Option<String>,
+    /// Where [`Self::database_url`] came from: `EXDAAS_DATABASE_URL` (or the
+    /// file's `database_url`), else the PaaS convention `DATABASE_URL`
+    /// (Heroku Postgres and most others set it), for the boot log.
+    pub database_url_from: &'static str,
     /// How often a replica on a shared database looks for the others' writes.
     pub replica_poll: Duration,
     /// Settings that were set but mean nothing on the chosen engine, for
@@ -186,7 +190,7 @@ pub const SETTINGS: &[SettingDoc] = &[
         key: "database_url",
         env: "EXDAAS_DATABASE_URL",
         default: "",
-        meaning: "`postgres://…`: keep the documents in a PostgreSQL database instead of `DETS_ROOT` (see [Scale out](../scale/postgresql.md)); `DETS_ROOT`, `EXDAAS_SYNC` and `EXDAAS_BOOT_CHECK` are then ignored, and the boot says so",
+        meaning: "`postgres://…`: keep the documents in a PostgreSQL database instead of `DETS_ROOT` (see [Scale out](../scale/postgresql.md)); unset, `DATABASE_URL` is read, as Heroku and most platforms set it. TLS as libpq reads `sslmode` (`disable`, `prefer`, `require`, `verify-ca`, `verify-full`) and `sslrootcert`. `DETS_ROOT`, `EXDAAS_SYNC` and `EXDAAS_BOOT_CHECK` are then ignored, and the boot says so",
     },
     SettingDoc {
         key: "replica_poll_ms",
@@ -635,7 +639,13 @@ impl Settings {
             source: file.as_deref().unwrap_or("<environment>"),
         };
 
-        let database_url = read.text("database_url")?;
+        let (database_url, database_url_from) = match read.text("database_url")? {
+            url if !url.trim().is_empty() => (url, "EXDAAS_DATABASE_URL"),
+            _ => match env.get("DATABASE_URL") {
+                Some(url) if !url.trim().is_empty() => (url.clone(), "DATABASE_URL"),
+                _ => (String::new(), "EXDAAS_DATABASE_URL"),
+            },
+        };
         let dets_root = read.text("dets_root")?;
         Ok(Settings {
             listen_addr: read.parsed("listen_addr", "an IP address such as 0.0.0.0 or ::1")?,
@@ -645,12 +655,13 @@ impl Settings {
                 url if url.starts_with("postgres://") || url.starts_with("postgresql://") => Some(url.to_owned()),
                 url => {
                     return Err(invalid(
-                        "EXDAAS_DATABASE_URL",
+                        database_url_from,
                         &redact_url(url),
                         "a postgres:// or postgresql:// URL",
                     ))
                 }
             },
+            database_url_from,
             replica_poll: read.millis("replica_poll_ms", 10, 60_000)?,
             ignored: if database_url.trim().is_empty() {
                 Vec::new()
@@ -989,6 +1000,33 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains("hunter2"), "the password stays out of messages: {err}");
+    }
+
+    /// Heroku Postgres and most platforms set `DATABASE_URL`: it is the
+    /// database when `EXDAAS_DATABASE_URL` is not set, and the name a
+    /// mistake in it is reported under.
+    #[test]
+    fn database_url_is_read_when_exdaas_database_url_is_unset() {
+        let s = Settings::from_env(env(&[("DATABASE_URL", "postgres://u:p@paas/db?sslmode=require")])).expect("valid");
+        assert_eq!(
+            s.database_url.as_deref(),
+            Some("postgres://u:p@paas/db?sslmode=require")
+        );
+        assert_eq!(s.database_url_from, "DATABASE_URL");
+        let s = Settings::from_env(env(&[
+            ("DATABASE_URL", "postgres://paas/db"),
+            ("EXDAAS_DATABASE_URL", "postgres://mine/db"),
+        ]))
+        .expect("valid");
+        assert_eq!(s.database_url.as_deref(), Some("postgres://mine/db"));
+        assert_eq!(s.database_url_from, "EXDAAS_DATABASE_URL");
+        let err = Settings::from_env(env(&[("DATABASE_URL", "mysql://root@db/x")]))
+            .expect_err("not PostgreSQL")
+            .to_string();
+        assert!(
+            err.contains("DATABASE_URL=") && !err.contains("EXDAAS_DATABASE_URL"),
+            "{err}"
+        );
     }
 }
 

@@ -196,10 +196,11 @@ pub async fn run_maintenance(command: Command) -> ExitCode {
         };
     }
     if settings.database_url.is_some() {
+        let from = settings.database_url_from;
         eprintln!(
             "exdaas: backup, restore, check and reshard work on a data folder (DETS_ROOT), and \
-             EXDAAS_DATABASE_URL is set: on a database, use its own tools (pg_dump and pg_restore \
-             for backups); unset EXDAAS_DATABASE_URL to work on DETS_ROOT"
+             {from} is set: on a database, use its own tools (pg_dump and pg_restore \
+             for backups); unset {from} to work on DETS_ROOT"
         );
         return ExitCode::from(2);
     }
