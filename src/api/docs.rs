@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use super::auth::{Access, Credentials};
 use super::conditional::{etag, EntityTags};
 use super::error::ProblemError;
-use super::params::{AnyDocument, CollectionParam, DocIdParam, MergePatch};
+use super::params::{asks_past_the_cache, AnyDocument, CollectionParam, DocIdParam, MergePatch};
 use super::payload::{JsonBody, MergePatchBody, RawJson};
 use super::tags::ApiTags;
 use super::text::json_string;
@@ -232,11 +232,7 @@ impl DocsApi {
         cache_control: Header<Option<String>>,
     ) -> Result<GetResponse, ProblemError> {
         let key = self.authorized_key(&auth, Scope::Read, collection.0 .0, id.0 .0)?;
-        let fresh = cache_control
-            .0
-            .as_deref()
-            .is_some_and(|value| value.split(',').any(|d| d.trim().eq_ignore_ascii_case("no-cache")));
-        let doc = if fresh {
+        let doc = if asks_past_the_cache(cache_control.0.as_deref()) {
             self.store.get_fresh(&key).await?
         } else {
             self.store.get(&key).await?

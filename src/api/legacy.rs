@@ -5,14 +5,14 @@
 //! FILTER_BOOL) are answered with a 4xx and `{"message": ...}`.
 
 use poem::http::StatusCode;
-use poem_openapi::param::Query;
+use poem_openapi::param::{Header, Query};
 use poem_openapi::types::Example;
 use poem_openapi::{ApiRequest, Object, OpenApi};
 use serde_json::{json, Value};
 
 use super::auth::{Access, Credentials};
 use super::error::{Flavor, LegacyError};
-use super::params::{CmdQuery, LegacyForm, LegacyId, LegacyWrite};
+use super::params::{asks_past_the_cache, CmdQuery, LegacyForm, LegacyId, LegacyWrite};
 use super::payload::{FormBody, JsonBody, RawJson};
 use super::tags::ApiTags;
 use crate::domain::access::Scope;
@@ -109,10 +109,24 @@ impl LegacyApi {
     /// Answers `{"id": N, "data": ...}`, with `"data": null` when document N
     /// does not exist.
     #[oai(path = "/api", method = "get")]
-    async fn read(&self, auth: Credentials, id: Query<LegacyId>) -> Result<RawJson<LegacyDoc>, LegacyError> {
+    async fn read(
+        &self,
+        auth: Credentials,
+        id: Query<LegacyId>,
+        /// `no-cache`: read what is committed now, past the cache (which,
+        /// with several replicas on one database, may be behind by up to
+        /// `EXDAAS_REPLICA_POLL_MS`)
+        #[oai(name = "Cache-Control")]
+        cache_control: Header<Option<String>>,
+    ) -> Result<RawJson<LegacyDoc>, LegacyError> {
         self.allow(&auth, Scope::Read)?;
         let id = id.0 .0;
-        let doc = self.store.get(&legacy_key(id)).await?;
+        let key = legacy_key(id);
+        let doc = if asks_past_the_cache(cache_control.0.as_deref()) {
+            self.store.get_fresh(&key).await?
+        } else {
+            self.store.get(&key).await?
+        };
         Ok(legacy_doc(id, doc.as_ref().map(|d| &d.data)))
     }
 
@@ -200,6 +214,11 @@ impl QuickRead {
     /// The answer, or `None` when the documented route must give it.
     pub async fn answer(&self, req: &poem::Request) -> Option<poem::Response> {
         if req.method() != poem::http::Method::GET || req.uri().path() != "/api" {
+            return None;
+        }
+        // Past the cache is the route's to answer.
+        let cache_control = req.headers().get(poem::http::header::CACHE_CONTROL);
+        if asks_past_the_cache(cache_control.and_then(|v| v.to_str().ok())) {
             return None;
         }
         let raw = req.uri().query()?.strip_prefix("id=")?;

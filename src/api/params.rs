@@ -288,6 +288,18 @@ with_schema!(
     }
 );
 
+/// Whether a `Cache-Control` request header asks past the cache
+/// (`no-cache`): what is committed now, not what this replica cached, which
+/// with several replicas on one database may be behind by up to
+/// `EXDAAS_REPLICA_POLL_MS`.
+pub fn asks_past_the_cache(cache_control: Option<&str>) -> bool {
+    cache_control.is_some_and(|value| {
+        value
+            .split(',')
+            .any(|directive| directive.trim().eq_ignore_ascii_case("no-cache"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -673,3 +673,35 @@ async fn an_index_declared_through_one_replica_is_kept_by_the_others_writes() {
     expected.sort_unstable();
     assert_eq!(found, expected);
 }
+
+/// The original API's read honours `Cache-Control: no-cache` as v1's does:
+/// past the replica's cache, which here (a poll of a minute) stays behind.
+#[tokio::test]
+async fn the_original_apis_read_with_no_cache_reads_what_is_committed() {
+    if !on_postgres() {
+        eprintln!("only on PostgreSQL: a data folder has one process");
+        return;
+    }
+    let folder = tempfile::tempdir().expect("temp dir");
+    let settings = [("EXDAAS_REPLICA_POLL_MS", "60000")];
+    let a = spawn_app_on(folder.path(), &settings).await;
+    let b = spawn_app_on(folder.path(), &settings).await;
+    let upsert = |n: i64| json!({"id": 7, "data": {"n": n}});
+    assert_eq!(a.post_json("/api", &upsert(1)).await.status(), 200);
+    // b reads it, and so caches it.
+    assert_eq!(json(b.get_api("7").await).await["data"], json!({"n": 1}));
+    assert_eq!(a.post_json("/api", &upsert(2)).await.status(), 200);
+    assert_eq!(
+        json(b.get_api("7").await).await["data"],
+        json!({"n": 1}),
+        "through the cache, b is a poll behind"
+    );
+    let fresh = send(b.request(Method::GET, "/api?id=7").header("Cache-Control", "no-cache")).await;
+    assert_eq!(
+        json(fresh).await["data"],
+        json!({"n": 2}),
+        "no-cache reads what is committed"
+    );
+    a.stop().await;
+    b.stop().await;
+}
