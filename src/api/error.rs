@@ -102,9 +102,11 @@ impl ApiError {
             }
             StoreError::Engine { error, .. } => match error.kind {
                 ErrorKind::Full => StatusCode::INSUFFICIENT_STORAGE,
-                ErrorKind::ReadOnly | ErrorKind::Damaged | ErrorKind::Unavailable | ErrorKind::Conflict => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
+                ErrorKind::ReadOnly
+                | ErrorKind::Damaged
+                | ErrorKind::Unavailable
+                | ErrorKind::Away
+                | ErrorKind::Conflict => StatusCode::SERVICE_UNAVAILABLE,
                 ErrorKind::Other => StatusCode::INTERNAL_SERVER_ERROR,
             },
             StoreError::DataFolder { .. }
@@ -124,7 +126,12 @@ impl ApiError {
         // A restarting writer or a full queue clears up by itself.
         let retry = match &err {
             StoreError::Unavailable { .. } | StoreError::Busy { .. } => true,
-            StoreError::Engine { error, .. } => matches!(error.kind, ErrorKind::Unavailable | ErrorKind::Conflict),
+            StoreError::Engine { error, .. } => {
+                matches!(
+                    error.kind,
+                    ErrorKind::Unavailable | ErrorKind::Away | ErrorKind::Conflict
+                )
+            }
             _ => false,
         };
         if retry {

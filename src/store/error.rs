@@ -25,6 +25,9 @@ pub enum Outage {
     DiskFull,
     ReadOnly,
     Damaged,
+    /// The database is unreachable or not writable from here (a failover):
+    /// the writer reconnects until it finds the primary.
+    DatabaseAway,
 }
 
 impl Outage {
@@ -39,6 +42,9 @@ impl Outage {
             Outage::DiskFull => "the disk is full",
             Outage::ReadOnly => "its file cannot be written",
             Outage::Damaged => "its file is damaged; an operator must restore it from a backup",
+            Outage::DatabaseAway => {
+                "the database cannot be reached or will not take writes here (a failover?); reconnecting"
+            }
         }
     }
 }
@@ -239,6 +245,7 @@ impl StoreError {
                 ErrorKind::Full => Outage::DiskFull,
                 ErrorKind::ReadOnly => Outage::ReadOnly,
                 ErrorKind::Damaged => Outage::Damaged,
+                ErrorKind::Away => Outage::DatabaseAway,
                 ErrorKind::Unavailable | ErrorKind::Conflict | ErrorKind::Other => Outage::WriterFailed,
             },
             _ => Outage::WriterFailed,
@@ -250,7 +257,12 @@ impl StoreError {
     pub fn breaks_the_writer(&self) -> bool {
         match self {
             StoreError::Unavailable { .. } => true,
-            StoreError::Engine { error, .. } => matches!(error.kind, ErrorKind::Unavailable | ErrorKind::Damaged),
+            StoreError::Engine { error, .. } => {
+                matches!(
+                    error.kind,
+                    ErrorKind::Unavailable | ErrorKind::Away | ErrorKind::Damaged
+                )
+            }
             _ => false,
         }
     }

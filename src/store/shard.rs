@@ -29,9 +29,20 @@ use super::{Outage, StoreError, StoreOptions};
 use crate::domain::CollectionName;
 
 /// Pauses between attempts to reopen a failed writer: doubling from the
-/// first to the last, so a broken disk does not become a busy loop.
+/// first to the last, so a broken disk does not become a busy loop, yet
+/// short enough that writes flow within about a second of a database
+/// coming back (a failover's new primary), and jittered, so the shards of
+/// many replicas do not reconnect in step.
 const FIRST_RESTART_DELAY: Duration = Duration::from_millis(100);
-const LONGEST_RESTART_DELAY: Duration = Duration::from_secs(5);
+const LONGEST_RESTART_DELAY: Duration = Duration::from_secs(1);
+
+/// `delay`, give or take a quarter, at random.
+fn jittered(delay: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    // Without randomness, the delay as it is: jitter is a nicety.
+    let spread = getrandom::fill(&mut byte).map_or(0.5, |()| f64::from(byte[0]) / 255.0);
+    delay.mul_f64(0.75 + spread / 2.0)
+}
 
 /// Feed entries kept in memory across all shards, for readers near the
 /// head (about 100 bytes each besides the keys, which the cache shares).
@@ -486,7 +497,7 @@ async fn supervise(setup: WriterSetup, mut writer: Writer, mut jobs: mpsc::Recei
                 refuse_until(&mut jobs, &setup, outage, &reason, None).await;
                 return;
             }
-            if !refuse_until(&mut jobs, &setup, outage, &reason, Some(delay)).await {
+            if !refuse_until(&mut jobs, &setup, outage, &reason, Some(jittered(delay))).await {
                 return;
             }
             match setup.reopen().await {

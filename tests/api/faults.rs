@@ -11,7 +11,7 @@ use exdaas::store::Fault;
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 
-use crate::helpers::{json, skip_on_postgres, spawn_app_on, TestApp};
+use crate::helpers::{json, on_postgres, skip_on_postgres, spawn_app_on, TestApp};
 
 /// Ids in collection `c` whose documents live on `shard`, and one id that
 /// lives on another shard.
@@ -225,6 +225,9 @@ async fn a_full_disk_answers_507_and_recovers_when_space_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unwritable_file_answers_503_naming_the_shard() {
+    if skip_on_postgres("a read-only database connection is a failover's, tested below") {
+        return;
+    }
     let app = spawn(&[]).await;
     let (ids, elsewhere) = ids_on(&app, 0, 2);
     app.store.inject_fault(0, Fault::ReadOnly).await.expect("fault queued");
@@ -240,6 +243,47 @@ async fn an_unwritable_file_answers_503_naming_the_shard() {
     assert_eq!(app.get_doc("c", &elsewhere).await.status(), 200);
     app.store.inject_fault(0, Fault::Heal).await.expect("fault queued");
     assert_eq!(put(&app, &ids[1], &json!(1)).await.0, 201);
+    app.stop().await;
+}
+
+/// On PostgreSQL, a writer whose connection reached a server that will not
+/// take writes (25006: a standby, after a failover or while a routing layer
+/// catches up) says so in a database's words, asks the client to retry,
+/// drops that connection, and writes again on a new one within a few
+/// seconds: no restart, no operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_a_connection_that_will_not_write_is_dropped_and_writes_flow_again() {
+    if !on_postgres() {
+        eprintln!("only on PostgreSQL: a data folder has no standby");
+        return;
+    }
+    let app = spawn(&[]).await;
+    let (ids, elsewhere) = ids_on(&app, 0, 2);
+    app.store.inject_fault(0, Fault::ReadOnly).await.expect("fault queued");
+    let (status, body, retry_after) = put(&app, &ids[0], &json!(1)).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(retry_after.as_deref(), Some("1"), "{body}");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("shard 0") && detail.contains("database") && !detail.contains("file"),
+        "{detail}"
+    );
+    assert_eq!(put(&app, &elsewhere, &json!(1)).await.0, 201);
+    // No heal: the writer finds a writable connection by itself.
+    let down = Instant::now();
+    loop {
+        let (status, body, _) = put(&app, &ids[1], &json!(1)).await;
+        if status == 201 {
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            down.elapsed() < Duration::from_secs(3),
+            "still refused after 3 s: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("writes flowed again {:?} after the first refusal", down.elapsed());
     app.stop().await;
 }
 

@@ -337,9 +337,14 @@ pub fn cut(folder: &Path, into: &Path) {
         match key_of(&path).and_then(|key| disk.files.get(&key)) {
             Some(Some(kept)) => std::fs::write(into.join(&name), kept).expect("write the kept content"),
             Some(None) => {} // never synced: gone
-            None => {
-                std::fs::copy(&path, into.join(&name)).expect("copy");
-            }
+            None => match std::fs::copy(&path, into.join(&name)) {
+                Ok(_) => {}
+                // Renamed into place or removed since the listing (a first
+                // boot builds shard files under temporary names): at this
+                // instant it is not there.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => panic!("copy {}: {e}", path.display()),
+            },
         }
     }
 }

@@ -16,6 +16,10 @@ pub enum ErrorKind {
     Damaged,
     /// The connection or the disk failed; opening anew may help.
     Unavailable,
+    /// The database cannot be reached, or the server reached will not take
+    /// writes (a standby, a server shutting down): what a failover looks
+    /// like from here. Reconnecting finds the primary again.
+    Away,
     /// The engine refused the transaction for a concurrent one; retrying
     /// it whole may succeed.
     Conflict,
@@ -30,6 +34,7 @@ impl ErrorKind {
             ErrorKind::ReadOnly => "its storage cannot be written",
             ErrorKind::Damaged => "its data is damaged",
             ErrorKind::Unavailable => "its storage failed",
+            ErrorKind::Away => "the database cannot be reached or will not take writes here (a failover?)",
             ErrorKind::Conflict => "a concurrent change conflicted",
             ErrorKind::Other => "a storage error",
         }

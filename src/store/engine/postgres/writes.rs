@@ -604,10 +604,12 @@ impl PgWrites {
         }
     }
 
-    /// Rolls back after `err`; a connection that broke is dropped.
+    /// Rolls back after `err`; a connection that broke, or that reached a
+    /// server that will not take writes (a standby after a failover), is
+    /// dropped, so the next one finds the primary.
     async fn failed(&mut self, err: sqlx::Error) -> StorageError {
         let err = engine_error(err);
-        if err.kind == ErrorKind::Unavailable {
+        if matches!(err.kind, ErrorKind::Unavailable | ErrorKind::Away) {
             self.conn = None;
             self.in_transaction = false;
         } else {
