@@ -69,7 +69,7 @@ fn help_says_how_to_configure_it() {
 }
 
 /// Runs the binary over `dir` until it exits (it must not start serving).
-fn run_on(dir: &std::path::Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
+pub(crate) fn run_on(dir: &std::path::Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_exdaas"));
     cmd.env("DETS_ROOT", dir)
         .env("PORT", "0")

@@ -3,10 +3,9 @@
 //! throwaway CA), as managed databases are. The rest of the suite already
 //! runs over `sslmode=verify-full`; these pin what each mode does there.
 
-use std::process::Command;
-
 use serde_json::json;
 
+use crate::boot::run_on;
 use crate::helpers::{database_for, on_postgres, spawn_app_on};
 
 /// The test database's URL for a fresh folder, its TLS parameters replaced
@@ -20,14 +19,7 @@ fn database_url_with(dir: &std::path::Path, tls: &str) -> Option<String> {
 /// The server's exit code and what it printed, for a boot that must fail.
 fn boot_with(database_url: &str) -> (Option<i32>, String) {
     let data = tempfile::tempdir().expect("temp dir");
-    let out = Command::new(env!("CARGO_BIN_EXE_exdaas"))
-        .env("DETS_ROOT", data.path())
-        .env("PORT", "0")
-        .env("EXDAAS_LISTEN_ADDR", "127.0.0.1")
-        .env("EXDAAS_DATABASE_URL", database_url)
-        .output()
-        .expect("exdaas runs");
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    run_on(data.path(), &[("EXDAAS_DATABASE_URL", database_url)])
 }
 
 #[tokio::test]
